@@ -1,0 +1,127 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The client <-> daemon wire protocol (docs/PROTOCOL.md tells the story).
+ *
+ * One SOCK_SEQPACKET unix connection per client process: message
+ * boundaries are kept and file descriptors travel with SCM_RIGHTS.  Every
+ * message starts with struct uz_msg_header; `size` is the whole message.
+ * The daemon treats everything it receives as untrusted: magic, version,
+ * type, exact size for the type, counts against the size, addresses
+ * against the client's own ranges.
+ *
+ * Requests a client thread sends (HELLO, REGISTER, UNREGISTER,
+ * FORK_PREPARE, STATS, HINT) are answered with a reply carrying the
+ * request's seq.  EVICT and SHUTDOWN are requests from the daemon to the
+ * client's agent thread, answered by EVICT_DONE and SHUTDOWN_ACK.
+ */
+#pragma once
+
+#include <stdint.h>
+
+#define UZ_PROTO_MAGIC 0x77737a75u /* "uzsw" little-endian */
+#define UZ_PROTO_VERSION 1
+#define UZ_MSG_SIZE_MAX 8192
+#define UZ_EVICT_BATCH_MAX 512 /* pages per eviction batch = graveyard and ring size */
+
+enum uz_msg_type {
+	UZ_MSG_HELLO = 1,       /* c->d, SCM_RIGHTS: uffd, then optionally its /proc/self/pagemap */
+	UZ_MSG_HELLO_REPLY,     /* d->c, SCM_RIGHTS: ring memfd (on success) */
+	UZ_MSG_REGISTER,        /* c->d: a range was registered with the uffd */
+	UZ_MSG_UNREGISTER,      /* c->d: give back every evicted page in range, forget it */
+	UZ_MSG_REPLY,           /* d->c: answer to REGISTER/UNREGISTER/FORK_PREPARE/HINT */
+	UZ_MSG_EVICT,           /* d->c: move these pages out, copy them to the ring */
+	UZ_MSG_EVICT_DONE,      /* c->d: per-page result of an EVICT */
+	UZ_MSG_FORK_PREPARE,    /* c->d: give every page back, pause eviction, then reply */
+	UZ_MSG_FORK_DONE,       /* c->d: the fork is over, eviction may resume (no reply) */
+	UZ_MSG_SHUTDOWN,        /* d->c: every page is back; unregister everything and ack */
+	UZ_MSG_SHUTDOWN_ACK,    /* c->d */
+	UZ_MSG_STATS,           /* c->d */
+	UZ_MSG_STATS_REPLY,     /* d->c */
+	UZ_MSG_HINT,            /* c->d: advice on a range */
+	UZ_MSG__MAX
+};
+
+struct uz_msg_header {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t type;
+	uint32_t size; /* of the whole message, header included */
+	uint32_t seq;  /* chosen by the requester, echoed in the answer */
+};
+
+#define UZ_HELLO_HAS_PAGEMAP (1u << 0) /* a pagemap fd follows the uffd */
+#define UZ_HELLO_FORK_CHILD (1u << 1)  /* this process is the child of a managed fork */
+
+struct uz_msg_hello {
+	struct uz_msg_header header;
+	uint64_t uffd_features;   /* features UFFDIO_API granted on the passed uffd */
+	uint64_t graveyard_start; /* UZ_EVICT_BATCH_MAX pages, registered, private anonymous */
+	uint64_t graveyard_len;
+	uint32_t page_size;
+	uint32_t flags;
+	char comm[16]; /* for display only */
+};
+
+struct uz_msg_hello_reply {
+	struct uz_msg_header header;
+	int32_t status; /* 0 or -errno: refused (limits, bad hello) */
+	uint32_t batch_max; /* pages in the ring */
+	uint64_t ring_size; /* bytes of the ring memfd */
+	uint64_t client_id;
+};
+
+#define UZ_REGISTER_POPULATED (1u << 0) /* pages may be present already (fork child, late join) */
+
+struct uz_msg_range {
+	struct uz_msg_header header; /* REGISTER, UNREGISTER */
+	uint64_t start;              /* page aligned */
+	uint64_t len;                /* page aligned, > 0 */
+	uint32_t flags;
+	uint32_t reserved;
+};
+
+enum uz_hint {
+	UZ_HINT_COLD = 1, /* evict this range soon */
+	UZ_HINT_HOT = 2,  /* bring it back and keep it */
+};
+
+struct uz_msg_hint {
+	struct uz_msg_header header;
+	uint64_t start;
+	uint64_t len;
+	uint32_t hint;
+	uint32_t reserved;
+};
+
+struct uz_msg_reply {
+	struct uz_msg_header header; /* seq = the request's */
+	int32_t status;              /* 0 or -errno */
+	uint32_t reserved;
+};
+
+struct uz_msg_evict {
+	struct uz_msg_header header;
+	uint32_t batch;
+	uint32_t count; /* 1..UZ_EVICT_BATCH_MAX; size = offsetof(addrs) + 8 * count */
+	uint64_t addrs[];
+};
+
+struct uz_msg_evict_done {
+	struct uz_msg_header header;
+	uint32_t batch;
+	uint32_t count;   /* must equal the EVICT's count */
+	int32_t status[]; /* per page: 0 moved and copied to ring slot i, else -errno */
+};
+
+struct uz_msg_stats_reply {
+	struct uz_msg_header header;
+	uint64_t registered_bytes;
+	uint64_t resident_pages;
+	uint64_t stored_pages;
+	uint64_t same_filled_pages;
+	uint64_t on_disk_pages;
+	uint64_t compressed_bytes;
+	uint64_t faults;
+	uint64_t zswpin;
+	uint64_t zswpout;
+};

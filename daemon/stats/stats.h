@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Statistics: one 64-bit counter per event and per rejection reason, named
+ * like the kernel's zswap counters where the meaning is the same.  A
+ * struct stats holds one row of counters per thread (cache-line aligned);
+ * a thread adds to its own row without a shared lock, and readers sum the
+ * rows.  Gauges (stored_pages, ...) are kept as sums of signed deltas.
+ *
+ * Every struct stats (global, per cgroup, per client) uses the same
+ * thread slot: a thread calls stats_thread_register() once.
+ */
+#pragma once
+
+#include <stdint.h>
+
+/* X(name, kind, help): kind is COUNTER or GAUGE. */
+#define UZ_STATS_LIST(X)                                                                           \
+	X(stored_pages, GAUGE, "pages held compressed in the pool (same-filled included)")         \
+	X(same_filled_pages, GAUGE, "stored pages that are one repeated word: no pool memory")     \
+	X(compressed_bytes, GAUGE, "bytes of compressed data held in the pool")                    \
+	X(resident_pages, GAUGE, "registered pages mapped in clients, as the daemon counts them")  \
+	X(on_disk_pages, GAUGE, "pages written back and held in the swap file")                    \
+	X(zswpout, COUNTER, "pages stored into the pool")                                          \
+	X(zswpin, COUNTER, "pages faulted back from the pool")                                     \
+	X(zswpwb, COUNTER, "pages written back from the pool to the swap file")                    \
+	X(written_back_pages, COUNTER, "same as zswpwb, the kernel's debugfs name")                \
+	X(disk_swapins, COUNTER, "pages faulted back from the swap file")                          \
+	X(zero_fill_faults, COUNTER, "faults on never-touched pages served with zeros")            \
+	X(inflight_faults, COUNTER, "faults on pages in flight, served once the eviction landed")  \
+	X(evict_requests, COUNTER, "eviction batches sent to client agents")                       \
+	X(evict_failed_pages, COUNTER, "victims the agent could not move (gone, shared)")          \
+	X(second_chance_rotations, COUNTER, "shrinker found an entry referenced and rotated it")   \
+	X(writeback_batches, COUNTER, "writeback submissions to the swap file")                    \
+	X(io_errors, COUNTER, "swap file reads or writes that failed")                             \
+	X(reject_compress_fail, COUNTER, "stores refused: the compressor failed")                  \
+	X(reject_compress_poor, COUNTER, "pages that compressed above the poor threshold")         \
+	X(reject_alloc_fail, COUNTER, "stores refused: no pool memory could be had")               \
+	X(reject_reclaim_fail, COUNTER, "stores refused: the pool was full and nothing could be written back") \
+	X(pool_limit_hit, COUNTER, "stores refused because a pool limit was reached")              \
+	X(decompress_fail, COUNTER, "loads whose data did not decompress: the page was poisoned")
+
+enum uz_stat {
+#define UZ_STAT_ENUM(name, kind, help) UZ_STAT_##name,
+	UZ_STATS_LIST(UZ_STAT_ENUM)
+#undef UZ_STAT_ENUM
+		UZ_STAT__COUNT
+};
+
+enum uz_stat_kind { UZ_STAT_COUNTER, UZ_STAT_GAUGE };
+
+#define UZ_STATS_MAX_THREADS 64
+
+struct stats;
+
+int stats_new(struct stats **out);
+struct stats *stats_free(struct stats *stats);
+
+/* Give the calling thread its own row; returns the slot or -EUSERS when all are taken. */
+int stats_thread_register(void);
+
+/* Add delta to the calling thread's row (slot 0, atomically, if unregistered). */
+void stats_add(struct stats *stats, enum uz_stat which, int64_t delta);
+/* Sum of all rows. */
+int64_t stats_read(const struct stats *stats, enum uz_stat which);
+void stats_read_all(const struct stats *stats, int64_t out[UZ_STAT__COUNT]);
+
+const char *stats_name(enum uz_stat which);
+const char *stats_help(enum uz_stat which);
+enum uz_stat_kind stats_kind(enum uz_stat which);
+
+/*
+ * Latency histograms: log-linear buckets (4 per power of two) of
+ * nanoseconds, one row per thread like the counters.
+ */
+struct latency_hist;
+
+int latency_hist_new(struct latency_hist **out);
+struct latency_hist *latency_hist_free(struct latency_hist *hist);
+void latency_hist_record(struct latency_hist *hist, uint64_t ns);
+uint64_t latency_hist_count(const struct latency_hist *hist);
+/* The value below which `percent` (0..100) of the samples fall, in ns. */
+uint64_t latency_hist_percentile(const struct latency_hist *hist, double percent);
