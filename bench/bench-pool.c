@@ -89,8 +89,7 @@ static int page_store(struct compressor *c, struct pool *pool, const void *page,
 	return pool_store(pool, dst, (size_t)n, &slot->handle);
 }
 
-static int page_load(struct compressor *c, struct pool *pool, struct page_slot *slot,
-		     void *page)
+static int page_load(struct compressor *c, struct pool *pool, struct page_slot *slot, void *page)
 {
 	uint8_t src[UZ_PAGE_SIZE];
 	int r;
@@ -145,11 +144,11 @@ static int bench_throughput(uint8_t (*pages)[UZ_PAGE_SIZE], size_t nr_pages, con
 	pthread_t threads[2];
 	struct pool_usage usage;
 	struct run run = {
-		.pages = pages,
-		.nr_pages = nr_pages,
-		.algo = algo,
-		.level = level,
-		.nr_threads = nr_threads,
+	    .pages = pages,
+	    .nr_pages = nr_pages,
+	    .algo = algo,
+	    .level = level,
+	    .nr_threads = nr_threads,
 	};
 	double t0, t1, t2, t3;
 	unsigned i;
@@ -159,7 +158,7 @@ static int bench_throughput(uint8_t (*pages)[UZ_PAGE_SIZE], size_t nr_pages, con
 		return -ENOMEM;
 	pthread_barrier_init(&run.barrier, NULL, nr_threads + 1);
 	for (i = 0; i < nr_threads; i++) {
-		workers[i] = (struct worker){ &run, i };
+		workers[i] = (struct worker){&run, i};
 		pthread_create(&threads[i], NULL, worker_main, &workers[i]);
 	}
 	pthread_barrier_wait(&run.barrier);
@@ -174,9 +173,9 @@ static int bench_throughput(uint8_t (*pages)[UZ_PAGE_SIZE], size_t nr_pages, con
 	for (i = 0; i < nr_threads; i++)
 		pthread_join(threads[i], NULL);
 
-	printf("%-5s %-7s %-6s %u   %10.0f %10.0f   %6.2f   %5.3f%s\n",
-	       compressor_algo_name(algo), level ? (level == 1 ? "level1" : "levelN") : "-", data,
-	       nr_threads, (double)nr_pages / (t1 - t0), (double)nr_pages / (t3 - t2),
+	printf("%-5s %-7s %-6s %u   %10.0f %10.0f   %6.2f   %5.3f%s\n", compressor_algo_name(algo),
+	       level ? (level == 1 ? "level1" : "levelN") : "-", data, nr_threads,
+	       (double)nr_pages / (t1 - t0), (double)nr_pages / (t3 - t2),
 	       usage.stored_bytes ? (double)nr_pages * UZ_PAGE_SIZE / (double)usage.stored_bytes
 				  : 0.0,
 	       usage.stored_bytes ? (double)usage.total_size / (double)usage.stored_bytes : 0.0,
@@ -262,9 +261,10 @@ static int bench_mixed(size_t nr_pages)
 			return -ENOMEM;
 	}
 	pool_get_usage(pool, &usage);
-	printf("pool overhead after refilling the freed pages: %.3f (total %llu B, stored %llu B)\n",
-	       (double)usage.total_size / (double)usage.stored_bytes,
-	       (unsigned long long)usage.total_size, (unsigned long long)usage.stored_bytes);
+	printf(
+	    "pool overhead after refilling the freed pages: %.3f (total %llu B, stored %llu B)\n",
+	    (double)usage.total_size / (double)usage.stored_bytes,
+	    (unsigned long long)usage.total_size, (unsigned long long)usage.stored_bytes);
 
 	/* Metadata: every page of one contiguous region is stored, as after eviction. */
 	for (i = 0; i < nr_pages; i++) {
@@ -289,9 +289,10 @@ static int bench_mixed(size_t nr_pages)
 	for (i = 0; i < nr_pages; i++)
 		page_index_set(index, vpn_base + i * 16, (uint64_t)i + 1);
 	page_index_get_usage(index, &index_usage);
-	printf("metadata per stored page (1 in 16 pages stored):    index %.2f B + LRU 8 B = %.2f B\n",
-	       (double)index_usage.bytes / (double)stored,
-	       (double)index_usage.bytes / (double)stored + 8.0);
+	printf(
+	    "metadata per stored page (1 in 16 pages stored):    index %.2f B + LRU 8 B = %.2f B\n",
+	    (double)index_usage.bytes / (double)stored,
+	    (double)index_usage.bytes / (double)stored + 8.0);
 	page_index_free(index);
 
 	for (i = 0; i < nr_pages; i++)
@@ -305,11 +306,11 @@ static int bench_mixed(size_t nr_pages)
 int main(int argc, char **argv)
 {
 	size_t nr_pages = argc > 1 ? strtoull(argv[1], NULL, 0) : 16384, i;
-	uint8_t (*text)[UZ_PAGE_SIZE], (*random)[UZ_PAGE_SIZE];
+	uint8_t(*text)[UZ_PAGE_SIZE], (*random)[UZ_PAGE_SIZE];
 	static const struct {
 		enum compressor_algo algo;
 		int level;
-	} algos[] = { { COMPRESSOR_LZ4, 0 }, { COMPRESSOR_ZSTD, 1 } };
+	} algos[] = {{COMPRESSOR_LZ4, 0}, {COMPRESSOR_ZSTD, 1}};
 	uint64_t seed = 1;
 	unsigned a, threads;
 	int failed = 0;

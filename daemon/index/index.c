@@ -31,12 +31,12 @@
 #include "util.h"
 #include "index/index.h"
 
-#define INDEX_BITS 6
+#define INDEX_BITS   6
 #define INDEX_FANOUT (1U << INDEX_BITS)
-#define INDEX_MASK (INDEX_FANOUT - 1)
+#define INDEX_MASK   (INDEX_FANOUT - 1)
 /* Interior levels above the leaves: 36 bits = 6 levels of 6 bits, one of them leaves. */
 #define INDEX_NODE_LEVELS (PAGE_INDEX_VPN_BITS / INDEX_BITS - 1)
-#define INDEX_VPN_MAX ((1ULL << PAGE_INDEX_VPN_BITS) - 1)
+#define INDEX_VPN_MAX	  ((1ULL << PAGE_INDEX_VPN_BITS) - 1)
 
 _Static_assert(PAGE_INDEX_VPN_BITS % INDEX_BITS == 0, "vpn bits must split into levels");
 
@@ -248,9 +248,9 @@ static bool node_find_next(const struct index_node *node, unsigned level, uint64
 		unsigned slot = (unsigned)__builtin_ctzll(candidates);
 		/* Past the slot `from` is in, start at the beginning of the child. */
 		uint64_t child_from = slot == slot_at(from, level)
-					      ? from
-					      : (from & ~((1ULL << (shift + INDEX_BITS)) - 1)) |
-							((uint64_t)slot << shift);
+					  ? from
+					  : (from & ~((1ULL << (shift + INDEX_BITS)) - 1)) |
+						((uint64_t)slot << shift);
 
 		candidates &= candidates - 1;
 		if (level == 1) {
@@ -269,8 +269,8 @@ static bool node_find_next(const struct index_node *node, unsigned level, uint64
 	return false;
 }
 
-int page_index_walk(struct page_index *index, uint64_t first, uint64_t last,
-		    page_index_walk_fn fn, void *userdata)
+int page_index_walk(struct page_index *index, uint64_t first, uint64_t last, page_index_walk_fn fn,
+		    void *userdata)
 {
 	uint64_t vpn, cursor = first;
 	int r;

@@ -20,7 +20,7 @@
 #include "util.h"
 #include "index/index.h"
 
-#define PATTERN_MAX 1024U
+#define PATTERN_MAX	  1024U
 #define PATTERN_HASH_SIZE (2 * PATTERN_MAX)
 
 _Static_assert((PATTERN_HASH_SIZE & (PATTERN_HASH_SIZE - 1)) == 0, "hash size: power of two");

@@ -41,10 +41,10 @@
 struct lru {
 	pthread_mutex_t lock;
 	uint64_t *ring;
-	uint64_t capacity; /* a power of two */
-	uint64_t head;     /* index of the oldest reference */
-	uint64_t length;   /* references in the ring */
-	uint64_t held;     /* references popped by walkers that may come back */
+	uint64_t capacity;	  /* a power of two */
+	uint64_t head;		  /* index of the oldest reference */
+	uint64_t length;	  /* references in the ring */
+	uint64_t held;		  /* references popped by walkers that may come back */
 	uint64_t nr_disk_swapins; /* atomic: swapins not yet consumed by a count */
 };
 
@@ -158,7 +158,7 @@ uint64_t lru_length(struct lru *lru)
 int lru_walk(struct lru *lru, uint64_t nr_to_scan, lru_walk_fn fn, void *userdata,
 	     struct lru_walk_result *result)
 {
-	struct lru_walk_result counts = { 0 };
+	struct lru_walk_result counts = {0};
 	uint64_t visits_left, ref;
 
 	/*

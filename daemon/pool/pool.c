@@ -50,29 +50,30 @@
 #include "util.h"
 #include "pool/pool.h"
 
-#define POOL_OBJECT_MAX 4096U
+#define POOL_OBJECT_MAX	 4096U
 #define POOL_CLASS_GRAIN 32U
-#define POOL_NR_CLASSES (POOL_OBJECT_MAX / POOL_CLASS_GRAIN)
-#define POOL_CHUNK_MIN (64U << 10)
-#define POOL_CHUNK_MAX (128U << 10)
+#define POOL_NR_CLASSES	 (POOL_OBJECT_MAX / POOL_CLASS_GRAIN)
+#define POOL_CHUNK_MIN	 (64U << 10)
+#define POOL_CHUNK_MAX	 (128U << 10)
 
 /* Handle: [slot: 12 bits][class: 7 bits][chunk id + 1: 25 bits] from bit 0 up. */
-#define HANDLE_SLOT_BITS 12
-#define HANDLE_CLASS_BITS 7
+#define HANDLE_SLOT_BITS   12
+#define HANDLE_CLASS_BITS  7
 #define HANDLE_CHUNK_SHIFT (HANDLE_SLOT_BITS + HANDLE_CLASS_BITS)
-#define HANDLE_CHUNK_BITS (POOL_HANDLE_BITS - HANDLE_CHUNK_SHIFT)
-#define POOL_CHUNK_IDS ((1U << HANDLE_CHUNK_BITS) - 1)
+#define HANDLE_CHUNK_BITS  (POOL_HANDLE_BITS - HANDLE_CHUNK_SHIFT)
+#define POOL_CHUNK_IDS	   ((1U << HANDLE_CHUNK_BITS) - 1)
 
 _Static_assert(POOL_NR_CLASSES <= (1U << HANDLE_CLASS_BITS), "class field too small");
-_Static_assert(POOL_CHUNK_MAX / POOL_CLASS_GRAIN <= (1U << HANDLE_SLOT_BITS), "slot field too small");
+_Static_assert(POOL_CHUNK_MAX / POOL_CLASS_GRAIN <= (1U << HANDLE_SLOT_BITS),
+	       "slot field too small");
 _Static_assert(POOL_CLASS_GRAIN <= 0xff, "slack must fit in a byte");
 
-#define SLOT_NONE 0xffffU
+#define SLOT_NONE  0xffffU
 #define SLACK_FREE 0xffU
 
 /* Fullness groups of partially used chunks, by quarters of their slots. */
-#define NR_GROUPS 4
-#define GROUP_FULL NR_GROUPS
+#define NR_GROUPS	 4
+#define GROUP_FULL	 NR_GROUPS
 #define GROUP_EVACUATING (NR_GROUPS + 1)
 
 struct chunk {
@@ -81,9 +82,9 @@ struct chunk {
 	uint32_t id;
 	uint16_t nr_slots;
 	uint16_t nr_used;
-	uint16_t bump;      /* slots below this have been handed out once */
+	uint16_t bump;	    /* slots below this have been handed out once */
 	uint16_t free_head; /* first slot of the free chain, SLOT_NONE if empty */
-	uint8_t group;      /* 0..NR_GROUPS-1, GROUP_FULL or GROUP_EVACUATING */
+	uint8_t group;	    /* 0..NR_GROUPS-1, GROUP_FULL or GROUP_EVACUATING */
 	uint8_t slack[];    /* per slot: class size minus object length, SLACK_FREE if free */
 };
 
@@ -93,7 +94,7 @@ struct chunk {
  */
 struct pool_class {
 	_Alignas(64) pthread_mutex_t lock;
-	uint32_t size;       /* object slot size in bytes */
+	uint32_t size;	     /* object slot size in bytes */
 	uint32_t chunk_size; /* bytes per chunk mapping */
 	uint16_t chunk_slots;
 	struct chunk *groups[NR_GROUPS];
@@ -265,8 +266,7 @@ static struct chunk *chunk_new(struct pool *pool, struct pool_class *cls)
 	if (!chunk)
 		return NULL;
 	base = mmap(NULL, cls->chunk_size, PROT_READ | PROT_WRITE,
-		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
-		    -1, 0);
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
 	if (base == MAP_FAILED) {
 		free(chunk);
 		return NULL;
@@ -366,8 +366,8 @@ static char *class_alloc(struct pool *pool, struct pool_class *cls, unsigned cla
  * Caller holds cls->lock.  Frees the slot; returns the chunk if it became
  * empty (already retired: the caller unmaps it after unlocking), else NULL.
  */
-static struct chunk *class_release(struct pool *pool, struct pool_class *cls,
-				   struct chunk *chunk, unsigned slot)
+static struct chunk *class_release(struct pool *pool, struct pool_class *cls, struct chunk *chunk,
+				   unsigned slot)
 {
 	uint16_t next = chunk->free_head;
 

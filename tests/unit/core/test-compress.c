@@ -36,8 +36,8 @@ static void test_roundtrip_all(void **state)
 		enum compressor_algo algo;
 		int level;
 	} cases[] = {
-		{ COMPRESSOR_LZ4, 0 },  { COMPRESSOR_ZSTD, 0 }, { COMPRESSOR_ZSTD, 3 },
-		{ COMPRESSOR_ZSTD, 9 }, { COMPRESSOR_RAW, 0 },
+	    {COMPRESSOR_LZ4, 0},  {COMPRESSOR_ZSTD, 0}, {COMPRESSOR_ZSTD, 3},
+	    {COMPRESSOR_ZSTD, 9}, {COMPRESSOR_RAW, 0},
 	};
 	uint64_t seed = 1;
 	size_t i;
@@ -80,7 +80,7 @@ static void test_text_compresses(void **state)
 
 static void test_incompressible_e2big(void **state)
 {
-	enum compressor_algo algos[] = { COMPRESSOR_LZ4, COMPRESSOR_ZSTD, COMPRESSOR_RAW };
+	enum compressor_algo algos[] = {COMPRESSOR_LZ4, COMPRESSOR_ZSTD, COMPRESSOR_RAW};
 	uint64_t seed = 99;
 	size_t i;
 
@@ -168,7 +168,7 @@ static void test_new_rejects(void **state)
 
 static void test_same_filled(void **state)
 {
-	uint64_t word = 1, fills[] = { 0, ~0ULL, 0xdeadbeefcafef00dULL, 0x0101010101010101ULL };
+	uint64_t word = 1, fills[] = {0, ~0ULL, 0xdeadbeefcafef00dULL, 0x0101010101010101ULL};
 	size_t i;
 
 	for (i = 0; i < UZ_ARRAY_SIZE(fills); i++) {
@@ -178,7 +178,7 @@ static void test_same_filled(void **state)
 	}
 
 	/* One differing byte anywhere, first, middle or last, breaks it. */
-	size_t positions[] = { 0, 7, 8, 2048, 4087, UZ_PAGE_SIZE - 8, UZ_PAGE_SIZE - 1 };
+	size_t positions[] = {0, 7, 8, 2048, 4087, UZ_PAGE_SIZE - 8, UZ_PAGE_SIZE - 1};
 	for (i = 0; i < UZ_ARRAY_SIZE(positions); i++) {
 		page_fill_word(page, 0);
 		page[positions[i]] = 1;
@@ -209,8 +209,8 @@ static void test_parse(void **state)
 	assert_int_equal(compressor_parse("zstd:19", &algo, &level), 0);
 	assert_int_equal(level, 19);
 
-	const char *bad[] = { "", "lz5", "zstd:", "zstd:0", "zstd:20", "zstd:3x", "zstd3",
-			      "zstd:-1", "LZ4", "zstd: 3" };
+	const char *bad[] = {"",	"lz5",	 "zstd:",   "zstd:0", "zstd:20",
+			     "zstd:3x", "zstd3", "zstd:-1", "LZ4",    "zstd: 3"};
 	for (size_t i = 0; i < UZ_ARRAY_SIZE(bad); i++) {
 		algo = COMPRESSOR_RAW;
 		level = -7;
@@ -226,14 +226,10 @@ static void test_parse(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_roundtrip_all),
-		cmocka_unit_test(test_text_compresses),
-		cmocka_unit_test(test_incompressible_e2big),
-		cmocka_unit_test(test_decompress_errors),
-		cmocka_unit_test(test_cross_algorithm),
-		cmocka_unit_test(test_new_rejects),
-		cmocka_unit_test(test_same_filled),
-		cmocka_unit_test(test_parse),
+	    cmocka_unit_test(test_roundtrip_all),	 cmocka_unit_test(test_text_compresses),
+	    cmocka_unit_test(test_incompressible_e2big), cmocka_unit_test(test_decompress_errors),
+	    cmocka_unit_test(test_cross_algorithm),	 cmocka_unit_test(test_new_rejects),
+	    cmocka_unit_test(test_same_filled),		 cmocka_unit_test(test_parse),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -78,7 +78,7 @@ static void test_random_against_array(void **state)
 {
 	enum { SPAN = 20000 };
 	page_entry_t *reference = calloc(SPAN, sizeof(*reference));
-	struct collect collect = { calloc(SPAN, 8), calloc(SPAN, 8), 0, SPAN };
+	struct collect collect = {calloc(SPAN, 8), calloc(SPAN, 8), 0, SPAN};
 	struct page_index *index = NULL;
 	struct page_index_usage usage;
 	uint64_t seed = 4, base = 0x123456789ULL, first, last, nonzero = 0;
@@ -170,8 +170,8 @@ static void test_walk_rewrite_stop_abort(void **state)
 
 	assert_int_equal(page_index_new(&index), 0);
 	for (vpn = 0; vpn < 4096; vpn++)
-		assert_int_equal(page_index_set(index, vpn, pe_make(0, PAGE_STORED, false, 1, 100, vpn)),
-				 0);
+		assert_int_equal(
+		    page_index_set(index, vpn, pe_make(0, PAGE_STORED, false, 1, 100, vpn)), 0);
 	assert_int_equal(page_index_walk(index, 0, VPN_MAX, rewrite_fn, NULL), 0);
 	for (vpn = 0; vpn < 4096; vpn++) {
 		page_entry_t e = page_index_get(index, vpn);
@@ -194,7 +194,7 @@ static void test_walk_rewrite_stop_abort(void **state)
 	assert_int_equal(seen, 500);
 
 	/* The callback clears entries ahead of the walk. */
-	struct set_inside inside = { index };
+	struct set_inside inside = {index};
 	assert_int_equal(page_index_walk(index, 0, 4095, set_inside_fn, &inside), 0);
 	for (vpn = 0; vpn < 4096; vpn++) {
 		bool kept = (vpn / 64) % 2 == 0 && !(vpn & 1);
@@ -214,7 +214,7 @@ static void test_sparse_terabyte(void **state)
 	enum { NR = 4000 };
 	/* A 1 TiB region: 2^28 pages, starting at 64 TiB. */
 	const uint64_t base = 1ULL << 34, span = 1ULL << 28;
-	struct collect collect = { calloc(NR, 8), calloc(NR, 8), 0, NR };
+	struct collect collect = {calloc(NR, 8), calloc(NR, 8), 0, NR};
 	uint64_t *vpns = calloc(NR, sizeof(*vpns)), seed = 77;
 	struct page_index *index = NULL;
 	struct page_index_usage usage;
@@ -228,8 +228,8 @@ static void test_sparse_terabyte(void **state)
 			if (vpns[j] == vpns[i])
 				goto again;
 		}
-		assert_int_equal(page_index_set(index, vpns[i], pe_make(0, PAGE_ON_DISK, false, 2, 500, i)),
-				 0);
+		assert_int_equal(
+		    page_index_set(index, vpns[i], pe_make(0, PAGE_ON_DISK, false, 2, 500, i)), 0);
 	}
 	for (i = 0; i < NR; i++) {
 		assert_true(pe_payload(page_index_get(index, vpns[i])) == i);
@@ -331,12 +331,12 @@ static void test_patterns(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_edges),
-		cmocka_unit_test(test_random_against_array),
-		cmocka_unit_test(test_walk_rewrite_stop_abort),
-		cmocka_unit_test(test_sparse_terabyte),
-		cmocka_unit_test(test_dense_cost),
-		cmocka_unit_test(test_patterns),
+	    cmocka_unit_test(test_edges),
+	    cmocka_unit_test(test_random_against_array),
+	    cmocka_unit_test(test_walk_rewrite_stop_abort),
+	    cmocka_unit_test(test_sparse_terabyte),
+	    cmocka_unit_test(test_dense_cost),
+	    cmocka_unit_test(test_patterns),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

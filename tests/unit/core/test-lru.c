@@ -54,7 +54,7 @@ struct pages {
 	unsigned written_back[NR_PAGES];
 	unsigned stale_dropped;
 	unsigned busy_left; /* report this many as busy first */
-	int stop_at;        /* report STOP on this page, -1 never */
+	int stop_at;	    /* report STOP on this page, -1 never */
 	unsigned calls;
 };
 
@@ -97,7 +97,7 @@ static void store_page(struct lru *lru, struct pages *pages, uint64_t page)
 
 static void test_second_chance(void **state)
 {
-	struct pages pages = { .stop_at = -1 };
+	struct pages pages = {.stop_at = -1};
 	struct lru_walk_result result;
 	struct lru *lru = NULL;
 	uint64_t i, ref;
@@ -144,7 +144,7 @@ static void test_second_chance(void **state)
 
 static void test_lazy_deletion_busy_stop(void **state)
 {
-	struct pages pages = { .stop_at = -1 };
+	struct pages pages = {.stop_at = -1};
 	struct lru_walk_result result;
 	struct lru *lru = NULL;
 	uint64_t i, ref;
@@ -256,7 +256,7 @@ static enum lru_walk_status count_cb(uint64_t ref, void *userdata)
 
 static void test_concurrent_push_walk(void **state)
 {
-	struct lru_walk_result result, total = { 0 };
+	struct lru_walk_result result, total = {0};
 	struct pusher pushers[2];
 	pthread_t threads[2];
 	struct lru *lru = NULL;
@@ -265,7 +265,7 @@ static void test_concurrent_push_walk(void **state)
 
 	assert_int_equal(lru_new(&lru), 0);
 	for (i = 0; i < 2; i++) {
-		pushers[i] = (struct pusher){ lru, (uint64_t)i * 1000000 };
+		pushers[i] = (struct pusher){lru, (uint64_t)i * 1000000};
 		pthread_create(&threads[i], NULL, pusher_main, &pushers[i]);
 	}
 	for (i = 0; i < 200; i++) {
@@ -283,11 +283,9 @@ static void test_concurrent_push_walk(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_fifo_and_growth),
-		cmocka_unit_test(test_second_chance),
-		cmocka_unit_test(test_lazy_deletion_busy_stop),
-		cmocka_unit_test(test_shrinker_count),
-		cmocka_unit_test(test_concurrent_push_walk),
+	    cmocka_unit_test(test_fifo_and_growth),	    cmocka_unit_test(test_second_chance),
+	    cmocka_unit_test(test_lazy_deletion_busy_stop), cmocka_unit_test(test_shrinker_count),
+	    cmocka_unit_test(test_concurrent_push_walk),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

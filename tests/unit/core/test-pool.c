@@ -171,7 +171,7 @@ static void test_random_threads(void **state)
 
 	assert_int_equal(pool_new(&pool), 0);
 	for (i = 0; i < NR_THREADS; i++) {
-		workers[i] = (struct worker){ pool, 1000 + (uint64_t)i };
+		workers[i] = (struct worker){pool, 1000 + (uint64_t)i};
 		assert_int_equal(pthread_create(&threads[i], NULL, worker_main, &workers[i]), 0);
 	}
 	for (i = 0; i < NR_THREADS; i++)
@@ -188,7 +188,7 @@ static void test_pages_through_compressor(void **state)
 	enum { NR = 600 };
 	static uint8_t pages[NR][UZ_PAGE_SIZE];
 	uint8_t dst[UZ_PAGE_SIZE], out[UZ_PAGE_SIZE];
-	pool_handle_t handles[NR] = { 0 };
+	pool_handle_t handles[NR] = {0};
 	int lens[NR];
 	uint64_t words[NR], seed = 5, word;
 	struct compressor *c = NULL;
@@ -237,7 +237,7 @@ static void test_pages_through_compressor(void **state)
 		} else if (lens[i] > 0) {
 			assert_int_equal(pool_load(pool, handles[i], dst, (size_t)lens[i]), 0);
 			assert_int_equal(
-				compressor_decompress(c, COMPRESSOR_LZ4, dst, (size_t)lens[i], out), 0);
+			    compressor_decompress(c, COMPRESSOR_LZ4, dst, (size_t)lens[i], out), 0);
 			pool_release(pool, handles[i]);
 		} else {
 			continue;
@@ -254,7 +254,7 @@ static void test_pages_through_compressor(void **state)
 static void test_bad_handles_and_reuse(void **state)
 {
 	struct pool *pool = NULL;
-	struct object a = { 0 }, b = { 0 };
+	struct object a = {0}, b = {0};
 	uint8_t buf[4096];
 	pool_handle_t old;
 
@@ -292,7 +292,7 @@ static void test_bad_handles_and_reuse(void **state)
 static void test_exhaustion_hook(void **state)
 {
 	enum { NR = 200 };
-	struct object objects[NR] = { 0 };
+	struct object objects[NR] = {0};
 	struct pool *pool = NULL;
 	struct pool_usage usage;
 	int i, stored = 0, r = 0;
@@ -355,8 +355,8 @@ static void test_exhaustion_rlimit(void **state)
 			_exit(3);
 		fclose(statm);
 		/* Room for a few chunks beyond what is mapped now, then mmap fails. */
-		limit.rlim_cur = limit.rlim_max = vm_pages * (rlim_t)sysconf(_SC_PAGESIZE) +
-						  (4 << 20);
+		limit.rlim_cur = limit.rlim_max =
+		    vm_pages * (rlim_t)sysconf(_SC_PAGESIZE) + (4 << 20);
 		if (setrlimit(RLIMIT_AS, &limit) < 0)
 			_exit(4);
 		for (i = 0; i < NR; i++) {
@@ -410,7 +410,7 @@ static void test_compaction(void **state)
 	marked = pool_compact_begin(pool, 50);
 	assert_true(marked > 0);
 	/* New stores avoid evacuating chunks. */
-	struct object probe = { 0 };
+	struct object probe = {0};
 	assert_int_equal(object_store(pool, &probe, 1550, 4), 0);
 	assert_false(pool_handle_evacuating(pool, probe.handle));
 
@@ -482,8 +482,8 @@ static void test_overhead_text(void **state)
 	assert_true(pool_compact_begin(pool, 90) >= 0);
 	for (i = 0; i < NR; i++) {
 		if (handles[i] && pool_handle_evacuating(pool, handles[i]))
-			assert_int_equal(pool_migrate(pool, handles[i], (size_t)lens[i], &handles[i]),
-					 0);
+			assert_int_equal(
+			    pool_migrate(pool, handles[i], (size_t)lens[i], &handles[i]), 0);
 	}
 	pool_get_usage(pool, &usage);
 	assert_true(usage.stored_bytes > 0);
@@ -501,14 +501,14 @@ static void test_overhead_text(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_random_single),
-		cmocka_unit_test(test_random_threads),
-		cmocka_unit_test(test_pages_through_compressor),
-		cmocka_unit_test(test_bad_handles_and_reuse),
-		cmocka_unit_test(test_exhaustion_hook),
-		cmocka_unit_test(test_exhaustion_rlimit),
-		cmocka_unit_test(test_compaction),
-		cmocka_unit_test(test_overhead_text),
+	    cmocka_unit_test(test_random_single),
+	    cmocka_unit_test(test_random_threads),
+	    cmocka_unit_test(test_pages_through_compressor),
+	    cmocka_unit_test(test_bad_handles_and_reuse),
+	    cmocka_unit_test(test_exhaustion_hook),
+	    cmocka_unit_test(test_exhaustion_rlimit),
+	    cmocka_unit_test(test_compaction),
+	    cmocka_unit_test(test_overhead_text),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

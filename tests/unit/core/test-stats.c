@@ -53,7 +53,7 @@ static void test_sum_across_threads(void **state)
 	assert_int_equal(latency_hist_new(&hist), 0);
 	for (i = 0; i < 6; i++) {
 		/* Half register, half share slot 0 with atomic adds. */
-		adders[i] = (struct adder){ stats, hist, i % 2 == 0, -1 };
+		adders[i] = (struct adder){stats, hist, i % 2 == 0, -1};
 		assert_int_equal(pthread_create(&threads[i], NULL, adder_main, &adders[i]), 0);
 	}
 	for (i = 0; i < 6; i++)
@@ -181,10 +181,10 @@ static void test_histogram(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_sum_across_threads),
-		cmocka_unit_test(test_slots_run_out_and_return),
-		cmocka_unit_test(test_names),
-		cmocka_unit_test(test_histogram),
+	    cmocka_unit_test(test_sum_across_threads),
+	    cmocka_unit_test(test_slots_run_out_and_return),
+	    cmocka_unit_test(test_names),
+	    cmocka_unit_test(test_histogram),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -24,11 +24,11 @@ static inline uint64_t test_rand_next(uint64_t *state)
 }
 
 static const char *const test_vocabulary[] = {
-	"the",    "page",   "memory", "compress", "value", "client", "return", "struct",
-	"buffer", "error",  "thread", "request",  "index", "handle", "offset", "length",
-	"cgroup", "daemon", "fault",  "swap",     "pool",  "store",  "load",   "free",
-	"map",    "size",   "count",  "name",     "user",  "time",   "data",   "node",
-	"alpha",  "bravo",  "kilo",   "lima",     "mike",  "oscar",  "quebec", "sierra",
+    "the",    "page",	"memory", "compress", "value", "client", "return", "struct",
+    "buffer", "error",	"thread", "request",  "index", "handle", "offset", "length",
+    "cgroup", "daemon", "fault",  "swap",     "pool",  "store",	 "load",   "free",
+    "map",    "size",	"count",  "name",     "user",  "time",	 "data",   "node",
+    "alpha",  "bravo",	"kilo",	  "lima",     "mike",  "oscar",	 "quebec", "sierra",
 };
 
 /* Fill a page with words and numbers; lz4 ratio about 2. */
