@@ -790,6 +790,63 @@ static void req_put(struct swap_io *io, struct swap_req *req)
 	free(req);
 }
 
+/* Pseudo-random 0..99 for fault injection (xorshift64). */
+static unsigned io_random_percent(struct swap_io *io)
+{
+	io->rng ^= io->rng << 13;
+	io->rng ^= io->rng >> 7;
+	io->rng ^= io->rng << 17;
+	return (unsigned)(io->rng % 100);
+}
+
+/* Should this request be altered by the fault of kind `fault`?  Takes a count ticket. */
+static bool inject_pick(struct swap_io *io, struct swap_req *req, unsigned fault)
+{
+	struct swap *swap = io->swap;
+	unsigned what = __atomic_load_n(&swap->inject_what, __ATOMIC_ACQUIRE);
+	int64_t left;
+
+	if (!(what & fault) || req->injected)
+		return false;
+	if (io_random_percent(io) >= __atomic_load_n(&swap->inject_percent, __ATOMIC_RELAXED))
+		return false;
+	left = __atomic_load_n(&swap->inject_left, __ATOMIC_RELAXED);
+	do {
+		if (left == 0)
+			return false;
+	} while (left > 0 && !__atomic_compare_exchange_n(&swap->inject_left, &left, left - 1, false,
+							    __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+	req->injected = true;
+	stat_add(swap, injected_faults, 1);
+	return true;
+}
+
+/*
+ * Injected short transfers are real ones: the request goes to the kernel
+ * with half its length (aligned), so the bytes not moved really are not
+ * moved and the resubmission must carry them.
+ */
+static unsigned inject_short(struct swap_io *io, struct swap_req *req, unsigned nbytes)
+{
+	unsigned fault = req->op == REQ_WRITE ? SWAP_SHORT_WRITE : SWAP_SHORT_READ;
+	unsigned half = nbytes / 2;
+
+	half -= half % io->swap->io_align;
+	if (half == 0 || !inject_pick(io, req, fault))
+		return nbytes;
+	return half;
+}
+
+/* Injected errors replace the result of a completion that did happen. */
+static int inject_error(struct swap_io *io, struct swap_req *req, int res)
+{
+	unsigned fault = req->op == REQ_WRITE ? SWAP_FAIL_WRITE : SWAP_FAIL_READ;
+
+	if (res < 0 || !inject_pick(io, req, fault))
+		return res;
+	return -EIO;
+}
+
 static void backlog_push(struct swap_io *io, struct swap_req *req)
 {
 	req->next = NULL;
@@ -819,6 +876,7 @@ static int io_flush(struct swap_io *io)
 
 			if (!sqe)
 				break;
+			nbytes = inject_short(io, req, nbytes);
 			io->backlog_head = req->next;
 			if (!io->backlog_head)
 				io->backlog_tail = NULL;
@@ -839,40 +897,6 @@ static int io_flush(struct swap_io *io)
 		if (!io->backlog_head || (r == 0 && queued == 0))
 			return 0;
 	}
-}
-
-/* Pseudo-random 0..99 for fault injection (xorshift64). */
-static unsigned io_random_percent(struct swap_io *io)
-{
-	io->rng ^= io->rng << 13;
-	io->rng ^= io->rng >> 7;
-	io->rng ^= io->rng << 17;
-	return (unsigned)(io->rng % 100);
-}
-
-static int inject(struct swap_io *io, struct swap_req *req, int res)
-{
-	struct swap *swap = io->swap;
-	unsigned what = __atomic_load_n(&swap->inject_what, __ATOMIC_ACQUIRE);
-	unsigned fail = req->op == REQ_WRITE ? SWAP_FAIL_WRITE : SWAP_FAIL_READ;
-	unsigned short_io = req->op == REQ_WRITE ? SWAP_SHORT_WRITE : SWAP_SHORT_READ;
-	int64_t left;
-
-	if (!(what & (fail | short_io)) || req->injected || res <= 0)
-		return res;
-	if (!(what & fail) && res < 2)
-		return res;
-	if (io_random_percent(io) >= __atomic_load_n(&swap->inject_percent, __ATOMIC_RELAXED))
-		return res;
-	left = __atomic_load_n(&swap->inject_left, __ATOMIC_RELAXED);
-	do {
-		if (left == 0)
-			return res;
-	} while (left > 0 && !__atomic_compare_exchange_n(&swap->inject_left, &left, left - 1, false,
-							    __ATOMIC_RELAXED, __ATOMIC_RELAXED));
-	req->injected = true;
-	stat_add(swap, injected_faults, 1);
-	return (what & fail) ? -EIO : res / 2;
 }
 
 static void batch_finish_request(struct swap_io *io, struct swap_req *req, int result)
@@ -927,7 +951,7 @@ static int req_complete(struct swap_io *io, struct swap_req *req, int res)
 {
 	size_t done;
 
-	res = inject(io, req, res);
+	res = inject_error(io, req, res);
 	if (res < 0) {
 		req_finish(io, req, res);
 		return 1;

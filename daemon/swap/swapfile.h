@@ -103,12 +103,13 @@ void swap_get_usage(struct swap *swap, struct swap_usage *usage);
 void swap_get_stats(const struct swap *swap, struct swap_stats *stats);
 
 /*
- * Fault injection for tests.  Each I/O completion of a kind named in
- * `what` is altered with probability percent/100 (100: every one), until
- * `count` completions have been altered (0: no limit).  A failed
- * completion reports -EIO; a short one reports half the bytes moved (the
- * module resubmits the rest, as for a real short transfer).  A request is
- * altered at most once.  what = 0 switches injection off.
+ * Fault injection for tests.  Each I/O request of a kind named in `what`
+ * is altered with probability percent/100 (100: every one), until
+ * `count` requests have been altered (0: no limit).  A failed request
+ * completes with -EIO (the transfer itself did happen); a short one is
+ * really sent with half its length (aligned), so the module must resubmit
+ * the rest as for any short transfer.  A request is altered at most once.
+ * what = 0 switches injection off.
  */
 enum swap_fault {
 	SWAP_FAIL_WRITE = 1u << 0,
