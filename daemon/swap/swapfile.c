@@ -96,19 +96,19 @@
 
 #include "swap/swapfile.h"
 
-#define SWAP_CLUSTER_SIZE (64u * 1024)
-#define SWAP_GRANULE_MIN 512u
+#define SWAP_CLUSTER_SIZE    (64u * 1024)
+#define SWAP_GRANULE_MIN     512u
 #define SWAP_GRANULE_DEFAULT 512u
-#define SWAP_RING_DEFAULT 64u
-#define SWAP_STRIPES 64u
-#define SWAP_RUN_MAX (128u * 1024) /* largest write request a batch builds */
-#define SWAP_REQ_CACHE 64u         /* idle requests (with buffers) kept per swap_io */
-#define SWAP_STALLS_MAX 4u         /* short completions in a row without progress */
-#define SWAP_BUFFER_ALIGN 4096u
+#define SWAP_RING_DEFAULT    64u
+#define SWAP_STRIPES	     64u
+#define SWAP_RUN_MAX	     (128u * 1024) /* largest write request a batch builds */
+#define SWAP_REQ_CACHE	     64u	   /* idle requests (with buffers) kept per swap_io */
+#define SWAP_STALLS_MAX	     4u		   /* short completions in a row without progress */
+#define SWAP_BUFFER_ALIGN    4096u
 
-#define SLOT_SIZE_BITS 3
+#define SLOT_SIZE_BITS	 3
 #define SLOT_GRANULE_MAX (1ULL << (SWAP_SLOT_BITS - SLOT_SIZE_BITS))
-#define CLUSTER_NONE UINT32_MAX
+#define CLUSTER_NONE	 UINT32_MAX
 
 #ifndef STATX_DIOALIGN
 #define STATX_DIOALIGN 0x00002000U
@@ -124,10 +124,10 @@ enum cluster_list {
 
 struct swap_cluster {
 	uint64_t map[2]; /* granule bitmap; stripe lock to write, atomic to read */
-	uint16_t used;   /* granules in use; stripe lock */
-	uint8_t list;    /* enum cluster_list; swap->lock to write, atomic to read */
-	uint8_t owned;   /* a swap_io allocates here; swap->lock to write, atomic to read */
-	uint32_t prev;   /* list links; swap->lock */
+	uint16_t used;	 /* granules in use; stripe lock */
+	uint8_t list;	 /* enum cluster_list; swap->lock to write, atomic to read */
+	uint8_t owned;	 /* a swap_io allocates here; swap->lock to write, atomic to read */
+	uint32_t prev;	 /* list links; swap->lock */
 	uint32_t next;
 };
 
@@ -151,11 +151,11 @@ struct swap {
 	pthread_mutex_t stripes[SWAP_STRIPES];
 
 	struct swap_stats stats; /* updated with relaxed atomics */
-	uint64_t ios;            /* live swap_io objects */
+	uint64_t ios;		 /* live swap_io objects */
 
-	unsigned inject_what;    /* enum swap_fault mask; atomic */
+	unsigned inject_what;	 /* enum swap_fault mask; atomic */
 	unsigned inject_percent; /* atomic */
-	int64_t inject_left;     /* alterations left; -1 unlimited; atomic */
+	int64_t inject_left;	 /* alterations left; -1 unlimited; atomic */
 };
 
 enum req_op { REQ_WRITE, REQ_READ };
@@ -177,8 +177,8 @@ struct swap_req {
 	bool injected;
 	unsigned stalls;
 	uint64_t offset; /* file offset of buffer[0] */
-	size_t length;   /* bytes to move */
-	size_t done;     /* bytes moved so far */
+	size_t length;	 /* bytes to move */
+	size_t done;	 /* bytes moved so far */
 	void *buffer;
 	size_t capacity;
 	/* write */
@@ -201,7 +201,7 @@ struct swap_io {
 	size_t idle_count;
 	struct swap_req *backlog_head, *backlog_tail;
 	uint32_t cluster; /* current cluster or CLUSTER_NONE */
-	unsigned hint;    /* next-fit position in it */
+	unsigned hint;	  /* next-fit position in it */
 	uint64_t rng;
 };
 
@@ -347,7 +347,8 @@ static uint32_t cluster_acquire(struct swap *swap, unsigned n)
 	} else {
 		for (uint32_t i = swap->lists[LIST_FRAGMENTED].head; i != CLUSTER_NONE;
 		     i = swap->clusters[i].next) {
-			if (map_find_run(&swap->clusters[i], swap->granules_per_cluster, n, 0) >= 0) {
+			if (map_find_run(&swap->clusters[i], swap->granules_per_cluster, n, 0) >=
+			    0) {
 				index = i;
 				break;
 			}
@@ -407,8 +408,10 @@ int swap_slot_alloc(struct swap_io *io, size_t len, uint64_t *slot_out)
 			if (pos >= 0) {
 				io->hint = (unsigned)pos + n;
 				stat_add(swap, slots_in_use, 1);
-				stat_add(swap, bytes_on_disk, (uint64_t)n * swap->info.granule_size);
-				*slot_out = slot_make((uint64_t)io->cluster * per + (unsigned)pos, n);
+				stat_add(swap, bytes_on_disk,
+					 (uint64_t)n * swap->info.granule_size);
+				*slot_out =
+				    slot_make((uint64_t)io->cluster * per + (unsigned)pos, n);
 				return 0;
 			}
 			cluster_release(swap, io->cluster);
@@ -645,8 +648,8 @@ int swap_new(struct swap **out, const struct swap_config *config)
 	swap->io_align = 1;
 	if (swap->info.direct_io)
 		swap->io_align = swap->info.dio_offset_align > swap->info.dio_mem_align
-					 ? swap->info.dio_offset_align
-					 : swap->info.dio_mem_align;
+				     ? swap->info.dio_offset_align
+				     : swap->info.dio_mem_align;
 
 	*out = swap;
 	return 0;
@@ -814,8 +817,9 @@ static bool inject_pick(struct swap_io *io, struct swap_req *req, unsigned fault
 	do {
 		if (left == 0)
 			return false;
-	} while (left > 0 && !__atomic_compare_exchange_n(&swap->inject_left, &left, left - 1, false,
-							    __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+	} while (left > 0 &&
+		 !__atomic_compare_exchange_n(&swap->inject_left, &left, left - 1, false,
+					      __ATOMIC_RELAXED, __ATOMIC_RELAXED));
 	req->injected = true;
 	stat_add(swap, injected_faults, 1);
 	return true;
@@ -1175,7 +1179,8 @@ int swap_io_write(struct swap_io *io, struct swap_object *objs, size_t count, sw
 		req->count = j - i;
 		for (size_t k = i; k < j; k++) {
 			const struct swap_object *obj = &objs[batch->order[k]];
-			char *at = (char *)req->buffer + (slot_granule(obj->slot) - start) * granule;
+			char *at =
+			    (char *)req->buffer + (slot_granule(obj->slot) - start) * granule;
 
 			memcpy(at, obj->data, obj->len);
 			memset(at + obj->len, 0, swap_slot_disk_bytes(swap, obj->slot) - obj->len);

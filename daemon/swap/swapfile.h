@@ -24,7 +24,7 @@
 #define SWAP_DEFAULT_PATH "/var/lib/uzswap/swapfile"
 
 /* A slot names one object in the file and fits in a 44-bit page-entry payload. */
-#define SWAP_SLOT_BITS 44
+#define SWAP_SLOT_BITS	44
 #define SWAP_OBJECT_MAX 4096 /* largest object: one uncompressed page */
 
 struct swap;
@@ -36,21 +36,21 @@ enum swap_flags {
 
 struct swap_config {
 	const char *path;      /* NULL: SWAP_DEFAULT_PATH; its directory is created if missing */
-	uint64_t size;         /* bytes; rounded down to whole clusters; at least one cluster */
-	unsigned flags;        /* enum swap_flags */
+	uint64_t size;	       /* bytes; rounded down to whole clusters; at least one cluster */
+	unsigned flags;	       /* enum swap_flags */
 	unsigned granule_size; /* 0: 512; a power of two, 512..4096 */
 	unsigned ring_entries; /* 0: 64; submission queue size of each swap_io ring */
 };
 
 /* What swap_new() found and chose. */
 struct swap_info {
-	bool direct_io;            /* O_DIRECT in use; false: buffered I/O (page cache) */
-	unsigned dio_mem_align;    /* buffer alignment O_DIRECT needs (0 when buffered) */
+	bool direct_io;		   /* O_DIRECT in use; false: buffered I/O (page cache) */
+	unsigned dio_mem_align;	   /* buffer alignment O_DIRECT needs (0 when buffered) */
 	unsigned dio_offset_align; /* offset/length alignment O_DIRECT needs (0 when buffered) */
-	unsigned granule_size;     /* allocation unit, bytes */
-	unsigned cluster_size;     /* bytes per cluster */
-	uint64_t clusters;         /* clusters in the file */
-	uint64_t file_size;        /* bytes in use: clusters * cluster_size */
+	unsigned granule_size;	   /* allocation unit, bytes */
+	unsigned cluster_size;	   /* bytes per cluster */
+	uint64_t clusters;	   /* clusters in the file */
+	uint64_t file_size;	   /* bytes in use: clusters * cluster_size */
 };
 
 /*
@@ -58,33 +58,34 @@ struct swap_info {
  * statistics endpoint, not for hot paths.
  */
 struct swap_usage {
-	uint64_t file_size;        /* bytes of the file */
-	uint64_t used_bytes;       /* bytes of granules holding live objects */
-	uint64_t free_bytes;       /* bytes of free granules, everywhere */
+	uint64_t file_size;	     /* bytes of the file */
+	uint64_t used_bytes;	     /* bytes of granules holding live objects */
+	uint64_t free_bytes;	     /* bytes of free granules, everywhere */
 	uint64_t free_cluster_bytes; /* part of free_bytes in wholly free clusters */
-	uint64_t partial_bytes;    /* part of free_bytes in clusters that still fit a 4 KiB object */
-	uint64_t fragmented_bytes; /* part of free_bytes in clusters too fragmented for a 4 KiB object */
-	uint64_t owned_free_bytes; /* part of free_bytes in clusters owned by a swap_io */
-	uint64_t clusters_in_use;  /* clusters with at least one live object */
-	uint64_t slots_in_use;     /* live objects */
-	uint64_t bytes_per_slot_milli; /* 1000 * used_bytes / slots_in_use: disk bytes per stored page */
+	uint64_t partial_bytes;	     /* part of free_bytes in clusters with room for 4 KiB */
+	uint64_t fragmented_bytes;   /* part of free_bytes in clusters with no room for 4 KiB */
+	uint64_t owned_free_bytes;   /* part of free_bytes in clusters owned by a swap_io */
+	uint64_t clusters_in_use;    /* clusters with at least one live object */
+	uint64_t slots_in_use;	     /* live objects */
+	/* Disk bytes per stored page, times 1000: 1000 * used_bytes / slots_in_use. */
+	uint64_t bytes_per_slot_milli;
 };
 
 /* Counters, summed over every swap_io of a swap.  Gauges are marked. */
 struct swap_stats {
-	uint64_t bytes_written;  /* bytes the file accepted from completed writes (granule-padded) */
-	uint64_t bytes_read;     /* bytes read from the file by completed reads */
-	uint64_t writes;         /* objects written successfully */
-	uint64_t reads;          /* objects read successfully */
-	uint64_t write_batches;  /* swap_io_write() calls accepted */
-	uint64_t write_ios;      /* write requests submitted (one per contiguous run of a batch) */
-	uint64_t read_ios;       /* read requests submitted */
-	uint64_t short_ios;      /* completions that moved fewer bytes than asked: rest resubmitted */
-	uint64_t io_errors;      /* objects whose read or write failed */
-	uint64_t alloc_failures; /* allocations refused with -ENOSPC */
+	uint64_t bytes_written; /* bytes the file accepted from completed writes (granule-padded) */
+	uint64_t bytes_read;	/* bytes read from the file by completed reads */
+	uint64_t writes;	/* objects written successfully */
+	uint64_t reads;		/* objects read successfully */
+	uint64_t write_batches; /* swap_io_write() calls accepted */
+	uint64_t write_ios;	/* write requests submitted (one per contiguous run of a batch) */
+	uint64_t read_ios;	/* read requests submitted */
+	uint64_t short_ios; /* completions that moved fewer bytes than asked: rest resubmitted */
+	uint64_t io_errors; /* objects whose read or write failed */
+	uint64_t alloc_failures;  /* allocations refused with -ENOSPC */
 	uint64_t injected_faults; /* completions altered by fault injection */
-	uint64_t slots_in_use;   /* gauge: live objects */
-	uint64_t bytes_on_disk;  /* gauge: bytes of granules held by live objects */
+	uint64_t slots_in_use;	  /* gauge: live objects */
+	uint64_t bytes_on_disk;	  /* gauge: bytes of granules held by live objects */
 };
 
 /*
@@ -164,9 +165,9 @@ int swap_io_wait(struct swap_io *io);
  */
 struct swap_object {
 	const void *data; /* in: the compressed bytes */
-	size_t len;       /* in: 1..SWAP_OBJECT_MAX */
-	uint64_t slot;    /* out: where it was put */
-	int result;       /* out (in cb): 0 or -errno */
+	size_t len;	  /* in: 1..SWAP_OBJECT_MAX */
+	uint64_t slot;	  /* out: where it was put */
+	int result;	  /* out (in cb): 0 or -errno */
 };
 typedef void (*swap_write_cb)(struct swap_object *objs, size_t count, int result, void *userdata);
 int swap_io_write(struct swap_io *io, struct swap_object *objs, size_t count, swap_write_cb cb,

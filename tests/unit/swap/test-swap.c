@@ -193,8 +193,8 @@ static void check_read(int result, const void *data, size_t len, void *userdata)
 
 	check->done = true;
 	check->result = result;
-	check->matched = result == 0 && len == check->len &&
-			 memcmp(data, check->expected, len) == 0;
+	check->matched =
+	    result == 0 && len == check->len && memcmp(data, check->expected, len) == 0;
 }
 
 /* Read every object back asynchronously (lent buffers) and compare every byte. */
@@ -230,7 +230,8 @@ static void verify_all_sync(struct swap_io *io, struct object_set *set)
 
 	for (size_t i = 0; i < set->count; i++) {
 		memset(buf, 0xa5, sizeof(buf));
-		assert_int_equal(swap_io_read_sync(io, set->objs[i].slot, set->objs[i].len, buf), 0);
+		assert_int_equal(swap_io_read_sync(io, set->objs[i].slot, set->objs[i].len, buf),
+				 0);
 		assert_memory_equal(buf, set->data[i], set->objs[i].len);
 	}
 }
@@ -414,7 +415,7 @@ static void test_free_and_reuse(void **state)
 		swap_get_usage(swap, &usage);
 		assert_true(usage.clusters_in_use <= clusters_first);
 		assert_int_equal(usage.free_cluster_bytes + usage.partial_bytes +
-					 usage.fragmented_bytes + usage.owned_free_bytes,
+				     usage.fragmented_bytes + usage.owned_free_bytes,
 				 usage.free_bytes);
 	}
 	for (size_t i = 0; i < 64; i++)
@@ -482,7 +483,8 @@ static void noop_write(struct swap_object *objs, size_t count, int result, void 
 
 static void test_enospc(void **state)
 {
-	struct swap *swap = make_swap(64 * KIB, SWAP_FLAG_BUFFERED); /* one cluster, 512 B granules */
+	struct swap *swap =
+	    make_swap(64 * KIB, SWAP_FLAG_BUFFERED); /* one cluster, 512 B granules */
 	struct swap_io *io = NULL;
 	struct swap_object objs[2];
 	unsigned char page[4096];
@@ -587,7 +589,7 @@ static void test_read_error(void **state)
 	check.expected = set.data[0];
 	check.len = set.objs[0].len;
 	assert_int_equal(
-		swap_io_read(io, set.objs[0].slot, set.objs[0].len, NULL, check_read, &check), 0);
+	    swap_io_read(io, set.objs[0].slot, set.objs[0].len, NULL, check_read, &check), 0);
 	while (!check.done)
 		poll_and_reap(io);
 	assert_int_equal(check.result, -EIO);
@@ -709,7 +711,6 @@ static void test_file_setup(void **state)
 		assert_true(info.granule_size >= 1024);
 	}
 	swap_free(swap);
-
 }
 
 static void test_eventfd(void **state)
@@ -764,17 +765,17 @@ static int group_teardown(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_roundtrip_direct),
-		cmocka_unit_test(test_roundtrip_buffered),
-		cmocka_unit_test(test_two_threads),
-		cmocka_unit_test(test_free_and_reuse),
-		cmocka_unit_test(test_enospc),
-		cmocka_unit_test(test_write_error),
-		cmocka_unit_test(test_read_error),
-		cmocka_unit_test(test_short_io_direct),
-		cmocka_unit_test(test_short_io_buffered),
-		cmocka_unit_test(test_file_setup),
-		cmocka_unit_test(test_eventfd),
+	    cmocka_unit_test(test_roundtrip_direct),
+	    cmocka_unit_test(test_roundtrip_buffered),
+	    cmocka_unit_test(test_two_threads),
+	    cmocka_unit_test(test_free_and_reuse),
+	    cmocka_unit_test(test_enospc),
+	    cmocka_unit_test(test_write_error),
+	    cmocka_unit_test(test_read_error),
+	    cmocka_unit_test(test_short_io_direct),
+	    cmocka_unit_test(test_short_io_buffered),
+	    cmocka_unit_test(test_file_setup),
+	    cmocka_unit_test(test_eventfd),
 	};
 
 	return cmocka_run_group_tests_name("swap", tests, group_setup, group_teardown);
