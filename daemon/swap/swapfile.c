@@ -151,7 +151,6 @@ struct swap {
 	pthread_mutex_t stripes[SWAP_STRIPES];
 
 	struct swap_stats stats; /* updated with relaxed atomics */
-	uint64_t ios;		 /* live swap_io objects */
 
 	unsigned inject_what;	 /* enum swap_fault mask; atomic */
 	unsigned inject_percent; /* atomic */
@@ -1011,7 +1010,6 @@ int swap_io_new(struct swap_io **out, struct swap *swap)
 	if (r < 0)
 		goto fail;
 
-	__atomic_fetch_add(&swap->ios, 1, __ATOMIC_RELAXED);
 	*out = io;
 	return 0;
 
@@ -1043,7 +1041,6 @@ struct swap_io *swap_io_free(struct swap_io *io)
 		free(req->buffer);
 		free(req);
 	}
-	__atomic_fetch_sub(&io->swap->ios, 1, __ATOMIC_RELAXED);
 	free(io);
 	return NULL;
 }
