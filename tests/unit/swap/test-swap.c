@@ -12,6 +12,7 @@
 #include <ftw.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -384,6 +385,115 @@ static void test_two_threads(void **state)
 	}
 	swap_io_free(io);
 	swap_free(swap);
+}
+
+/*
+ * One thread allocates, the other frees what the first allocated (clusters
+ * the allocator still owns included) while allocating and freeing its own.
+ * The file is small, so space must flow back for the allocator to go on.
+ */
+#define CROSS_OBJECTS 20000
+
+struct cross_state {
+	struct swap *swap;
+	uint64_t slots[CROSS_OBJECTS];
+	int ready[CROSS_OBJECTS];
+	size_t freed; /* objects of the allocator the freer has freed */
+	int stop;     /* the allocator gave up: the freer must not wait for it */
+};
+
+static void *cross_give_up(struct cross_state *cs)
+{
+	__atomic_store_n(&cs->stop, 1, __ATOMIC_RELEASE);
+	return (void *)1;
+}
+
+static void *cross_allocator(void *data)
+{
+	struct cross_state *cs = data;
+	struct swap_io *io = NULL;
+	uint64_t rng = 99;
+
+	if (swap_io_new(&io, cs->swap) < 0)
+		return cross_give_up(cs);
+	for (size_t i = 0; i < CROSS_OBJECTS; i++) {
+		size_t len = random_len(&rng);
+		unsigned starved = 0;
+		int r;
+
+		/* -ENOSPC is fine while the freer lags, not once it has freed everything. */
+		while ((r = swap_slot_alloc(io, len, &cs->slots[i])) == -ENOSPC) {
+			if (__atomic_load_n(&cs->freed, __ATOMIC_ACQUIRE) == i && ++starved > 1000)
+				return cross_give_up(cs);
+			sched_yield();
+		}
+		if (r < 0)
+			return cross_give_up(cs);
+		__atomic_store_n(&cs->ready[i], 1, __ATOMIC_RELEASE);
+	}
+	swap_io_free(io);
+	return NULL;
+}
+
+static void *cross_freer(void *data)
+{
+	struct cross_state *cs = data;
+	struct swap_io *io = NULL;
+	uint64_t own[16] = {0};
+	bool own_used[16] = {false};
+	uint64_t rng = 77;
+
+	if (swap_io_new(&io, cs->swap) < 0)
+		return (void *)1;
+	for (size_t i = 0; i < CROSS_OBJECTS; i++) {
+		size_t k = i % 16;
+
+		while (!__atomic_load_n(&cs->ready[i], __ATOMIC_ACQUIRE)) {
+			if (__atomic_load_n(&cs->stop, __ATOMIC_ACQUIRE))
+				return (void *)1;
+			sched_yield();
+		}
+		if (swap_slot_free(cs->swap, cs->slots[i]) < 0)
+			return (void *)1;
+		__atomic_store_n(&cs->freed, i + 1, __ATOMIC_RELEASE);
+		if (own_used[k] && swap_slot_free(cs->swap, own[k]) < 0)
+			return (void *)1;
+		own_used[k] = swap_slot_alloc(io, random_len(&rng), &own[k]) == 0;
+	}
+	for (size_t k = 0; k < 16; k++)
+		if (own_used[k] && swap_slot_free(cs->swap, own[k]) < 0)
+			return (void *)1;
+	swap_io_free(io);
+	return NULL;
+}
+
+static void test_cross_thread_free(void **state)
+{
+	struct cross_state *cs = calloc(1, sizeof(*cs));
+	struct swap_usage usage;
+	struct swap_stats stats;
+	pthread_t threads[2];
+	void *ret[2];
+
+	assert_non_null(cs);
+	cs->swap = make_swap(2 * MIB, 0);
+	assert_int_equal(pthread_create(&threads[0], NULL, cross_allocator, cs), 0);
+	assert_int_equal(pthread_create(&threads[1], NULL, cross_freer, cs), 0);
+	assert_int_equal(pthread_join(threads[0], &ret[0]), 0);
+	assert_int_equal(pthread_join(threads[1], &ret[1]), 0);
+	assert_null(ret[0]);
+	assert_null(ret[1]);
+
+	/* Everything came back, and every cluster is on the free list again. */
+	swap_get_stats(cs->swap, &stats);
+	assert_int_equal(stats.slots_in_use, 0);
+	assert_int_equal(stats.bytes_on_disk, 0);
+	swap_get_usage(cs->swap, &usage);
+	assert_int_equal(usage.used_bytes, 0);
+	assert_int_equal(usage.clusters_in_use, 0);
+	assert_int_equal(usage.free_cluster_bytes, usage.file_size);
+	swap_free(cs->swap);
+	free(cs);
 }
 
 static void test_free_and_reuse(void **state)
@@ -765,17 +875,12 @@ static int group_teardown(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_roundtrip_direct),
-	    cmocka_unit_test(test_roundtrip_buffered),
-	    cmocka_unit_test(test_two_threads),
-	    cmocka_unit_test(test_free_and_reuse),
-	    cmocka_unit_test(test_enospc),
-	    cmocka_unit_test(test_write_error),
-	    cmocka_unit_test(test_read_error),
-	    cmocka_unit_test(test_short_io_direct),
-	    cmocka_unit_test(test_short_io_buffered),
-	    cmocka_unit_test(test_file_setup),
-	    cmocka_unit_test(test_eventfd),
+	    cmocka_unit_test(test_roundtrip_direct), cmocka_unit_test(test_roundtrip_buffered),
+	    cmocka_unit_test(test_two_threads),	     cmocka_unit_test(test_cross_thread_free),
+	    cmocka_unit_test(test_free_and_reuse),   cmocka_unit_test(test_enospc),
+	    cmocka_unit_test(test_write_error),	     cmocka_unit_test(test_read_error),
+	    cmocka_unit_test(test_short_io_direct),  cmocka_unit_test(test_short_io_buffered),
+	    cmocka_unit_test(test_file_setup),	     cmocka_unit_test(test_eventfd),
 	};
 
 	return cmocka_run_group_tests_name("swap", tests, group_setup, group_teardown);
