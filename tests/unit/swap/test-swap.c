@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -862,14 +863,38 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
 	return remove(path);
 }
 
+static void remove_test_dir(void)
+{
+	nftw(test_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/*
+ * A crash or a timeout (meson sends SIGTERM) skips the group teardown:
+ * remove the directory on the way out anyway.  nftw() is not
+ * async-signal-safe; in a dying test process that is an acceptable risk.
+ */
+static void on_fatal_signal(int sig)
+{
+	remove_test_dir();
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
 static int group_setup(void **state)
 {
-	return mkdtemp(test_dir) ? 0 : -1;
+	static const int fatal[] = {SIGTERM, SIGINT, SIGSEGV, SIGBUS, SIGABRT, SIGFPE};
+
+	if (!mkdtemp(test_dir))
+		return -1;
+	for (size_t i = 0; i < sizeof(fatal) / sizeof(fatal[0]); i++)
+		signal(fatal[i], on_fatal_signal);
+	return 0;
 }
 
 static int group_teardown(void **state)
 {
-	return nftw(test_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+	remove_test_dir();
+	return 0;
 }
 
 int main(void)
