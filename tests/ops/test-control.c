@@ -250,6 +250,8 @@ static void run_ctl(struct run *run, enum who who, ...)
 	assert_int_equal(waitpid(pid, &status, 0), pid);
 	assert_true(WIFEXITED(status));
 	run->status = WEXITSTATUS(status);
+	if (getenv("UZSWAP_TEST_VERBOSE"))
+		printf("--- %s exit %d\n%s%s", argv[argc - 1], run->status, run->out, run->err);
 }
 
 static void assert_contains(const char *haystack, const char *needle)
