@@ -610,6 +610,39 @@ static void test_protocol_errors(void **state)
 	assert_contains(reply, "\"ok\":true");
 }
 
+/* The helper over the core's live objects gives the same schema. */
+static void test_stats_block_from_core(void **state)
+{
+	struct control_pool_usage pool = { 4096, UINT64_MAX };
+	json_object *block, *map, *value;
+	struct latency_hist *hist;
+	struct stats *stats;
+
+	assert_int_equal(stats_new(&stats), 0);
+	assert_int_equal(latency_hist_new(&hist), 0);
+	stats_add(stats, UZ_STAT_zswpout, 7);
+	stats_add(stats, UZ_STAT_stored_pages, 3);
+	for (int i = 0; i < 100; i++)
+		latency_hist_record(hist, 10000);
+	block = control_json_stats_block_from(stats, hist, &pool);
+	assert_non_null(block);
+	assert_true(json_object_object_get_ex(block, "counters", &map));
+	assert_true(json_object_object_get_ex(map, "zswpout", &value));
+	assert_int_equal(json_object_get_int64(value), 7);
+	assert_true(json_object_object_get_ex(block, "gauges", &map));
+	assert_true(json_object_object_get_ex(map, "stored_pages", &value));
+	assert_int_equal(json_object_get_int64(value), 3);
+	assert_true(json_object_object_get_ex(block, "fault_latency_ns", &map));
+	assert_true(json_object_object_get_ex(map, "count", &value));
+	assert_int_equal(json_object_get_int64(value), 100);
+	assert_true(json_object_object_get_ex(block, "pool", &map));
+	assert_true(json_object_object_get_ex(map, "limit", &value));
+	assert_null(value); /* unlimited is null */
+	json_object_put(block);
+	latency_hist_free(hist);
+	stats_free(stats);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -625,6 +658,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_not_running),
 		cmocka_unit_test(test_config_check),
 		cmocka_unit_test(test_protocol_errors),
+		cmocka_unit_test(test_stats_block_from_core),
 	};
 
 	if (argc < 2) {
