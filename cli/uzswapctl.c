@@ -37,10 +37,10 @@
 #include "stats/stats.h"
 #include "util.h"
 
-#define EXIT_USAGE 2
-#define EXIT_NOT_RUNNING 3
-#define EXIT_DENIED 4
-#define REPLY_MAX (64U << 20)
+#define EXIT_USAGE	    2
+#define EXIT_NOT_RUNNING    3
+#define EXIT_DENIED	    4
+#define REPLY_MAX	    (64U << 20)
 #define REQUEST_TIMEOUT_SEC 30
 
 enum format { FORMAT_TABLE, FORMAT_JSON, FORMAT_PROMETHEUS };
@@ -57,37 +57,38 @@ struct options {
 
 static void usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: uzswapctl [--socket PATH] COMMAND [OPTIONS]\n"
-		"\n"
-		"Commands:\n"
-		"  status                      daemon summary\n"
-		"  stats [--cgroup PATH]       statistics, global and per cgroup\n"
-		"        [--json | --format=table|json|prometheus]\n"
-		"        [--watch[=SECONDS]] [--count=N]\n"
-		"  clients                     client processes\n"
-		"  config                      the daemon's effective configuration\n"
-		"  reload                      load the configuration again (root or ControlGroup)\n"
-		"  shrink --cgroup PATH --bytes N   reclaim or write back N bytes now (K/M/G/T)\n"
-		"  config-check [FILE|DIR...]  check config files without the daemon\n"
-		"                              (no argument: /etc/uzswap/uzswapd.conf and cgroup.d)\n"
-		"\n"
-		"Options:\n"
-		"  --socket PATH   control socket (default: ControlSocket= of uzswapd.conf,\n"
-		"                  else %s/control.sock)\n"
-		"  --json          print the daemon's JSON\n"
-		"  -h, --help      this text\n"
-		"  --version       the version\n"
-		"\n"
-		"Exit status: 0 ok, 1 failed, 2 usage, 3 uzswapd not running, 4 permission denied.\n",
-		UZSWAP_RUNDIR);
+	fprintf(
+	    out,
+	    "Usage: uzswapctl [--socket PATH] COMMAND [OPTIONS]\n"
+	    "\n"
+	    "Commands:\n"
+	    "  status                      daemon summary\n"
+	    "  stats [--cgroup PATH]       statistics, global and per cgroup\n"
+	    "        [--json | --format=table|json|prometheus]\n"
+	    "        [--watch[=SECONDS]] [--count=N]\n"
+	    "  clients                     client processes\n"
+	    "  config                      the daemon's effective configuration\n"
+	    "  reload                      load the configuration again (root or ControlGroup)\n"
+	    "  shrink --cgroup PATH --bytes N   reclaim or write back N bytes now (K/M/G/T)\n"
+	    "  config-check [FILE|DIR...]  check config files without the daemon\n"
+	    "                              (no argument: /etc/uzswap/uzswapd.conf and cgroup.d)\n"
+	    "\n"
+	    "Options:\n"
+	    "  --socket PATH   control socket (default: ControlSocket= of uzswapd.conf,\n"
+	    "                  else %s/control.sock)\n"
+	    "  --json          print the daemon's JSON\n"
+	    "  -h, --help      this text\n"
+	    "  --version       the version\n"
+	    "\n"
+	    "Exit status: 0 ok, 1 failed, 2 usage, 3 uzswapd not running, 4 permission denied.\n",
+	    UZSWAP_RUNDIR);
 }
 
 /* --- units ----------------------------------------------------------------- */
 
 static const char *format_bytes(uint64_t bytes, char *buf, size_t len)
 {
-	static const char *const units[] = { "KiB", "MiB", "GiB", "TiB", "PiB" };
+	static const char *const units[] = {"KiB", "MiB", "GiB", "TiB", "PiB"};
 	double value = (double)bytes;
 	int unit = -1;
 
@@ -170,7 +171,8 @@ static const char *format_value(const char *key, json_object *value, char *buf, 
 		snprintf(buf, len, "%s", json_object_get_string(value));
 		break;
 	default:
-		snprintf(buf, len, "%s", json_object_to_json_string_ext(value, JSON_C_TO_STRING_PLAIN));
+		snprintf(buf, len, "%s",
+			 json_object_to_json_string_ext(value, JSON_C_TO_STRING_PLAIN));
 	}
 	return buf;
 }
@@ -257,8 +259,8 @@ static void print_table(json_object *rows)
  */
 static int request(const struct options *opts, json_object *req, json_object **result)
 {
-	struct timeval timeout = { .tv_sec = REQUEST_TIMEOUT_SEC };
-	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	struct timeval timeout = {.tv_sec = REQUEST_TIMEOUT_SEC};
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
 	const char *text = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
 	size_t len = 0, cap = 0;
 	char *buf = NULL, *newline = NULL;
@@ -373,8 +375,8 @@ static json_object *new_request(const char *command)
 static void print_json(json_object *result)
 {
 	printf("%s\n", json_object_to_json_string_ext(result, JSON_C_TO_STRING_PRETTY |
-								    JSON_C_TO_STRING_SPACED |
-								    JSON_C_TO_STRING_NOSLASHESCAPE));
+								  JSON_C_TO_STRING_SPACED |
+								  JSON_C_TO_STRING_NOSLASHESCAPE));
 }
 
 /* --- stats ------------------------------------------------------------------ */
@@ -405,20 +407,21 @@ static void print_stats_block(json_object *block, const char *title)
 			       format_bytes((uint64_t)json_object_get_int64(size), a, sizeof(a)),
 			       format_bytes((uint64_t)json_object_get_int64(limit), b, sizeof(b)),
 			       100.0 * (double)json_object_get_int64(size) /
-				       (double)json_object_get_int64(limit));
+				   (double)json_object_get_int64(limit));
 		else
 			printf("  %-26s %s (no limit)\n", "pool",
 			       format_bytes((uint64_t)json_object_get_int64(size), a, sizeof(a)));
 	}
 	if (json_object_object_get_ex(block, "compression_ratio", &ratio)) {
 		if (ratio)
-			printf("  %-26s %.2f\n", "compression ratio", json_object_get_double(ratio));
+			printf("  %-26s %.2f\n", "compression ratio",
+			       json_object_get_double(ratio));
 		else
 			printf("  %-26s -\n", "compression ratio");
 	}
 	if (json_object_object_get_ex(block, "fault_latency_ns", &latency)) {
-		uint64_t p[4] = { 0 }, count = 0;
-		const char *keys[4] = { "p50", "p90", "p99", "p999" };
+		uint64_t p[4] = {0}, count = 0;
+		const char *keys[4] = {"p50", "p90", "p99", "p999"};
 
 		for (int i = 0; i < 4; i++)
 			if (json_object_object_get_ex(latency, keys[i], &v))
@@ -426,22 +429,25 @@ static void print_stats_block(json_object *block, const char *title)
 		if (json_object_object_get_ex(latency, "count", &v))
 			count = (uint64_t)json_object_get_int64(v);
 		printf("  %-26s p50 %s  p90 %s  p99 %s  p99.9 %s  (%" PRIu64 " faults)\n",
-		       "fault latency", format_ns(p[0], a, sizeof(a)), format_ns(p[1], b, sizeof(b)),
-		       format_ns(p[2], c, sizeof(c)), format_ns(p[3], d, sizeof(d)), count);
+		       "fault latency", format_ns(p[0], a, sizeof(a)),
+		       format_ns(p[1], b, sizeof(b)), format_ns(p[2], c, sizeof(c)),
+		       format_ns(p[3], d, sizeof(d)), count);
 	}
 #define UZ_STAT_ROW(name, kind, help)                                                              \
 	{                                                                                          \
-		int64_t value = block_value(block,                                                 \
-					    UZ_STAT_##kind == UZ_STAT_COUNTER ? "counters" : "gauges", \
-					    #name, &found);                                        \
+		int64_t value =                                                                    \
+		    block_value(block, UZ_STAT_##kind == UZ_STAT_COUNTER ? "counters" : "gauges",  \
+				#name, &found);                                                    \
 		if (found) {                                                                       \
 			if (ends_with(#name, "_pages"))                                            \
-				printf("  %-26s %" PRId64 " (%s)\n", #name, value,                 \
-				       format_bytes(value > 0 ? (uint64_t)value * UZ_PAGE_SIZE : 0, \
-						    a, sizeof(a)));                                \
+				printf(                                                            \
+				    "  %-26s %" PRId64 " (%s)\n", #name, value,                    \
+				    format_bytes(value > 0 ? (uint64_t)value * UZ_PAGE_SIZE : 0,   \
+						 a, sizeof(a)));                                   \
 			else if (ends_with(#name, "_bytes"))                                       \
-				printf("  %-26s %s\n", #name,                                      \
-				       format_bytes(value > 0 ? (uint64_t)value : 0, a, sizeof(a))); \
+				printf(                                                            \
+				    "  %-26s %s\n", #name,                                         \
+				    format_bytes(value > 0 ? (uint64_t)value : 0, a, sizeof(a)));  \
 			else                                                                       \
 				printf("  %-26s %" PRId64 "\n", #name, value);                     \
 		}                                                                                  \
@@ -464,8 +470,8 @@ static void print_stats_table(json_object *result)
 
 			snprintf(title, sizeof(title), "\ncgroup %s",
 				 json_object_object_get_ex(block, "cgroup", &name)
-					 ? json_object_get_string(name)
-					 : "?");
+				     ? json_object_get_string(name)
+				     : "?");
 			print_stats_block(block, title);
 		}
 	}
@@ -547,7 +553,7 @@ static void print_stats_prometheus(json_object *result)
 #define UZ_STAT_PROM(name, kind, help)                                                             \
 	{                                                                                          \
 		bool counter = UZ_STAT_##kind == UZ_STAT_COUNTER;                                  \
-		struct stat_ref ref = { counter ? "counters" : "gauges", #name };                  \
+		struct stat_ref ref = {counter ? "counters" : "gauges", #name};                    \
 		snprintf(metric, sizeof(metric), "uzswap_%s%s", #name, counter ? "_total" : "");   \
 		printf("# HELP %s %s\n# TYPE %s %s\n", metric, help, metric,                       \
 		       counter ? "counter" : "gauge");                                             \
@@ -556,14 +562,14 @@ static void print_stats_prometheus(json_object *result)
 	UZ_STATS_LIST(UZ_STAT_PROM)
 #undef UZ_STAT_PROM
 	{
-		static const char *const pool_size[] = { "pool", "pool_total_size" };
-		static const char *const pool_limit[] = { "pool", "limit" };
-		static const char *const ratio[] = { NULL, "compression_ratio" };
-		static const char *const count[] = { "fault_latency_ns", "count" };
+		static const char *const pool_size[] = {"pool", "pool_total_size"};
+		static const char *const pool_limit[] = {"pool", "limit"};
+		static const char *const ratio[] = {NULL, "compression_ratio"};
+		static const char *const count[] = {"fault_latency_ns", "count"};
 		static const struct {
 			const char *key, *quantile;
-		} quantiles[] = { { "p50", "0.5" }, { "p90", "0.9" }, { "p99", "0.99" },
-				  { "p999", "0.999" } };
+		} quantiles[] = {
+		    {"p50", "0.5"}, {"p90", "0.9"}, {"p99", "0.99"}, {"p999", "0.999"}};
 
 		printf("# HELP uzswap_pool_total_size_bytes bytes the compressed pool holds\n"
 		       "# TYPE uzswap_pool_total_size_bytes gauge\n");
@@ -571,7 +577,8 @@ static void print_stats_prometheus(json_object *result)
 		printf("# HELP uzswap_pool_limit_bytes pool limit in bytes (absent: none)\n"
 		       "# TYPE uzswap_pool_limit_bytes gauge\n");
 		prometheus_samples(result, "uzswap_pool_limit_bytes", get_path, pool_limit);
-		printf("# HELP uzswap_compression_ratio uncompressed over compressed bytes of stored pages\n"
+		printf("# HELP uzswap_compression_ratio uncompressed over compressed bytes of "
+		       "stored pages\n"
 		       "# TYPE uzswap_compression_ratio gauge\n");
 		prometheus_samples(result, "uzswap_compression_ratio", get_path, ratio);
 
@@ -594,7 +601,8 @@ static void print_stats_prometheus(json_object *result)
 				json_object *block = json_object_array_get_idx(cgroups, j);
 
 				if (!json_object_object_get_ex(block, "cgroup", &name) ||
-				    !json_object_object_get_ex(block, "fault_latency_ns", &latency) ||
+				    !json_object_object_get_ex(block, "fault_latency_ns",
+							       &latency) ||
 				    !json_object_object_get_ex(latency, quantiles[i].key, &value))
 					continue;
 				printf("uzswap_fault_latency_seconds");
@@ -679,8 +687,8 @@ static int cmd_stats(const struct options *opts)
 		    (opts->count > 0 && done >= opts->count))
 			return code;
 		struct timespec ts = {
-			.tv_sec = (time_t)opts->watch_interval,
-			.tv_nsec = (long)((opts->watch_interval - floor(opts->watch_interval)) * 1e9),
+		    .tv_sec = (time_t)opts->watch_interval,
+		    .tv_nsec = (long)((opts->watch_interval - floor(opts->watch_interval)) * 1e9),
 		};
 		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
 			;
@@ -700,7 +708,8 @@ static int cmd_shrink(const struct options *opts)
 		return EXIT_USAGE;
 	}
 	if (config_parse_size(opts->bytes, &bytes) < 0 || bytes == 0 || bytes > INT64_MAX) {
-		fprintf(stderr, "uzswapctl: --bytes: invalid size \"%s\" (like 512M)\n", opts->bytes);
+		fprintf(stderr, "uzswapctl: --bytes: invalid size \"%s\" (like 512M)\n",
+			opts->bytes);
 		return EXIT_USAGE;
 	}
 	req = new_request("shrink");
@@ -778,21 +787,29 @@ static char *default_socket_path(void)
 
 int main(int argc, char **argv)
 {
-	enum { OPT_SOCKET = 256, OPT_VERSION, OPT_JSON, OPT_FORMAT, OPT_WATCH, OPT_CGROUP,
-	       OPT_BYTES, OPT_COUNT };
-	static const struct option long_options[] = {
-		{ "socket", required_argument, NULL, OPT_SOCKET },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, OPT_VERSION },
-		{ "json", no_argument, NULL, OPT_JSON },
-		{ "format", required_argument, NULL, OPT_FORMAT },
-		{ "watch", optional_argument, NULL, OPT_WATCH },
-		{ "count", required_argument, NULL, OPT_COUNT },
-		{ "cgroup", required_argument, NULL, OPT_CGROUP },
-		{ "bytes", required_argument, NULL, OPT_BYTES },
-		{ NULL, 0, NULL, 0 },
+	enum {
+		OPT_SOCKET = 256,
+		OPT_VERSION,
+		OPT_JSON,
+		OPT_FORMAT,
+		OPT_WATCH,
+		OPT_CGROUP,
+		OPT_BYTES,
+		OPT_COUNT
 	};
-	struct options opts = { .format = FORMAT_TABLE, .watch_interval = 2 };
+	static const struct option long_options[] = {
+	    {"socket", required_argument, NULL, OPT_SOCKET},
+	    {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, OPT_VERSION},
+	    {"json", no_argument, NULL, OPT_JSON},
+	    {"format", required_argument, NULL, OPT_FORMAT},
+	    {"watch", optional_argument, NULL, OPT_WATCH},
+	    {"count", required_argument, NULL, OPT_COUNT},
+	    {"cgroup", required_argument, NULL, OPT_CGROUP},
+	    {"bytes", required_argument, NULL, OPT_BYTES},
+	    {NULL, 0, NULL, 0},
+	};
+	struct options opts = {.format = FORMAT_TABLE, .watch_interval = 2};
 	char *socket_path = NULL, *end;
 	const char *command;
 	int c, code;
@@ -820,7 +837,8 @@ int main(int argc, char **argv)
 				opts.format = FORMAT_PROMETHEUS;
 			else {
 				fprintf(stderr,
-					"uzswapctl: --format: expected table, json or prometheus, not \"%s\"\n",
+					"uzswapctl: --format: expected table, json or prometheus, "
+					"not \"%s\"\n",
 					optarg);
 				return EXIT_USAGE;
 			}
@@ -832,7 +850,8 @@ int main(int argc, char **argv)
 				if (*end || !(opts.watch_interval >= 0.1) ||
 				    opts.watch_interval > 86400) {
 					fprintf(stderr,
-						"uzswapctl: --watch: expected seconds (0.1..86400), not \"%s\"\n",
+						"uzswapctl: --watch: expected seconds "
+						"(0.1..86400), not \"%s\"\n",
 						optarg);
 					return EXIT_USAGE;
 				}
@@ -841,14 +860,18 @@ int main(int argc, char **argv)
 		case OPT_COUNT:
 			opts.count = strtol(optarg, &end, 10);
 			if (*end || opts.count < 1) {
-				fprintf(stderr, "uzswapctl: --count: expected a positive number, not \"%s\"\n",
-					optarg);
+				fprintf(
+				    stderr,
+				    "uzswapctl: --count: expected a positive number, not \"%s\"\n",
+				    optarg);
 				return EXIT_USAGE;
 			}
 			break;
 		case OPT_CGROUP:
 			if (optarg[0] != '/') {
-				fprintf(stderr, "uzswapctl: --cgroup: expected an absolute cgroup path, not \"%s\"\n",
+				fprintf(stderr,
+					"uzswapctl: --cgroup: expected an absolute cgroup path, "
+					"not \"%s\"\n",
 					optarg);
 				return EXIT_USAGE;
 			}
@@ -896,7 +919,8 @@ int main(int argc, char **argv)
 		 !strcmp(command, "reload") || !strcmp(command, "config"))
 		code = cmd_simple(&opts, command);
 	else {
-		fprintf(stderr, "uzswapctl: unknown command \"%s\" (see uzswapctl --help)\n", command);
+		fprintf(stderr, "uzswapctl: unknown command \"%s\" (see uzswapctl --help)\n",
+			command);
 		code = EXIT_USAGE;
 	}
 	free(socket_path);

@@ -47,7 +47,7 @@
 
 struct cgroup_layout {
 	char *v1_memory_mount; /* NULL if the memory controller is not on v1 */
-	char *v2_mount;        /* NULL if no cgroup2 is mounted */
+	char *v2_mount;	       /* NULL if no cgroup2 is mounted */
 	enum cgroup_version memory_version;
 };
 
@@ -206,7 +206,7 @@ int cgroup_parse_proc(const char *text, char *v2_path, char *v1_memory_path)
 		const char *eol = strchrnul(line, '\n');
 		const char *colon1 = memchr(line, ':', (size_t)(eol - line));
 		const char *colon2 =
-			colon1 ? memchr(colon1 + 1, ':', (size_t)(eol - colon1 - 1)) : NULL;
+		    colon1 ? memchr(colon1 + 1, ':', (size_t)(eol - colon1 - 1)) : NULL;
 
 		if (colon2) {
 			const char *path = colon2 + 1;
@@ -260,7 +260,7 @@ static int read_limit(const char *dir, const char *name, uint64_t *out)
 int cgroup_read_limits(const struct cgroup_layout *layout, const char *path,
 		       struct cgroup_memory_limits *out)
 {
-	struct cgroup_memory_limits limits = { CGROUP_UNLIMITED, CGROUP_UNLIMITED };
+	struct cgroup_memory_limits limits = {CGROUP_UNLIMITED, CGROUP_UNLIMITED};
 	const char *mount, *high_name, *max_name;
 	char dir[PATH_MAX];
 	int n;

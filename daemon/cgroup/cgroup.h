@@ -48,9 +48,9 @@ const char *cgroup_layout_v2_mount(const struct cgroup_layout *layout);
 #define CGROUP_PATH_MAX 4096
 
 struct cgroup_info {
-	enum cgroup_version version;   /* the hierarchy `path` is in */
-	char path[CGROUP_PATH_MAX];    /* the path the config matches on, e.g. "/a/b" */
-	char v2_path[CGROUP_PATH_MAX]; /* the "0::" line, "" if absent */
+	enum cgroup_version version;	      /* the hierarchy `path` is in */
+	char path[CGROUP_PATH_MAX];	      /* the path the config matches on, e.g. "/a/b" */
+	char v2_path[CGROUP_PATH_MAX];	      /* the "0::" line, "" if absent */
 	char v1_memory_path[CGROUP_PATH_MAX]; /* the "memory" line, "" if absent */
 	struct cgroup_memory_limits limits;   /* of `path`, from sysfs */
 };

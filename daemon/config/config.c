@@ -44,9 +44,9 @@
 #include "config/config.h"
 #include "util.h"
 
-#define CONFIG_MAX_CGROUP_FILES 4096
-#define CONFIG_MAX_SECTIONS 16
-#define CONFIG_SOCKET_PATH_MAX 107 /* sizeof(sun_path) - 1 */
+#define CONFIG_MAX_CGROUP_FILES	 4096
+#define CONFIG_MAX_SECTIONS	 16
+#define CONFIG_SOCKET_PATH_MAX	 107 /* sizeof(sun_path) - 1 */
 #define CONFIG_FAULT_THREADS_MAX 32
 
 /* A size that may also be a percentage of something resolved later. */
@@ -139,37 +139,37 @@ struct key_def {
 };
 
 static const struct key_def key_table[] = {
-	{ FILE_MAIN, "Daemon", "Socket", KEY_SOCKET },
-	{ FILE_MAIN, "Daemon", "ControlSocket", KEY_CONTROL_SOCKET },
-	{ FILE_MAIN, "Daemon", "ControlGroup", KEY_CONTROL_GROUP },
-	{ FILE_MAIN, "Daemon", "FaultThreads", KEY_FAULT_THREADS },
-	{ FILE_MAIN, "Daemon", "LogLevel", KEY_LOG_LEVEL },
-	{ FILE_MAIN, "Daemon", "MaxClients", KEY_MAX_CLIENTS },
-	{ FILE_MAIN, "Daemon", "MaxClientsPerUser", KEY_MAX_CLIENTS_PER_USER },
-	{ FILE_MAIN, "Daemon", "MaxRegionsPerClient", KEY_MAX_REGIONS_PER_CLIENT },
-	{ FILE_MAIN, "Pool", "MaxSize", KEY_POOL_MAX_SIZE },
-	{ FILE_MAIN, "Pool", "AcceptThreshold", KEY_POOL_ACCEPT_THRESHOLD },
-	{ FILE_MAIN, "Pool", "PoorThreshold", KEY_POOL_POOR_THRESHOLD },
-	{ FILE_MAIN, "Pool", "PoorPolicy", KEY_POOL_POOR_POLICY },
-	{ FILE_MAIN, "Swap", "File", KEY_SWAP_FILE },
-	{ FILE_MAIN, "Swap", "Size", KEY_SWAP_SIZE },
-	{ FILE_MAIN, "Defaults", "ResidentMax", KEY_LIMIT, LIMIT_RESIDENT_MAX },
-	{ FILE_MAIN, "Defaults", "ResidentLow", KEY_LIMIT, LIMIT_RESIDENT_LOW },
-	{ FILE_MAIN, "Defaults", "PoolMax", KEY_LIMIT, LIMIT_POOL_MAX },
-	{ FILE_MAIN, "Defaults", "SwapMax", KEY_LIMIT, LIMIT_SWAP_MAX },
-	{ FILE_MAIN, "Defaults", "Writeback", KEY_LIMIT, LIMIT_WRITEBACK },
-	{ FILE_MAIN, "Defaults", "Compressor", KEY_LIMIT, LIMIT_COMPRESSOR },
-	{ FILE_CGROUP, "Match", "Cgroup", KEY_MATCH_CGROUP },
-	{ FILE_CGROUP, "Limits", "ResidentMax", KEY_LIMIT, LIMIT_RESIDENT_MAX },
-	{ FILE_CGROUP, "Limits", "ResidentLow", KEY_LIMIT, LIMIT_RESIDENT_LOW },
-	{ FILE_CGROUP, "Limits", "PoolMax", KEY_LIMIT, LIMIT_POOL_MAX },
-	{ FILE_CGROUP, "Limits", "SwapMax", KEY_LIMIT, LIMIT_SWAP_MAX },
-	{ FILE_CGROUP, "Limits", "Writeback", KEY_LIMIT, LIMIT_WRITEBACK },
-	{ FILE_CGROUP, "Limits", "Compressor", KEY_LIMIT, LIMIT_COMPRESSOR },
+    {FILE_MAIN, "Daemon", "Socket", KEY_SOCKET},
+    {FILE_MAIN, "Daemon", "ControlSocket", KEY_CONTROL_SOCKET},
+    {FILE_MAIN, "Daemon", "ControlGroup", KEY_CONTROL_GROUP},
+    {FILE_MAIN, "Daemon", "FaultThreads", KEY_FAULT_THREADS},
+    {FILE_MAIN, "Daemon", "LogLevel", KEY_LOG_LEVEL},
+    {FILE_MAIN, "Daemon", "MaxClients", KEY_MAX_CLIENTS},
+    {FILE_MAIN, "Daemon", "MaxClientsPerUser", KEY_MAX_CLIENTS_PER_USER},
+    {FILE_MAIN, "Daemon", "MaxRegionsPerClient", KEY_MAX_REGIONS_PER_CLIENT},
+    {FILE_MAIN, "Pool", "MaxSize", KEY_POOL_MAX_SIZE},
+    {FILE_MAIN, "Pool", "AcceptThreshold", KEY_POOL_ACCEPT_THRESHOLD},
+    {FILE_MAIN, "Pool", "PoorThreshold", KEY_POOL_POOR_THRESHOLD},
+    {FILE_MAIN, "Pool", "PoorPolicy", KEY_POOL_POOR_POLICY},
+    {FILE_MAIN, "Swap", "File", KEY_SWAP_FILE},
+    {FILE_MAIN, "Swap", "Size", KEY_SWAP_SIZE},
+    {FILE_MAIN, "Defaults", "ResidentMax", KEY_LIMIT, LIMIT_RESIDENT_MAX},
+    {FILE_MAIN, "Defaults", "ResidentLow", KEY_LIMIT, LIMIT_RESIDENT_LOW},
+    {FILE_MAIN, "Defaults", "PoolMax", KEY_LIMIT, LIMIT_POOL_MAX},
+    {FILE_MAIN, "Defaults", "SwapMax", KEY_LIMIT, LIMIT_SWAP_MAX},
+    {FILE_MAIN, "Defaults", "Writeback", KEY_LIMIT, LIMIT_WRITEBACK},
+    {FILE_MAIN, "Defaults", "Compressor", KEY_LIMIT, LIMIT_COMPRESSOR},
+    {FILE_CGROUP, "Match", "Cgroup", KEY_MATCH_CGROUP},
+    {FILE_CGROUP, "Limits", "ResidentMax", KEY_LIMIT, LIMIT_RESIDENT_MAX},
+    {FILE_CGROUP, "Limits", "ResidentLow", KEY_LIMIT, LIMIT_RESIDENT_LOW},
+    {FILE_CGROUP, "Limits", "PoolMax", KEY_LIMIT, LIMIT_POOL_MAX},
+    {FILE_CGROUP, "Limits", "SwapMax", KEY_LIMIT, LIMIT_SWAP_MAX},
+    {FILE_CGROUP, "Limits", "Writeback", KEY_LIMIT, LIMIT_WRITEBACK},
+    {FILE_CGROUP, "Limits", "Compressor", KEY_LIMIT, LIMIT_COMPRESSOR},
 };
 
-static const char *const main_sections[] = { "Daemon", "Pool", "Swap", "Defaults", NULL };
-static const char *const cgroup_sections[] = { "Match", "Limits", NULL };
+static const char *const main_sections[] = {"Daemon", "Pool", "Swap", "Defaults", NULL};
+static const char *const cgroup_sections[] = {"Match", "Limits", NULL};
 
 /* --- value parsers (no context: reused by the CLI and tests) ------------ */
 
@@ -261,8 +261,8 @@ static int parse_unsigned(const char *text, unsigned long min, unsigned long max
 
 static int parse_bool(const char *text, bool *out)
 {
-	static const char *const yes[] = { "yes", "true", "on", "1" };
-	static const char *const no[] = { "no", "false", "off", "0" };
+	static const char *const yes[] = {"yes", "true", "on", "1"};
+	static const char *const no[] = {"no", "false", "off", "0"};
 
 	for (size_t i = 0; i < UZ_ARRAY_SIZE(yes); i++) {
 		if (!strcasecmp(text, yes[i])) {
@@ -334,7 +334,8 @@ static int normalize_cgroup_path(const char *text, char *buf, size_t buflen)
 		start = p;
 		end = strchrnul(p, '/');
 		len = (size_t)(end - start);
-		if ((len == 1 && start[0] == '.') || (len == 2 && start[0] == '.' && start[1] == '.'))
+		if ((len == 1 && start[0] == '.') ||
+		    (len == 2 && start[0] == '.' && start[1] == '.'))
 			return -EINVAL;
 		if (n + 1 + len + 1 > buflen)
 			return -ENAMETOOLONG;
@@ -356,8 +357,8 @@ static const struct {
 	const char *name;
 	int level;
 } log_levels[] = {
-	{ "err", LOG_ERR },       { "error", LOG_ERR }, { "warning", LOG_WARNING },
-	{ "notice", LOG_NOTICE }, { "info", LOG_INFO }, { "debug", LOG_DEBUG },
+    {"err", LOG_ERR},	    {"error", LOG_ERR}, {"warning", LOG_WARNING},
+    {"notice", LOG_NOTICE}, {"info", LOG_INFO}, {"debug", LOG_DEBUG},
 };
 
 static const char *log_level_name(int level)
@@ -373,14 +374,14 @@ static const char *log_level_name(int level)
 static void limits_builtin(struct limits *limits)
 {
 	*limits = (struct limits){
-		.set = 0,
-		.resident_max = { AMOUNT_BYTES, UZ_DEFAULT_RESIDENT_MAX, 0 },
-		.resident_low = { AMOUNT_PERCENT, 0, UZ_DEFAULT_RESIDENT_LOW_PERCENT },
-		.pool_max = { AMOUNT_BYTES, UZ_UNLIMITED, 0 },
-		.swap_max = { AMOUNT_BYTES, UZ_UNLIMITED, 0 },
-		.writeback = true,
-		.algo = COMPRESSOR_LZ4,
-		.level = 0,
+	    .set = 0,
+	    .resident_max = {AMOUNT_BYTES, UZ_DEFAULT_RESIDENT_MAX, 0},
+	    .resident_low = {AMOUNT_PERCENT, 0, UZ_DEFAULT_RESIDENT_LOW_PERCENT},
+	    .pool_max = {AMOUNT_BYTES, UZ_UNLIMITED, 0},
+	    .swap_max = {AMOUNT_BYTES, UZ_UNLIMITED, 0},
+	    .writeback = true,
+	    .algo = COMPRESSOR_LZ4,
+	    .level = 0,
 	};
 }
 
@@ -410,7 +411,7 @@ static void config_resolve_daemon(struct uz_config *config)
 {
 	if (config->pool_max_size.kind == AMOUNT_PERCENT)
 		config->daemon.pool_max_size =
-			percent_of(config->memory_total, config->pool_max_size.percent);
+		    percent_of(config->memory_total, config->pool_max_size.percent);
 	else
 		config->daemon.pool_max_size = config->pool_max_size.bytes;
 }
@@ -433,17 +434,17 @@ static int config_alloc(struct uz_config **out)
 		return -ENOMEM;
 	}
 	config->daemon = (struct config_daemon){
-		.fault_threads = 2,
-		.log_level = LOG_INFO,
-		.max_clients = 1024,
-		.max_clients_per_user = 256,
-		.max_regions_per_client = 65536,
-		.accept_threshold_percent = 90,
-		.poor_threshold = UZ_DEFAULT_POOR_THRESHOLD,
-		.poor_policy = UZ_POOR_KEEP_RAW,
-		.swap_size = 1ULL << 30,
+	    .fault_threads = 2,
+	    .log_level = LOG_INFO,
+	    .max_clients = 1024,
+	    .max_clients_per_user = 256,
+	    .max_regions_per_client = 65536,
+	    .accept_threshold_percent = 90,
+	    .poor_threshold = UZ_DEFAULT_POOR_THRESHOLD,
+	    .poor_policy = UZ_POOR_KEEP_RAW,
+	    .swap_size = 1ULL << 30,
 	};
-	config->pool_max_size = (struct amount){ AMOUNT_PERCENT, 0, 20 };
+	config->pool_max_size = (struct amount){AMOUNT_PERCENT, 0, 20};
 	config->memory_total = host_memory_total();
 	limits_builtin(&config->defaults);
 	*out = config;
@@ -499,7 +500,7 @@ struct parse_ctx {
 	FILE *file;
 	enum file_kind kind;
 	struct cgroup_file *cgroup_file; /* FILE_CGROUP: where keys go */
-	int line;                         /* lines read so far */
+	int line;			 /* lines read so far */
 	int key_line[UZ_ARRAY_SIZE(key_table)];
 	char sections[CONFIG_MAX_SECTIONS][32];
 	int section_line[CONFIG_MAX_SECTIONS];
@@ -510,7 +511,7 @@ struct parse_ctx {
 };
 
 __attribute__((format(printf, 3, 4))) static void parse_error(struct parse_ctx *ctx, int line,
-							       const char *fmt, ...)
+							      const char *fmt, ...)
 {
 	va_list ap;
 	int n;
@@ -558,21 +559,24 @@ static void reader_section(struct parse_ctx *ctx, const char *line)
 	memcpy(name, start, len);
 	name[len] = '\0';
 	if (!section_known(ctx, name)) {
-		if (ctx->kind == FILE_CGROUP && section_known(&(struct parse_ctx){ .kind = FILE_MAIN }, name))
+		if (ctx->kind == FILE_CGROUP &&
+		    section_known(&(struct parse_ctx){.kind = FILE_MAIN}, name))
 			parse_error(ctx, ctx->line,
 				    "section [%s] belongs in uzswapd.conf, not in a cgroup.d file",
 				    name);
 		else if (ctx->kind == FILE_MAIN && !strcmp(name, "Match"))
-			parse_error(ctx, ctx->line,
-				    "section [Match] belongs in a cgroup.d file, not in uzswapd.conf");
+			parse_error(
+			    ctx, ctx->line,
+			    "section [Match] belongs in a cgroup.d file, not in uzswapd.conf");
 		else
 			parse_error(ctx, ctx->line, "unknown section [%s]", name);
 		return;
 	}
 	for (unsigned int i = 0; i < ctx->n_sections; i++) {
 		if (!strcmp(ctx->sections[i], name)) {
-			parse_error(ctx, ctx->line, "[%s]: section appears twice (first on line %d)",
-				    name, ctx->section_line[i]);
+			parse_error(ctx, ctx->line,
+				    "[%s]: section appears twice (first on line %d)", name,
+				    ctx->section_line[i]);
 			return;
 		}
 	}
@@ -620,8 +624,8 @@ static int set_string(struct parse_ctx *ctx, char **field, const char *value)
 	return 0;
 }
 
-static int parse_path_value(struct parse_ctx *ctx, const char *name, const char *value,
-			    size_t max, char **field)
+static int parse_path_value(struct parse_ctx *ctx, const char *name, const char *value, size_t max,
+			    char **field)
 {
 	if (value[0] != '/') {
 		parse_error(ctx, ctx->line, "%s: not an absolute path \"%s\"", name, value);
@@ -635,8 +639,8 @@ static int parse_path_value(struct parse_ctx *ctx, const char *name, const char 
 	return set_string(ctx, field, value);
 }
 
-static int parse_amount(struct parse_ctx *ctx, const char *name, const char *value,
-			bool percent_ok, bool unlimited_ok, struct amount *out)
+static int parse_amount(struct parse_ctx *ctx, const char *name, const char *value, bool percent_ok,
+			bool unlimited_ok, struct amount *out)
 {
 	int r;
 
@@ -644,19 +648,21 @@ static int parse_amount(struct parse_ctx *ctx, const char *name, const char *val
 		double percent;
 
 		if (!percent_ok) {
-			parse_error(ctx, ctx->line, "%s: a size is required, not a percentage \"%s\"",
-				    name, value);
+			parse_error(ctx, ctx->line,
+				    "%s: a size is required, not a percentage \"%s\"", name, value);
 			return -EINVAL;
 		}
 		r = parse_percent(value, &percent);
 		if (r < 0) {
-			parse_error(ctx, ctx->line,
-				    r == -ERANGE ? "%s: percentage out of range \"%s\" (above 0%%, at most 100%%)"
-						 : "%s: invalid percentage \"%s\"",
-				    name, value);
+			parse_error(
+			    ctx, ctx->line,
+			    r == -ERANGE
+				? "%s: percentage out of range \"%s\" (above 0%%, at most 100%%)"
+				: "%s: invalid percentage \"%s\"",
+			    name, value);
 			return -EINVAL;
 		}
-		*out = (struct amount){ AMOUNT_PERCENT, 0, percent };
+		*out = (struct amount){AMOUNT_PERCENT, 0, percent};
 		return 0;
 	}
 	uint64_t bytes;
@@ -664,15 +670,15 @@ static int parse_amount(struct parse_ctx *ctx, const char *name, const char *val
 	r = config_parse_size(value, &bytes);
 	if (r < 0) {
 		parse_error(ctx, ctx->line,
-			    r == -ERANGE ? "%s: size too large \"%s\"" : "%s: invalid size \"%s\"", name,
-			    value);
+			    r == -ERANGE ? "%s: size too large \"%s\"" : "%s: invalid size \"%s\"",
+			    name, value);
 		return -EINVAL;
 	}
 	if (bytes == UZ_UNLIMITED && !unlimited_ok) {
 		parse_error(ctx, ctx->line, "%s: must be a finite size \"%s\"", name, value);
 		return -EINVAL;
 	}
-	*out = (struct amount){ AMOUNT_BYTES, bytes, 0 };
+	*out = (struct amount){AMOUNT_BYTES, bytes, 0};
 	return 0;
 }
 
@@ -797,8 +803,7 @@ static int parse_key(struct parse_ctx *ctx, const struct key_def *key, const cha
 	case KEY_MAX_CLIENTS_PER_USER:
 		return parse_count(ctx, key->name, value, 1, 1000000, &d->max_clients_per_user);
 	case KEY_MAX_REGIONS_PER_CLIENT:
-		return parse_count(ctx, key->name, value, 1, 1U << 24,
-				   &d->max_regions_per_client);
+		return parse_count(ctx, key->name, value, 1, 1U << 24, &d->max_regions_per_client);
 	case KEY_POOL_MAX_SIZE:
 		return parse_amount(ctx, key->name, value, true, true, &config->pool_max_size);
 	case KEY_POOL_ACCEPT_THRESHOLD: {
@@ -813,8 +818,9 @@ static int parse_key(struct parse_ctx *ctx, const struct key_def *key, const cha
 			d->accept_threshold_percent = (unsigned int)percent;
 			return 0;
 		}
-		parse_error(ctx, ctx->line, "%s: expected a whole percentage 1%%..100%%, not \"%s\"",
-			    key->name, value);
+		parse_error(ctx, ctx->line,
+			    "%s: expected a whole percentage 1%%..100%%, not \"%s\"", key->name,
+			    value);
 		return -EINVAL;
 	}
 	case KEY_POOL_POOR_THRESHOLD: {
@@ -855,7 +861,8 @@ static int parse_key(struct parse_ctx *ctx, const struct key_def *key, const cha
 		r = normalize_cgroup_path(value, buf, sizeof(buf));
 		if (r < 0) {
 			parse_error(ctx, ctx->line,
-				    "%s: not an absolute cgroup path \"%s\" (like /system.slice/redis.service)",
+				    "%s: not an absolute cgroup path \"%s\" (like "
+				    "/system.slice/redis.service)",
 				    key->name, value);
 			return -EINVAL;
 		}
@@ -925,12 +932,12 @@ static int parse_file(struct uz_config *config, const char *path, enum file_kind
 		      struct cgroup_file *cgroup_file, char *err, size_t errlen)
 {
 	struct parse_ctx ctx = {
-		.config = config,
-		.path = path,
-		.kind = kind,
-		.cgroup_file = cgroup_file,
-		.err = err,
-		.errlen = errlen,
+	    .config = config,
+	    .path = path,
+	    .kind = kind,
+	    .cgroup_file = cgroup_file,
+	    .err = err,
+	    .errlen = errlen,
 	};
 	int r;
 
@@ -963,7 +970,7 @@ static int parse_file(struct uz_config *config, const char *path, enum file_kind
 /* --- loading ------------------------------------------------------------- */
 
 __attribute__((format(printf, 3, 4))) static void load_error(char *err, size_t errlen,
-							      const char *fmt, ...)
+							     const char *fmt, ...)
 {
 	va_list ap;
 
@@ -1046,8 +1053,8 @@ out_free_names:
 	return r;
 }
 
-int config_load(struct uz_config **out, const char *main_path, const char *cgroup_dir,
-		char *err, size_t errlen)
+int config_load(struct uz_config **out, const char *main_path, const char *cgroup_dir, char *err,
+		size_t errlen)
 {
 	struct uz_config *config;
 	int r;
@@ -1110,7 +1117,7 @@ static bool file_has_match_section(FILE *file)
 
 int config_check_file(const char *path, char *err, size_t errlen)
 {
-	struct cgroup_file cgroup_file = { 0 };
+	struct cgroup_file cgroup_file = {0};
 	struct uz_config *config;
 	enum file_kind kind;
 	FILE *file;
@@ -1224,7 +1231,7 @@ static const struct limits *config_source(const struct uz_config *config, const 
 int config_policy_for_cgroup(const struct uz_config *config, const char *cgroup_path,
 			     const struct cgroup_memory_limits *limits, struct uz_policy *out)
 {
-	const struct cgroup_memory_limits unlimited = { UZ_UNLIMITED, UZ_UNLIMITED };
+	const struct cgroup_memory_limits unlimited = {UZ_UNLIMITED, UZ_UNLIMITED};
 	char path[CGROUP_PATH_MAX];
 	struct limits builtin;
 	struct uz_policy policy;
@@ -1265,8 +1272,8 @@ int config_policy_for_cgroup(const struct uz_config *config, const char *cgroup_
 
 	amount = config_source(config, path, LIMIT_POOL_MAX, &builtin)->pool_max;
 	policy.pool_max = amount.kind == AMOUNT_PERCENT
-				  ? percent_of(config->memory_total, amount.percent)
-				  : amount.bytes;
+			      ? percent_of(config->memory_total, amount.percent)
+			      : amount.bytes;
 	policy.swap_max = config_source(config, path, LIMIT_SWAP_MAX, &builtin)->swap_max.bytes;
 	policy.writeback = config_source(config, path, LIMIT_WRITEBACK, &builtin)->writeback;
 	{

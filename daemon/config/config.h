@@ -36,28 +36,28 @@
 #include "cgroup/cgroup.h"
 #include "config/policy.h"
 
-#define CONFIG_DEFAULT_MAIN_PATH "/etc/uzswap/uzswapd.conf"
+#define CONFIG_DEFAULT_MAIN_PATH  "/etc/uzswap/uzswapd.conf"
 #define CONFIG_DEFAULT_CGROUP_DIR "/etc/uzswap/cgroup.d"
 
 struct uz_config;
 
 /* Daemon-wide settings, all resolved to plain values. */
 struct config_daemon {
-	const char *socket_path;         /* [Daemon] Socket */
-	const char *control_socket_path; /* [Daemon] ControlSocket */
-	bool control_group_set;          /* [Daemon] ControlGroup given */
-	gid_t control_gid;               /*   ... resolved to a gid at load time */
-	unsigned int fault_threads;      /* [Daemon] FaultThreads */
-	int log_level;                   /* [Daemon] LogLevel as a syslog LOG_* priority */
-	unsigned int max_clients;        /* [Daemon] MaxClients */
+	const char *socket_path;	     /* [Daemon] Socket */
+	const char *control_socket_path;     /* [Daemon] ControlSocket */
+	bool control_group_set;		     /* [Daemon] ControlGroup given */
+	gid_t control_gid;		     /*   ... resolved to a gid at load time */
+	unsigned int fault_threads;	     /* [Daemon] FaultThreads */
+	int log_level;			     /* [Daemon] LogLevel as a syslog LOG_* priority */
+	unsigned int max_clients;	     /* [Daemon] MaxClients */
 	unsigned int max_clients_per_user;   /* [Daemon] MaxClientsPerUser */
 	unsigned int max_regions_per_client; /* [Daemon] MaxRegionsPerClient */
-	uint64_t pool_max_size;          /* [Pool] MaxSize in bytes (percent of RAM resolved) */
+	uint64_t pool_max_size;		     /* [Pool] MaxSize in bytes (percent of RAM resolved) */
 	unsigned int accept_threshold_percent; /* [Pool] AcceptThreshold */
-	uint32_t poor_threshold;         /* [Pool] PoorThreshold */
-	enum uz_poor_policy poor_policy; /* [Pool] PoorPolicy */
-	const char *swap_file;           /* [Swap] File */
-	uint64_t swap_size;              /* [Swap] Size; 0 = no swap file */
+	uint32_t poor_threshold;	       /* [Pool] PoorThreshold */
+	enum uz_poor_policy poor_policy;       /* [Pool] PoorPolicy */
+	const char *swap_file;		       /* [Swap] File */
+	uint64_t swap_size;		       /* [Swap] Size; 0 = no swap file */
 };
 
 /*
@@ -66,8 +66,8 @@ struct config_daemon {
  * an empty file / empty directory.  Returns 0, -EINVAL with a message in
  * err on a bad config, or another -errno (message in err too).
  */
-int config_load(struct uz_config **out, const char *main_path, const char *cgroup_dir,
-		char *err, size_t errlen);
+int config_load(struct uz_config **out, const char *main_path, const char *cgroup_dir, char *err,
+		size_t errlen);
 struct uz_config *config_free(struct uz_config *config);
 
 /* The built-in defaults alone (no files). */

@@ -326,16 +326,17 @@ static bool conn_is_admin(const struct control_conn *conn)
 struct command {
 	const char *name;
 	bool changes; /* needs root or the admin group */
-	int (*run)(struct control_conn *conn, json_object *request, json_object *result,
-		   char *err, size_t errlen);
+	int (*run)(struct control_conn *conn, json_object *request, json_object *result, char *err,
+		   size_t errlen);
 };
 
-static int request_string(json_object *request, const char *key, bool required,
-			  const char **out, char *err, size_t errlen)
+static int request_string(json_object *request, const char *key, bool required, const char **out,
+			  char *err, size_t errlen)
 {
 	json_object *value;
 
-	if (!json_object_object_get_ex(request, key, &value) || json_object_is_type(value, json_type_null)) {
+	if (!json_object_object_get_ex(request, key, &value) ||
+	    json_object_is_type(value, json_type_null)) {
 		if (required) {
 			snprintf(err, errlen, "missing \"%s\"", key);
 			return -EINVAL;
@@ -430,9 +431,8 @@ static int run_shrink(struct control_conn *conn, json_object *request, json_obje
 }
 
 static const struct command commands[] = {
-	{ "status", false, run_status },  { "stats", false, run_stats },
-	{ "clients", false, run_clients }, { "config", false, run_config },
-	{ "reload", true, run_reload },   { "shrink", true, run_shrink },
+    {"status", false, run_status}, {"stats", false, run_stats},	 {"clients", false, run_clients},
+    {"config", false, run_config}, {"reload", true, run_reload}, {"shrink", true, run_shrink},
 };
 
 static bool command_supported(const struct control_ops *ops, const struct command *command)
@@ -495,11 +495,13 @@ static int conn_handle_line(struct control_conn *conn, const char *line, size_t 
 	if (command->changes && !conn_is_admin(conn)) {
 		if (conn->server->admin_group_set)
 			snprintf(err, sizeof(err),
-				 "permission denied: %s needs root or membership in the control group (gid %u, ControlGroup= in uzswapd.conf)",
+				 "permission denied: %s needs root or membership in the control "
+				 "group (gid %u, ControlGroup= in uzswapd.conf)",
 				 command->name, (unsigned int)conn->server->admin_gid);
 		else
 			snprintf(err, sizeof(err),
-				 "permission denied: %s needs root (no ControlGroup= is configured in uzswapd.conf)",
+				 "permission denied: %s needs root (no ControlGroup= is configured "
+				 "in uzswapd.conf)",
 				 command->name);
 		json_object_put(request);
 		return conn_queue_error(conn, EPERM, err);
@@ -589,8 +591,8 @@ static int conn_write(struct control_conn *conn)
 static int conn_read(struct control_conn *conn)
 {
 	while (conn->in_len < CONTROL_MAX_REQUEST) {
-		ssize_t n = recv(conn->fd, conn->in + conn->in_len, CONTROL_MAX_REQUEST - conn->in_len,
-				 MSG_DONTWAIT);
+		ssize_t n = recv(conn->fd, conn->in + conn->in_len,
+				 CONTROL_MAX_REQUEST - conn->in_len, MSG_DONTWAIT);
 
 		if (n < 0) {
 			if (errno == EAGAIN || errno == EINTR)
@@ -687,7 +689,7 @@ static void conn_free(struct control_conn *conn)
 static void refuse_connection(int fd)
 {
 	static const char message[] =
-		"{\"ok\":false,\"error\":\"too many control connections\",\"errno\":16}\n";
+	    "{\"ok\":false,\"error\":\"too many control connections\",\"errno\":16}\n";
 
 	(void)!send(fd, message, sizeof(message) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 	close(fd);

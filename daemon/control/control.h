@@ -31,8 +31,8 @@
 
 #include "stats/stats.h"
 
-#define CONTROL_MAX_CONNECTIONS 64
-#define CONTROL_MAX_REQUEST 4096
+#define CONTROL_MAX_CONNECTIONS	 64
+#define CONTROL_MAX_REQUEST	 4096
 #define CONTROL_IDLE_TIMEOUT_SEC 30
 
 /*
@@ -101,7 +101,7 @@ struct control_latency {
 
 struct control_pool_usage {
 	uint64_t pool_total_size; /* bytes the pool holds, metadata included */
-	uint64_t limit;           /* bytes; UINT64_MAX for none */
+	uint64_t limit;		  /* bytes; UINT64_MAX for none */
 };
 
 /*

@@ -16,11 +16,11 @@ json_object *control_json_stats_block_from(const struct stats *stats,
 	stats_read_all(stats, values);
 	if (hist) {
 		latency = (struct control_latency){
-			.count = latency_hist_count(hist),
-			.p50_ns = latency_hist_percentile(hist, 50),
-			.p90_ns = latency_hist_percentile(hist, 90),
-			.p99_ns = latency_hist_percentile(hist, 99),
-			.p999_ns = latency_hist_percentile(hist, 99.9),
+		    .count = latency_hist_count(hist),
+		    .p50_ns = latency_hist_percentile(hist, 50),
+		    .p90_ns = latency_hist_percentile(hist, 90),
+		    .p99_ns = latency_hist_percentile(hist, 99),
+		    .p999_ns = latency_hist_percentile(hist, 99.9),
 		};
 	}
 	return control_json_stats_block(values, hist ? &latency : NULL, pool);

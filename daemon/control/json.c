@@ -34,8 +34,7 @@ static int add(json_object *object, const char *key, json_object *value)
  */
 static json_object *compression_ratio(const int64_t values[UZ_STAT__COUNT])
 {
-	int64_t compressed_pages =
-		values[UZ_STAT_stored_pages] - values[UZ_STAT_same_filled_pages];
+	int64_t compressed_pages = values[UZ_STAT_stored_pages] - values[UZ_STAT_same_filled_pages];
 	int64_t compressed_bytes = values[UZ_STAT_compressed_bytes];
 
 	if (compressed_pages <= 0 || compressed_bytes <= 0)

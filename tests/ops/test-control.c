@@ -30,7 +30,7 @@
 
 #include "control/control.h"
 
-#define NOBODY 65534
+#define NOBODY	  65534
 #define ADMIN_GID 100
 
 static const char *uzswapctl;
@@ -76,8 +76,8 @@ static void fill_values(int64_t values[UZ_STAT__COUNT], int64_t scale)
 
 static int fake_stats(void *userdata, const char *cgroup, json_object *out)
 {
-	struct control_latency latency = { 5000, 12300, 45600, 98700, 1500000 };
-	struct control_pool_usage pool = { 2 << 20, 256 << 20 };
+	struct control_latency latency = {5000, 12300, 45600, 98700, 1500000};
+	struct control_pool_usage pool = {2 << 20, 256 << 20};
 	int64_t values[UZ_STAT__COUNT];
 
 	if (cgroup && strcmp(cgroup, "/system.slice/redis.service")) {
@@ -103,7 +103,8 @@ static int fake_clients(void *userdata, json_object *out)
 
 	json_object_object_add(client, "pid", json_object_new_int(31337));
 	json_object_object_add(client, "uid", json_object_new_int(1000));
-	json_object_object_add(client, "cgroup", json_object_new_string("/system.slice/redis.service"));
+	json_object_object_add(client, "cgroup",
+			       json_object_new_string("/system.slice/redis.service"));
 	json_object_object_add(client, "resident_bytes", json_object_new_int64(5 << 20));
 	json_object_object_add(client, "stored_pages", json_object_new_int64(256));
 	json_object_array_add(list, client);
@@ -115,7 +116,8 @@ static int fake_reload(void *userdata, char *err, size_t errlen)
 {
 	__atomic_add_fetch(&reload_calls, 1, __ATOMIC_SEQ_CST);
 	if (__atomic_load_n(&reload_fail, __ATOMIC_SEQ_CST)) {
-		snprintf(err, errlen, "/etc/uzswap/cgroup.d/redis.conf:5: ResidentMax: invalid size \"12Q\"");
+		snprintf(err, errlen,
+			 "/etc/uzswap/cgroup.d/redis.conf:5: ResidentMax: invalid size \"12Q\"");
 		return -EINVAL;
 	}
 	return 0;
@@ -132,11 +134,11 @@ static int fake_shrink(void *userdata, const char *cgroup, uint64_t bytes, json_
 }
 
 static const struct control_ops fake_ops = {
-	.status = fake_status,
-	.stats = fake_stats,
-	.clients = fake_clients,
-	.reload = fake_reload,
-	.shrink = fake_shrink,
+    .status = fake_status,
+    .stats = fake_stats,
+    .clients = fake_clients,
+    .reload = fake_reload,
+    .shrink = fake_shrink,
 };
 
 static int on_stop(sd_event_source *source, int fd, uint32_t revents, void *userdata)
@@ -214,7 +216,7 @@ static void read_all(int fd, char *buf, size_t cap)
 /* Run uzswapctl with args (NULL-terminated) as `who`; output in run. */
 static void run_ctl(struct run *run, enum who who, ...)
 {
-	const char *argv[32] = { uzswapctl };
+	const char *argv[32] = {uzswapctl};
 	int out_pipe[2], err_pipe[2], argc = 1, status;
 	va_list ap;
 	pid_t pid;
@@ -282,10 +284,10 @@ static void test_stats_table(void **state)
 	assert_int_equal(run.status, 0);
 	assert_contains(run.out, "global");
 	assert_contains(run.out, "cgroup /system.slice/redis.service");
-	assert_contains(run.out, "37035");            /* global zswpout, 3 x 12345 */
-	assert_contains(run.out, "12345");            /* the cgroup's */
-	assert_contains(run.out, "3000 (11.7 MiB)");  /* stored_pages with bytes */
-	assert_contains(run.out, "2.00");             /* compression ratio */
+	assert_contains(run.out, "37035");	     /* global zswpout, 3 x 12345 */
+	assert_contains(run.out, "12345");	     /* the cgroup's */
+	assert_contains(run.out, "3000 (11.7 MiB)"); /* stored_pages with bytes */
+	assert_contains(run.out, "2.00");	     /* compression ratio */
 	assert_contains(run.out, "p50 12.3 µs");
 	assert_contains(run.out, "p99.9 1.50 ms");
 	assert_contains(run.out, "2.0 MiB of 256.0 MiB (0.8%)");
@@ -403,12 +405,13 @@ static void test_stats_prometheus(void **state)
 	assert_int_equal(run.status, 0);
 	assert_contains(run.out, "# TYPE uzswap_zswpout_total counter\n");
 	assert_contains(run.out, "\nuzswap_zswpout_total 37035\n");
-	assert_contains(run.out, "\nuzswap_zswpout_total{cgroup=\"/system.slice/redis.service\"} 12345\n");
+	assert_contains(run.out,
+			"\nuzswap_zswpout_total{cgroup=\"/system.slice/redis.service\"} 12345\n");
 	assert_contains(run.out, "uzswap_zswpout_total{cgroup=\"/we\\\"ird\"} 24690\n");
 	assert_contains(run.out, "# TYPE uzswap_stored_pages gauge\n");
 	assert_contains(run.out, "uzswap_fault_latency_seconds{quantile=\"0.99\"} 0.000098700\n");
-	assert_contains(run.out,
-			"uzswap_fault_latency_seconds{cgroup=\"/system.slice/redis.service\",quantile=\"0.5\"} 0.000012300\n");
+	assert_contains(run.out, "uzswap_fault_latency_seconds{cgroup=\"/system.slice/"
+				 "redis.service\",quantile=\"0.5\"} 0.000012300\n");
 	assert_contains(run.out, "uzswap_compression_ratio 2\n");
 	for (line = strtok_r(run.out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		check_prometheus_line(line);
@@ -559,8 +562,8 @@ static void test_config_check(void **state)
 /* Send raw bytes, read one reply line. */
 static void raw_request(const char *data, size_t len, char *reply, size_t cap)
 {
-	struct sockaddr_un addr = { .sun_family = AF_UNIX };
-	struct timeval timeout = { .tv_sec = 10 };
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+	struct timeval timeout = {.tv_sec = 10};
 	size_t got = 0;
 	int fd;
 
@@ -613,7 +616,7 @@ static void test_protocol_errors(void **state)
 /* The helper over the core's live objects gives the same schema. */
 static void test_stats_block_from_core(void **state)
 {
-	struct control_pool_usage pool = { 4096, UINT64_MAX };
+	struct control_pool_usage pool = {4096, UINT64_MAX};
 	json_object *block, *map, *value;
 	struct latency_hist *hist;
 	struct stats *stats;
@@ -646,19 +649,19 @@ static void test_stats_block_from_core(void **state)
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_status_table),
-		cmocka_unit_test(test_stats_table),
-		cmocka_unit_test(test_stats_json),
-		cmocka_unit_test(test_stats_prometheus),
-		cmocka_unit_test(test_watch),
-		cmocka_unit_test(test_clients),
-		cmocka_unit_test(test_changes_refused_to_nobody),
-		cmocka_unit_test(test_changes_allowed),
-		cmocka_unit_test(test_usage_errors),
-		cmocka_unit_test(test_not_running),
-		cmocka_unit_test(test_config_check),
-		cmocka_unit_test(test_protocol_errors),
-		cmocka_unit_test(test_stats_block_from_core),
+	    cmocka_unit_test(test_status_table),
+	    cmocka_unit_test(test_stats_table),
+	    cmocka_unit_test(test_stats_json),
+	    cmocka_unit_test(test_stats_prometheus),
+	    cmocka_unit_test(test_watch),
+	    cmocka_unit_test(test_clients),
+	    cmocka_unit_test(test_changes_refused_to_nobody),
+	    cmocka_unit_test(test_changes_allowed),
+	    cmocka_unit_test(test_usage_errors),
+	    cmocka_unit_test(test_not_running),
+	    cmocka_unit_test(test_config_check),
+	    cmocka_unit_test(test_protocol_errors),
+	    cmocka_unit_test(test_stats_block_from_core),
 	};
 
 	if (argc < 2) {

@@ -53,7 +53,7 @@ static int setup(void **state)
 
 static void rmdir_retry(const char *dir)
 {
-	struct timespec ts = { 0, 10 * 1000 * 1000 };
+	struct timespec ts = {0, 10 * 1000 * 1000};
 
 	/* A reaped task can take a moment to leave its cgroup. */
 	for (int i = 0; i < 200; i++) {
@@ -140,8 +140,8 @@ static void test_parse_proc(void **state)
 	assert_string_equal(v1, "/system.slice/redis.service");
 
 	/* pure v2 */
-	assert_int_equal(cgroup_parse_proc("0::/user.slice/user-1000.slice/session-2.scope\n", v2, v1),
-			 0);
+	assert_int_equal(
+	    cgroup_parse_proc("0::/user.slice/user-1000.slice/session-2.scope\n", v2, v1), 0);
 	assert_string_equal(v2, "/user.slice/user-1000.slice/session-2.scope");
 	assert_string_equal(v1, "");
 
@@ -196,7 +196,8 @@ static void test_v1_memory(void **state)
 {
 	struct fixture *f = *state;
 	const char *mount = cgroup_layout_v1_memory_mount(f->layout);
-	char outer[PATH_MAX], inner[PATH_MAX + 16], name[64], want[128], home[PATH_MAX + CGROUP_PATH_MAX];
+	char outer[PATH_MAX], inner[PATH_MAX + 16], name[64], want[128],
+	    home[PATH_MAX + CGROUP_PATH_MAX];
 	char v2_self[CGROUP_PATH_MAX], v1_self[CGROUP_PATH_MAX], err[1024], conf[PATH_MAX + 64];
 	struct cgroup_memory_limits limits;
 	struct uz_config *config;
@@ -205,7 +206,8 @@ static void test_v1_memory(void **state)
 	FILE *file;
 
 	if (!mount) {
-		printf("test-cgroup: no cgroup v1 memory hierarchy on this host: v1 test skipped\n");
+		printf(
+		    "test-cgroup: no cgroup v1 memory hierarchy on this host: v1 test skipped\n");
 		skip();
 	}
 	snprintf(name, sizeof(name), "uzswap-test-%d", (int)getpid());
@@ -247,7 +249,8 @@ static void test_v1_memory(void **state)
 		fprintf(file, "[Match]\nCgroup=/%s\n[Limits]\nResidentMax=50%%\n", name);
 		fclose(file);
 		assert_int_equal(config_load(&config, NULL, f->tmp, err, sizeof(err)), 0);
-		assert_int_equal(config_policy_for_cgroup(config, info.path, &info.limits, &policy), 0);
+		assert_int_equal(config_policy_for_cgroup(config, info.path, &info.limits, &policy),
+				 0);
 		assert_int_equal(policy.resident_max, 64 * MiB);
 		config_free(config);
 	}
@@ -304,10 +307,10 @@ static void test_v2_unified(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_parse_proc),
-		cmocka_unit_test_setup_teardown(test_self_and_gone, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_v1_memory, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_v2_unified, setup, teardown),
+	    cmocka_unit_test(test_parse_proc),
+	    cmocka_unit_test_setup_teardown(test_self_and_gone, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_v1_memory, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_v2_unified, setup, teardown),
 	};
 	struct cgroup_layout *layout;
 
@@ -318,7 +321,8 @@ int main(void)
 	if (cgroup_layout_probe(&layout) < 0)
 		return 1;
 	if (!cgroup_layout_v1_memory_mount(layout) && !cgroup_layout_v2_mount(layout)) {
-		printf("test-cgroup: neither a cgroup v1 memory hierarchy nor cgroup v2 is mounted\n");
+		printf(
+		    "test-cgroup: neither a cgroup v1 memory hierarchy nor cgroup v2 is mounted\n");
 		cgroup_layout_free(layout);
 		return 77;
 	}

@@ -158,7 +158,8 @@ static void test_empty_files(void **state)
 
 	/* an empty cgroup.d file has no Cgroup= */
 	write_cgroup_file(f, "empty.conf", "");
-	load_fails(f, "cgroup.d/empty.conf: Cgroup: missing (every cgroup.d file needs [Match] Cgroup=)");
+	load_fails(
+	    f, "cgroup.d/empty.conf: Cgroup: missing (every cgroup.d file needs [Match] Cgroup=)");
 }
 
 static void test_main_file_all_keys(void **state)
@@ -251,28 +252,28 @@ static void test_sizes(void **state)
 		int r;
 		uint64_t value;
 	} cases[] = {
-		{ "0", 0, 0 },
-		{ "4096", 0, 4096 },
-		{ "4K", 0, 4096 },
-		{ "4k", 0, 4096 },
-		{ "512M", 0, 512 * MiB },
-		{ "3G", 0, 3 * GiB },
-		{ "2T", 0, 2ULL << 40 },
-		{ "infinity", 0, UINT64_MAX },
-		{ "unlimited", 0, UINT64_MAX },
-		{ "Infinity", 0, UINT64_MAX },
-		{ "12Q", -EINVAL, 0 },
-		{ "", -EINVAL, 0 },
-		{ "-1", -EINVAL, 0 },
-		{ "+1", -EINVAL, 0 },
-		{ " 1", -EINVAL, 0 },
-		{ "1.5G", -EINVAL, 0 },
-		{ "K", -EINVAL, 0 },
-		{ "1KB", -EINVAL, 0 },
-		{ "1 K", -EINVAL, 0 },
-		{ "16777216T", -ERANGE, 0 },
-		{ "99999999999999999999999", -ERANGE, 0 },
-		{ "18446744073709551615", -ERANGE, 0 }, /* that is the unlimited marker */
+	    {"0", 0, 0},
+	    {"4096", 0, 4096},
+	    {"4K", 0, 4096},
+	    {"4k", 0, 4096},
+	    {"512M", 0, 512 * MiB},
+	    {"3G", 0, 3 * GiB},
+	    {"2T", 0, 2ULL << 40},
+	    {"infinity", 0, UINT64_MAX},
+	    {"unlimited", 0, UINT64_MAX},
+	    {"Infinity", 0, UINT64_MAX},
+	    {"12Q", -EINVAL, 0},
+	    {"", -EINVAL, 0},
+	    {"-1", -EINVAL, 0},
+	    {"+1", -EINVAL, 0},
+	    {" 1", -EINVAL, 0},
+	    {"1.5G", -EINVAL, 0},
+	    {"K", -EINVAL, 0},
+	    {"1KB", -EINVAL, 0},
+	    {"1 K", -EINVAL, 0},
+	    {"16777216T", -ERANGE, 0},
+	    {"99999999999999999999999", -ERANGE, 0},
+	    {"18446744073709551615", -ERANGE, 0}, /* that is the unlimited marker */
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -295,48 +296,53 @@ static void test_errors_cgroup_file(void **state)
 		const char *text;
 		const char *message;
 	} cases[] = {
-		{ "[Match]\nCgroup=/redis\n[Limits]\n\nResidentMax=12Q\n",
-		  "cgroup.d/redis.conf:5: ResidentMax: invalid size \"12Q\"" },
-		{ "[Match]\nCgroup=/redis\n[Limits]\nFoo=1\n",
-		  "cgroup.d/redis.conf:4: Foo: unknown key in [Limits]" },
-		{ "[Match]\nCgroup=/redis\n[Limits]\nPoolMax=1G\n[Limits]\nSwapMax=1G\n",
-		  "cgroup.d/redis.conf:5: [Limits]: section appears twice (first on line 3)" },
-		{ "[Limits]\nPoolMax=1G\n",
-		  "cgroup.d/redis.conf: Cgroup: missing (every cgroup.d file needs [Match] Cgroup=)" },
-		{ "[Match]\nCgroup=redis\n",
-		  "cgroup.d/redis.conf:2: Cgroup: not an absolute cgroup path \"redis\" (like /system.slice/redis.service)" },
-		{ "[Match]\nCgroup=/a/../b\n",
-		  "cgroup.d/redis.conf:2: Cgroup: not an absolute cgroup path \"/a/../b\" (like /system.slice/redis.service)" },
-		{ "Cgroup=/redis\n", "cgroup.d/redis.conf:1: Cgroup: key outside of any [Section]" },
-		{ "[Match]\nCgroup=/redis\n[Limits]\nResidentMax=150%\n",
-		  "cgroup.d/redis.conf:4: ResidentMax: percentage out of range \"150%\" (above 0%, at most 100%)" },
-		{ "[Match]\nCgroup=/redis\n[Limits]\nResidentMax=0%\n",
-		  "cgroup.d/redis.conf:4: ResidentMax: percentage out of range \"0%\" (above 0%, at most 100%)" },
-		{ "[Match]\nCgroup=/redis\n[Limits]\nResidentMax=abc%\n",
-		  "cgroup.d/redis.conf:4: ResidentMax: invalid percentage \"abc%\"" },
-		{ "[Match]\nCgroup=/redis\n[Limits]\nResidentMax=100\n",
-		  "cgroup.d/redis.conf:4: ResidentMax: must be at least 4K \"100\"" },
-		{ "[Match]\nCgroup=/redis\n[Limits]\nSwapMax=50%\n",
-		  "cgroup.d/redis.conf:4: SwapMax: a size is required, not a percentage \"50%\"" },
-		{ "[Match]\nCgroup=/redis\n[Limits]\nWriteback=maybe\n",
-		  "cgroup.d/redis.conf:4: Writeback: expected yes or no, not \"maybe\"" },
-		{ "[Match]\nCgroup=/redis\n[Limits]\nCompressor=zstd:99\n",
-		  "cgroup.d/redis.conf:4: Compressor: unknown compressor \"zstd:99\" (lz4, zstd, zstd:1..19)" },
-		{ "[Match]\nCgroup=/redis\n[Limits]\nCompressor=gzip\n",
-		  "cgroup.d/redis.conf:4: Compressor: unknown compressor \"gzip\" (lz4, zstd, zstd:1..19)" },
-		{ "[Match]\nCgroup=/redis\n[Limits]\nPoolMax=1G\nPoolMax=2G\n",
-		  "cgroup.d/redis.conf:5: PoolMax: set twice (first on line 4)" },
-		{ "[Match]\nCgroup=/redis\n[Limits]\nPoolMax=\n",
-		  "cgroup.d/redis.conf:4: PoolMax: empty value" },
-		{ "[Match]\nCgroup=/redis\n[Daemon]\nFaultThreads=2\n",
-		  "cgroup.d/redis.conf:3: section [Daemon] belongs in uzswapd.conf, not in a cgroup.d file" },
-		{ "[Match]\nCgroup=/redis\n[Limitz]\n",
-		  "cgroup.d/redis.conf:3: unknown section [Limitz]" },
-		{ "[Match]\nCgroup=/redis\nthis is not ini\n",
-		  "cgroup.d/redis.conf:3: syntax error (expected [Section], Key=Value or a # comment)" },
-		/* the first error wins: the syntax error on line 2, not the key on 3 */
-		{ "[Match\nCgroup=/redis\nFoo=1\n",
-		  "cgroup.d/redis.conf:1: syntax error (expected [Section], Key=Value or a # comment)" },
+	    {"[Match]\nCgroup=/redis\n[Limits]\n\nResidentMax=12Q\n",
+	     "cgroup.d/redis.conf:5: ResidentMax: invalid size \"12Q\""},
+	    {"[Match]\nCgroup=/redis\n[Limits]\nFoo=1\n",
+	     "cgroup.d/redis.conf:4: Foo: unknown key in [Limits]"},
+	    {"[Match]\nCgroup=/redis\n[Limits]\nPoolMax=1G\n[Limits]\nSwapMax=1G\n",
+	     "cgroup.d/redis.conf:5: [Limits]: section appears twice (first on line 3)"},
+	    {"[Limits]\nPoolMax=1G\n",
+	     "cgroup.d/redis.conf: Cgroup: missing (every cgroup.d file needs [Match] Cgroup=)"},
+	    {"[Match]\nCgroup=redis\n", "cgroup.d/redis.conf:2: Cgroup: not an absolute cgroup "
+					"path \"redis\" (like /system.slice/redis.service)"},
+	    {"[Match]\nCgroup=/a/../b\n", "cgroup.d/redis.conf:2: Cgroup: not an absolute cgroup "
+					  "path \"/a/../b\" (like /system.slice/redis.service)"},
+	    {"Cgroup=/redis\n", "cgroup.d/redis.conf:1: Cgroup: key outside of any [Section]"},
+	    {"[Match]\nCgroup=/redis\n[Limits]\nResidentMax=150%\n",
+	     "cgroup.d/redis.conf:4: ResidentMax: percentage out of range \"150%\" (above 0%, at "
+	     "most 100%)"},
+	    {"[Match]\nCgroup=/redis\n[Limits]\nResidentMax=0%\n",
+	     "cgroup.d/redis.conf:4: ResidentMax: percentage out of range \"0%\" (above 0%, at "
+	     "most 100%)"},
+	    {"[Match]\nCgroup=/redis\n[Limits]\nResidentMax=abc%\n",
+	     "cgroup.d/redis.conf:4: ResidentMax: invalid percentage \"abc%\""},
+	    {"[Match]\nCgroup=/redis\n[Limits]\nResidentMax=100\n",
+	     "cgroup.d/redis.conf:4: ResidentMax: must be at least 4K \"100\""},
+	    {"[Match]\nCgroup=/redis\n[Limits]\nSwapMax=50%\n",
+	     "cgroup.d/redis.conf:4: SwapMax: a size is required, not a percentage \"50%\""},
+	    {"[Match]\nCgroup=/redis\n[Limits]\nWriteback=maybe\n",
+	     "cgroup.d/redis.conf:4: Writeback: expected yes or no, not \"maybe\""},
+	    {"[Match]\nCgroup=/redis\n[Limits]\nCompressor=zstd:99\n",
+	     "cgroup.d/redis.conf:4: Compressor: unknown compressor \"zstd:99\" (lz4, zstd, "
+	     "zstd:1..19)"},
+	    {"[Match]\nCgroup=/redis\n[Limits]\nCompressor=gzip\n",
+	     "cgroup.d/redis.conf:4: Compressor: unknown compressor \"gzip\" (lz4, zstd, "
+	     "zstd:1..19)"},
+	    {"[Match]\nCgroup=/redis\n[Limits]\nPoolMax=1G\nPoolMax=2G\n",
+	     "cgroup.d/redis.conf:5: PoolMax: set twice (first on line 4)"},
+	    {"[Match]\nCgroup=/redis\n[Limits]\nPoolMax=\n",
+	     "cgroup.d/redis.conf:4: PoolMax: empty value"},
+	    {"[Match]\nCgroup=/redis\n[Daemon]\nFaultThreads=2\n",
+	     "cgroup.d/redis.conf:3: section [Daemon] belongs in uzswapd.conf, not in a cgroup.d "
+	     "file"},
+	    {"[Match]\nCgroup=/redis\n[Limitz]\n",
+	     "cgroup.d/redis.conf:3: unknown section [Limitz]"},
+	    {"[Match]\nCgroup=/redis\nthis is not ini\n",
+	     "cgroup.d/redis.conf:3: syntax error (expected [Section], Key=Value or a # comment)"},
+	    /* the first error wins: the syntax error on line 2, not the key on 3 */
+	    {"[Match\nCgroup=/redis\nFoo=1\n",
+	     "cgroup.d/redis.conf:1: syntax error (expected [Section], Key=Value or a # comment)"},
 	};
 	struct fixture *f = *state;
 
@@ -352,29 +358,27 @@ static void test_errors_main_file(void **state)
 		const char *text;
 		const char *message;
 	} cases[] = {
-		{ "[Daemon]\nFaultThreads=0\n",
-		  "uzswapd.conf:2: FaultThreads: out of range \"0\" (1..32)" },
-		{ "[Daemon]\nFaultThreads=two\n",
-		  "uzswapd.conf:2: FaultThreads: invalid number \"two\" (1..32)" },
-		{ "[Daemon]\nLogLevel=loud\n",
-		  "uzswapd.conf:2: LogLevel: unknown level \"loud\" (err, warning, notice, info, debug)" },
-		{ "[Daemon]\nSocket=relative.sock\n",
-		  "uzswapd.conf:2: Socket: not an absolute path \"relative.sock\"" },
-		{ "[Daemon]\nControlGroup=no-such-group-uzswap\n",
-		  "uzswapd.conf:2: ControlGroup: no such group \"no-such-group-uzswap\"" },
-		{ "[Pool]\nAcceptThreshold=95.5%\n",
-		  "uzswapd.conf:2: AcceptThreshold: expected a whole percentage 1%..100%, not \"95.5%\"" },
-		{ "[Pool]\nPoorThreshold=8K\n",
-		  "uzswapd.conf:2: PoorThreshold: expected bytes 1..4096, not \"8K\"" },
-		{ "[Pool]\nPoorPolicy=drop\n",
-		  "uzswapd.conf:2: PoorPolicy: expected keep or reject, not \"drop\"" },
-		{ "[Swap]\nSize=infinity\n",
-		  "uzswapd.conf:2: Size: must be a finite size \"infinity\"" },
-		{ "[Match]\nCgroup=/x\n",
-		  "uzswapd.conf:1: section [Match] belongs in a cgroup.d file, not in uzswapd.conf" },
-		{ "[Defaults]\nResidentMax=12Q\n",
-		  "uzswapd.conf:2: ResidentMax: invalid size \"12Q\"" },
-		{ "[Defaults]\nCgroup=/x\n", "uzswapd.conf:2: Cgroup: unknown key in [Defaults]" },
+	    {"[Daemon]\nFaultThreads=0\n",
+	     "uzswapd.conf:2: FaultThreads: out of range \"0\" (1..32)"},
+	    {"[Daemon]\nFaultThreads=two\n",
+	     "uzswapd.conf:2: FaultThreads: invalid number \"two\" (1..32)"},
+	    {"[Daemon]\nLogLevel=loud\n", "uzswapd.conf:2: LogLevel: unknown level \"loud\" (err, "
+					  "warning, notice, info, debug)"},
+	    {"[Daemon]\nSocket=relative.sock\n",
+	     "uzswapd.conf:2: Socket: not an absolute path \"relative.sock\""},
+	    {"[Daemon]\nControlGroup=no-such-group-uzswap\n",
+	     "uzswapd.conf:2: ControlGroup: no such group \"no-such-group-uzswap\""},
+	    {"[Pool]\nAcceptThreshold=95.5%\n", "uzswapd.conf:2: AcceptThreshold: expected a whole "
+						"percentage 1%..100%, not \"95.5%\""},
+	    {"[Pool]\nPoorThreshold=8K\n",
+	     "uzswapd.conf:2: PoorThreshold: expected bytes 1..4096, not \"8K\""},
+	    {"[Pool]\nPoorPolicy=drop\n",
+	     "uzswapd.conf:2: PoorPolicy: expected keep or reject, not \"drop\""},
+	    {"[Swap]\nSize=infinity\n", "uzswapd.conf:2: Size: must be a finite size \"infinity\""},
+	    {"[Match]\nCgroup=/x\n",
+	     "uzswapd.conf:1: section [Match] belongs in a cgroup.d file, not in uzswapd.conf"},
+	    {"[Defaults]\nResidentMax=12Q\n", "uzswapd.conf:2: ResidentMax: invalid size \"12Q\""},
+	    {"[Defaults]\nCgroup=/x\n", "uzswapd.conf:2: Cgroup: unknown key in [Defaults]"},
 	};
 	struct fixture *f = *state;
 
@@ -408,21 +412,22 @@ static void test_percentages(void **state)
 	struct uz_policy policy;
 
 	write_file(f->main_path, "[Pool]\nMaxSize=25%\n");
-	write_cgroup_file(f, "a.conf", "[Match]\nCgroup=/a\n[Limits]\nResidentMax=50%\n"
-				       "ResidentLow=50%\nPoolMax=10%\n");
+	write_cgroup_file(f, "a.conf",
+			  "[Match]\nCgroup=/a\n[Limits]\nResidentMax=50%\n"
+			  "ResidentLow=50%\nPoolMax=10%\n");
 	config = load_ok(f);
 	config_set_memory_total(config, 8 * GiB);
 	assert_int_equal(config_daemon(config)->pool_max_size, 2 * GiB);
 
 	/* memory.max only */
-	limits = (struct cgroup_memory_limits){ UZ_UNLIMITED, GiB };
+	limits = (struct cgroup_memory_limits){UZ_UNLIMITED, GiB};
 	assert_int_equal(config_policy_for_cgroup(config, "/a", &limits, &policy), 0);
 	assert_int_equal(policy.resident_max, 512 * MiB);
 	assert_int_equal(policy.resident_low, 256 * MiB);
 	assert_int_equal(policy.pool_max, 8 * GiB / 10);
 
 	/* memory.high wins over memory.max */
-	limits = (struct cgroup_memory_limits){ 800 * MiB, GiB };
+	limits = (struct cgroup_memory_limits){800 * MiB, GiB};
 	assert_int_equal(config_policy_for_cgroup(config, "/a", &limits, &policy), 0);
 	assert_int_equal(policy.resident_max, 400 * MiB);
 
@@ -433,7 +438,7 @@ static void test_percentages(void **state)
 	assert_int_equal(policy.resident_low, 32 * MiB);
 
 	/* percentages are rounded down to pages */
-	limits = (struct cgroup_memory_limits){ UZ_UNLIMITED, 1000001 };
+	limits = (struct cgroup_memory_limits){UZ_UNLIMITED, 1000001};
 	assert_int_equal(config_policy_for_cgroup(config, "/a", &limits, &policy), 0);
 	assert_int_equal(policy.resident_max, 500000 & ~4095ULL);
 	config_free(config);
@@ -442,17 +447,20 @@ static void test_percentages(void **state)
 static void test_nested_inheritance(void **state)
 {
 	struct fixture *f = *state;
-	struct cgroup_memory_limits limits = { UZ_UNLIMITED, 4 * GiB };
+	struct cgroup_memory_limits limits = {UZ_UNLIMITED, 4 * GiB};
 	struct uz_config *config;
 	struct uz_policy policy;
 
 	write_file(f->main_path, "[Defaults]\nWriteback=no\nSwapMax=3G\n");
-	write_cgroup_file(f, "10-a.conf", "[Match]\nCgroup=/a\n[Limits]\nResidentMax=100M\n"
-					  "Compressor=zstd:3\n");
-	write_cgroup_file(f, "20-ab.conf", "[Match]\nCgroup=/a/b/\n[Limits]\nPoolMax=10M\n"
-					   "ResidentLow=50%\n");
-	write_cgroup_file(f, "30-abcd.conf", "[Match]\nCgroup=//a/b/c/d\n[Limits]\nWriteback=yes\n"
-					     "ResidentMax=25%\n");
+	write_cgroup_file(f, "10-a.conf",
+			  "[Match]\nCgroup=/a\n[Limits]\nResidentMax=100M\n"
+			  "Compressor=zstd:3\n");
+	write_cgroup_file(f, "20-ab.conf",
+			  "[Match]\nCgroup=/a/b/\n[Limits]\nPoolMax=10M\n"
+			  "ResidentLow=50%\n");
+	write_cgroup_file(f, "30-abcd.conf",
+			  "[Match]\nCgroup=//a/b/c/d\n[Limits]\nWriteback=yes\n"
+			  "ResidentMax=25%\n");
 	write_cgroup_file(f, "ignored.txt", "not a .conf file");
 	write_cgroup_file(f, ".hidden.conf", "not read either");
 	config = load_ok(f);
@@ -512,11 +520,12 @@ static void test_root_cgroup_file_and_duplicates(void **state)
 	{
 		char want[3 * PATH_MAX];
 
-		assert_int_equal(config_load(&config, f->main_path, f->cgroup_dir, f->err,
-					     sizeof(f->err)),
-				 -EINVAL);
+		assert_int_equal(
+		    config_load(&config, f->main_path, f->cgroup_dir, f->err, sizeof(f->err)),
+		    -EINVAL);
 		snprintf(want, sizeof(want),
-			 "%s/cgroup.d/same.conf:3: Cgroup: / is already matched by %s/cgroup.d/root.conf (line 2)",
+			 "%s/cgroup.d/same.conf:3: Cgroup: / is already matched by "
+			 "%s/cgroup.d/root.conf (line 2)",
 			 f->dir, f->dir);
 		assert_string_equal(f->err, want);
 	}
@@ -563,18 +572,18 @@ static void test_check_file(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_defaults_without_files, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_empty_files, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_main_file_all_keys, setup, teardown),
-		cmocka_unit_test(test_sizes),
-		cmocka_unit_test_setup_teardown(test_errors_cgroup_file, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_errors_main_file, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_line_too_long, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_percentages, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_nested_inheritance, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_root_cgroup_file_and_duplicates, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_reload_keeps_old, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_check_file, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_defaults_without_files, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_empty_files, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_main_file_all_keys, setup, teardown),
+	    cmocka_unit_test(test_sizes),
+	    cmocka_unit_test_setup_teardown(test_errors_cgroup_file, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_errors_main_file, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_line_too_long, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_percentages, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_nested_inheritance, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_root_cgroup_file_and_duplicates, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_reload_keeps_old, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_check_file, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
