@@ -65,7 +65,8 @@ int compressor_new(struct compressor **out, enum compressor_algo algo, int level
 		if (!c->zstd_c)
 			goto free_compressor;
 		/* Pages are small and of known size: let zstd size its tables for that. */
-		if (ZSTD_isError(ZSTD_CCtx_setParameter(c->zstd_c, ZSTD_c_compressionLevel, level)) ||
+		if (ZSTD_isError(
+			ZSTD_CCtx_setParameter(c->zstd_c, ZSTD_c_compressionLevel, level)) ||
 		    ZSTD_isError(ZSTD_CCtx_setParameter(c->zstd_c, ZSTD_c_checksumFlag, 0)) ||
 		    ZSTD_isError(ZSTD_CCtx_setParameter(c->zstd_c, ZSTD_c_contentSizeFlag, 0)))
 			goto free_compressor;

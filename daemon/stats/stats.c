@@ -140,19 +140,19 @@ void stats_read_all(const struct stats *stats, int64_t out[UZ_STAT__COUNT])
 
 static const char *const stats_names[] = {
 #define UZ_STAT_NAME(name, kind, help) [UZ_STAT_##name] = #name,
-	UZ_STATS_LIST(UZ_STAT_NAME)
+    UZ_STATS_LIST(UZ_STAT_NAME)
 #undef UZ_STAT_NAME
 };
 
 static const char *const stats_helps[] = {
 #define UZ_STAT_HELP(name, kind, help) [UZ_STAT_##name] = help,
-	UZ_STATS_LIST(UZ_STAT_HELP)
+    UZ_STATS_LIST(UZ_STAT_HELP)
 #undef UZ_STAT_HELP
 };
 
 static const enum uz_stat_kind stats_kinds[] = {
 #define UZ_STAT_KIND(name, kind, help) [UZ_STAT_##name] = UZ_STAT_##kind,
-	UZ_STATS_LIST(UZ_STAT_KIND)
+    UZ_STATS_LIST(UZ_STAT_KIND)
 #undef UZ_STAT_KIND
 };
 
@@ -174,7 +174,7 @@ enum uz_stat_kind stats_kind(enum uz_stat which)
 /* --- latency histograms ------------------------------------------------- */
 
 #define HIST_SUB_BITS 2
-#define HIST_SUB (1U << HIST_SUB_BITS)
+#define HIST_SUB      (1U << HIST_SUB_BITS)
 /* 0..3 directly, then 4 sub-buckets for each power 2^2 .. 2^63. */
 #define HIST_BUCKETS (HIST_SUB + (64 - HIST_SUB_BITS) * HIST_SUB)
 
