@@ -320,15 +320,15 @@ static int listen_socket(const char *path, int *out)
 	}
 	if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
 		r = -errno;
-		uz_log(LOG_ERR, "cannot bind \"%s\": %m", path);
+		uz_log(LOG_ERR, "cannot bind \"%s\": %m", addr.sun_path);
 		close(fd);
 		return r;
 	}
 	if (chmod(path, 0666) < 0 || listen(fd, 128) < 0) {
 		r = -errno;
-		uz_log(LOG_ERR, "cannot listen on \"%s\": %m", path);
+		uz_log(LOG_ERR, "cannot listen on \"%s\": %m", addr.sun_path);
 		close(fd);
-		unlink(path);
+		unlink(addr.sun_path);
 		return r;
 	}
 	*out = fd;

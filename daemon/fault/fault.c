@@ -96,7 +96,21 @@ enum {
 #define FAULT_SPIN_POLLS 200      /* zero-timeout polls before sleeping 1 ms */
 #define FAULT_ZERO_WINDOW 512     /* pages: the aligned 2 MiB window of a zero fill */
 #define FAULT_FORK_PAUSE_MAX 1024 /* FORK_PREPAREs outstanding per client */
+#define FAULT_EVICT_BACKOFF 256   /* CLOCK visits a page the agent could not move sits out */
+#define FAULT_RECLAIM_RESCAN 64   /* after a fruitless sweep, wait for this many new pages */
 #define VPN_MAX ((1ULL << PAGE_INDEX_VPN_BITS) - 1)
+
+/*
+ * A RESIDENT entry has no use for the len field; it counts down the CLOCK
+ * visits a page sits out after the agent failed to move it (EBUSY: shared
+ * with a fork child or parent until copy-on-write breaks).  Without it a
+ * process whose resident pages are all shared would be sent the same
+ * doomed batch over and over.
+ */
+static inline unsigned resident_backoff(page_entry_t e)
+{
+	return pe_len(e);
+}
 
 /* A positive outcome of a request step: the answer was already sent (or none is due). */
 #define REQUEST_ANSWERED 1
@@ -582,6 +596,11 @@ static int victim_pick(uint64_t vpn, page_entry_t *entry, void *userdata)
 	if (!client_region_find(c, vpn << UZ_PAGE_SHIFT))
 		return 0; /* only pages of registered ranges leave */
 	ctx->last_vpn = vpn;
+	if (resident_backoff(*entry)) {
+		*entry = pe_make(*entry, PAGE_RESIDENT, pe_referenced(*entry), 0,
+				 resident_backoff(*entry) - 1, 0);
+		return 0;
+	}
 	if (!ctx->ignore_referenced && pe_referenced(*entry)) {
 		*entry &= ~PE_REFERENCED;
 		return 0;
@@ -603,7 +622,7 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 
 	if (!client_may_evict(c))
 		return;
-	if (c->resident > c->high_pages)
+	if (c->resident > c->high_pages && c->resident >= c->reclaim_rescan_at)
 		want_pressure = uz_min(c->resident - c->low_pages, (uint64_t)UZ_EVICT_BATCH_MAX);
 	if (!want_pressure && !cold)
 		return;
@@ -627,8 +646,12 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 			c->clock_hand = 0;
 		}
 	}
-	if (!ctx.count)
+	if (!ctx.count) {
+		/* Nothing evictable now: do not sweep again on every fault. */
+		c->reclaim_rescan_at = c->resident + FAULT_RECLAIM_RESCAN;
 		return;
+	}
+	c->reclaim_rescan_at = 0;
 
 	size = offsetof(struct uz_msg_evict, addrs) + ctx.count * sizeof(uint64_t);
 	uz_msg_header_init(&t->evict_msg->header, UZ_MSG_EVICT, (uint32_t)size, 0);
@@ -813,7 +836,8 @@ static int client_evict_done(struct fault_thread *t, struct client *c,
 			/* Not there to move: it was never populated or the kernel dropped it. */
 			page_index_set(c->index, s->vpn, pe_make(e, PAGE_NEVER, false, 0, 0, 0));
 		} else {
-			page_index_set(c->index, s->vpn, pe_make(e, PAGE_RESIDENT, true, 0, 0, 0));
+			page_index_set(c->index, s->vpn,
+				       pe_make(e, PAGE_RESIDENT, false, 0, FAULT_EVICT_BACKOFF, 0));
 			client_resident_add(c, 1);
 		}
 		s->state = EVICT_SLOT_EMPTY;
