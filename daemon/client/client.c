@@ -409,6 +409,7 @@ static void handshake_complete(struct handshake *h)
 	unsigned nfds = 0;
 	struct client *client = NULL;
 	const char *why = "malformed HELLO";
+	uint32_t seq = 0;
 	ssize_t len;
 	int r;
 
@@ -423,6 +424,8 @@ static void handshake_complete(struct handshake *h)
 		return;
 	}
 
+	if ((size_t)len >= sizeof(struct uz_msg_header))
+		seq = buf.hello.header.seq;
 	r = -EBADMSG;
 	if ((size_t)len != sizeof(buf.hello) || buf.hello.header.magic != UZ_PROTO_MAGIC ||
 	    buf.hello.header.type != UZ_MSG_HELLO || buf.hello.header.size != sizeof(buf.hello))
@@ -455,7 +458,7 @@ static void handshake_complete(struct handshake *h)
 		goto refuse;
 
 	client->sock_fd = h->fd;
-	r = send_hello_reply(h->fd, buf.hello.header.seq, 0, client);
+	r = send_hello_reply(h->fd, seq, 0, client);
 	if (r < 0) {
 		uz_log(LOG_INFO, "client pid %d: sending HELLO_REPLY failed: %s", (int)client->pid,
 		       strerror(-r));
@@ -483,7 +486,7 @@ static void handshake_complete(struct handshake *h)
 
 refuse:
 	uz_log(LOG_NOTICE, "refusing client fd %d: %s (%s)", h->fd, why, strerror(-r));
-	(void)send_hello_reply(h->fd, buf.hello.header.seq, r, NULL);
+	(void)send_hello_reply(h->fd, seq, r, NULL);
 	close_fds(fds, nfds);
 	handshake_free(h);
 }
