@@ -46,9 +46,9 @@ void uz_log(int level, const char *fmt, ...)
 int uz_log_parse_level(const char *name)
 {
 	static const char *const names[] = {
-		[LOG_EMERG] = "emerg", [LOG_ALERT] = "alert",   [LOG_CRIT] = "crit",
-		[LOG_ERR] = "err",     [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice",
-		[LOG_INFO] = "info",   [LOG_DEBUG] = "debug",
+	    [LOG_EMERG] = "emerg", [LOG_ALERT] = "alert",     [LOG_CRIT] = "crit",
+	    [LOG_ERR] = "err",	   [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice",
+	    [LOG_INFO] = "info",   [LOG_DEBUG] = "debug",
 	};
 
 	for (int i = 0; i < (int)UZ_ARRAY_SIZE(names); i++)
@@ -136,7 +136,7 @@ void daemon_drain(struct daemon *d, uint64_t timeout_usec)
 
 static void format_size(char *buf, size_t cap, double bytes)
 {
-	static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+	static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
 	unsigned u = 0;
 
 	while (bytes >= 1024 && u + 1 < UZ_ARRAY_SIZE(units)) {
@@ -162,9 +162,9 @@ void daemon_print_summary(struct daemon *d, FILE *f)
 	pthread_mutex_unlock(&d->clients_lock);
 
 	compressible = (uint64_t)(v[UZ_STAT_stored_pages] - v[UZ_STAT_same_filled_pages]);
-	ratio = v[UZ_STAT_compressed_bytes] > 0 ?
-			(double)compressible * UZ_PAGE_SIZE / (double)v[UZ_STAT_compressed_bytes] :
-			0.0;
+	ratio = v[UZ_STAT_compressed_bytes] > 0
+		    ? (double)compressible * UZ_PAGE_SIZE / (double)v[UZ_STAT_compressed_bytes]
+		    : 0.0;
 	faults = (uint64_t)(v[UZ_STAT_zero_fill_faults] + v[UZ_STAT_zswpin] +
 			    v[UZ_STAT_inflight_faults] + v[UZ_STAT_disk_swapins]);
 	samples = latency_hist_count(d->fault_latency);
@@ -174,7 +174,8 @@ void daemon_print_summary(struct daemon *d, FILE *f)
 	format_size(resident, sizeof(resident), (double)v[UZ_STAT_resident_pages] * UZ_PAGE_SIZE);
 
 	fprintf(f, "uzswapd statistics: %u client%s\n", nr_clients, nr_clients == 1 ? "" : "s");
-	fprintf(f, "  resident      %12" PRId64 " pages (%s)\n", v[UZ_STAT_resident_pages], resident);
+	fprintf(f, "  resident      %12" PRId64 " pages (%s)\n", v[UZ_STAT_resident_pages],
+		resident);
 	fprintf(f, "  stored        %12" PRId64 " pages (%s), same-filled %" PRId64 "\n",
 		v[UZ_STAT_stored_pages], stored, v[UZ_STAT_same_filled_pages]);
 	fprintf(f, "  compressed    %12s  pool %s in %" PRIu64 " chunks, ratio %.2f\n", compressed,
@@ -185,10 +186,12 @@ void daemon_print_summary(struct daemon *d, FILE *f)
 		faults, v[UZ_STAT_zero_fill_faults], v[UZ_STAT_inflight_faults]);
 	fprintf(f, "  evictions     %12" PRId64 " batches, %" PRId64 " pages not moved\n",
 		v[UZ_STAT_evict_requests], v[UZ_STAT_evict_failed_pages]);
-	fprintf(f, "  rejects       poor %" PRId64 ", compress %" PRId64 ", alloc %" PRId64
-		   ", pool limit %" PRId64 ", decompress fail %" PRId64 "\n",
+	fprintf(f,
+		"  rejects       poor %" PRId64 ", compress %" PRId64 ", alloc %" PRId64
+		", pool limit %" PRId64 ", decompress fail %" PRId64 "\n",
 		v[UZ_STAT_reject_compress_poor], v[UZ_STAT_reject_compress_fail],
-		v[UZ_STAT_reject_alloc_fail], v[UZ_STAT_pool_limit_hit], v[UZ_STAT_decompress_fail]);
+		v[UZ_STAT_reject_alloc_fail], v[UZ_STAT_pool_limit_hit],
+		v[UZ_STAT_decompress_fail]);
 	if (samples)
 		fprintf(f, "  pool faults   %12" PRIu64 "   latency p50 %.1f us, p99 %.1f us\n",
 			samples, latency_hist_percentile(d->fault_latency, 50) / 1000.0,

@@ -70,17 +70,17 @@ static inline void uz_list_del(struct uz_list *item)
 	item->prev = item->next = item;
 }
 
-#define uz_container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+#define uz_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 /* Limits on what clients control (systemd CODING_STYLE: bound everything). */
-#define UZ_CLIENTS_MAX 1024          /* connected clients, all users */
-#define UZ_CLIENTS_PER_UID_MAX 256   /* connected clients of one uid */
-#define UZ_CLIENT_REGIONS_MAX 16384  /* registered regions per client */
+#define UZ_CLIENTS_MAX		 1024	       /* connected clients, all users */
+#define UZ_CLIENTS_PER_UID_MAX	 256	       /* connected clients of one uid */
+#define UZ_CLIENT_REGIONS_MAX	 16384	       /* registered regions per client */
 #define UZ_CLIENT_REGISTERED_MAX (16ULL << 40) /* registered bytes per client */
-#define UZ_CLIENT_REQUESTS_MAX 1024  /* requests queued and not yet answered */
-#define UZ_USER_ADDR_MAX (1ULL << 47) /* end of the 47-bit user address space */
-#define UZ_HELLO_TIMEOUT_USEC (5ULL * 1000 * 1000)
-#define UZ_DRAIN_TIMEOUT_USEC (10ULL * 1000 * 1000)
+#define UZ_CLIENT_REQUESTS_MAX	 1024	       /* requests queued and not yet answered */
+#define UZ_USER_ADDR_MAX	 (1ULL << 47)  /* end of the 47-bit user address space */
+#define UZ_HELLO_TIMEOUT_USEC	 (5ULL * 1000 * 1000)
+#define UZ_DRAIN_TIMEOUT_USEC	 (10ULL * 1000 * 1000)
 
 struct daemon {
 	struct uz_policy policy; /* the policy of every client until per-cgroup config exists */
@@ -94,7 +94,7 @@ struct daemon {
 	struct latency_hist *fault_latency; /* faults served from the pool: load + UFFDIO_COPY */
 
 	pthread_mutex_t clients_lock; /* guards clients, nr_clients */
-	struct uz_list clients;       /* struct client.link */
+	struct uz_list clients;	      /* struct client.link */
 	unsigned nr_clients;
 	uint64_t next_client_id; /* main thread only */
 

@@ -88,10 +88,26 @@ static int parse_size(const char *s, uint64_t *out)
 	switch (*end) {
 	case 0:
 		break;
-	case 'k': case 'K': shift = 10; end++; break;
-	case 'm': case 'M': shift = 20; end++; break;
-	case 'g': case 'G': shift = 30; end++; break;
-	case 't': case 'T': shift = 40; end++; break;
+	case 'k':
+	case 'K':
+		shift = 10;
+		end++;
+		break;
+	case 'm':
+	case 'M':
+		shift = 20;
+		end++;
+		break;
+	case 'g':
+	case 'G':
+		shift = 30;
+		end++;
+		break;
+	case 't':
+	case 'T':
+		shift = 40;
+		end++;
+		break;
 	default:
 		return -EINVAL;
 	}
@@ -132,21 +148,28 @@ static int default_socket_path(char **out)
 static int parse_options(int argc, char **argv, struct options *o)
 {
 	enum {
-		OPT_SOCKET = 0x100, OPT_CONFIG, OPT_FOREGROUND, OPT_LOG_LEVEL, OPT_RESIDENT_MAX,
-		OPT_RESIDENT_LOW, OPT_FAULT_THREADS, OPT_COMPRESSOR, OPT_VERSION,
+		OPT_SOCKET = 0x100,
+		OPT_CONFIG,
+		OPT_FOREGROUND,
+		OPT_LOG_LEVEL,
+		OPT_RESIDENT_MAX,
+		OPT_RESIDENT_LOW,
+		OPT_FAULT_THREADS,
+		OPT_COMPRESSOR,
+		OPT_VERSION,
 	};
 	static const struct option longopts[] = {
-		{ "socket", required_argument, NULL, OPT_SOCKET },
-		{ "config", required_argument, NULL, OPT_CONFIG },
-		{ "foreground", no_argument, NULL, OPT_FOREGROUND },
-		{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
-		{ "resident-max", required_argument, NULL, OPT_RESIDENT_MAX },
-		{ "resident-low", required_argument, NULL, OPT_RESIDENT_LOW },
-		{ "fault-threads", required_argument, NULL, OPT_FAULT_THREADS },
-		{ "compressor", required_argument, NULL, OPT_COMPRESSOR },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, OPT_VERSION },
-		{},
+	    {"socket", required_argument, NULL, OPT_SOCKET},
+	    {"config", required_argument, NULL, OPT_CONFIG},
+	    {"foreground", no_argument, NULL, OPT_FOREGROUND},
+	    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+	    {"resident-max", required_argument, NULL, OPT_RESIDENT_MAX},
+	    {"resident-low", required_argument, NULL, OPT_RESIDENT_LOW},
+	    {"fault-threads", required_argument, NULL, OPT_FAULT_THREADS},
+	    {"compressor", required_argument, NULL, OPT_COMPRESSOR},
+	    {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, OPT_VERSION},
+	    {},
 	};
 	const char *resident_low = NULL;
 	bool resident_max_set = false;
@@ -171,7 +194,8 @@ static int parse_options(int argc, char **argv, struct options *o)
 		case OPT_LOG_LEVEL:
 			r = uz_log_parse_level(optarg);
 			if (r < 0) {
-				fprintf(stderr, "uzswapd: --log-level: unknown level \"%s\"\n", optarg);
+				fprintf(stderr, "uzswapd: --log-level: unknown level \"%s\"\n",
+					optarg);
 				return -EINVAL;
 			}
 			uz_log_max_level = r;
@@ -180,7 +204,8 @@ static int parse_options(int argc, char **argv, struct options *o)
 			if (parse_size(optarg, &o->policy.resident_max) < 0 ||
 			    o->policy.resident_max < UZ_PAGE_SIZE * UZ_EVICT_BATCH_MAX / 8) {
 				fprintf(stderr,
-					"uzswapd: --resident-max: \"%s\" is not a size of at least 256K\n",
+					"uzswapd: --resident-max: \"%s\" is not a size of at least "
+					"256K\n",
 					optarg);
 				return -EINVAL;
 			}
@@ -203,9 +228,10 @@ static int parse_options(int argc, char **argv, struct options *o)
 		}
 		case OPT_COMPRESSOR:
 			if (compressor_parse(optarg, &o->policy.algo, &o->policy.level) < 0) {
-				fprintf(stderr,
-					"uzswapd: --compressor: \"%s\" is not lz4 or zstd[:LEVEL]\n",
-					optarg);
+				fprintf(
+				    stderr,
+				    "uzswapd: --compressor: \"%s\" is not lz4 or zstd[:LEVEL]\n",
+				    optarg);
 				return -EINVAL;
 			}
 			break;
@@ -236,13 +262,15 @@ static int parse_options(int argc, char **argv, struct options *o)
 				unsigned long pct = strtoul(resident_low, &end, 10);
 
 				if (end != resident_low + n - 1 || pct > 100) {
-					fprintf(stderr, "uzswapd: --resident-low: bad percentage \"%s\"\n",
+					fprintf(stderr,
+						"uzswapd: --resident-low: bad percentage \"%s\"\n",
 						resident_low);
 					return -EINVAL;
 				}
 				low = o->policy.resident_max / 100 * pct;
 			} else if (parse_size(resident_low, &low) < 0) {
-				fprintf(stderr, "uzswapd: --resident-low: \"%s\" is not a size or NN%%\n",
+				fprintf(stderr,
+					"uzswapd: --resident-low: \"%s\" is not a size or NN%%\n",
 					resident_low);
 				return -EINVAL;
 			}
@@ -257,8 +285,9 @@ static int parse_options(int argc, char **argv, struct options *o)
 	if (!o->socket_path) {
 		r = default_socket_path(&o->socket_path);
 		if (r < 0) {
-			fprintf(stderr, "uzswapd: no socket path: not root and XDG_RUNTIME_DIR unset; "
-					"use --socket\n");
+			fprintf(stderr,
+				"uzswapd: no socket path: not root and XDG_RUNTIME_DIR unset; "
+				"use --socket\n");
 			return r;
 		}
 	}
@@ -287,7 +316,7 @@ static int make_parent_dirs(const char *path)
 
 static int listen_socket(const char *path, int *out)
 {
-	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
 	int fd, r;
 
 	if (strlen(path) >= sizeof(addr.sun_path))
@@ -388,8 +417,8 @@ static int on_usr1(sd_event_source *s, const struct signalfd_siginfo *si, void *
 
 int main(int argc, char **argv)
 {
-	struct options o = { 0 };
-	struct main_state m = { .listen_fd = -1 };
+	struct options o = {0};
+	struct main_state m = {.listen_fd = -1};
 	sigset_t mask;
 	int r, n;
 
@@ -403,8 +432,9 @@ int main(int argc, char **argv)
 			uz_log(LOG_WARNING, "config \"%s\": %m; using built-in defaults",
 			       o.config_path);
 		else
-			uz_log(LOG_NOTICE, "config \"%s\": reading config files is not supported "
-					   "yet; using built-in defaults and command-line options",
+			uz_log(LOG_NOTICE,
+			       "config \"%s\": reading config files is not supported "
+			       "yet; using built-in defaults and command-line options",
 			       o.config_path);
 	}
 

@@ -50,10 +50,10 @@
 #include "util.h"
 
 #define CLIENT_REQUIRED_FEATURES                                                                   \
-	(UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |          \
+	(UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |         \
 	 UFFD_FEATURE_MOVE)
 #define CLIENT_KNOWN_HELLO_FLAGS (UZ_HELLO_HAS_PAGEMAP | UZ_HELLO_FORK_CHILD)
-#define CLIENT_KEY_MASK ((1ULL << (64 - PAGE_INDEX_VPN_BITS)) - 1)
+#define CLIENT_KEY_MASK		 ((1ULL << (64 - PAGE_INDEX_VPN_BITS)) - 1)
 
 /* ---------------------------------------------------------------------------
  * Pending handshakes (main thread only)
@@ -67,7 +67,7 @@ struct handshake {
 	sd_event_source *timer;
 };
 
-static struct uz_list handshakes = { &handshakes, &handshakes };
+static struct uz_list handshakes = {&handshakes, &handshakes};
 
 static void handshake_free(struct handshake *h)
 {
@@ -110,12 +110,12 @@ ssize_t client_recv(int fd, void *buf, size_t cap, int *fds, unsigned *nfds, uns
 		struct cmsghdr align;
 		char buf[CMSG_SPACE(sizeof(int) * 4)];
 	} control;
-	struct iovec iov = { .iov_base = buf, .iov_len = cap };
+	struct iovec iov = {.iov_base = buf, .iov_len = cap};
 	struct msghdr msg = {
-		.msg_iov = &iov,
-		.msg_iovlen = 1,
-		.msg_control = control.buf,
-		.msg_controllen = sizeof(control.buf),
+	    .msg_iov = &iov,
+	    .msg_iovlen = 1,
+	    .msg_control = control.buf,
+	    .msg_controllen = sizeof(control.buf),
 	};
 	struct cmsghdr *cmsg;
 	unsigned n = 0;
@@ -217,13 +217,13 @@ static unsigned clients_of_uid_locked(struct daemon *daemon, uid_t uid)
 
 static int send_hello_reply(int fd, uint32_t seq, int status, const struct client *client)
 {
-	struct uz_msg_hello_reply reply = { 0 };
+	struct uz_msg_hello_reply reply = {0};
 	union {
 		struct cmsghdr align;
 		char buf[CMSG_SPACE(sizeof(int))];
 	} control;
-	struct iovec iov = { .iov_base = &reply, .iov_len = sizeof(reply) };
-	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	struct iovec iov = {.iov_base = &reply, .iov_len = sizeof(reply)};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
 
 	uz_msg_header_init(&reply.header, UZ_MSG_HELLO_REPLY, sizeof(reply), seq);
 	reply.status = status;
@@ -405,7 +405,7 @@ static void handshake_complete(struct handshake *h)
 		struct uz_msg_hello hello;
 		uint8_t raw[UZ_MSG_SIZE_MAX];
 	} buf;
-	int fds[2] = { -1, -1 };
+	int fds[2] = {-1, -1};
 	unsigned nfds = 0;
 	struct client *client = NULL;
 	const char *why = "malformed HELLO";
@@ -589,7 +589,7 @@ static int region_insert_at(struct client *client, unsigned i, uint64_t start, u
 	}
 	memmove(&client->regions[i + 1], &client->regions[i],
 		(client->nr_regions - i) * sizeof(client->regions[0]));
-	client->regions[i] = (struct client_region){ start, end };
+	client->regions[i] = (struct client_region){start, end};
 	client->nr_regions++;
 	client->registered_bytes += end - start;
 	return 0;

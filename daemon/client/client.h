@@ -36,10 +36,10 @@ enum evict_slot_state {
 };
 
 struct evict_slot {
-	uint64_t vpn;     /* follows REMAP events */
-	uint8_t state;    /* enum evict_slot_state */
-	bool parked;      /* a fault arrived for this page while in flight */
-	bool discarded;   /* REMOVE/UNMAP freed the entry: drop the bytes */
+	uint64_t vpn;	/* follows REMAP events */
+	uint8_t state;	/* enum evict_slot_state */
+	bool parked;	/* a fault arrived for this page while in flight */
+	bool discarded; /* REMOVE/UNMAP freed the entry: drop the bytes */
 };
 
 enum batch_state {
@@ -62,8 +62,8 @@ struct client_request {
 	uint32_t type; /* enum client_request_type */
 	uint32_t seq;
 	uint64_t start, end;
-	uint32_t arg;    /* REGISTER flags or HINT kind */
-	bool started;    /* restore walk begun: cursor is valid */
+	uint32_t arg;	 /* REGISTER flags or HINT kind */
+	bool started;	 /* restore walk begun: cursor is valid */
 	uint64_t cursor; /* next vpn of a restore walk */
 };
 
@@ -92,7 +92,7 @@ struct client {
 	int sock_fd;
 	int uffd;
 	int pagemap_fd; /* -1 when none */
-	int proc_fd;    /* O_PATH of /proc/PID: pins the process identity */
+	int proc_fd;	/* O_PATH of /proc/PID: pins the process identity */
 	int ring_fd;
 	uint8_t *ring; /* UZ_EVICT_BATCH_MAX pages, shared with the client */
 	uint64_t graveyard_start, graveyard_end;
@@ -117,19 +117,19 @@ struct client {
 	uint32_t batch_count;
 	unsigned batch_pending_installs;
 	struct evict_slot slots[UZ_EVICT_BATCH_MAX];
-	uint64_t clock_hand; /* next vpn the CLOCK looks at */
-	uint64_t reclaim_rescan_at; /* a sweep found nothing: wait until resident reaches this */
+	uint64_t clock_hand;	       /* next vpn the CLOCK looks at */
+	uint64_t reclaim_rescan_at;    /* a sweep found nothing: wait until resident reaches this */
 	uint64_t cold_start, cold_end; /* vpns of a COLD hint still to evict; empty when equal */
-	unsigned fork_pause; /* FORK_PREPAREs not yet matched by FORK_DONE */
+	unsigned fork_pause;	       /* FORK_PREPAREs not yet matched by FORK_DONE */
 
 	/* requests */
 	struct client_request *requests; /* ring of UZ_CLIENT_REQUESTS_MAX */
 	unsigned requests_head, nr_requests;
 
-	bool dead;          /* being torn down; ignore its events */
-	bool gone;          /* the process is gone (EOF): no point giving pages back */
+	bool dead;	    /* being torn down; ignore its events */
+	bool gone;	    /* the process is gone (EOF): no point giving pages back */
 	bool shutdown_sent; /* SHUTDOWN sent, waiting for SHUTDOWN_ACK */
-	bool pending;       /* has work to retry (EAGAIN) or a request waiting */
+	bool pending;	    /* has work to retry (EAGAIN) or a request waiting */
 };
 
 /*

@@ -89,16 +89,16 @@ enum {
 	FAULT_SOURCE_SOCKET,
 };
 
-#define FAULT_UFFD_BATCH 64       /* uffd messages per read */
-#define FAULT_UFFD_ROUNDS 8       /* reads per wake-up before looking at others */
-#define FAULT_SOCKET_ROUNDS 64    /* socket messages per wake-up */
-#define FAULT_RETRY_MAX 8192      /* faults waiting on EAGAIN, per thread */
-#define FAULT_SPIN_POLLS 200      /* zero-timeout polls before sleeping 1 ms */
-#define FAULT_ZERO_WINDOW 512     /* pages: the aligned 2 MiB window of a zero fill */
+#define FAULT_UFFD_BATCH     64	  /* uffd messages per read */
+#define FAULT_UFFD_ROUNDS    8	  /* reads per wake-up before looking at others */
+#define FAULT_SOCKET_ROUNDS  64	  /* socket messages per wake-up */
+#define FAULT_RETRY_MAX	     8192 /* faults waiting on EAGAIN, per thread */
+#define FAULT_SPIN_POLLS     200  /* zero-timeout polls before sleeping 1 ms */
+#define FAULT_ZERO_WINDOW    512  /* pages: the aligned 2 MiB window of a zero fill */
 #define FAULT_FORK_PAUSE_MAX 1024 /* FORK_PREPAREs outstanding per client */
-#define FAULT_EVICT_BACKOFF 256   /* CLOCK visits a page the agent could not move sits out */
-#define FAULT_RECLAIM_RESCAN 64   /* after a fruitless sweep, wait for this many new pages */
-#define VPN_MAX ((1ULL << PAGE_INDEX_VPN_BITS) - 1)
+#define FAULT_EVICT_BACKOFF  256  /* CLOCK visits a page the agent could not move sits out */
+#define FAULT_RECLAIM_RESCAN 64	  /* after a fruitless sweep, wait for this many new pages */
+#define VPN_MAX		     ((1ULL << PAGE_INDEX_VPN_BITS) - 1)
 
 /*
  * A RESIDENT entry has no use for the len field; it counts down the CLOCK
@@ -138,11 +138,11 @@ struct fault_thread {
 
 	/* --- owned by the thread --- */
 	struct uz_list clients; /* client.thread_link */
-	struct uz_list dead;    /* killed this round, freed at the end of it */
+	struct uz_list dead;	/* killed this round, freed at the end of it */
 	bool draining;
 	uint64_t deadline;
 	struct compressor *compressor;
-	uint8_t *page;       /* page-aligned buffers, one page each */
+	uint8_t *page; /* page-aligned buffers, one page each */
 	uint8_t *zero_page;
 	uint8_t *compressed;
 	struct uz_msg_evict *evict_msg;
@@ -170,10 +170,10 @@ static inline void client_resident_add(struct client *c, int64_t delta)
 static int uffd_copy_page(int uffd, uint64_t addr, const void *src)
 {
 	struct uffdio_copy copy = {
-		.dst = addr,
-		.src = (uint64_t)(uintptr_t)src,
-		.len = UZ_PAGE_SIZE,
-		.mode = 0,
+	    .dst = addr,
+	    .src = (uint64_t)(uintptr_t)src,
+	    .len = UZ_PAGE_SIZE,
+	    .mode = 0,
 	};
 
 	if (ioctl(uffd, UFFDIO_COPY, &copy) == 0)
@@ -184,7 +184,7 @@ static int uffd_copy_page(int uffd, uint64_t addr, const void *src)
 /* Zero-fill [start, start + len); returns the bytes done, *err the outcome. */
 static uint64_t uffd_zero_range(int uffd, uint64_t start, uint64_t len, int *err)
 {
-	struct uffdio_zeropage zero = { .range = { .start = start, .len = len }, .mode = 0 };
+	struct uffdio_zeropage zero = {.range = {.start = start, .len = len}, .mode = 0};
 
 	if (ioctl(uffd, UFFDIO_ZEROPAGE, &zero) == 0) {
 		*err = 0;
@@ -196,7 +196,7 @@ static uint64_t uffd_zero_range(int uffd, uint64_t start, uint64_t len, int *err
 
 static void uffd_wake(int uffd, uint64_t start, uint64_t len)
 {
-	struct uffdio_range range = { .start = start, .len = len };
+	struct uffdio_range range = {.start = start, .len = len};
 
 	(void)ioctl(uffd, UFFDIO_WAKE, &range);
 }
@@ -209,7 +209,7 @@ static void fault_retry_add(struct fault_thread *t, struct client *c, uint64_t a
 		uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
 		return;
 	}
-	t->retries[t->nr_retries++] = (struct fault_retry){ c, addr, write };
+	t->retries[t->nr_retries++] = (struct fault_retry){c, addr, write};
 }
 
 static void entry_lru_push(struct client *c, uint64_t vpn, page_entry_t *entry)
@@ -345,8 +345,8 @@ static int fault_zero_fill(struct fault_thread *t, struct client *c, uint64_t vp
  * Other errors: the mapping is gone (ENOENT) or the process (ESRCH);
  * nothing changed.
  */
-static int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vpn,
-			   page_entry_t e, page_entry_t *new_entry)
+static int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vpn, page_entry_t e,
+			   page_entry_t *new_entry)
 {
 	struct daemon *d = c->daemon;
 	uint64_t addr = vpn << UZ_PAGE_SHIFT;
@@ -371,7 +371,7 @@ static int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vp
 	}
 
 	if (uz_unlikely(poisoned)) {
-		struct uffdio_poison poison = { .range = { addr, UZ_PAGE_SIZE }, .mode = 0 };
+		struct uffdio_poison poison = {.range = {addr, UZ_PAGE_SIZE}, .mode = 0};
 
 		client_stat(c, UZ_STAT_decompress_fail, 1);
 		r = ioctl(c->uffd, UFFDIO_POISON, &poison) == 0 ? 0 : -errno;
@@ -506,14 +506,14 @@ static int remap_collect(uint64_t vpn, page_entry_t *entry, void *userdata)
 		ctx->items = items;
 		ctx->capacity = cap;
 	}
-	ctx->items[ctx->nr++] = (struct remap_item){ vpn - ctx->first, *entry };
+	ctx->items[ctx->nr++] = (struct remap_item){vpn - ctx->first, *entry};
 	*entry = 0;
 	return 0;
 }
 
 static void client_remap(struct client *c, uint64_t from, uint64_t to, uint64_t len)
 {
-	struct remap_ctx ctx = { .first = from >> UZ_PAGE_SHIFT };
+	struct remap_ctx ctx = {.first = from >> UZ_PAGE_SHIFT};
 	struct client_region parts[64];
 	unsigned nr_parts = 0;
 
@@ -606,7 +606,7 @@ static int victim_pick(uint64_t vpn, page_entry_t *entry, void *userdata)
 		return 0;
 	}
 	slot = ctx->count++;
-	c->slots[slot] = (struct evict_slot){ .vpn = vpn, .state = EVICT_SLOT_SENT };
+	c->slots[slot] = (struct evict_slot){.vpn = vpn, .state = EVICT_SLOT_SENT};
 	ctx->addrs[slot] = vpn << UZ_PAGE_SHIFT;
 	*entry = pe_make(*entry, PAGE_IN_FLIGHT, false, 0, 0, slot);
 	return ctx->count >= ctx->want ? 1 : 0;
@@ -614,7 +614,7 @@ static int victim_pick(uint64_t vpn, page_entry_t *entry, void *userdata)
 
 static void client_reclaim(struct fault_thread *t, struct client *c)
 {
-	struct victim_ctx ctx = { .client = c, .addrs = t->evict_msg->addrs };
+	struct victim_ctx ctx = {.client = c, .addrs = t->evict_msg->addrs};
 	uint64_t want_pressure = 0;
 	bool cold = c->cold_start < c->cold_end;
 	size_t size;
@@ -663,9 +663,9 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 		for (unsigned i = 0; i < ctx.count; i++) {
 			uint64_t vpn = c->slots[i].vpn;
 
-			page_index_set(c->index, vpn,
-				       pe_make(page_index_get(c->index, vpn), PAGE_RESIDENT, false,
-					       0, 0, 0));
+			page_index_set(
+			    c->index, vpn,
+			    pe_make(page_index_get(c->index, vpn), PAGE_RESIDENT, false, 0, 0, 0));
 			c->slots[i].state = EVICT_SLOT_EMPTY;
 		}
 		return;
@@ -679,8 +679,8 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 }
 
 /* Compress one moved page into the pool.  0, or -errno: the caller puts it back. */
-static int fault_store_page(struct fault_thread *t, struct client *c, uint64_t vpn,
-			    page_entry_t e, const uint8_t *page)
+static int fault_store_page(struct fault_thread *t, struct client *c, uint64_t vpn, page_entry_t e,
+			    const uint8_t *page)
 {
 	struct daemon *d = c->daemon;
 	uint64_t word, pattern;
@@ -747,7 +747,8 @@ static void client_batch_install(struct fault_thread *t, struct client *c)
 				fault_retry_add(t, c, s->vpn << UZ_PAGE_SHIFT, false);
 			continue;
 		}
-		r = uffd_copy_page(c->uffd, s->vpn << UZ_PAGE_SHIFT, c->ring + (size_t)i * UZ_PAGE_SIZE);
+		r = uffd_copy_page(c->uffd, s->vpn << UZ_PAGE_SHIFT,
+				   c->ring + (size_t)i * UZ_PAGE_SIZE);
 		if (r == -EAGAIN) {
 			t->want_retry = true;
 			continue;
@@ -904,10 +905,10 @@ static int client_restore_range(struct fault_thread *t, struct client *c, uint64
 				uint64_t last, bool mark_referenced, bool skip_in_flight)
 {
 	struct restore_ctx ctx = {
-		.thread = t,
-		.client = c,
-		.mark_referenced = mark_referenced,
-		.skip_in_flight = skip_in_flight,
+	    .thread = t,
+	    .client = c,
+	    .mark_referenced = mark_referenced,
+	    .skip_in_flight = skip_in_flight,
 	};
 
 	if (*cursor > last)
@@ -991,7 +992,7 @@ static void client_destroy(struct fault_thread *t, struct client *c)
 
 static int reply_send(struct client *c, uint32_t seq, int status)
 {
-	struct uz_msg_reply reply = { 0 };
+	struct uz_msg_reply reply = {0};
 
 	uz_msg_header_init(&reply.header, UZ_MSG_REPLY, sizeof(reply), seq);
 	reply.status = status;
@@ -1000,7 +1001,7 @@ static int reply_send(struct client *c, uint32_t seq, int status)
 
 static int stats_reply_send(struct client *c, uint32_t seq)
 {
-	struct uz_msg_stats_reply reply = { 0 };
+	struct uz_msg_stats_reply reply = {0};
 
 	uz_msg_header_init(&reply.header, UZ_MSG_STATS_REPLY, sizeof(reply), seq);
 	reply.registered_bytes = c->registered_bytes;
@@ -1146,8 +1147,8 @@ static void client_run_requests(struct fault_thread *t, struct client *c)
 	}
 }
 
-static int request_push(struct client *c, uint32_t type, uint32_t seq, uint64_t start,
-			uint64_t end, uint32_t arg)
+static int request_push(struct client *c, uint32_t type, uint32_t seq, uint64_t start, uint64_t end,
+			uint32_t arg)
 {
 	struct client_request *req;
 
@@ -1155,7 +1156,11 @@ static int request_push(struct client *c, uint32_t type, uint32_t seq, uint64_t 
 		return -EBADMSG;
 	req = &c->requests[(c->requests_head + c->nr_requests) % UZ_CLIENT_REQUESTS_MAX];
 	*req = (struct client_request){
-		.type = type, .seq = seq, .start = start, .end = end, .arg = arg,
+	    .type = type,
+	    .seq = seq,
+	    .start = start,
+	    .end = end,
+	    .arg = arg,
 	};
 	c->nr_requests++;
 	return 0;
@@ -1164,8 +1169,8 @@ static int request_push(struct client *c, uint32_t type, uint32_t seq, uint64_t 
 /* start/len of a range message: page aligned, non-empty, inside user space. */
 static bool range_valid(uint64_t start, uint64_t len)
 {
-	return uz_page_aligned(start) && uz_page_aligned(len) && len > 0 && start < UZ_USER_ADDR_MAX &&
-	       len <= UZ_USER_ADDR_MAX - start;
+	return uz_page_aligned(start) && uz_page_aligned(len) && len > 0 &&
+	       start < UZ_USER_ADDR_MAX && len <= UZ_USER_ADDR_MAX - start;
 }
 
 /* One message from the client's socket.  < 0: the client broke the protocol. */
@@ -1302,10 +1307,11 @@ static void client_handle_uffd(struct fault_thread *t, struct client *c)
 				client_forget_range(c, m->arg.remove.start, m->arg.remove.end);
 				client_region_remove(c, m->arg.remove.start & UZ_PAGE_MASK,
 						     (m->arg.remove.end + UZ_PAGE_SIZE - 1) &
-							     UZ_PAGE_MASK);
+							 UZ_PAGE_MASK);
 				break;
 			case UFFD_EVENT_REMAP:
-				client_remap(c, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
+				client_remap(c, m->arg.remap.from, m->arg.remap.to,
+					     m->arg.remap.len);
 				break;
 			case UFFD_EVENT_FORK:
 				/* Not requested by the protocol; a child's uffd we never serve. */
@@ -1383,8 +1389,8 @@ static void fault_thread_adopt_inbox(struct fault_thread *t)
 			struct client *c = uz_container_of(i, struct client, thread_link);
 
 			next = i->next;
-			if (request_push(c, CLIENT_REQ_SHUTDOWN, 0, 0, (VPN_MAX + 1) << UZ_PAGE_SHIFT,
-					 0) < 0)
+			if (request_push(c, CLIENT_REQ_SHUTDOWN, 0, 0,
+					 (VPN_MAX + 1) << UZ_PAGE_SHIFT, 0) < 0)
 				client_kill(t, c, true);
 			else
 				client_run_requests(t, c);
@@ -1393,15 +1399,15 @@ static void fault_thread_adopt_inbox(struct fault_thread *t)
 
 	while (!uz_list_empty(&inbox)) {
 		struct client *c = uz_container_of(inbox.next, struct client, thread_link);
-		struct epoll_event ev_uffd = { .events = EPOLLIN, .data.ptr = &c->source_uffd };
-		struct epoll_event ev_sock = { .events = EPOLLIN | EPOLLRDHUP,
-					       .data.ptr = &c->source_socket };
+		struct epoll_event ev_uffd = {.events = EPOLLIN, .data.ptr = &c->source_uffd};
+		struct epoll_event ev_sock = {.events = EPOLLIN | EPOLLRDHUP,
+					      .data.ptr = &c->source_socket};
 
 		uz_list_del(&c->thread_link);
 		uz_list_add_tail(&t->clients, &c->thread_link);
 		c->thread = t;
-		c->source_uffd = (struct fault_source){ c, FAULT_SOURCE_UFFD };
-		c->source_socket = (struct fault_source){ c, FAULT_SOURCE_SOCKET };
+		c->source_uffd = (struct fault_source){c, FAULT_SOURCE_UFFD};
+		c->source_socket = (struct fault_source){c, FAULT_SOURCE_SOCKET};
 		if (epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, c->uffd, &ev_uffd) < 0 ||
 		    epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, c->sock_fd, &ev_sock) < 0) {
 			client_kill(t, c, false);
@@ -1489,9 +1495,8 @@ static void *fault_thread_main(void *arg)
 				break;
 			if (uz_now_usec() >= t->deadline) {
 				while (!uz_list_empty(&t->clients)) {
-					struct client *c = uz_container_of(t->clients.next,
-									   struct client,
-									   thread_link);
+					struct client *c = uz_container_of(
+					    t->clients.next, struct client, thread_link);
 
 					__atomic_fetch_add(&t->daemon->drain_timeouts, 1,
 							   __ATOMIC_RELAXED);
@@ -1509,7 +1514,8 @@ int fault_thread_new(struct fault_thread **out, struct daemon *daemon, unsigned 
 {
 	struct fault_thread *t;
 	struct epoll_event ev;
-	size_t evict_size = offsetof(struct uz_msg_evict, addrs) + UZ_EVICT_BATCH_MAX * sizeof(uint64_t);
+	size_t evict_size =
+	    offsetof(struct uz_msg_evict, addrs) + UZ_EVICT_BATCH_MAX * sizeof(uint64_t);
 	int r;
 
 	t = calloc(1, sizeof(*t));
@@ -1543,8 +1549,8 @@ int fault_thread_new(struct fault_thread **out, struct daemon *daemon, unsigned 
 		r = -errno;
 		goto fail;
 	}
-	t->event_source = (struct fault_source){ NULL, FAULT_SOURCE_EVENTFD };
-	ev = (struct epoll_event){ .events = EPOLLIN, .data.ptr = &t->event_source };
+	t->event_source = (struct fault_source){NULL, FAULT_SOURCE_EVENTFD};
+	ev = (struct epoll_event){.events = EPOLLIN, .data.ptr = &t->event_source};
 	if (epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, t->event_fd, &ev) < 0) {
 		r = -errno;
 		goto fail;
