@@ -187,7 +187,7 @@ class Harness:
         value = os.environ.get(var)
         if not value:
             raise TestFailure(f"${var} is not set: run through meson test")
-        return value
+        return os.path.abspath(value)
 
     def env(self, preload=True, socket_path=None, extra=None):
         env = dict(os.environ)
@@ -554,8 +554,8 @@ def t_no_daemon(h):
 def t_example_workload(h):
     """examples/uzswap-workload (the quick-start workload) under LD_PRELOAD with a budget
     far below its footprint verifies all its data."""
-    path = os.environ.get("EXAMPLE_WORKLOAD")
-    if not path:
+    path = os.path.abspath(os.environ.get("EXAMPLE_WORKLOAD", ""))
+    if not os.environ.get("EXAMPLE_WORKLOAD"):
         raise TestFailure("EXAMPLE_WORKLOAD not set (examples/ not built?)")
     h.start_daemon(budget="32M")
     proc = h.client("workload", [path, "--size", "128M"], timeout=90)
@@ -567,8 +567,8 @@ def t_example_workload(h):
 
 def t_example_api(h):
     """examples/uzswap-api-example (linked, no LD_PRELOAD): register, hints, stats."""
-    path = os.environ.get("EXAMPLE_API")
-    if not path:
+    path = os.path.abspath(os.environ.get("EXAMPLE_API", ""))
+    if not os.environ.get("EXAMPLE_API"):
         raise TestFailure("EXAMPLE_API not set (examples/ not built?)")
     h.start_daemon(budget="16M")
     h.client("api-example", [path], timeout=45, preload=False)
@@ -698,6 +698,10 @@ def main():
         log(f"SKIP {name}: {e}")
     except TestFailure as e:
         log(f"FAIL {name}: {e}")
+    except Exception as e:
+        import traceback
+        traceback.print_exc()
+        log(f"FAIL {name}: unexpected {type(e).__name__}: {e}")
     except Deadline as e:
         log(f"FAIL {name}: stopped by {e} (deadline {deadline} s)")
     finally:
