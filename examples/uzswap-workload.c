@@ -11,7 +11,10 @@
  * many of its pages were not resident when it came back to read them.
  * Exit status 0 means every page verified.
  *
- * usage: uzswap-workload [--size SIZE] [--passes N]
+ * With --hold SECONDS it keeps its memory that long after verifying (the
+ * demo reads the daemon's statistics meanwhile).
+ *
+ * usage: uzswap-workload [--size SIZE] [--passes N] [--hold SECONDS]
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -114,7 +117,7 @@ static size_t parse_size(const char *s)
 int main(int argc, char **argv)
 {
 	size_t size = 256UL << 20;
-	unsigned passes = 2;
+	unsigned passes = 2, hold = 0;
 	uint64_t count, *checksums, *round, rewritten = 0, checked = 0;
 	unsigned char *region;
 	struct timespec start;
@@ -124,8 +127,11 @@ int main(int argc, char **argv)
 			size = parse_size(argv[++i]);
 		} else if (!strcmp(argv[i], "--passes") && i + 1 < argc) {
 			passes = (unsigned)atoi(argv[++i]);
+		} else if (!strcmp(argv[i], "--hold") && i + 1 < argc) {
+			hold = (unsigned)atoi(argv[++i]);
 		} else {
-			fprintf(stderr, "usage: %s [--size SIZE] [--passes N]\n", argv[0]);
+			fprintf(stderr, "usage: %s [--size SIZE] [--passes N] [--hold SECONDS]\n",
+				argv[0]);
 			return 2;
 		}
 	}
@@ -179,6 +185,8 @@ int main(int argc, char **argv)
 	printf("verified: %" PRIu64 " page reads matched their checksums (%" PRIu64
 	       " pages rewritten between passes)\n",
 	       checked, rewritten);
+	if (hold)
+		sleep(hold);
 	munmap(region, count * page_size);
 	free(checksums);
 	free(round);
