@@ -57,6 +57,8 @@ int lru_walk(struct lru *lru, uint64_t nr_to_scan, lru_walk_fn fn, void *userdat
 
 /* A page of this LRU's cgroup was read back from disk. */
 void lru_note_disk_swapin(struct lru *lru);
+/* Disk swapins noted and not yet consumed by lru_shrinker_count(). */
+uint64_t lru_disk_swapins_pending(struct lru *lru);
 
 /*
  * The kernel's zswap_shrinker_count(): nr_freeable = min(live stored

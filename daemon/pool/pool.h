@@ -28,6 +28,7 @@ struct pool_usage {
 	uint64_t stored_bytes;   /* sum of the lengths of live objects (compressed bytes) */
 	uint64_t stored_objects; /* live objects */
 	uint64_t chunks;         /* chunks mapped */
+	uint64_t metadata_bytes; /* heap bytes of the pool's own bookkeeping (not in total_size) */
 };
 
 int pool_new(struct pool **out);
@@ -48,6 +49,17 @@ void pool_get_usage(struct pool *pool, struct pool_usage *usage);
  * pool_migrate() moves it and returns the new handle.  A chunk is unmapped
  * when its last object leaves.
  */
+/*
+ * A class only gives up as many sparse chunks as its other chunks can
+ * absorb, so migration needs no new chunk (unless stores race it).  Returns the number of chunks
+ * marked, or -errno.
+ */
 int pool_compact_begin(struct pool *pool, unsigned min_fill_percent);
 bool pool_handle_evacuating(struct pool *pool, pool_handle_t handle);
 int pool_migrate(struct pool *pool, pool_handle_t handle, size_t len, pool_handle_t *out);
+
+/*
+ * Test hook: let `after` more chunk mappings succeed, then fail them as if
+ * mmap had (stores then return -ENOMEM); negative restores normal mapping.
+ */
+void pool_inject_map_failures(struct pool *pool, int64_t after);

@@ -1,0 +1,749 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Client objects and the handshake.
+ *
+ * A connection accepted on the client socket is not a client yet: it is a
+ * pending handshake, watched by the main thread's sd-event loop with a
+ * timer.  The first message must be a HELLO of exactly the right size,
+ * carrying the client's userfaultfd (and optionally its own
+ * /proc/self/pagemap) with SCM_RIGHTS.  Everything in it is checked before
+ * anything is allocated for the peer:
+ *
+ *   - the peer's credentials come from SO_PEERCRED, never from the message;
+ *   - the first fd must be a userfaultfd (its /proc/self/fd link reads
+ *     "anon_inode:[userfaultfd]"), with the VM events and MOVE granted:
+ *     without REMOVE/UNMAP/REMAP the daemon could not keep its index right,
+ *     and without MOVE the agent cannot evict;
+ *   - the pagemap fd must be /proc/<peer pid>/pagemap; if it is anything
+ *     else it is closed and the daemon opens the peer's pagemap itself;
+ *   - the graveyard must be UZ_EVICT_BATCH_MAX pages of private anonymous
+ *     writable memory of the peer, inside the 47-bit user address space;
+ *   - the global and per-uid client limits hold.
+ *
+ * Then the ring is created (a sealed memfd the client maps), HELLO_REPLY
+ * goes out with the ring fd, and the client is handed to a fault thread,
+ * round robin.  A refusal is answered with a negative status (so the
+ * library can print why) and logged once.
+ *
+ * /proc/PID is opened once (O_PATH) at the handshake and every later read
+ * of maps goes through that fd, so a recycled pid can never make us read
+ * another process's maps: once the client is gone the openat fails.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <systemd/sd-event.h>
+
+#include "client/client.h"
+#include "fault/fault.h"
+#include "stats/stats.h"
+#include "uffd-compat.h"
+#include "util.h"
+
+#define CLIENT_REQUIRED_FEATURES                                                                   \
+	(UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |          \
+	 UFFD_FEATURE_MOVE)
+#define CLIENT_KNOWN_HELLO_FLAGS (UZ_HELLO_HAS_PAGEMAP | UZ_HELLO_FORK_CHILD)
+#define CLIENT_KEY_MASK ((1ULL << (64 - PAGE_INDEX_VPN_BITS)) - 1)
+
+/* ---------------------------------------------------------------------------
+ * Pending handshakes (main thread only)
+ */
+
+struct handshake {
+	struct uz_list link;
+	struct daemon *daemon;
+	int fd;
+	sd_event_source *io;
+	sd_event_source *timer;
+};
+
+static struct uz_list handshakes = { &handshakes, &handshakes };
+
+static void handshake_free(struct handshake *h)
+{
+	if (!h)
+		return;
+	uz_list_del(&h->link);
+	sd_event_source_disable_unref(h->io);
+	sd_event_source_disable_unref(h->timer);
+	if (h->fd >= 0)
+		close(h->fd);
+	free(h);
+}
+
+void client_handshakes_cancel(void)
+{
+	while (!uz_list_empty(&handshakes))
+		handshake_free(uz_container_of(handshakes.next, struct handshake, link));
+}
+
+static int handshake_on_timeout(sd_event_source *s, uint64_t usec, void *userdata)
+{
+	struct handshake *h = userdata;
+
+	uz_log(LOG_INFO, "client fd %d: no HELLO within %llu ms, closing", h->fd,
+	       (unsigned long long)(UZ_HELLO_TIMEOUT_USEC / 1000));
+	handshake_free(h);
+	return 0;
+}
+
+static void close_fds(int *fds, unsigned nfds)
+{
+	for (unsigned i = 0; i < nfds; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+}
+
+ssize_t client_recv(int fd, void *buf, size_t cap, int *fds, unsigned *nfds, unsigned max_fds)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * 4)];
+	} control;
+	struct iovec iov = { .iov_base = buf, .iov_len = cap };
+	struct msghdr msg = {
+		.msg_iov = &iov,
+		.msg_iovlen = 1,
+		.msg_control = control.buf,
+		.msg_controllen = sizeof(control.buf),
+	};
+	struct cmsghdr *cmsg;
+	unsigned n = 0;
+	bool too_many = false;
+	ssize_t len;
+
+	len = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+	if (len < 0)
+		return -errno;
+
+	for (cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+		if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS)
+			continue;
+		size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		int *received = (int *)CMSG_DATA(cmsg);
+		for (size_t i = 0; i < count; i++) {
+			int rfd;
+
+			memcpy(&rfd, &received[i], sizeof(rfd));
+			if (n < max_fds)
+				fds[n++] = rfd;
+			else {
+				close(rfd);
+				too_many = true;
+			}
+		}
+	}
+	*nfds = n;
+	if (too_many || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+		close_fds(fds, n);
+		*nfds = 0;
+		return -EBADMSG;
+	}
+	return len;
+}
+
+static int fd_is_userfaultfd(int fd)
+{
+	char path[64], target[64];
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	n = readlink(path, target, sizeof(target) - 1);
+	if (n < 0)
+		return -errno;
+	target[n] = 0;
+	return strcmp(target, "anon_inode:[userfaultfd]") == 0 ? 0 : -EBADF;
+}
+
+static int fd_is_pagemap_of(int fd, pid_t pid)
+{
+	char path[64], target[64], want[64];
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	n = readlink(path, target, sizeof(target) - 1);
+	if (n < 0)
+		return -errno;
+	target[n] = 0;
+	snprintf(want, sizeof(want), "/proc/%d/pagemap", (int)pid);
+	return strcmp(target, want) == 0 ? 0 : -EBADF;
+}
+
+static int ring_create(int *fd_out, uint8_t **ring_out)
+{
+	size_t size = (size_t)UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE;
+	int fd, r;
+	void *ring;
+
+	fd = memfd_create("uzswap-ring", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return -errno;
+	if (ftruncate(fd, (off_t)size) < 0)
+		goto fail_errno;
+	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
+		goto fail_errno;
+	ring = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (ring == MAP_FAILED)
+		goto fail_errno;
+	*fd_out = fd;
+	*ring_out = ring;
+	return 0;
+
+fail_errno:
+	r = -errno;
+	close(fd);
+	return r;
+}
+
+static unsigned clients_of_uid_locked(struct daemon *daemon, uid_t uid)
+{
+	unsigned n = 0;
+
+	for (struct uz_list *i = daemon->clients.next; i != &daemon->clients; i = i->next)
+		if (uz_container_of(i, struct client, link)->uid == uid)
+			n++;
+	return n;
+}
+
+static int send_hello_reply(int fd, uint32_t seq, int status, const struct client *client)
+{
+	struct uz_msg_hello_reply reply = { 0 };
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} control;
+	struct iovec iov = { .iov_base = &reply, .iov_len = sizeof(reply) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+	uz_msg_header_init(&reply.header, UZ_MSG_HELLO_REPLY, sizeof(reply), seq);
+	reply.status = status;
+	if (status == 0) {
+		struct cmsghdr *cmsg;
+
+		reply.batch_max = UZ_EVICT_BATCH_MAX;
+		reply.ring_size = (uint64_t)UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE;
+		reply.client_id = client->id;
+		memset(&control, 0, sizeof(control));
+		msg.msg_control = control.buf;
+		msg.msg_controllen = sizeof(control.buf);
+		cmsg = CMSG_FIRSTHDR(&msg);
+		cmsg->cmsg_level = SOL_SOCKET;
+		cmsg->cmsg_type = SCM_RIGHTS;
+		cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cmsg), &client->ring_fd, sizeof(int));
+	}
+	if (sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+		return -errno;
+	return 0;
+}
+
+/*
+ * Validate a HELLO and build the client.  On failure *why names the problem
+ * for the log and the fds are still the caller's.
+ */
+static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz_msg_hello *hello,
+			     int *fds, unsigned nfds, struct client **out, const char **why)
+{
+	struct client *client;
+	struct ucred cred;
+	socklen_t cred_len = sizeof(cred);
+	char path[64];
+	int r;
+
+	if (hello->page_size != UZ_PAGE_SIZE || sysconf(_SC_PAGESIZE) != (long)UZ_PAGE_SIZE) {
+		*why = "page size mismatch";
+		return -EINVAL;
+	}
+	if (hello->flags & ~CLIENT_KNOWN_HELLO_FLAGS) {
+		*why = "unknown HELLO flags";
+		return -EINVAL;
+	}
+	if (nfds != ((hello->flags & UZ_HELLO_HAS_PAGEMAP) ? 2u : 1u)) {
+		*why = "wrong number of file descriptors";
+		return -EBADF;
+	}
+	if (hello->graveyard_len != (uint64_t)UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE ||
+	    !uz_page_aligned(hello->graveyard_start) || hello->graveyard_start == 0 ||
+	    hello->graveyard_start >= UZ_USER_ADDR_MAX ||
+	    UZ_USER_ADDR_MAX - hello->graveyard_start < hello->graveyard_len) {
+		*why = "bad graveyard";
+		return -EINVAL;
+	}
+	if ((hello->uffd_features & CLIENT_REQUIRED_FEATURES) != CLIENT_REQUIRED_FEATURES) {
+		*why = "userfaultfd lacks EVENT_REMAP/REMOVE/UNMAP or MOVE";
+		return -EOPNOTSUPP;
+	}
+	if (getsockopt(sock_fd, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) < 0) {
+		*why = "SO_PEERCRED failed";
+		return -errno;
+	}
+	if (cred.pid <= 0) {
+		*why = "peer has no pid in our namespace";
+		return -EPERM;
+	}
+	r = fd_is_userfaultfd(fds[0]);
+	if (r < 0) {
+		*why = "first fd is not a userfaultfd";
+		return r;
+	}
+
+	client = calloc(1, sizeof(*client));
+	if (!client) {
+		*why = "out of memory";
+		return -ENOMEM;
+	}
+	uz_list_init(&client->link);
+	uz_list_init(&client->thread_link);
+	client->daemon = daemon;
+	client->sock_fd = -1;
+	client->uffd = -1;
+	client->pagemap_fd = -1;
+	client->proc_fd = -1;
+	client->ring_fd = -1;
+	client->pid = cred.pid;
+	client->uid = cred.uid;
+	client->gid = cred.gid;
+	memcpy(client->comm, hello->comm, sizeof(hello->comm));
+	client->comm[16] = 0;
+	for (char *p = client->comm; *p; p++)
+		if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
+			*p = '?';
+	client->hello_flags = hello->flags;
+	client->uffd_features = hello->uffd_features;
+	client->graveyard_start = hello->graveyard_start;
+	client->graveyard_end = hello->graveyard_start + hello->graveyard_len;
+	client->policy = daemon->policy;
+	client->high_pages = client->policy.resident_max / UZ_PAGE_SIZE;
+	client->low_pages = client->policy.resident_low / UZ_PAGE_SIZE;
+	if (client->low_pages > client->high_pages)
+		client->low_pages = client->high_pages;
+
+	snprintf(path, sizeof(path), "/proc/%d", (int)cred.pid);
+	client->proc_fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (client->proc_fd < 0) {
+		r = -errno;
+		*why = "cannot open /proc/PID of the peer";
+		goto fail;
+	}
+	/* The peer must still be the process that connected: its socket is ours. */
+	if (getsockopt(sock_fd, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) < 0 ||
+	    cred.pid != client->pid) {
+		r = -ESRCH;
+		*why = "peer changed during the handshake";
+		goto fail;
+	}
+
+	r = client_check_anon_range(client, client->graveyard_start, client->graveyard_end);
+	if (r < 0) {
+		*why = "graveyard is not private anonymous writable memory of the peer";
+		goto fail;
+	}
+
+	client->requests = calloc(UZ_CLIENT_REQUESTS_MAX, sizeof(*client->requests));
+	r = -ENOMEM;
+	if (!client->requests) {
+		*why = "out of memory";
+		goto fail;
+	}
+	r = page_index_new(&client->index);
+	if (r < 0) {
+		*why = "cannot create the page index";
+		goto fail;
+	}
+	r = stats_new(&client->stats);
+	if (r < 0) {
+		*why = "cannot create statistics";
+		goto fail;
+	}
+	r = ring_create(&client->ring_fd, &client->ring);
+	if (r < 0) {
+		*why = "cannot create the ring";
+		goto fail;
+	}
+
+	/* fds are taken over from here on */
+	client->uffd = fds[0];
+	fds[0] = -1;
+	if (nfds > 1) {
+		if (fd_is_pagemap_of(fds[1], client->pid) == 0) {
+			client->pagemap_fd = fds[1];
+			fds[1] = -1;
+		} else {
+			close(fds[1]);
+			fds[1] = -1;
+		}
+	}
+	if (client->pagemap_fd < 0)
+		client->pagemap_fd = openat(client->proc_fd, "pagemap", O_RDONLY | O_CLOEXEC);
+	/* The fault thread reads the uffd without blocking. */
+	r = fcntl(client->uffd, F_GETFL);
+	if (r >= 0 && !(r & O_NONBLOCK))
+		(void)fcntl(client->uffd, F_SETFL, r | O_NONBLOCK);
+
+	*out = client;
+	return 0;
+
+fail:
+	client_free(client);
+	return r;
+}
+
+static void handshake_complete(struct handshake *h)
+{
+	struct daemon *daemon = h->daemon;
+	union {
+		struct uz_msg_hello hello;
+		uint8_t raw[UZ_MSG_SIZE_MAX];
+	} buf;
+	int fds[2] = { -1, -1 };
+	unsigned nfds = 0;
+	struct client *client = NULL;
+	const char *why = "malformed HELLO";
+	ssize_t len;
+	int r;
+
+	len = client_recv(h->fd, &buf, sizeof(buf), fds, &nfds, 2);
+	if (len == -EAGAIN || len == -EINTR)
+		return;
+	if (len <= 0) {
+		if (len < 0)
+			uz_log(LOG_INFO, "client fd %d: receiving HELLO failed: %s", h->fd,
+			       strerror((int)-len));
+		handshake_free(h);
+		return;
+	}
+
+	r = -EBADMSG;
+	if ((size_t)len != sizeof(buf.hello) || buf.hello.header.magic != UZ_PROTO_MAGIC ||
+	    buf.hello.header.type != UZ_MSG_HELLO || buf.hello.header.size != sizeof(buf.hello))
+		goto refuse;
+	if (buf.hello.header.version != UZ_PROTO_VERSION) {
+		why = "unsupported protocol version";
+		r = -EPROTONOSUPPORT;
+		goto refuse;
+	}
+	r = client_from_hello(daemon, h->fd, &buf.hello, fds, nfds, &client, &why);
+	if (r < 0)
+		goto refuse;
+
+	pthread_mutex_lock(&daemon->clients_lock);
+	if (daemon->nr_clients >= UZ_CLIENTS_MAX) {
+		why = "too many clients";
+		r = -EUSERS;
+	} else if (clients_of_uid_locked(daemon, client->uid) >= UZ_CLIENTS_PER_UID_MAX) {
+		why = "too many clients of this user";
+		r = -EUSERS;
+	} else {
+		client->id = ++daemon->next_client_id;
+		client->key = client->id & CLIENT_KEY_MASK;
+		uz_list_add_tail(&daemon->clients, &client->link);
+		daemon->nr_clients++;
+		r = 0;
+	}
+	pthread_mutex_unlock(&daemon->clients_lock);
+	if (r < 0)
+		goto refuse;
+
+	client->sock_fd = h->fd;
+	r = send_hello_reply(h->fd, buf.hello.header.seq, 0, client);
+	if (r < 0) {
+		uz_log(LOG_INFO, "client pid %d: sending HELLO_REPLY failed: %s", (int)client->pid,
+		       strerror(-r));
+		pthread_mutex_lock(&daemon->clients_lock);
+		uz_list_del(&client->link);
+		daemon->nr_clients--;
+		pthread_mutex_unlock(&daemon->clients_lock);
+		client_free(client); /* closes h->fd */
+		h->fd = -1;
+		handshake_free(h);
+		return;
+	}
+	/* The ring fd went to the client; ours is no longer needed. */
+	close(client->ring_fd);
+	client->ring_fd = -1;
+
+	uz_log(LOG_INFO, "client %" PRIu64 " joined: pid %d uid %d comm \"%s\"%s", client->id,
+	       (int)client->pid, (int)client->uid, client->comm,
+	       (client->hello_flags & UZ_HELLO_FORK_CHILD) ? " (fork child)" : "");
+	h->fd = -1; /* the client owns the socket now */
+	fault_thread_adopt(daemon->fault_threads[daemon->next_fault_thread], client);
+	daemon->next_fault_thread = (daemon->next_fault_thread + 1) % daemon->nr_fault_threads;
+	handshake_free(h);
+	return;
+
+refuse:
+	uz_log(LOG_NOTICE, "refusing client fd %d: %s (%s)", h->fd, why, strerror(-r));
+	(void)send_hello_reply(h->fd, buf.hello.header.seq, r, NULL);
+	close_fds(fds, nfds);
+	handshake_free(h);
+}
+
+static int handshake_on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata)
+{
+	handshake_complete(userdata);
+	return 0;
+}
+
+int client_handshake_start(struct daemon *daemon, sd_event *event, int fd)
+{
+	struct handshake *h;
+	int r;
+
+	h = calloc(1, sizeof(*h));
+	if (!h) {
+		close(fd);
+		return -ENOMEM;
+	}
+	uz_list_add_tail(&handshakes, &h->link);
+	h->daemon = daemon;
+	h->fd = fd;
+	r = sd_event_add_io(event, &h->io, fd, EPOLLIN, handshake_on_io, h);
+	if (r < 0)
+		goto fail;
+	r = sd_event_add_time_relative(event, &h->timer, CLOCK_MONOTONIC, UZ_HELLO_TIMEOUT_USEC, 0,
+				       handshake_on_timeout, h);
+	if (r < 0)
+		goto fail;
+	return 0;
+fail:
+	handshake_free(h);
+	return r;
+}
+
+struct client *client_free(struct client *client)
+{
+	if (!client)
+		return NULL;
+	if (client->ring)
+		munmap(client->ring, (size_t)UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE);
+	if (client->ring_fd >= 0)
+		close(client->ring_fd);
+	if (client->sock_fd >= 0)
+		close(client->sock_fd);
+	if (client->uffd >= 0)
+		close(client->uffd);
+	if (client->pagemap_fd >= 0)
+		close(client->pagemap_fd);
+	if (client->proc_fd >= 0)
+		close(client->proc_fd);
+	page_index_free(client->index);
+	stats_free(client->stats);
+	free(client->regions);
+	free(client->requests);
+	free(client);
+	return NULL;
+}
+
+/* ---------------------------------------------------------------------------
+ * Regions: a sorted array of disjoint ranges; binary search.
+ */
+
+/* Index of the first region whose end is > addr. */
+static unsigned region_lower_bound(const struct client *client, uint64_t addr)
+{
+	unsigned lo = 0, hi = client->nr_regions;
+
+	while (lo < hi) {
+		unsigned mid = lo + (hi - lo) / 2;
+
+		if (client->regions[mid].end <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+const struct client_region *client_region_find(const struct client *client, uint64_t addr)
+{
+	unsigned i = region_lower_bound(client, addr);
+
+	if (i < client->nr_regions && client->regions[i].start <= addr)
+		return &client->regions[i];
+	return NULL;
+}
+
+static int region_insert_at(struct client *client, unsigned i, uint64_t start, uint64_t end)
+{
+	if (client->nr_regions == client->regions_capacity) {
+		unsigned cap = client->regions_capacity ? client->regions_capacity * 2 : 16;
+		struct client_region *regions = realloc(client->regions, cap * sizeof(*regions));
+
+		if (!regions)
+			return -ENOMEM;
+		client->regions = regions;
+		client->regions_capacity = cap;
+	}
+	memmove(&client->regions[i + 1], &client->regions[i],
+		(client->nr_regions - i) * sizeof(client->regions[0]));
+	client->regions[i] = (struct client_region){ start, end };
+	client->nr_regions++;
+	client->registered_bytes += end - start;
+	return 0;
+}
+
+int client_region_add(struct client *client, uint64_t start, uint64_t end)
+{
+	unsigned i = region_lower_bound(client, start);
+
+	if (i < client->nr_regions && client->regions[i].start < end)
+		return -EEXIST;
+	if (client->nr_regions >= UZ_CLIENT_REGIONS_MAX ||
+	    client->registered_bytes + (end - start) > UZ_CLIENT_REGISTERED_MAX)
+		return -E2BIG;
+	return region_insert_at(client, i, start, end);
+}
+
+void client_region_remove(struct client *client, uint64_t start, uint64_t end)
+{
+	unsigned i = region_lower_bound(client, start);
+
+	while (i < client->nr_regions && client->regions[i].start < end) {
+		struct client_region *r = &client->regions[i];
+		uint64_t rs = r->start, re = r->end;
+
+		if (rs < start && re > end) {
+			/* split: keep [rs, start) here, insert [end, re) after */
+			r->end = start;
+			client->registered_bytes -= re - start;
+			if (region_insert_at(client, i + 1, end, re) < 0)
+				return; /* the tail is forgotten: it only loses tracking */
+			return;
+		}
+		if (rs < start) {
+			client->registered_bytes -= re - start;
+			r->end = start;
+			i++;
+			continue;
+		}
+		if (re > end) {
+			client->registered_bytes -= end - rs;
+			r->start = end;
+			return;
+		}
+		client->registered_bytes -= re - rs;
+		memmove(r, r + 1, (client->nr_regions - i - 1) * sizeof(*r));
+		client->nr_regions--;
+	}
+}
+
+/* ---------------------------------------------------------------------------
+ * /proc/PID/maps and pagemap
+ */
+
+static bool maps_name_is_anonymous(const char *name)
+{
+	return name[0] == 0 || strcmp(name, "[heap]") == 0 || strncmp(name, "[anon:", 6) == 0;
+}
+
+int client_check_anon_range(const struct client *client, uint64_t start, uint64_t end)
+{
+	_cleanup_free_ char *line = NULL;
+	size_t line_cap = 0;
+	uint64_t cursor = start;
+	FILE *f;
+	int fd, r = -EINVAL;
+
+	if (start >= end || !uz_page_aligned(start) || !uz_page_aligned(end) ||
+	    end > UZ_USER_ADDR_MAX)
+		return -EINVAL;
+	fd = openat(client->proc_fd, "maps", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? -ESRCH : -errno;
+	f = fdopen(fd, "re");
+	if (!f) {
+		r = -errno;
+		close(fd);
+		return r;
+	}
+	while (getline(&line, &line_cap, f) > 0) {
+		unsigned long lo, hi, inode;
+		char perms[5], name[PATH_MAX];
+		int consumed = 0;
+
+		name[0] = 0;
+		if (sscanf(line, "%lx-%lx %4s %*x %*x:%*x %lu%n", &lo, &hi, perms, &inode,
+			   &consumed) != 4)
+			break;
+		{
+			const char *p = line + consumed;
+			size_t n;
+
+			while (*p == ' ' || *p == '\t')
+				p++;
+			n = strcspn(p, "\n");
+			if (n >= sizeof(name))
+				n = sizeof(name) - 1;
+			memcpy(name, p, n);
+			name[n] = 0;
+		}
+		if (hi <= cursor)
+			continue;
+		if (lo > cursor)
+			break; /* a hole */
+		if (perms[0] != 'r' || perms[1] != 'w' || perms[3] != 'p' || inode != 0 ||
+		    !maps_name_is_anonymous(name))
+			break;
+		cursor = hi;
+		if (cursor >= end) {
+			r = 0;
+			break;
+		}
+	}
+	fclose(f);
+	return r;
+}
+
+#define PAGEMAP_PRESENT (1ULL << 63)
+#define PAGEMAP_SWAPPED (1ULL << 62)
+
+int client_pagemap_present(const struct client *client, uint64_t start, uint64_t end,
+			   int (*fn)(uint64_t vpn, void *userdata), void *userdata)
+{
+	uint64_t entries[512];
+
+	if (client->pagemap_fd < 0)
+		return -ENODEV;
+	for (uint64_t vpn = start >> UZ_PAGE_SHIFT; vpn < end >> UZ_PAGE_SHIFT;) {
+		uint64_t n = uz_min((uint64_t)UZ_ARRAY_SIZE(entries), (end >> UZ_PAGE_SHIFT) - vpn);
+		ssize_t got = pread(client->pagemap_fd, entries, n * sizeof(entries[0]),
+				    (off_t)(vpn * sizeof(entries[0])));
+
+		if (got < 0)
+			return -errno;
+		if (got == 0)
+			return -EIO;
+		n = (uint64_t)got / sizeof(entries[0]);
+		for (uint64_t i = 0; i < n; i++) {
+			if (entries[i] & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED)) {
+				int r = fn(vpn + i, userdata);
+
+				if (r < 0)
+					return r;
+			}
+		}
+		vpn += n;
+	}
+	return 0;
+}
+
+int client_send(struct client *client, const void *msg, size_t size)
+{
+	ssize_t n = send(client->sock_fd, msg, size, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+	if (n < 0)
+		return -errno;
+	if ((size_t)n != size)
+		return -EIO;
+	return 0;
+}

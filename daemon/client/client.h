@@ -1,0 +1,192 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Client objects: one per connected process.  The handshake (HELLO,
+ * validation, the ring, HELLO_REPLY) runs on the main thread; from then on
+ * the client belongs to one fault thread (daemon/fault), which alone reads
+ * and writes everything below `thread-owned` — no lock needed.
+ *
+ * This module also holds what validates a client's claims: its ranges
+ * against /proc/PID/maps, its regions list, and the pagemap reads used for
+ * REGISTER with UZ_REGISTER_POPULATED.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "daemon.h"
+#include "index/index.h"
+#include "protocol.h"
+
+struct sd_event;
+struct fault_thread;
+
+/* One registered range [start, end), page aligned. */
+struct client_region {
+	uint64_t start;
+	uint64_t end;
+};
+
+/* A slot of the eviction batch: ring page i <-> addrs[i] of the EVICT. */
+enum evict_slot_state {
+	EVICT_SLOT_EMPTY = 0,
+	EVICT_SLOT_SENT,    /* named in the EVICT, waiting for EVICT_DONE */
+	EVICT_SLOT_INSTALL, /* bytes in the ring, must go back with UFFDIO_COPY (retrying) */
+};
+
+struct evict_slot {
+	uint64_t vpn;     /* follows REMAP events */
+	uint8_t state;    /* enum evict_slot_state */
+	bool parked;      /* a fault arrived for this page while in flight */
+	bool discarded;   /* REMOVE/UNMAP freed the entry: drop the bytes */
+};
+
+enum batch_state {
+	BATCH_IDLE = 0,
+	BATCH_SENT,    /* EVICT sent, EVICT_DONE not yet received */
+	BATCH_LANDING, /* EVICT_DONE processed, some slots still to install */
+};
+
+/* A request read from the socket and not yet answered (FIFO). */
+enum client_request_type {
+	CLIENT_REQ_REGISTER = UZ_MSG_REGISTER,
+	CLIENT_REQ_UNREGISTER = UZ_MSG_UNREGISTER,
+	CLIENT_REQ_FORK_PREPARE = UZ_MSG_FORK_PREPARE,
+	CLIENT_REQ_STATS = UZ_MSG_STATS,
+	CLIENT_REQ_HINT = UZ_MSG_HINT,
+	CLIENT_REQ_SHUTDOWN = 1000, /* internal: the daemon is draining */
+};
+
+struct client_request {
+	uint32_t type; /* enum client_request_type */
+	uint32_t seq;
+	uint64_t start, end;
+	uint32_t arg;    /* REGISTER flags or HINT kind */
+	bool started;    /* restore walk begun: cursor is valid */
+	uint64_t cursor; /* next vpn of a restore walk */
+};
+
+struct fault_source {
+	struct client *client;
+	int kind; /* FAULT_SOURCE_UFFD or FAULT_SOURCE_SOCKET (daemon/fault) */
+};
+
+struct client {
+	/* --- immutable after the handshake; readable under daemon->clients_lock --- */
+	struct uz_list link; /* daemon->clients */
+	struct daemon *daemon;
+	uint64_t id;
+	uint64_t key; /* LRU reference key: ref = key << PAGE_INDEX_VPN_BITS | vpn */
+	pid_t pid;
+	uid_t uid;
+	gid_t gid;
+	char comm[17];
+	uint32_t hello_flags;
+	uint64_t uffd_features;
+	struct stats *stats; /* per-client counters (thread-safe) */
+	struct uz_policy policy;
+	uint64_t high_pages; /* resident watermarks, pages */
+	uint64_t low_pages;
+
+	int sock_fd;
+	int uffd;
+	int pagemap_fd; /* -1 when none */
+	int proc_fd;    /* O_PATH of /proc/PID: pins the process identity */
+	int ring_fd;
+	uint8_t *ring; /* UZ_EVICT_BATCH_MAX pages, shared with the client */
+	uint64_t graveyard_start, graveyard_end;
+
+	/* --- thread-owned --- */
+	struct uz_list thread_link;
+	struct fault_thread *thread;
+	struct fault_source source_uffd, source_socket;
+	struct page_index *index;
+
+	struct client_region *regions; /* sorted, disjoint */
+	unsigned nr_regions, regions_capacity;
+	uint64_t registered_bytes;
+
+	uint64_t resident;  /* RESIDENT entries (mirrors the resident_pages gauge) */
+	uint64_t in_flight; /* IN_FLIGHT entries */
+	uint64_t faults;    /* faults served for this client */
+
+	/* eviction */
+	enum batch_state batch_state;
+	uint32_t batch_id;
+	uint32_t batch_count;
+	unsigned batch_pending_installs;
+	struct evict_slot slots[UZ_EVICT_BATCH_MAX];
+	uint64_t clock_hand; /* next vpn the CLOCK looks at */
+	uint64_t cold_start, cold_end; /* vpns of a COLD hint still to evict; empty when equal */
+	unsigned fork_pause; /* FORK_PREPAREs not yet matched by FORK_DONE */
+
+	/* requests */
+	struct client_request *requests; /* ring of UZ_CLIENT_REQUESTS_MAX */
+	unsigned requests_head, nr_requests;
+
+	bool dead;          /* being torn down; ignore its events */
+	bool gone;          /* the process is gone (EOF): no point giving pages back */
+	bool shutdown_sent; /* SHUTDOWN sent, waiting for SHUTDOWN_ACK */
+	bool pending;       /* has work to retry (EAGAIN) or a request waiting */
+};
+
+/*
+ * The handshake, on the main thread.  client_handshake_start() takes the
+ * accepted socket and waits (asynchronously, bounded by
+ * UZ_HELLO_TIMEOUT_USEC) for HELLO; on a valid HELLO the client is created,
+ * answered and handed to a fault thread.  Refusals are answered and logged.
+ */
+int client_handshake_start(struct daemon *daemon, struct sd_event *event, int fd);
+/* Cancel every handshake still waiting (the daemon is stopping). */
+void client_handshakes_cancel(void);
+
+/* Free a client (fds, ring, index, stats); the caller has released its pages. */
+struct client *client_free(struct client *client);
+
+/* Regions: sorted and disjoint.  -EEXIST on overlap, -E2BIG beyond the limits. */
+int client_region_add(struct client *client, uint64_t start, uint64_t end);
+void client_region_remove(struct client *client, uint64_t start, uint64_t end);
+/* The region holding addr, or NULL. */
+const struct client_region *client_region_find(const struct client *client, uint64_t addr);
+
+/*
+ * Check that [start, end) lies inside private, anonymous, writable mappings
+ * of the client (its /proc/PID/maps).  0, -EINVAL when it does not,
+ * -ESRCH when the process is gone, or another -errno.
+ */
+int client_check_anon_range(const struct client *client, uint64_t start, uint64_t end);
+
+/*
+ * Read which pages of [start, end) are present (or swapped by the kernel)
+ * from the client's pagemap; fn is called for each such vpn.  -ENODEV when
+ * there is no pagemap.
+ */
+int client_pagemap_present(const struct client *client, uint64_t start, uint64_t end,
+			   int (*fn)(uint64_t vpn, void *userdata), void *userdata);
+
+/*
+ * Receive one message with up to max_fds file descriptors, without
+ * blocking.  Any fd beyond max_fds, a truncated message or truncated
+ * control data is -EBADMSG (the fds received are closed).  Returns the
+ * length, 0 on EOF, or -errno.
+ */
+ssize_t client_recv(int fd, void *buf, size_t cap, int *fds, unsigned *nfds, unsigned max_fds);
+
+/* Send a whole message without blocking; -EAGAIN when the socket is full. */
+int client_send(struct client *client, const void *msg, size_t size);
+
+static inline bool client_in_graveyard(const struct client *client, uint64_t addr)
+{
+	return addr >= client->graveyard_start && addr < client->graveyard_end;
+}
+
+static inline void uz_msg_header_init(struct uz_msg_header *h, enum uz_msg_type type, uint32_t size,
+				      uint32_t seq)
+{
+	h->magic = UZ_PROTO_MAGIC;
+	h->version = UZ_PROTO_VERSION;
+	h->type = (uint16_t)type;
+	h->size = size;
+	h->seq = seq;
+}

@@ -1,0 +1,132 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * struct daemon: the state of one uzswapd that more than one layer needs —
+ * the default policy, the shared compressed pool, the LRU, the global
+ * statistics, the fault threads and the list of clients.  main.c creates
+ * it; the control socket (daemon/control) reads it to answer uzswapctl.
+ *
+ * Ownership and locks:
+ *  - pool, lru, stats and fault_latency are thread-safe objects of their
+ *    own (see their headers) and may be used from any thread.
+ *  - `clients` (the list, its count and the per-uid counting done by
+ *    walking it) is guarded by clients_lock.  A client is in the list from
+ *    the end of its handshake until its fault thread frees it; the fault
+ *    thread unlinks it under clients_lock before freeing, so a reader
+ *    holding clients_lock may read a listed client's immutable fields
+ *    (id, pid, uid, comm, stats) safely.  clients_lock is never held across
+ *    a system call.
+ *  - Everything else is written once by main.c before the fault threads
+ *    start, and only read afterwards.
+ *
+ * Logging (uz_log) lives here too: only the daemon's top levels call it
+ * (main.c, the handshake on the main thread); the fault path never logs.
+ */
+#pragma once
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <syslog.h>
+#include <time.h>
+
+#include "config/policy.h"
+
+struct pool;
+struct lru;
+struct stats;
+struct latency_hist;
+struct fault_thread;
+
+/* A minimal intrusive doubly-linked list. */
+struct uz_list {
+	struct uz_list *prev, *next;
+};
+
+static inline void uz_list_init(struct uz_list *head)
+{
+	head->prev = head->next = head;
+}
+
+static inline bool uz_list_empty(const struct uz_list *head)
+{
+	return head->next == head;
+}
+
+static inline void uz_list_add_tail(struct uz_list *head, struct uz_list *item)
+{
+	item->prev = head->prev;
+	item->next = head;
+	head->prev->next = item;
+	head->prev = item;
+}
+
+static inline void uz_list_del(struct uz_list *item)
+{
+	item->prev->next = item->next;
+	item->next->prev = item->prev;
+	item->prev = item->next = item;
+}
+
+#define uz_container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+
+/* Limits on what clients control (systemd CODING_STYLE: bound everything). */
+#define UZ_CLIENTS_MAX 1024          /* connected clients, all users */
+#define UZ_CLIENTS_PER_UID_MAX 256   /* connected clients of one uid */
+#define UZ_CLIENT_REGIONS_MAX 16384  /* registered regions per client */
+#define UZ_CLIENT_REGISTERED_MAX (16ULL << 40) /* registered bytes per client */
+#define UZ_CLIENT_REQUESTS_MAX 1024  /* requests queued and not yet answered */
+#define UZ_USER_ADDR_MAX (1ULL << 47) /* end of the 47-bit user address space */
+#define UZ_HELLO_TIMEOUT_USEC (5ULL * 1000 * 1000)
+#define UZ_DRAIN_TIMEOUT_USEC (10ULL * 1000 * 1000)
+
+struct daemon {
+	struct uz_policy policy; /* the policy of every client until per-cgroup config exists */
+	unsigned nr_fault_threads;
+	struct fault_thread **fault_threads;
+	unsigned next_fault_thread; /* round robin; main thread only */
+
+	struct pool *pool;
+	struct lru *lru; /* one for the whole daemon until per-cgroup LRUs exist */
+	struct stats *stats;
+	struct latency_hist *fault_latency; /* faults served from the pool: load + UFFDIO_COPY */
+
+	pthread_mutex_t clients_lock; /* guards clients, nr_clients */
+	struct uz_list clients;       /* struct client.link */
+	unsigned nr_clients;
+	uint64_t next_client_id; /* main thread only */
+
+	/* Set by the fault threads when a drain gave up on a client (atomic). */
+	unsigned drain_timeouts;
+};
+
+int daemon_new(struct daemon **out, const struct uz_policy *policy, unsigned nr_fault_threads);
+/* Stops the fault threads (without draining) and frees everything. */
+struct daemon *daemon_free(struct daemon *daemon);
+/* Gives every page back to every client (SHUTDOWN handshake), bounded by timeout_usec. */
+void daemon_drain(struct daemon *daemon, uint64_t timeout_usec);
+/* A one-screen summary of the global statistics, for SIGUSR1 and exit. */
+void daemon_print_summary(struct daemon *daemon, FILE *f);
+
+/* Logging: syslog levels (LOG_ERR .. LOG_DEBUG), to stderr. */
+extern int uz_log_max_level;
+void uz_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int uz_log_parse_level(const char *name);
+
+static inline uint64_t uz_now_usec(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static inline uint64_t uz_now_nsec(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
+}

@@ -1,0 +1,1616 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Fault threads: the paging path of uzswapd.
+ *
+ * Each fault thread owns a set of clients completely — their userfaultfd,
+ * their socket after the handshake, their page index and their eviction
+ * batch — and serves them from one epoll loop.  Nothing else touches a
+ * client's index, so it needs no lock; the pool, the LRU and the
+ * statistics are thread-safe objects of their own.  A thread has its own
+ * compressor and page buffers, so serving a fault allocates nothing.
+ *
+ * What arrives, and what is done with it:
+ *
+ *  - uffd messages, read in batches without blocking.  A PAGEFAULT is
+ *    served by the state of its page entry: NEVER gets zeros (the faulting
+ *    page first, then the never-touched neighbours inside the same aligned
+ *    2 MiB window and the same registered region in one UFFDIO_ZEROPAGE
+ *    each side, so first touch of a fresh region stays cheap); RESIDENT
+ *    means the kernel dropped the page behind our back (MADV_FREE) or a
+ *    second thread faulted on it: zeros, or EEXIST and a wake; IN_FLIGHT
+ *    is parked on the eviction batch (never waited for: the agent may be
+ *    waiting for us to read its REMOVE event); STORED and SAME_FILLED are
+ *    decompressed or filled into the thread's page buffer and put back
+ *    with UFFDIO_COPY, and the pool object is freed.  REMOVE and UNMAP
+ *    free the entries of the range (an in-flight slot is marked discarded);
+ *    the graveyard's own REMOVE is ignored.  REMAP moves the entries (and
+ *    in-flight slots follow).
+ *
+ *  - The kernel refuses UFFDIO_COPY/ZEROPAGE with EAGAIN while a VM event
+ *    of the client is being delivered (mmap_changing): until we have read
+ *    the event and the thread that raised it has run again.  Such a fault
+ *    goes on the thread's retry list and is retried after more messages
+ *    were read; the loop polls without sleeping while retries are pending.
+ *
+ *  - Socket messages, validated to the byte.  EVICT_DONE lands the batch;
+ *    REGISTER, UNREGISTER, FORK_PREPARE, STATS and HINT are queued and
+ *    answered in order, a request that must wait (for the batch to land,
+ *    or for an EAGAIN) staying at the head of the queue.
+ *
+ * Reclaim, per client: when the client's resident pages exceed the high
+ * watermark, a CLOCK over the index (from a hand: referenced RESIDENT
+ * entries are cleared and skipped, the others become victims) collects up
+ * to UZ_EVICT_BATCH_MAX victims down toward the low watermark, marks them
+ * IN_FLIGHT and sends EVICT.  Pages named by a COLD hint go first.  On
+ * EVICT_DONE each moved page is compressed from the ring into the pool;
+ * a page that cannot be stored (pool full, compressor failure, a poor page
+ * under the reject policy) is put back with UFFDIO_COPY from the ring —
+ * the ring holds its only copy — and a page a fault was parked on is put
+ * back directly from the ring.  The batch stays open until every such
+ * page is back, so the ring is never reused early.
+ *
+ * Giving pages back (UNREGISTER, FORK_PREPARE, SHUTDOWN, HOT hint, a bad
+ * client) waits for the batch to land, then walks the range copying every
+ * stored page back; an EAGAIN leaves a cursor and the walk resumes.
+ *
+ * Rules kept here: no lock is held across a system call; the fault path
+ * neither allocates nor logs; a bad client is disconnected (after its
+ * pages are given back where possible) and never takes the thread down.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "client/client.h"
+#include "compress/compress.h"
+#include "daemon.h"
+#include "fault/fault.h"
+#include "index/index.h"
+#include "lru/lru.h"
+#include "pool/pool.h"
+#include "protocol.h"
+#include "stats/stats.h"
+#include "uffd-compat.h"
+#include "util.h"
+
+enum {
+	FAULT_SOURCE_EVENTFD = 0,
+	FAULT_SOURCE_UFFD,
+	FAULT_SOURCE_SOCKET,
+};
+
+#define FAULT_UFFD_BATCH 64       /* uffd messages per read */
+#define FAULT_UFFD_ROUNDS 8       /* reads per wake-up before looking at others */
+#define FAULT_SOCKET_ROUNDS 64    /* socket messages per wake-up */
+#define FAULT_RETRY_MAX 8192      /* faults waiting on EAGAIN, per thread */
+#define FAULT_SPIN_POLLS 200      /* zero-timeout polls before sleeping 1 ms */
+#define FAULT_ZERO_WINDOW 512     /* pages: the aligned 2 MiB window of a zero fill */
+#define FAULT_FORK_PAUSE_MAX 1024 /* FORK_PREPAREs outstanding per client */
+#define VPN_MAX ((1ULL << PAGE_INDEX_VPN_BITS) - 1)
+
+/* A positive outcome of a request step: the answer was already sent (or none is due). */
+#define REQUEST_ANSWERED 1
+
+struct fault_retry {
+	struct client *client;
+	uint64_t addr;
+	bool write;
+};
+
+struct fault_thread {
+	struct daemon *daemon;
+	unsigned index;
+	pthread_t thread;
+	bool started;
+	int epoll_fd;
+	int event_fd;
+	struct fault_source event_source;
+
+	pthread_mutex_t lock; /* guards inbox, stop, drain, drain_deadline */
+	struct uz_list inbox; /* clients handed over, not yet adopted (client.thread_link) */
+	bool stop;
+	bool drain;
+	uint64_t drain_deadline;
+
+	/* --- owned by the thread --- */
+	struct uz_list clients; /* client.thread_link */
+	struct uz_list dead;    /* killed this round, freed at the end of it */
+	bool draining;
+	uint64_t deadline;
+	struct compressor *compressor;
+	uint8_t *page;       /* page-aligned buffers, one page each */
+	uint8_t *zero_page;
+	uint8_t *compressed;
+	struct uz_msg_evict *evict_msg;
+	struct fault_retry *retries;
+	unsigned nr_retries;
+	bool want_retry; /* something returned EAGAIN: poll without sleeping */
+};
+
+/* ---------------------------------------------------------------------------
+ * Small helpers
+ */
+
+static inline void client_stat(struct client *c, enum uz_stat which, int64_t delta)
+{
+	stats_add(c->stats, which, delta);
+	stats_add(c->daemon->stats, which, delta);
+}
+
+static inline void client_resident_add(struct client *c, int64_t delta)
+{
+	c->resident += (uint64_t)delta;
+	client_stat(c, UZ_STAT_resident_pages, delta);
+}
+
+static int uffd_copy_page(int uffd, uint64_t addr, const void *src)
+{
+	struct uffdio_copy copy = {
+		.dst = addr,
+		.src = (uint64_t)(uintptr_t)src,
+		.len = UZ_PAGE_SIZE,
+		.mode = 0,
+	};
+
+	if (ioctl(uffd, UFFDIO_COPY, &copy) == 0)
+		return 0;
+	return -errno;
+}
+
+/* Zero-fill [start, start + len); returns the bytes done, *err the outcome. */
+static uint64_t uffd_zero_range(int uffd, uint64_t start, uint64_t len, int *err)
+{
+	struct uffdio_zeropage zero = { .range = { .start = start, .len = len }, .mode = 0 };
+
+	if (ioctl(uffd, UFFDIO_ZEROPAGE, &zero) == 0) {
+		*err = 0;
+		return len;
+	}
+	*err = -errno;
+	return zero.zeropage > 0 ? (uint64_t)zero.zeropage : 0;
+}
+
+static void uffd_wake(int uffd, uint64_t start, uint64_t len)
+{
+	struct uffdio_range range = { .start = start, .len = len };
+
+	(void)ioctl(uffd, UFFDIO_WAKE, &range);
+}
+
+static void fault_retry_add(struct fault_thread *t, struct client *c, uint64_t addr, bool write)
+{
+	t->want_retry = true;
+	if (t->nr_retries == FAULT_RETRY_MAX) {
+		/* Let the faulting thread fault again: the kernel re-delivers it. */
+		uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+		return;
+	}
+	t->retries[t->nr_retries++] = (struct fault_retry){ c, addr, write };
+}
+
+static void entry_lru_push(struct client *c, uint64_t vpn, page_entry_t *entry)
+{
+	if (!pe_queued(*entry) &&
+	    lru_push(c->daemon->lru, c->key << PAGE_INDEX_VPN_BITS | vpn) == 0)
+		*entry |= PE_QUEUED;
+}
+
+/*
+ * The bookkeeping of an entry that is going away (REMOVE, UNMAP, client
+ * exit): pool object freed, gauges adjusted, in-flight slot discarded.
+ */
+static void entry_release(struct client *c, page_entry_t entry)
+{
+	switch (pe_state(entry)) {
+	case PAGE_RESIDENT:
+		client_resident_add(c, -1);
+		break;
+	case PAGE_IN_FLIGHT:
+		c->slots[pe_payload(entry) % UZ_EVICT_BATCH_MAX].discarded = true;
+		c->in_flight--;
+		break;
+	case PAGE_STORED:
+		pool_release(c->daemon->pool, pe_payload(entry));
+		client_stat(c, UZ_STAT_stored_pages, -1);
+		client_stat(c, UZ_STAT_compressed_bytes, -(int64_t)pe_len(entry));
+		break;
+	case PAGE_SAME_FILLED:
+		client_stat(c, UZ_STAT_stored_pages, -1);
+		client_stat(c, UZ_STAT_same_filled_pages, -1);
+		break;
+	default:
+		break;
+	}
+}
+
+/* ---------------------------------------------------------------------------
+ * Serving a fault
+ */
+
+static void zero_range_mark(struct client *c, uint64_t lo, uint64_t hi)
+{
+	uint64_t done;
+	int err;
+
+	if (lo >= hi)
+		return;
+	done = uffd_zero_range(c->uffd, lo << UZ_PAGE_SHIFT, (hi - lo) << UZ_PAGE_SHIFT, &err) >>
+	       UZ_PAGE_SHIFT;
+	for (uint64_t vpn = lo; vpn < lo + done; vpn++) {
+		page_entry_t e = page_index_get(c->index, vpn);
+
+		if (page_index_set(c->index, vpn, pe_make(e, PAGE_RESIDENT, false, 0, 0, 0)) < 0)
+			break;
+		client_resident_add(c, 1);
+	}
+}
+
+/*
+ * Zero-fill the never-touched neighbours of vpn: the run of NEVER entries
+ * around it, inside its aligned 2 MiB window, its registered region, and
+ * not in the graveyard.  Best effort: a failure just leaves them to fault.
+ */
+static void fault_zero_neighbours(struct client *c, uint64_t vpn)
+{
+	const struct client_region *region = client_region_find(c, vpn << UZ_PAGE_SHIFT);
+	uint64_t win_lo, win_hi, lo, hi, g_lo, g_hi;
+
+	if (!region)
+		return;
+	win_lo = uz_max(vpn & ~(uint64_t)(FAULT_ZERO_WINDOW - 1), region->start >> UZ_PAGE_SHIFT);
+	win_hi = uz_min((vpn | (FAULT_ZERO_WINDOW - 1)) + 1, region->end >> UZ_PAGE_SHIFT);
+	g_lo = c->graveyard_start >> UZ_PAGE_SHIFT;
+	g_hi = c->graveyard_end >> UZ_PAGE_SHIFT;
+	if (g_lo < win_hi && g_hi > win_lo) {
+		if (vpn < g_lo)
+			win_hi = g_lo;
+		else
+			win_lo = g_hi;
+	}
+	lo = vpn;
+	while (lo > win_lo && pe_state(page_index_get(c->index, lo - 1)) == PAGE_NEVER)
+		lo--;
+	hi = vpn + 1;
+	while (hi < win_hi && pe_state(page_index_get(c->index, hi)) == PAGE_NEVER)
+		hi++;
+	zero_range_mark(c, lo, vpn);
+	zero_range_mark(c, vpn + 1, hi);
+}
+
+/* Zeros at one page: a private zeroed page for a write, the zero page for a read. */
+static int fault_zero_one(struct fault_thread *t, struct client *c, uint64_t addr, bool write)
+{
+	int r;
+
+	if (write)
+		r = uffd_copy_page(c->uffd, addr, t->zero_page);
+	else
+		uffd_zero_range(c->uffd, addr, UZ_PAGE_SIZE, &r);
+	if (r == -EEXIST)
+		uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+	return r;
+}
+
+static int fault_zero_fill(struct fault_thread *t, struct client *c, uint64_t vpn, bool write)
+{
+	uint64_t addr = vpn << UZ_PAGE_SHIFT;
+	page_entry_t e;
+	int r;
+
+	r = fault_zero_one(t, c, addr, write);
+	if (r == -EAGAIN)
+		return r;
+	if (r < 0 && r != -EEXIST) {
+		/* The mapping changed under the fault (an event is on its way). */
+		uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+		return 0;
+	}
+	e = page_index_get(c->index, vpn);
+	if (page_index_set(c->index, vpn, pe_make(e, PAGE_RESIDENT, false, 0, 0, 0)) == 0)
+		client_resident_add(c, 1);
+	client_stat(c, UZ_STAT_zero_fill_faults, 1);
+	if (r == 0)
+		fault_zero_neighbours(c, vpn);
+	return 0;
+}
+
+/*
+ * Put a stored or same-filled page back at vpn.  On success *new_entry is
+ * the RESIDENT entry to store (the caller stores it), the pool object is
+ * freed and the statistics moved.  -EAGAIN: nothing changed, try again.
+ * Other errors: the mapping is gone (ENOENT) or the process (ESRCH);
+ * nothing changed.
+ */
+static int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vpn,
+			   page_entry_t e, page_entry_t *new_entry)
+{
+	struct daemon *d = c->daemon;
+	uint64_t addr = vpn << UZ_PAGE_SHIFT;
+	bool poisoned = false;
+	int r;
+
+	if (pe_state(e) == PAGE_SAME_FILLED) {
+		page_fill_word(t->page, pattern_word(pe_payload(e)));
+	} else {
+		unsigned algo = pe_algo(e), len = pe_len(e);
+
+		if (algo == COMPRESSOR_RAW) {
+			r = pool_load(d->pool, pe_payload(e), t->page, len);
+		} else {
+			r = pool_load(d->pool, pe_payload(e), t->compressed, len);
+			if (r == 0)
+				r = compressor_decompress(t->compressor, algo, t->compressed, len,
+							  t->page);
+		}
+		if (r < 0)
+			poisoned = true;
+	}
+
+	if (uz_unlikely(poisoned)) {
+		struct uffdio_poison poison = { .range = { addr, UZ_PAGE_SIZE }, .mode = 0 };
+
+		client_stat(c, UZ_STAT_decompress_fail, 1);
+		r = ioctl(c->uffd, UFFDIO_POISON, &poison) == 0 ? 0 : -errno;
+		if (r < 0 && r != -EAGAIN) {
+			/* No poison support: zeros are all we have left. */
+			r = uffd_copy_page(c->uffd, addr, t->zero_page);
+		}
+	} else {
+		r = uffd_copy_page(c->uffd, addr, t->page);
+	}
+	if (r == -EAGAIN)
+		return r;
+	if (r == -EEXIST)
+		uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+	else if (r < 0) {
+		uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+		return r;
+	}
+
+	if (pe_state(e) == PAGE_STORED) {
+		pool_release(d->pool, pe_payload(e));
+		client_stat(c, UZ_STAT_compressed_bytes, -(int64_t)pe_len(e));
+	} else {
+		client_stat(c, UZ_STAT_same_filled_pages, -1);
+	}
+	client_stat(c, UZ_STAT_stored_pages, -1);
+	client_stat(c, UZ_STAT_zswpin, 1);
+	client_resident_add(c, 1);
+	*new_entry = pe_make(e, PAGE_RESIDENT, true, 0, 0, 0);
+	return 0;
+}
+
+/* Serve one MISSING fault.  0: served or parked; -EAGAIN: retry later. */
+static int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, bool write)
+{
+	uint64_t vpn = addr >> UZ_PAGE_SHIFT;
+	page_entry_t e, new_entry;
+	uint64_t start_ns;
+	int r;
+
+	if (uz_unlikely(vpn > VPN_MAX)) {
+		uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+		return 0;
+	}
+	if (uz_unlikely(client_in_graveyard(c, addr))) {
+		/* Nobody should touch the graveyard; serve zeros, track nothing. */
+		r = fault_zero_one(t, c, addr, write);
+		if (r < 0 && r != -EAGAIN && r != -EEXIST)
+			uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+		return r == -EAGAIN ? r : 0;
+	}
+
+	e = page_index_get(c->index, vpn);
+	switch (pe_state(e)) {
+	case PAGE_NEVER:
+		return fault_zero_fill(t, c, vpn, write);
+	case PAGE_RESIDENT:
+		/* Dropped by the kernel (MADV_FREE), or a second fault on the same page. */
+		r = fault_zero_one(t, c, addr, write);
+		if (r < 0 && r != -EAGAIN && r != -EEXIST)
+			uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+		return r == -EAGAIN ? r : 0;
+	case PAGE_IN_FLIGHT:
+		c->slots[pe_payload(e) % UZ_EVICT_BATCH_MAX].parked = true;
+		client_stat(c, UZ_STAT_inflight_faults, 1);
+		return 0;
+	case PAGE_STORED:
+	case PAGE_SAME_FILLED:
+		start_ns = uz_now_nsec();
+		r = fault_load_page(t, c, vpn, e, &new_entry);
+		if (r == -EAGAIN)
+			return r;
+		if (r == 0) {
+			page_index_set(c->index, vpn, new_entry);
+			latency_hist_record(c->daemon->fault_latency, uz_now_nsec() - start_ns);
+		}
+		return 0;
+	default:
+		/* ON_DISK / WRITEBACK do not exist yet. */
+		uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+		return 0;
+	}
+}
+
+/* ---------------------------------------------------------------------------
+ * VM events
+ */
+
+static int forget_one(uint64_t vpn, page_entry_t *entry, void *userdata)
+{
+	entry_release(userdata, *entry);
+	*entry = 0;
+	return 0;
+}
+
+/* Free every entry of [start, end) (REMOVE, UNMAP, UNREGISTER, exit). */
+static void client_forget_range(struct client *c, uint64_t start, uint64_t end)
+{
+	uint64_t first = start >> UZ_PAGE_SHIFT, last;
+
+	end = uz_min(end, (VPN_MAX + 1) << UZ_PAGE_SHIFT);
+	if (start >= end)
+		return;
+	last = ((end + UZ_PAGE_SIZE - 1) >> UZ_PAGE_SHIFT) - 1;
+	page_index_walk(c->index, first, last, forget_one, c);
+}
+
+struct remap_item {
+	uint64_t offset; /* pages from the start of the old range */
+	page_entry_t entry;
+};
+
+struct remap_ctx {
+	uint64_t first;
+	struct remap_item *items;
+	size_t nr, capacity;
+	bool failed;
+};
+
+static int remap_collect(uint64_t vpn, page_entry_t *entry, void *userdata)
+{
+	struct remap_ctx *ctx = userdata;
+
+	if (ctx->nr == ctx->capacity) {
+		size_t cap = ctx->capacity ? ctx->capacity * 2 : 256;
+		struct remap_item *items = realloc(ctx->items, cap * sizeof(*items));
+
+		if (!items) {
+			ctx->failed = true;
+			return 1;
+		}
+		ctx->items = items;
+		ctx->capacity = cap;
+	}
+	ctx->items[ctx->nr++] = (struct remap_item){ vpn - ctx->first, *entry };
+	*entry = 0;
+	return 0;
+}
+
+static void client_remap(struct client *c, uint64_t from, uint64_t to, uint64_t len)
+{
+	struct remap_ctx ctx = { .first = from >> UZ_PAGE_SHIFT };
+	struct client_region parts[64];
+	unsigned nr_parts = 0;
+
+	if (!uz_page_aligned(from) || !uz_page_aligned(to) || !len || from + len < from ||
+	    to + len < to || ((from + len - 1) >> UZ_PAGE_SHIFT) > VPN_MAX ||
+	    ((to + len - 1) >> UZ_PAGE_SHIFT) > VPN_MAX)
+		return;
+	len = (len + UZ_PAGE_SIZE - 1) & UZ_PAGE_MASK;
+
+	page_index_walk(c->index, from >> UZ_PAGE_SHIFT, ((from + len) >> UZ_PAGE_SHIFT) - 1,
+			remap_collect, &ctx);
+	/* On allocation failure the entries collected move, the rest are freed. */
+	if (ctx.failed)
+		client_forget_range(c, from, from + len);
+
+	for (size_t i = 0; i < ctx.nr; i++) {
+		uint64_t vpn = (to >> UZ_PAGE_SHIFT) + ctx.items[i].offset;
+		page_entry_t entry = ctx.items[i].entry;
+		page_entry_t old = page_index_get(c->index, vpn);
+
+		if (old)
+			entry_release(c, old);
+		if (pe_state(entry) == PAGE_IN_FLIGHT)
+			c->slots[pe_payload(entry) % UZ_EVICT_BATCH_MAX].vpn = vpn;
+		if (page_index_set(c->index, vpn, entry) < 0)
+			entry_release(c, entry); /* out of memory: the page is lost */
+	}
+	free(ctx.items);
+
+	/* The registered regions follow the mapping. */
+	for (const struct client_region *r = client_region_find(c, from);
+	     r && r < c->regions + c->nr_regions && r->start < from + len && nr_parts < 64; r++) {
+		parts[nr_parts].start = uz_max(r->start, from) - from + to;
+		parts[nr_parts].end = uz_min(r->end, from + len) - from + to;
+		nr_parts++;
+	}
+	client_region_remove(c, from, from + len);
+	for (unsigned i = 0; i < nr_parts; i++)
+		(void)client_region_add(c, parts[i].start, parts[i].end);
+
+	/* A thread parked on the old address must retry its access. */
+	uffd_wake(c->uffd, from, len);
+}
+
+/* ---------------------------------------------------------------------------
+ * Eviction
+ */
+
+static bool client_may_evict(const struct client *c)
+{
+	if (c->dead || c->batch_state != BATCH_IDLE || c->fork_pause || c->shutdown_sent)
+		return false;
+	/* A request that gives pages back is waiting: do not take more away. */
+	if (c->nr_requests) {
+		uint32_t type = c->requests[c->requests_head].type;
+
+		if (type != CLIENT_REQ_REGISTER && type != CLIENT_REQ_STATS)
+			return false;
+	}
+	return true;
+}
+
+struct victim_ctx {
+	struct client *client;
+	uint64_t *addrs;
+	unsigned count;
+	unsigned want;
+	bool ignore_referenced;
+	uint64_t last_vpn;
+};
+
+static int victim_pick(uint64_t vpn, page_entry_t *entry, void *userdata)
+{
+	struct victim_ctx *ctx = userdata;
+	struct client *c = ctx->client;
+	unsigned slot;
+
+	if (pe_state(*entry) != PAGE_RESIDENT)
+		return 0;
+	if (!client_region_find(c, vpn << UZ_PAGE_SHIFT))
+		return 0; /* only pages of registered ranges leave */
+	ctx->last_vpn = vpn;
+	if (!ctx->ignore_referenced && pe_referenced(*entry)) {
+		*entry &= ~PE_REFERENCED;
+		return 0;
+	}
+	slot = ctx->count++;
+	c->slots[slot] = (struct evict_slot){ .vpn = vpn, .state = EVICT_SLOT_SENT };
+	ctx->addrs[slot] = vpn << UZ_PAGE_SHIFT;
+	*entry = pe_make(*entry, PAGE_IN_FLIGHT, false, 0, 0, slot);
+	return ctx->count >= ctx->want ? 1 : 0;
+}
+
+static void client_reclaim(struct fault_thread *t, struct client *c)
+{
+	struct victim_ctx ctx = { .client = c, .addrs = t->evict_msg->addrs };
+	uint64_t want_pressure = 0;
+	bool cold = c->cold_start < c->cold_end;
+	size_t size;
+	int r;
+
+	if (!client_may_evict(c))
+		return;
+	if (c->resident > c->high_pages)
+		want_pressure = uz_min(c->resident - c->low_pages, (uint64_t)UZ_EVICT_BATCH_MAX);
+	if (!want_pressure && !cold)
+		return;
+
+	if (cold) {
+		ctx.want = UZ_EVICT_BATCH_MAX;
+		ctx.ignore_referenced = true;
+		r = page_index_walk(c->index, c->cold_start, c->cold_end - 1, victim_pick, &ctx);
+		c->cold_start = r > 0 ? ctx.last_vpn + 1 : c->cold_end;
+		ctx.ignore_referenced = false;
+	}
+	if (ctx.count < want_pressure) {
+		ctx.want = (unsigned)want_pressure;
+		/* From the hand to the end, then twice round: a full sweep clears every bit. */
+		for (int pass = 0; pass < 3 && ctx.count < ctx.want; pass++) {
+			r = page_index_walk(c->index, c->clock_hand, VPN_MAX, victim_pick, &ctx);
+			if (r > 0) {
+				c->clock_hand = ctx.last_vpn + 1;
+				break;
+			}
+			c->clock_hand = 0;
+		}
+	}
+	if (!ctx.count)
+		return;
+
+	size = offsetof(struct uz_msg_evict, addrs) + ctx.count * sizeof(uint64_t);
+	uz_msg_header_init(&t->evict_msg->header, UZ_MSG_EVICT, (uint32_t)size, 0);
+	t->evict_msg->batch = c->batch_id + 1;
+	t->evict_msg->count = ctx.count;
+	r = client_send(c, t->evict_msg, size);
+	if (r < 0) {
+		/* Not sent (socket full): every victim stays resident. */
+		for (unsigned i = 0; i < ctx.count; i++) {
+			uint64_t vpn = c->slots[i].vpn;
+
+			page_index_set(c->index, vpn,
+				       pe_make(page_index_get(c->index, vpn), PAGE_RESIDENT, false,
+					       0, 0, 0));
+			c->slots[i].state = EVICT_SLOT_EMPTY;
+		}
+		return;
+	}
+	c->batch_id++;
+	c->batch_count = ctx.count;
+	c->batch_state = BATCH_SENT;
+	c->in_flight += ctx.count;
+	client_resident_add(c, -(int64_t)ctx.count);
+	client_stat(c, UZ_STAT_evict_requests, 1);
+}
+
+/* Compress one moved page into the pool.  0, or -errno: the caller puts it back. */
+static int fault_store_page(struct fault_thread *t, struct client *c, uint64_t vpn,
+			    page_entry_t e, const uint8_t *page)
+{
+	struct daemon *d = c->daemon;
+	uint64_t word, pattern;
+	const void *data = t->compressed;
+	unsigned algo = compressor_algo(t->compressor);
+	pool_handle_t handle;
+	int len, r;
+
+	if (page_same_filled(page, &word) && pattern_intern(word, &pattern) == 0) {
+		e = pe_make(e, PAGE_SAME_FILLED, true, 0, 0, pattern);
+		page_index_set(c->index, vpn, e);
+		client_stat(c, UZ_STAT_stored_pages, 1);
+		client_stat(c, UZ_STAT_same_filled_pages, 1);
+		client_stat(c, UZ_STAT_zswpout, 1);
+		return 0;
+	}
+
+	len = compressor_compress(t->compressor, page, t->compressed, c->policy.poor_threshold);
+	if (len == -E2BIG) {
+		client_stat(c, UZ_STAT_reject_compress_poor, 1);
+		if (c->policy.poor_policy != UZ_POOR_KEEP_RAW)
+			return -E2BIG;
+		data = page;
+		algo = COMPRESSOR_RAW;
+		len = (int)UZ_PAGE_SIZE;
+	} else if (len <= 0) {
+		client_stat(c, UZ_STAT_reject_compress_fail, 1);
+		return len < 0 ? len : -EIO;
+	}
+	r = pool_store(d->pool, data, (size_t)len, &handle);
+	if (r < 0) {
+		client_stat(c, UZ_STAT_reject_alloc_fail, 1);
+		return r;
+	}
+	e = pe_make(e, PAGE_STORED, true, algo, (unsigned)len, handle);
+	entry_lru_push(c, vpn, &e);
+	page_index_set(c->index, vpn, e);
+	client_stat(c, UZ_STAT_stored_pages, 1);
+	client_stat(c, UZ_STAT_compressed_bytes, len);
+	client_stat(c, UZ_STAT_zswpout, 1);
+	return 0;
+}
+
+static void client_run_requests(struct fault_thread *t, struct client *c);
+
+/*
+ * Put back the pages of the landed batch that must return from the ring.
+ * When none is left the batch is over: requests waiting for it run and
+ * reclaim may send the next one.
+ */
+static void client_batch_install(struct fault_thread *t, struct client *c)
+{
+	for (unsigned i = 0; i < c->batch_count && c->batch_pending_installs; i++) {
+		struct evict_slot *s = &c->slots[i];
+		page_entry_t e;
+		int r;
+
+		if (s->state != EVICT_SLOT_INSTALL)
+			continue;
+		if (s->discarded) {
+			s->state = EVICT_SLOT_EMPTY;
+			c->batch_pending_installs--;
+			if (s->parked)
+				fault_retry_add(t, c, s->vpn << UZ_PAGE_SHIFT, false);
+			continue;
+		}
+		r = uffd_copy_page(c->uffd, s->vpn << UZ_PAGE_SHIFT, c->ring + (size_t)i * UZ_PAGE_SIZE);
+		if (r == -EAGAIN) {
+			t->want_retry = true;
+			continue;
+		}
+		e = page_index_get(c->index, s->vpn);
+		if (r == 0 || r == -EEXIST) {
+			if (r == -EEXIST)
+				uffd_wake(c->uffd, s->vpn << UZ_PAGE_SHIFT, UZ_PAGE_SIZE);
+			page_index_set(c->index, s->vpn, pe_make(e, PAGE_RESIDENT, true, 0, 0, 0));
+			client_resident_add(c, 1);
+		} else {
+			/* The mapping is gone: so is the page. */
+			uffd_wake(c->uffd, s->vpn << UZ_PAGE_SHIFT, UZ_PAGE_SIZE);
+			page_index_set(c->index, s->vpn, pe_make(e, PAGE_NEVER, false, 0, 0, 0));
+		}
+		c->in_flight--;
+		s->state = EVICT_SLOT_EMPTY;
+		c->batch_pending_installs--;
+	}
+	if (c->batch_state == BATCH_LANDING && !c->batch_pending_installs) {
+		c->batch_state = BATCH_IDLE;
+		client_run_requests(t, c);
+	}
+}
+
+static int client_evict_done(struct fault_thread *t, struct client *c,
+			     const struct uz_msg_evict_done *m, size_t len)
+{
+	struct daemon *d = c->daemon;
+	bool pool_full;
+
+	if (len < offsetof(struct uz_msg_evict_done, status) || c->batch_state != BATCH_SENT ||
+	    m->batch != c->batch_id || m->count != c->batch_count ||
+	    len != offsetof(struct uz_msg_evict_done, status) + (size_t)m->count * sizeof(int32_t))
+		return -EBADMSG;
+	for (unsigned i = 0; i < m->count; i++)
+		if (m->status[i] > 0 || m->status[i] < -4095)
+			return -EBADMSG;
+
+	pool_full = c->policy.pool_max != UZ_UNLIMITED &&
+		    (uint64_t)stats_read(d->stats, UZ_STAT_compressed_bytes) >= c->policy.pool_max;
+
+	c->batch_state = BATCH_LANDING;
+	c->batch_pending_installs = 0;
+	for (unsigned i = 0; i < m->count; i++) {
+		struct evict_slot *s = &c->slots[i];
+		int status = m->status[i];
+		page_entry_t e;
+
+		if (s->discarded) {
+			/* REMOVE/UNMAP came first: the page reads as zeros now. */
+			s->state = EVICT_SLOT_EMPTY;
+			if (s->parked)
+				fault_retry_add(t, c, s->vpn << UZ_PAGE_SHIFT, false);
+			continue;
+		}
+		e = page_index_get(c->index, s->vpn);
+		if (pe_state(e) != PAGE_IN_FLIGHT || pe_payload(e) != i) {
+			s->state = EVICT_SLOT_EMPTY;
+			continue;
+		}
+		if (status == 0) {
+			int r = -ENOSPC;
+
+			if (!s->parked) {
+				if (pool_full)
+					client_stat(c, UZ_STAT_pool_limit_hit, 1);
+				else
+					r = fault_store_page(t, c, s->vpn, e,
+							     c->ring + (size_t)i * UZ_PAGE_SIZE);
+			}
+			if (r == 0) {
+				c->in_flight--;
+				s->state = EVICT_SLOT_EMPTY;
+			} else {
+				/* Parked fault or store refused: back from the ring. */
+				s->state = EVICT_SLOT_INSTALL;
+				c->batch_pending_installs++;
+			}
+			continue;
+		}
+
+		client_stat(c, UZ_STAT_evict_failed_pages, 1);
+		c->in_flight--;
+		if (status == -ENOENT) {
+			/* Not there to move: it was never populated or the kernel dropped it. */
+			page_index_set(c->index, s->vpn, pe_make(e, PAGE_NEVER, false, 0, 0, 0));
+		} else {
+			page_index_set(c->index, s->vpn, pe_make(e, PAGE_RESIDENT, true, 0, 0, 0));
+			client_resident_add(c, 1);
+		}
+		s->state = EVICT_SLOT_EMPTY;
+		if (s->parked)
+			fault_retry_add(t, c, s->vpn << UZ_PAGE_SHIFT, false);
+	}
+	client_batch_install(t, c);
+	return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Giving pages back
+ */
+
+struct restore_ctx {
+	struct fault_thread *thread;
+	struct client *client;
+	bool mark_referenced; /* HOT: resident pages become referenced too */
+	bool skip_in_flight;  /* best effort (a bad client): do not wait for the batch */
+	int error;
+	uint64_t stopped_at;
+};
+
+static int restore_one(uint64_t vpn, page_entry_t *entry, void *userdata)
+{
+	struct restore_ctx *ctx = userdata;
+	page_entry_t new_entry;
+	int r;
+
+	switch (pe_state(*entry)) {
+	case PAGE_RESIDENT:
+		if (ctx->mark_referenced)
+			*entry |= PE_REFERENCED;
+		return 0;
+	case PAGE_IN_FLIGHT:
+		if (ctx->skip_in_flight)
+			return 0;
+		ctx->error = -EBUSY;
+		ctx->stopped_at = vpn;
+		return 1;
+	case PAGE_STORED:
+	case PAGE_SAME_FILLED:
+		r = fault_load_page(ctx->thread, ctx->client, vpn, *entry, &new_entry);
+		if (r == 0) {
+			*entry = new_entry;
+			return 0;
+		}
+		if (r == -EAGAIN || r == -ESRCH) {
+			ctx->error = r;
+			ctx->stopped_at = vpn;
+			return 1;
+		}
+		return 0; /* mapping gone: its UNMAP event frees the entry */
+	default:
+		return 0;
+	}
+}
+
+/*
+ * Copy every stored page of [*cursor, last] back.  0 when done, -EAGAIN
+ * (retry; *cursor advanced), -EBUSY (a page is in flight), -ESRCH.
+ */
+static int client_restore_range(struct fault_thread *t, struct client *c, uint64_t *cursor,
+				uint64_t last, bool mark_referenced, bool skip_in_flight)
+{
+	struct restore_ctx ctx = {
+		.thread = t,
+		.client = c,
+		.mark_referenced = mark_referenced,
+		.skip_in_flight = skip_in_flight,
+	};
+
+	if (*cursor > last)
+		return 0;
+	page_index_walk(c->index, *cursor, last, restore_one, &ctx);
+	if (ctx.error) {
+		*cursor = ctx.stopped_at;
+		if (ctx.error == -EAGAIN)
+			t->want_retry = true;
+		return ctx.error;
+	}
+	*cursor = last + 1;
+	return 0;
+}
+
+/* Give back what can be given without waiting on the client (it misbehaved or left). */
+static void client_restore_best_effort(struct fault_thread *t, struct client *c)
+{
+	uint64_t cursor = 0;
+
+	for (int tries = 0; tries < 1000; tries++) {
+		int r;
+
+		if (c->batch_state == BATCH_LANDING)
+			client_batch_install(t, c);
+		r = client_restore_range(t, c, &cursor, VPN_MAX, false, true);
+		if (r == 0 && c->batch_state != BATCH_LANDING)
+			return;
+		if (r < 0 && r != -EAGAIN)
+			return;
+		sched_yield();
+	}
+}
+
+/* ---------------------------------------------------------------------------
+ * Client lifetime on the thread
+ */
+
+static void fault_retries_purge(struct fault_thread *t, struct client *c)
+{
+	unsigned j = 0;
+
+	for (unsigned i = 0; i < t->nr_retries; i++)
+		if (t->retries[i].client != c)
+			t->retries[j++] = t->retries[i];
+	t->nr_retries = j;
+}
+
+/* Stop serving a client; its memory goes at the end of this loop round. */
+static void client_kill(struct fault_thread *t, struct client *c, bool give_back)
+{
+	if (c->dead)
+		return;
+	/* Dead first: nothing below may re-enter the request queue or kill again. */
+	c->dead = true;
+	if (give_back && !c->gone)
+		client_restore_best_effort(t, c);
+	epoll_ctl(t->epoll_fd, EPOLL_CTL_DEL, c->uffd, NULL);
+	epoll_ctl(t->epoll_fd, EPOLL_CTL_DEL, c->sock_fd, NULL);
+	uz_list_del(&c->thread_link);
+	uz_list_add_tail(&t->dead, &c->thread_link);
+}
+
+static void client_destroy(struct fault_thread *t, struct client *c)
+{
+	struct daemon *d = t->daemon;
+
+	fault_retries_purge(t, c);
+	client_forget_range(c, 0, (VPN_MAX + 1) << UZ_PAGE_SHIFT);
+	uz_list_del(&c->thread_link);
+	pthread_mutex_lock(&d->clients_lock);
+	uz_list_del(&c->link);
+	d->nr_clients--;
+	pthread_mutex_unlock(&d->clients_lock);
+	client_free(c);
+}
+
+/* ---------------------------------------------------------------------------
+ * Requests
+ */
+
+static int reply_send(struct client *c, uint32_t seq, int status)
+{
+	struct uz_msg_reply reply = { 0 };
+
+	uz_msg_header_init(&reply.header, UZ_MSG_REPLY, sizeof(reply), seq);
+	reply.status = status;
+	return client_send(c, &reply, sizeof(reply));
+}
+
+static int stats_reply_send(struct client *c, uint32_t seq)
+{
+	struct uz_msg_stats_reply reply = { 0 };
+
+	uz_msg_header_init(&reply.header, UZ_MSG_STATS_REPLY, sizeof(reply), seq);
+	reply.registered_bytes = c->registered_bytes;
+	reply.resident_pages = c->resident;
+	reply.stored_pages = (uint64_t)stats_read(c->stats, UZ_STAT_stored_pages);
+	reply.same_filled_pages = (uint64_t)stats_read(c->stats, UZ_STAT_same_filled_pages);
+	reply.on_disk_pages = (uint64_t)stats_read(c->stats, UZ_STAT_on_disk_pages);
+	reply.compressed_bytes = (uint64_t)stats_read(c->stats, UZ_STAT_compressed_bytes);
+	reply.faults = c->faults;
+	reply.zswpin = (uint64_t)stats_read(c->stats, UZ_STAT_zswpin);
+	reply.zswpout = (uint64_t)stats_read(c->stats, UZ_STAT_zswpout);
+	return client_send(c, &reply, sizeof(reply));
+}
+
+struct populate_ctx {
+	struct client *client;
+};
+
+static int populate_one(uint64_t vpn, void *userdata)
+{
+	struct client *c = userdata;
+	page_entry_t e = page_index_get(c->index, vpn);
+	int r;
+
+	if (pe_state(e) != PAGE_NEVER)
+		return 0;
+	r = page_index_set(c->index, vpn, pe_make(e, PAGE_RESIDENT, false, 0, 0, 0));
+	if (r < 0)
+		return r;
+	client_resident_add(c, 1);
+	return 0;
+}
+
+static int request_register(struct client *c, struct client_request *req)
+{
+	int r;
+
+	if (req->start < c->graveyard_end && req->end > c->graveyard_start)
+		return -EINVAL;
+	r = client_check_anon_range(c, req->start, req->end);
+	if (r < 0)
+		return r;
+	r = client_region_add(c, req->start, req->end);
+	if (r < 0)
+		return r;
+	if (req->arg & UZ_REGISTER_POPULATED) {
+		r = client_pagemap_present(c, req->start, req->end, populate_one, c);
+		if (r < 0 && r != -ENODEV) {
+			client_region_remove(c, req->start, req->end);
+			client_forget_range(c, req->start, req->end);
+			return r;
+		}
+	}
+	return 0;
+}
+
+/*
+ * One step of the request at the head of the queue.  Returns the status to
+ * answer, REQUEST_ANSWERED, or -EINPROGRESS when it must wait (for the
+ * batch to land, or to retry an EAGAIN: then t->want_retry is set).
+ */
+static int request_step(struct fault_thread *t, struct client *c, struct client_request *req)
+{
+	uint64_t first = req->start >> UZ_PAGE_SHIFT, last = (req->end >> UZ_PAGE_SHIFT) - 1;
+	int r;
+
+	switch (req->type) {
+	case CLIENT_REQ_REGISTER:
+		return request_register(c, req);
+	case CLIENT_REQ_STATS:
+		r = stats_reply_send(c, req->seq);
+		return r < 0 ? r : REQUEST_ANSWERED;
+	case CLIENT_REQ_HINT:
+		if (req->arg == UZ_HINT_COLD) {
+			c->cold_start = first;
+			c->cold_end = last + 1;
+			return 0;
+		}
+		/* HOT: bring the range back and keep it a sweep longer. */
+		if (c->cold_start < c->cold_end && first < c->cold_end && last >= c->cold_start)
+			c->cold_start = c->cold_end = 0;
+		break;
+	case CLIENT_REQ_UNREGISTER:
+	case CLIENT_REQ_FORK_PREPARE:
+	case CLIENT_REQ_SHUTDOWN:
+		break;
+	default:
+		return -EINVAL;
+	}
+
+	/* The restoring kinds: wait for the batch, then walk. */
+	if (c->batch_state != BATCH_IDLE)
+		return -EINPROGRESS;
+	if (!req->started) {
+		req->started = true;
+		req->cursor = first;
+	}
+	r = client_restore_range(t, c, &req->cursor, last, req->type == CLIENT_REQ_HINT, false);
+	if (r == -EAGAIN || r == -EBUSY)
+		return -EINPROGRESS;
+	if (r < 0)
+		return r;
+
+	switch (req->type) {
+	case CLIENT_REQ_UNREGISTER:
+		/* Forget the range: its pages are the client's alone from now on. */
+		client_forget_range(c, req->start, req->end);
+		client_region_remove(c, req->start, req->end);
+		return 0;
+	case CLIENT_REQ_SHUTDOWN: {
+		struct uz_msg_header msg;
+
+		uz_msg_header_init(&msg, UZ_MSG_SHUTDOWN, sizeof(msg), 0);
+		r = client_send(c, &msg, sizeof(msg));
+		if (r < 0)
+			return r;
+		c->shutdown_sent = true;
+		return REQUEST_ANSWERED;
+	}
+	default:
+		return 0;
+	}
+}
+
+static void client_run_requests(struct fault_thread *t, struct client *c)
+{
+	while (c->nr_requests && !c->dead) {
+		struct client_request *req = &c->requests[c->requests_head];
+		int r = request_step(t, c, req);
+
+		if (r == -EINPROGRESS)
+			return;
+		if (req->type == CLIENT_REQ_SHUTDOWN && r < 0) {
+			client_kill(t, c, false); /* pages were given back as far as possible */
+			return;
+		}
+		if (r != REQUEST_ANSWERED && reply_send(c, req->seq, r) < 0) {
+			client_kill(t, c, true);
+			return;
+		}
+		c->requests_head = (c->requests_head + 1) % UZ_CLIENT_REQUESTS_MAX;
+		c->nr_requests--;
+	}
+}
+
+static int request_push(struct client *c, uint32_t type, uint32_t seq, uint64_t start,
+			uint64_t end, uint32_t arg)
+{
+	struct client_request *req;
+
+	if (c->nr_requests == UZ_CLIENT_REQUESTS_MAX)
+		return -EBADMSG;
+	req = &c->requests[(c->requests_head + c->nr_requests) % UZ_CLIENT_REQUESTS_MAX];
+	*req = (struct client_request){
+		.type = type, .seq = seq, .start = start, .end = end, .arg = arg,
+	};
+	c->nr_requests++;
+	return 0;
+}
+
+/* start/len of a range message: page aligned, non-empty, inside user space. */
+static bool range_valid(uint64_t start, uint64_t len)
+{
+	return uz_page_aligned(start) && uz_page_aligned(len) && len > 0 && start < UZ_USER_ADDR_MAX &&
+	       len <= UZ_USER_ADDR_MAX - start;
+}
+
+/* One message from the client's socket.  < 0: the client broke the protocol. */
+static int client_handle_message(struct fault_thread *t, struct client *c, const void *buf,
+				 size_t len)
+{
+	const struct uz_msg_header *h = buf;
+
+	if (len < sizeof(*h) || h->magic != UZ_PROTO_MAGIC || h->version != UZ_PROTO_VERSION ||
+	    h->size != len)
+		return -EBADMSG;
+
+	switch (h->type) {
+	case UZ_MSG_REGISTER:
+	case UZ_MSG_UNREGISTER: {
+		const struct uz_msg_range *m = buf;
+		uint32_t allowed = h->type == UZ_MSG_REGISTER ? UZ_REGISTER_POPULATED : 0;
+
+		if (len != sizeof(*m) || !range_valid(m->start, m->len) || (m->flags & ~allowed) ||
+		    m->reserved)
+			return -EBADMSG;
+		return request_push(c, h->type, h->seq, m->start, m->start + m->len, m->flags);
+	}
+	case UZ_MSG_HINT: {
+		const struct uz_msg_hint *m = buf;
+
+		if (len != sizeof(*m) || !range_valid(m->start, m->len) ||
+		    (m->hint != UZ_HINT_COLD && m->hint != UZ_HINT_HOT) || m->reserved)
+			return -EBADMSG;
+		return request_push(c, CLIENT_REQ_HINT, h->seq, m->start, m->start + m->len,
+				    m->hint);
+	}
+	case UZ_MSG_FORK_PREPARE:
+		if (len != sizeof(*h) || c->fork_pause >= FAULT_FORK_PAUSE_MAX)
+			return -EBADMSG;
+		c->fork_pause++;
+		return request_push(c, CLIENT_REQ_FORK_PREPARE, h->seq, 0,
+				    (VPN_MAX + 1) << UZ_PAGE_SHIFT, 0);
+	case UZ_MSG_FORK_DONE:
+		if (len != sizeof(*h))
+			return -EBADMSG;
+		if (c->fork_pause)
+			c->fork_pause--;
+		return 0;
+	case UZ_MSG_STATS:
+		if (len != sizeof(*h))
+			return -EBADMSG;
+		return request_push(c, CLIENT_REQ_STATS, h->seq, 0, UZ_PAGE_SIZE, 0);
+	case UZ_MSG_EVICT_DONE:
+		return client_evict_done(t, c, buf, len);
+	case UZ_MSG_SHUTDOWN_ACK:
+		if (len != sizeof(*h) || !c->shutdown_sent)
+			return -EBADMSG;
+		c->gone = true;
+		client_kill(t, c, false);
+		return 0;
+	default:
+		return -EBADMSG;
+	}
+}
+
+static void client_handle_socket(struct fault_thread *t, struct client *c)
+{
+	union {
+		struct uz_msg_header header;
+		uint8_t raw[UZ_MSG_SIZE_MAX];
+	} buf;
+
+	for (int round = 0; round < FAULT_SOCKET_ROUNDS && !c->dead; round++) {
+		int fds[4];
+		unsigned nfds = 0;
+		ssize_t len = client_recv(c->sock_fd, &buf, sizeof(buf), fds, &nfds, 4);
+
+		if (len == -EAGAIN || len == -EINTR)
+			break;
+		if (len == 0) {
+			/* The process exited (or dropped us): give back what we can. */
+			client_kill(t, c, true);
+			return;
+		}
+		if (len < 0 || nfds) {
+			for (unsigned i = 0; i < nfds; i++)
+				close(fds[i]);
+			client_kill(t, c, true);
+			return;
+		}
+		if (client_handle_message(t, c, &buf, (size_t)len) < 0) {
+			client_kill(t, c, true);
+			return;
+		}
+	}
+	client_run_requests(t, c);
+}
+
+static void client_handle_uffd(struct fault_thread *t, struct client *c)
+{
+	struct uffd_msg msgs[FAULT_UFFD_BATCH];
+
+	for (int round = 0; round < FAULT_UFFD_ROUNDS && !c->dead; round++) {
+		ssize_t n = read(c->uffd, msgs, sizeof(msgs));
+
+		if (n < 0) {
+			if (errno == EAGAIN)
+				break;
+			if (errno == EINTR)
+				continue;
+			client_kill(t, c, true);
+			return;
+		}
+		if (n == 0 || n % sizeof(msgs[0])) {
+			client_kill(t, c, true);
+			return;
+		}
+		for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]) && !c->dead; i++) {
+			const struct uffd_msg *m = &msgs[i];
+
+			switch (m->event) {
+			case UFFD_EVENT_PAGEFAULT: {
+				uint64_t addr = m->arg.pagefault.address & UZ_PAGE_MASK;
+				bool write = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
+
+				c->faults++;
+				if (fault_serve(t, c, addr, write) == -EAGAIN)
+					fault_retry_add(t, c, addr, write);
+				break;
+			}
+			case UFFD_EVENT_REMOVE:
+				if (m->arg.remove.start >= c->graveyard_start &&
+				    m->arg.remove.end <= c->graveyard_end)
+					break; /* the agent dropping its graveyard */
+				client_forget_range(c, m->arg.remove.start, m->arg.remove.end);
+				break;
+			case UFFD_EVENT_UNMAP:
+				client_forget_range(c, m->arg.remove.start, m->arg.remove.end);
+				client_region_remove(c, m->arg.remove.start & UZ_PAGE_MASK,
+						     (m->arg.remove.end + UZ_PAGE_SIZE - 1) &
+							     UZ_PAGE_MASK);
+				break;
+			case UFFD_EVENT_REMAP:
+				client_remap(c, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
+				break;
+			case UFFD_EVENT_FORK:
+				/* Not requested by the protocol; a child's uffd we never serve. */
+				close((int)m->arg.fork.ufd);
+				break;
+			default:
+				break;
+			}
+		}
+		if ((size_t)n < sizeof(msgs))
+			break;
+	}
+}
+
+/* Retry what returned EAGAIN: faults, installs, waiting requests. */
+static void fault_thread_retry(struct fault_thread *t)
+{
+	unsigned n = t->nr_retries, kept = 0;
+
+	t->want_retry = false;
+	for (unsigned i = 0; i < n; i++) {
+		struct fault_retry *r = &t->retries[i];
+
+		if (r->client->dead)
+			continue;
+		if (fault_serve(t, r->client, r->addr, r->write) == -EAGAIN)
+			t->retries[kept++] = *r;
+	}
+	t->nr_retries = kept;
+	if (kept)
+		t->want_retry = true;
+
+	for (struct uz_list *i = t->clients.next, *next; i != &t->clients; i = next) {
+		struct client *c = uz_container_of(i, struct client, thread_link);
+
+		next = i->next;
+		if (c->batch_state == BATCH_LANDING)
+			client_batch_install(t, c);
+		if (!c->dead)
+			client_run_requests(t, c);
+		if (!c->dead)
+			client_reclaim(t, c);
+	}
+}
+
+/* ---------------------------------------------------------------------------
+ * The thread
+ */
+
+static void fault_thread_adopt_inbox(struct fault_thread *t)
+{
+	struct uz_list inbox;
+	bool drain;
+	uint64_t deadline;
+	uint64_t value;
+
+	(void)read(t->event_fd, &value, sizeof(value));
+	uz_list_init(&inbox);
+	pthread_mutex_lock(&t->lock);
+	if (!uz_list_empty(&t->inbox)) {
+		inbox.next = t->inbox.next;
+		inbox.prev = t->inbox.prev;
+		inbox.next->prev = &inbox;
+		inbox.prev->next = &inbox;
+		uz_list_init(&t->inbox);
+	}
+	drain = t->drain;
+	deadline = t->drain_deadline;
+	pthread_mutex_unlock(&t->lock);
+
+	if (drain && !t->draining) {
+		t->draining = true;
+		t->deadline = deadline;
+		for (struct uz_list *i = t->clients.next, *next; i != &t->clients; i = next) {
+			struct client *c = uz_container_of(i, struct client, thread_link);
+
+			next = i->next;
+			if (request_push(c, CLIENT_REQ_SHUTDOWN, 0, 0, (VPN_MAX + 1) << UZ_PAGE_SHIFT,
+					 0) < 0)
+				client_kill(t, c, true);
+			else
+				client_run_requests(t, c);
+		}
+	}
+
+	while (!uz_list_empty(&inbox)) {
+		struct client *c = uz_container_of(inbox.next, struct client, thread_link);
+		struct epoll_event ev_uffd = { .events = EPOLLIN, .data.ptr = &c->source_uffd };
+		struct epoll_event ev_sock = { .events = EPOLLIN | EPOLLRDHUP,
+					       .data.ptr = &c->source_socket };
+
+		uz_list_del(&c->thread_link);
+		uz_list_add_tail(&t->clients, &c->thread_link);
+		c->thread = t;
+		c->source_uffd = (struct fault_source){ c, FAULT_SOURCE_UFFD };
+		c->source_socket = (struct fault_source){ c, FAULT_SOURCE_SOCKET };
+		if (epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, c->uffd, &ev_uffd) < 0 ||
+		    epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, c->sock_fd, &ev_sock) < 0) {
+			client_kill(t, c, false);
+			continue;
+		}
+		if (t->draining) {
+			if (request_push(c, CLIENT_REQ_SHUTDOWN, 0, 0,
+					 (VPN_MAX + 1) << UZ_PAGE_SHIFT, 0) < 0)
+				client_kill(t, c, true);
+			else
+				client_run_requests(t, c);
+		}
+	}
+}
+
+static void fault_thread_reap(struct fault_thread *t)
+{
+	while (!uz_list_empty(&t->dead))
+		client_destroy(t, uz_container_of(t->dead.next, struct client, thread_link));
+}
+
+static void *fault_thread_main(void *arg)
+{
+	struct fault_thread *t = arg;
+	struct epoll_event events[64];
+	unsigned spins = 0;
+
+	(void)stats_thread_register();
+	for (;;) {
+		int timeout = -1, n;
+		bool stop;
+
+		if (t->want_retry)
+			timeout = spins < FAULT_SPIN_POLLS ? 0 : 1;
+		if (t->draining) {
+			uint64_t now = uz_now_usec();
+			int left = now >= t->deadline ? 0 : (int)((t->deadline - now) / 1000 + 1);
+
+			if (timeout < 0 || left < timeout)
+				timeout = left;
+		}
+		n = epoll_wait(t->epoll_fd, events, UZ_ARRAY_SIZE(events), timeout);
+		if (n < 0 && errno != EINTR)
+			break;
+		for (int i = 0; i < n; i++) {
+			struct fault_source *src = events[i].data.ptr;
+			struct client *c = src->client;
+
+			if (src->kind == FAULT_SOURCE_EVENTFD) {
+				fault_thread_adopt_inbox(t);
+				continue;
+			}
+			if (c->dead)
+				continue;
+			if (src->kind == FAULT_SOURCE_UFFD) {
+				if (events[i].events & EPOLLERR)
+					client_kill(t, c, false);
+				else
+					client_handle_uffd(t, c);
+			} else {
+				client_handle_socket(t, c);
+			}
+			if (!c->dead)
+				client_reclaim(t, c);
+		}
+
+		if (t->want_retry) {
+			if (n <= 0) {
+				spins++;
+				sched_yield();
+			}
+			fault_thread_retry(t);
+		} else {
+			spins = 0;
+		}
+		fault_thread_reap(t);
+
+		pthread_mutex_lock(&t->lock);
+		stop = t->stop;
+		pthread_mutex_unlock(&t->lock);
+		if (stop)
+			break;
+		if (t->draining) {
+			if (uz_list_empty(&t->clients))
+				break;
+			if (uz_now_usec() >= t->deadline) {
+				while (!uz_list_empty(&t->clients)) {
+					struct client *c = uz_container_of(t->clients.next,
+									   struct client,
+									   thread_link);
+
+					__atomic_fetch_add(&t->daemon->drain_timeouts, 1,
+							   __ATOMIC_RELAXED);
+					client_kill(t, c, true);
+				}
+				fault_thread_reap(t);
+				break;
+			}
+		}
+	}
+	return NULL;
+}
+
+int fault_thread_new(struct fault_thread **out, struct daemon *daemon, unsigned index)
+{
+	struct fault_thread *t;
+	struct epoll_event ev;
+	size_t evict_size = offsetof(struct uz_msg_evict, addrs) + UZ_EVICT_BATCH_MAX * sizeof(uint64_t);
+	int r;
+
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	t->daemon = daemon;
+	t->index = index;
+	t->epoll_fd = -1;
+	t->event_fd = -1;
+	pthread_mutex_init(&t->lock, NULL);
+	uz_list_init(&t->inbox);
+	uz_list_init(&t->clients);
+	uz_list_init(&t->dead);
+
+	r = compressor_new(&t->compressor, daemon->policy.algo, daemon->policy.level);
+	if (r < 0)
+		goto fail;
+	r = -ENOMEM;
+	t->page = aligned_alloc(UZ_PAGE_SIZE, UZ_PAGE_SIZE);
+	t->zero_page = aligned_alloc(UZ_PAGE_SIZE, UZ_PAGE_SIZE);
+	t->compressed = aligned_alloc(UZ_PAGE_SIZE, UZ_PAGE_SIZE);
+	t->evict_msg = calloc(1, evict_size);
+	t->retries = calloc(FAULT_RETRY_MAX, sizeof(*t->retries));
+	if (!t->page || !t->zero_page || !t->compressed || !t->evict_msg || !t->retries)
+		goto fail;
+	memset(t->zero_page, 0, UZ_PAGE_SIZE);
+
+	t->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+	t->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (t->epoll_fd < 0 || t->event_fd < 0) {
+		r = -errno;
+		goto fail;
+	}
+	t->event_source = (struct fault_source){ NULL, FAULT_SOURCE_EVENTFD };
+	ev = (struct epoll_event){ .events = EPOLLIN, .data.ptr = &t->event_source };
+	if (epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, t->event_fd, &ev) < 0) {
+		r = -errno;
+		goto fail;
+	}
+	r = -pthread_create(&t->thread, NULL, fault_thread_main, t);
+	if (r < 0)
+		goto fail;
+	t->started = true;
+	{
+		char name[16];
+
+		snprintf(name, sizeof(name), "uzswapd-fault%u", index);
+		pthread_setname_np(t->thread, name);
+	}
+	*out = t;
+	return 0;
+
+fail:
+	fault_thread_free(t);
+	return r;
+}
+
+static void fault_thread_kick(struct fault_thread *t)
+{
+	uint64_t one = 1;
+
+	(void)write(t->event_fd, &one, sizeof(one));
+}
+
+void fault_thread_adopt(struct fault_thread *t, struct client *client)
+{
+	pthread_mutex_lock(&t->lock);
+	uz_list_add_tail(&t->inbox, &client->thread_link);
+	pthread_mutex_unlock(&t->lock);
+	fault_thread_kick(t);
+}
+
+void fault_thread_drain(struct fault_thread *t, uint64_t deadline_usec)
+{
+	pthread_mutex_lock(&t->lock);
+	t->drain = true;
+	t->drain_deadline = deadline_usec;
+	pthread_mutex_unlock(&t->lock);
+	fault_thread_kick(t);
+}
+
+void fault_thread_join(struct fault_thread *t)
+{
+	if (t->started) {
+		pthread_join(t->thread, NULL);
+		t->started = false;
+	}
+}
+
+struct fault_thread *fault_thread_free(struct fault_thread *t)
+{
+	if (!t)
+		return NULL;
+	if (t->started) {
+		pthread_mutex_lock(&t->lock);
+		t->stop = true;
+		pthread_mutex_unlock(&t->lock);
+		fault_thread_kick(t);
+		fault_thread_join(t);
+	}
+	/* Whatever is left (no drain asked, or clients never adopted) goes now. */
+	while (!uz_list_empty(&t->inbox)) {
+		struct client *c = uz_container_of(t->inbox.next, struct client, thread_link);
+
+		uz_list_del(&c->thread_link);
+		uz_list_add_tail(&t->dead, &c->thread_link);
+	}
+	while (!uz_list_empty(&t->clients)) {
+		struct client *c = uz_container_of(t->clients.next, struct client, thread_link);
+
+		uz_list_del(&c->thread_link);
+		uz_list_add_tail(&t->dead, &c->thread_link);
+	}
+	fault_thread_reap(t);
+	if (t->epoll_fd >= 0)
+		close(t->epoll_fd);
+	if (t->event_fd >= 0)
+		close(t->event_fd);
+	compressor_free(t->compressor);
+	free(t->page);
+	free(t->zero_page);
+	free(t->compressed);
+	free(t->evict_msg);
+	free(t->retries);
+	pthread_mutex_destroy(&t->lock);
+	free(t);
+	return NULL;
+}

@@ -1,0 +1,277 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The agent thread: the daemon's hands inside the client process.
+ *
+ * It is the only reader of the socket.  Replies go to the threads waiting
+ * for them (conn.c).  EVICT is carried out here because only a thread of
+ * the target can move its pages (the kernel refuses cross-mm UFFDIO_MOVE
+ * and remote MADV_DONTNEED):
+ *
+ *   for each run of consecutive victims
+ *       UFFDIO_MOVE victim -> graveyard slot i     (the address becomes a
+ *                                                   hole atomically)
+ *   copy every moved slot to ring slot i
+ *   madvise(graveyard span, MADV_DONTNEED)          (one REMOVE event)
+ *   EVICT_DONE {status[i]: 0 moved, or -errno}
+ *
+ * A partial move reports the bytes moved in uffdio_move.move with EAGAIN;
+ * the next attempt starts at the first page not moved and learns its real
+ * errno.  EAGAIN without progress (the mm is changing: a REMAP or fork
+ * event is pending) is retried a bounded number of times.
+ *
+ * The agent never takes a library lock while working on an EVICT, never
+ * allocates, and runs with every signal blocked.  It takes range_lock only
+ * to leave, after failing every waiter, so no app thread that holds
+ * range_lock can be waiting for it.
+ *
+ * Leaving: SHUTDOWN (every page is back) -> unregister all, SHUTDOWN_ACK,
+ * close.  EOF or a socket error (the daemon died) -> first drop our uffd
+ * reference by dup2()ing /dev/null over its number: the daemon's reference
+ * died with it, so the kernel unregisters every range and wakes every
+ * thread blocked on a fault or an event, including threads that hold
+ * range_lock; then take range_lock and clean up.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sched.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+
+#include "client.h"
+#include "uffd-compat.h"
+#include "util.h"
+
+#define UZ_MOVE_EAGAIN_RETRIES 1000
+
+struct agent_batch {
+	const uint64_t *addrs;
+	uint32_t count;
+	int32_t status[UZ_EVICT_BATCH_MAX];
+};
+
+static inline char *graveyard_slot(uint32_t i)
+{
+	return (char *)uz_client.graveyard + (size_t)i * UZ_PAGE_SIZE;
+}
+
+/* Move victims [first, first + n) whose addresses are consecutive. */
+static void agent_move_run(struct agent_batch *batch, uint32_t first, uint32_t n)
+{
+	uint32_t done = 0;
+	unsigned int retries = 0;
+
+	while (done < n) {
+		uint32_t i = first + done;
+		struct uffdio_move move = {
+			.dst = (uintptr_t)graveyard_slot(i),
+			.src = batch->addrs[i],
+			.len = (uint64_t)(n - done) * UZ_PAGE_SIZE,
+			.mode = UFFDIO_MOVE_MODE_DONTWAKE,
+		};
+		int error;
+
+		if (ioctl(uz_client.uffd, UFFDIO_MOVE, &move) == 0) {
+			for (; done < n; done++)
+				batch->status[first + done] = 0;
+			return;
+		}
+		error = errno;
+		if (move.move > 0) {
+			uint32_t moved = move.move / UZ_PAGE_SIZE;
+
+			for (uint32_t j = 0; j < moved && done < n; j++, done++)
+				batch->status[first + done] = 0;
+			retries = 0;
+			continue;
+		}
+		if (error == EAGAIN && retries++ < UZ_MOVE_EAGAIN_RETRIES) {
+			sched_yield();
+			continue;
+		}
+		batch->status[i] = -error;
+		done++;
+		retries = 0;
+	}
+}
+
+static bool victim_valid(uint64_t addr)
+{
+	uint64_t grave = (uintptr_t)uz_client.graveyard;
+	uint64_t ring = (uintptr_t)uz_client.ring;
+
+	if (!uz_page_aligned(addr) || addr == 0)
+		return false;
+	if (addr >= grave && addr < grave + UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE)
+		return false;
+	if (addr >= ring && addr < ring + uz_client.ring_size)
+		return false;
+	return true;
+}
+
+static void agent_evict(const struct uz_msg_evict *evict, size_t size)
+{
+	struct {
+		struct uz_msg_evict_done done;
+		int32_t status[UZ_EVICT_BATCH_MAX];
+	} answer;
+	struct agent_batch batch;
+	uint32_t count = evict->count, i, lowest = UINT32_MAX, highest = 0;
+
+	if (count == 0 || count > uz_client.batch_max ||
+	    size != offsetof(struct uz_msg_evict, addrs) + (size_t)count * sizeof(uint64_t))
+		return; /* malformed: nothing was moved, say nothing */
+
+	batch.addrs = evict->addrs;
+	batch.count = count;
+	i = 0;
+	while (i < count) {
+		uint32_t run = 1;
+
+		if (!victim_valid(batch.addrs[i])) {
+			batch.status[i++] = -EINVAL;
+			continue;
+		}
+		while (i + run < count && victim_valid(batch.addrs[i + run]) &&
+		       batch.addrs[i + run] == batch.addrs[i] + (uint64_t)run * UZ_PAGE_SIZE)
+			run++;
+		agent_move_run(&batch, i, run);
+		i += run;
+	}
+
+	for (i = 0; i < count; i++) {
+		if (batch.status[i] != 0)
+			continue;
+		memcpy((char *)uz_client.ring + (size_t)i * UZ_PAGE_SIZE, graveyard_slot(i),
+		       UZ_PAGE_SIZE);
+		lowest = uz_min(lowest, i);
+		highest = i;
+	}
+	if (lowest != UINT32_MAX)
+		madvise(graveyard_slot(lowest), (size_t)(highest - lowest + 1) * UZ_PAGE_SIZE,
+			MADV_DONTNEED);
+
+	answer.done.batch = evict->batch;
+	answer.done.count = count;
+	memcpy(answer.done.status, batch.status, count * sizeof(int32_t));
+	uz_conn_send(&answer, offsetof(struct uz_msg_evict_done, status) + count * sizeof(int32_t),
+		     UZ_MSG_EVICT_DONE);
+}
+
+/* The daemon is gone: drop our uffd reference without freeing its number. */
+static void agent_release_uffd(void)
+{
+	int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+
+	if (null < 0)
+		return; /* leave() closes it */
+	dup3(null, uz_client.uffd, O_CLOEXEC);
+	close(null);
+}
+
+static void agent_leave(bool daemon_alive)
+{
+	uz_conn_close_begin();
+	if (!daemon_alive)
+		agent_release_uffd();
+	uz_ranges_lock();
+	uz_client_leave(daemon_alive);
+	uz_ranges_unlock();
+	if (!daemon_alive)
+		uz_notice("libuzswap: lost uzswapd at %s; running unmanaged",
+			  uz_client.socket_path);
+}
+
+static bool header_valid(const struct uz_msg_header *header, size_t n)
+{
+	return n >= sizeof(*header) && header->magic == UZ_PROTO_MAGIC &&
+	       header->version == UZ_PROTO_VERSION && header->size == n;
+}
+
+static void *agent_main(void *arg)
+{
+	union {
+		struct uz_msg_header header;
+		char bytes[UZ_MSG_SIZE_MAX];
+	} buf;
+	union {
+		char buf[CMSG_SPACE(4 * sizeof(int))];
+		struct cmsghdr align;
+	} control;
+
+	uz_client.agent_thread = pthread_self();
+	atomic_store(&uz_client.agent_running, true);
+	for (;;) {
+		struct iovec iov = { .iov_base = &buf, .iov_len = sizeof(buf) };
+		struct msghdr msg = {
+			.msg_iov = &iov,
+			.msg_iovlen = 1,
+			.msg_control = control.buf,
+			.msg_controllen = sizeof(control.buf),
+		};
+		struct cmsghdr *cmsg;
+		ssize_t n;
+
+		n = recvmsg(uz_client.sock, &msg, MSG_CMSG_CLOEXEC);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			agent_leave(false);
+			goto out;
+		}
+		/* No message to a client carries descriptors after HELLO_REPLY. */
+		for (cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+			if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS)
+				for (size_t i = 0; i < (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+				     i++) {
+					int fd;
+
+					memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
+					close(fd);
+				}
+		}
+		if ((msg.msg_flags & MSG_TRUNC) || !header_valid(&buf.header, n))
+			continue;
+
+		switch (buf.header.type) {
+		case UZ_MSG_REPLY:
+		case UZ_MSG_STATS_REPLY:
+			uz_conn_deliver(&buf.header, &buf, n);
+			break;
+		case UZ_MSG_EVICT:
+			if (n >= (ssize_t)offsetof(struct uz_msg_evict, addrs))
+				agent_evict((const struct uz_msg_evict *)&buf, n);
+			break;
+		case UZ_MSG_SHUTDOWN:
+			agent_leave(true);
+			goto out;
+		default:
+			break;
+		}
+	}
+out:
+	atomic_store(&uz_client.agent_running, false);
+	return NULL;
+}
+
+/* Start the agent with every signal blocked.  Caller: join. */
+int uz_agent_start(void)
+{
+	sigset_t all, old;
+	pthread_attr_t attr;
+	pthread_t thread;
+	int r;
+
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&attr, 256 * 1024);
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	r = -pthread_create(&thread, &attr, agent_main, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_attr_destroy(&attr);
+	return r;
+}

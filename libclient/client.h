@@ -1,0 +1,136 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libuzswap internals: the state one client process keeps, and the modules
+ * that share it.
+ *
+ *   init.c          constructor, environment, joining the daemon (uffd,
+ *                   graveyard, HELLO), leaving it, the one-line notices
+ *   conn.c          the socket: sends, and requests matched to replies by seq
+ *   agent.c         the agent thread: sole reader of the socket, EVICT,
+ *                   SHUTDOWN, daemon loss
+ *   ranges.c        the table of registered ranges, REGISTER/UNREGISTER
+ *   hooks-mmap.c    mmap, mmap64, munmap, mremap
+ *   hooks-malloc.c  the malloc family: large blocks go to registered mappings
+ *   fork.c          pthread_atfork handlers (docs/PROTOCOL.md section 4)
+ *   api.c           the public uzswap_* functions
+ *
+ * Nothing here may call malloc: every table is backed by raw mmap(2)
+ * system calls, because the malloc hooks themselves use these modules.
+ *
+ * Locks, outermost first.  No other nesting is allowed.
+ *   1. range_lock (ranges.c): joining and leaving, the range table, every
+ *      UFFDIO_(UN)REGISTER and every munmap/mremap that may touch a
+ *      registered range.  It may be held while waiting for a reply: the
+ *      agent takes it only to leave, and before that it fails every waiter.
+ *   2. block_lock (hooks-malloc.c): the table of large malloc blocks.
+ *   3. request_lock (conn.c): connection state, waiters, socket users.
+ *      Never held across a system call that can block.
+ * The fork prepare handler takes all three in that order.
+ */
+#pragma once
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "protocol.h"
+
+#define UZ_EXPORT __attribute__((visibility("default")))
+
+enum uz_client_state {
+	UZ_CLIENT_OFF = 0, /* not managed: no daemon, refused, left or disabled */
+	UZ_CLIENT_MANAGED, /* joined: the agent runs, ranges may be registered */
+	UZ_CLIENT_CLOSING, /* the agent is leaving: new requests fail with -ENOTCONN */
+};
+
+struct uz_client {
+	/* Set once by the constructor (or the first hook that needs them). */
+	atomic_bool ready;     /* the constructor has run: hooks may steer */
+	bool disabled;         /* UZSWAP_DISABLE=1 */
+	size_t min_region;     /* UZSWAP_MIN_REGION, page multiple */
+	char socket_path[108]; /* sizeof(sun_path) */
+
+	/* Written under range_lock and request_lock, read under either. */
+	atomic_int state;           /* enum uz_client_state */
+	int uffd;                   /* our own reference, kept while managed */
+	int sock;                   /* SOCK_SEQPACKET to uzswapd */
+	uint64_t uffd_features;     /* granted by UFFDIO_API */
+	void *graveyard;            /* UZ_EVICT_BATCH_MAX pages, kept across leave and fork */
+	void *ring;                 /* the daemon's memfd, MAP_SHARED */
+	size_t ring_size;
+	uint32_t batch_max;         /* pages per EVICT: min(ring pages, graveyard pages) */
+	uint64_t client_id;
+	pthread_t agent_thread;
+	atomic_bool agent_running;
+	bool joined_once;           /* for the fork child: was the parent managed */
+};
+
+extern struct uz_client uz_client;
+
+/* Large mallocs go to registered mappings when size >= this (SIZE_MAX: never). */
+extern atomic_size_t uz_steer_min;
+
+static inline bool uz_client_managed(void)
+{
+	return atomic_load_explicit(&uz_client.state, memory_order_acquire) == UZ_CLIENT_MANAGED;
+}
+
+static inline bool uz_is_agent(void)
+{
+	return atomic_load_explicit(&uz_client.agent_running, memory_order_acquire) &&
+	       pthread_equal(pthread_self(), uz_client.agent_thread);
+}
+
+/* init.c */
+void uz_client_init(void);
+int uz_client_join(bool fork_child);
+void uz_client_leave(bool daemon_alive);
+void uz_notice(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void *uz_raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+int uz_raw_munmap(void *addr, size_t len);
+void *uz_raw_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr);
+
+/* conn.c */
+void uz_conn_reset(void);
+void uz_conn_lock(void);
+void uz_conn_unlock(void);
+int uz_conn_send(void *msg, size_t size, uint16_t type);
+int uz_conn_request(void *msg, size_t size, uint16_t type, void *reply, size_t reply_size,
+		    uint16_t reply_type);
+void uz_conn_deliver(const struct uz_msg_header *header, const void *msg, size_t size);
+void uz_conn_close_begin(void);
+void uz_conn_close_finish(void);
+
+/* agent.c */
+int uz_agent_start(void);
+
+/* ranges.c */
+void uz_ranges_lock(void);
+void uz_ranges_unlock(void);
+void uz_ranges_reset_lock(void);
+bool uz_ranges_any(void);
+int uz_range_register_locked(uint64_t start, uint64_t len, uint32_t flags);
+int uz_range_unregister_locked(uint64_t start, uint64_t len);
+bool uz_range_overlaps_locked(uint64_t start, uint64_t len);
+bool uz_range_contains_locked(uint64_t start, uint64_t len);
+void uz_range_forget_locked(uint64_t start, uint64_t len);
+void uz_range_remember_locked(uint64_t start, uint64_t len);
+void uz_ranges_unregister_all_locked(void);
+void uz_ranges_clear_locked(void);
+void uz_ranges_reregister_locked(void);
+
+/* hooks-mmap.c */
+void *uz_mmap_managed(size_t len, size_t align);
+int uz_munmap_tracked(void *addr, size_t len);
+void *uz_mremap_tracked(void *old, size_t old_len, size_t new_len, int flags, void *new_addr);
+
+/* hooks-malloc.c */
+void uz_blocks_lock(void);
+void uz_blocks_unlock(void);
+void uz_blocks_reset_lock(void);
+
+/* fork.c */
+int uz_fork_install(void);

@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * fork(2) without UFFD_FEATURE_EVENT_FORK (docs/PROTOCOL.md section 4).
+ *
+ * The child of a process with registered ranges inherits them unregistered
+ * (we never ask for EVENT_FORK, which needs CAP_SYS_PTRACE), so every page
+ * must be present when the kernel copies the address space:
+ *
+ *   prepare  take range_lock (no registration can start), FORK_PREPARE and
+ *            wait: the daemon lands its batch, gives every page back and
+ *            pauses eviction.  Then take block_lock and request_lock so the
+ *            child does not inherit them held by a thread it does not have.
+ *   parent   FORK_DONE, unlock.
+ *   child    reset every lock and the inherited connection (the socket, the
+ *            uffd and the ring are the parent's), and if the parent was
+ *            managed join afresh with UZ_HELLO_FORK_CHILD and register every
+ *            range again with UZ_REGISTER_POPULATED.  The graveyard
+ *            mapping is inherited and reused.
+ *
+ * vfork and posix_spawn run no atfork handlers and need none: the child
+ * shares the parent's memory until it execs, and exec closes the uffd
+ * (O_CLOEXEC) and the socket (SOCK_CLOEXEC); the new image loads the
+ * library afresh if LD_PRELOAD says so.
+ */
+#include <errno.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "util.h"
+
+static bool fork_was_managed; /* prepare -> parent/child, under range_lock */
+
+static void fork_prepare(void)
+{
+	uz_ranges_lock();
+	fork_was_managed = uz_client_managed();
+	if (fork_was_managed && !uz_is_agent()) {
+		struct uz_msg_header request = { 0 };
+		struct uz_msg_reply reply;
+
+		/*
+		 * Whatever the answer, fork goes on: on -ENOTCONN the agent is
+		 * leaving and the pages are back (SHUTDOWN) or lost (crash).
+		 */
+		uz_conn_request(&request, sizeof(request), UZ_MSG_FORK_PREPARE, &reply,
+				sizeof(reply), UZ_MSG_REPLY);
+	}
+	uz_blocks_lock();
+	uz_conn_lock();
+}
+
+static void fork_parent(void)
+{
+	uz_conn_unlock();
+	uz_blocks_unlock();
+	if (fork_was_managed) {
+		struct uz_msg_header done = { 0 };
+
+		uz_conn_send(&done, sizeof(done), UZ_MSG_FORK_DONE);
+	}
+	uz_ranges_unlock();
+}
+
+static void fork_child(void)
+{
+	bool was_managed = fork_was_managed;
+
+	uz_conn_reset();
+	uz_blocks_reset_lock();
+	uz_ranges_reset_lock();
+
+	atomic_store(&uz_steer_min, SIZE_MAX);
+	atomic_store(&uz_client.agent_running, false);
+	atomic_store(&uz_client.state, UZ_CLIENT_OFF);
+	if (uz_client.sock >= 0)
+		close(uz_client.sock);
+	uz_client.sock = -1;
+	if (uz_client.uffd >= 0)
+		close(uz_client.uffd); /* our copy of the parent's: the parent keeps its own */
+	uz_client.uffd = -1;
+	if (uz_client.ring)
+		uz_raw_munmap(uz_client.ring, uz_client.ring_size);
+	uz_client.ring = NULL;
+
+	uz_ranges_lock();
+	if (was_managed && uz_client_join(true) == 0)
+		uz_ranges_reregister_locked();
+	else
+		uz_ranges_clear_locked();
+	uz_ranges_unlock();
+}
+
+int uz_fork_install(void)
+{
+	return -pthread_atfork(fork_prepare, fork_parent, fork_child);
+}

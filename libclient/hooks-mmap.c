@@ -1,0 +1,234 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * mmap, mmap64, munmap and mremap, interposed.
+ *
+ * mmap registers new private anonymous read-write mappings of at least
+ * UZSWAP_MIN_REGION bytes (not stacks, not hugetlb).  MAP_FIXED is fine:
+ * the kernel unmaps what was there first (the daemon sees UNMAP) and the
+ * table forgets it, then the new mapping registers like any other.  A
+ * MAP_POPULATE mapping already has its pages, so it registers as
+ * UZ_REGISTER_POPULATED.  If registration fails the mapping is returned
+ * unmanaged: the caller always gets its memory.
+ *
+ * munmap and mremap need no message (the daemon reads UNMAP and REMAP
+ * events) but the range table must follow them, since the fork child
+ * registers what the table says.  The kernel keeps the uffd registration
+ * of a moved or grown mapping; a grown tail is announced with a REGISTER
+ * so the daemon counts it.  They hold range_lock across the system call
+ * only when the range overlaps a registered one, so that no other thread
+ * can register a fresh mapping at that address in between.
+ *
+ * The real calls are made with syscall(2), never through dlsym: the hooks
+ * may run before the constructor and inside the dynamic linker's own
+ * allocations.  The agent thread always takes the plain path.
+ */
+/*
+ * <sys/mman.h> renames mmap to mmap64 under _FILE_OFFSET_BITS=64 (meson's
+ * default); this file defines both symbols, so it must see the real names.
+ * off_t is 64 bits on every 64-bit ABI either way.
+ */
+#undef _FILE_OFFSET_BITS
+
+#include <errno.h>
+#include <stdarg.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+
+#include "client.h"
+#include "uffd-compat.h"
+#include "util.h"
+
+static inline uint64_t page_round_up(uint64_t len)
+{
+	return (len + UZ_PAGE_SIZE - 1) & UZ_PAGE_MASK;
+}
+
+static bool mapping_wanted(size_t len, int prot, int flags)
+{
+	if (!atomic_load_explicit(&uz_client.ready, memory_order_acquire) || !uz_client_managed())
+		return false;
+	if (len < uz_client.min_region || prot != (PROT_READ | PROT_WRITE))
+		return false;
+	if ((flags & MAP_TYPE) != MAP_PRIVATE || !(flags & MAP_ANONYMOUS))
+		return false;
+	if (flags & (MAP_GROWSDOWN | MAP_STACK | MAP_HUGETLB))
+		return false;
+	return !uz_is_agent();
+}
+
+static void *mmap_hook(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	bool fixed = flags & (MAP_FIXED | MAP_FIXED_NOREPLACE);
+	void *p;
+	int saved;
+
+	if (!mapping_wanted(len, prot, flags)) {
+		if (!(flags & MAP_FIXED) || !uz_ranges_any() || uz_is_agent())
+			return uz_raw_mmap(addr, len, prot, flags, fd, off);
+		/* MAP_FIXED over registered memory: the old range is gone. */
+		uz_ranges_lock();
+		p = uz_raw_mmap(addr, len, prot, flags, fd, off);
+		if (p != MAP_FAILED)
+			uz_range_forget_locked((uintptr_t)p, page_round_up(len));
+		uz_ranges_unlock();
+		return p;
+	}
+
+	if (fixed)
+		uz_ranges_lock();
+	p = uz_raw_mmap(addr, len, prot, flags, fd, off);
+	if (p == MAP_FAILED) {
+		if (fixed)
+			uz_ranges_unlock();
+		return p;
+	}
+	saved = errno;
+	if (!fixed)
+		uz_ranges_lock();
+	else
+		uz_range_forget_locked((uintptr_t)p, page_round_up(len));
+	uz_range_register_locked((uintptr_t)p, page_round_up(len),
+				 (flags & MAP_POPULATE) ? UZ_REGISTER_POPULATED : 0);
+	uz_ranges_unlock();
+	errno = saved;
+	return p;
+}
+
+UZ_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	return mmap_hook(addr, len, prot, flags, fd, off);
+}
+
+UZ_EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	return mmap_hook(addr, len, prot, flags, fd, off);
+}
+
+/*
+ * A fresh registered mapping of len bytes aligned to align (a power of two,
+ * at least a page), for the malloc hooks.  NULL when the kernel says no;
+ * unregistered (but usable) when the daemon says no.
+ */
+void *uz_mmap_managed(size_t len, size_t align)
+{
+	size_t map_len = len + (align > UZ_PAGE_SIZE ? align : 0);
+	uintptr_t start, aligned;
+	void *p;
+	int saved = errno;
+
+	if (map_len < len)
+		return NULL;
+	p = uz_raw_mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			0);
+	if (p == MAP_FAILED)
+		return NULL;
+	start = (uintptr_t)p;
+	aligned = (start + align - 1) & ~(uintptr_t)(align - 1);
+	if (aligned > start)
+		uz_raw_munmap(p, aligned - start);
+	if (start + map_len > aligned + len)
+		uz_raw_munmap((void *)(aligned + len), start + map_len - aligned - len);
+
+	if (uz_client_managed() && !uz_is_agent()) {
+		uz_ranges_lock();
+		uz_range_register_locked(aligned, len, 0);
+		uz_ranges_unlock();
+	}
+	errno = saved;
+	return (void *)aligned;
+}
+
+int uz_munmap_tracked(void *addr, size_t len)
+{
+	int r;
+
+	if (!uz_ranges_any() || uz_is_agent())
+		return uz_raw_munmap(addr, len);
+	uz_ranges_lock();
+	if (!uz_range_overlaps_locked((uintptr_t)addr, page_round_up(len))) {
+		uz_ranges_unlock();
+		return uz_raw_munmap(addr, len);
+	}
+	r = uz_raw_munmap(addr, len);
+	if (r == 0)
+		uz_range_forget_locked((uintptr_t)addr, page_round_up(len));
+	uz_ranges_unlock();
+	return r;
+}
+
+UZ_EXPORT int munmap(void *addr, size_t len)
+{
+	return uz_munmap_tracked(addr, len);
+}
+
+/* Announce a grown tail, which the kernel registered with the mapping. */
+static void mremap_extend_locked(uint64_t start, uint64_t len)
+{
+	struct uz_msg_range msg = { .start = start, .len = len };
+	struct uz_msg_reply reply;
+	int r;
+
+	r = uz_conn_request(&msg, sizeof(msg), UZ_MSG_REGISTER, &reply, sizeof(reply),
+			    UZ_MSG_REPLY);
+	if (r == 0)
+		r = reply.status;
+	if (r == 0) {
+		uz_range_remember_locked(start, len);
+	} else if (uz_client.uffd >= 0) {
+		struct uffdio_range range = { .start = start, .len = len };
+
+		ioctl(uz_client.uffd, UFFDIO_UNREGISTER, &range);
+	}
+}
+
+void *uz_mremap_tracked(void *old, size_t old_len, size_t new_len, int flags, void *new_addr)
+{
+	uint64_t old_start = (uintptr_t)old;
+	uint64_t old_size = page_round_up(old_len), new_size = page_round_up(new_len);
+	bool contained;
+	void *p;
+	int saved;
+
+	if (!uz_ranges_any() || uz_is_agent())
+		return uz_raw_mremap(old, old_len, new_len, flags, new_addr);
+	uz_ranges_lock();
+	if (!uz_range_overlaps_locked(old_start, old_size) &&
+	    !((flags & MREMAP_FIXED) &&
+	      uz_range_overlaps_locked((uintptr_t)new_addr, new_size))) {
+		uz_ranges_unlock();
+		return uz_raw_mremap(old, old_len, new_len, flags, new_addr);
+	}
+	contained = uz_range_contains_locked(old_start, old_size);
+	p = uz_raw_mremap(old, old_len, new_len, flags, new_addr);
+	if (p == MAP_FAILED) {
+		uz_ranges_unlock();
+		return p;
+	}
+	saved = errno;
+	if (!(flags & MREMAP_DONTUNMAP))
+		uz_range_forget_locked(old_start, old_size);
+	/* What the kernel unmapped at the target (MREMAP_FIXED) is gone too. */
+	uz_range_forget_locked((uintptr_t)p, new_size);
+	if (contained) {
+		uz_range_remember_locked((uintptr_t)p, uz_min(old_size, new_size));
+		if (new_size > old_size && uz_client_managed())
+			mremap_extend_locked((uintptr_t)p + old_size, new_size - old_size);
+	}
+	uz_ranges_unlock();
+	errno = saved;
+	return p;
+}
+
+UZ_EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
+{
+	void *new_addr = NULL;
+
+	if (flags & MREMAP_FIXED) {
+		va_list ap;
+
+		va_start(ap, flags);
+		new_addr = va_arg(ap, void *);
+		va_end(ap);
+	}
+	return uz_mremap_tracked(old, old_len, new_len, flags, new_addr);
+}

@@ -1,0 +1,579 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Joining and leaving uzswapd (docs/PROTOCOL.md sections 1 and 5).
+ *
+ * The constructor reads the environment, installs the fork handlers and
+ * joins: it creates a full userfaultfd (never UFFD_USER_MODE_ONLY, or a
+ * read(2) into an evicted buffer would fail with EFAULT), negotiates the
+ * features the protocol needs (MOVE is required), maps and registers the
+ * graveyard, connects with a short timeout, sends HELLO with the uffd and
+ * our own pagemap, maps the ring the daemon answers with, and starts the
+ * agent thread.  Any failure leaves the process unmanaged and says so in
+ * exactly one line on stderr; the program itself never notices.
+ *
+ * Leaving is the agent's job (SHUTDOWN or daemon loss), see agent.c.
+ *
+ * System calls that would be interposed (mmap, munmap, mremap) are made
+ * with syscall(2) so that the library never re-enters its own hooks.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "client.h"
+#include "uffd-compat.h"
+#include "util.h"
+
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
+#endif
+
+#define UZ_CONNECT_TIMEOUT_MS 1000
+#define UZ_HELLO_TIMEOUT_MS 5000
+#define UZ_MIN_REGION_DEFAULT (1UL << 20)
+
+/* Features the protocol cannot work without, and those it takes when offered. */
+#define UZ_FEATURES_REQUIRED                                                                       \
+	(UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |         \
+	 UFFD_FEATURE_MOVE)
+#define UZ_FEATURES_OPTIONAL (UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EXACT_ADDRESS)
+
+struct uz_client uz_client = {
+	.uffd = -1,
+	.sock = -1,
+	.min_region = UZ_MIN_REGION_DEFAULT,
+};
+
+void *uz_raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+}
+
+int uz_raw_munmap(void *addr, size_t len)
+{
+	return (int)syscall(SYS_munmap, addr, len);
+}
+
+void *uz_raw_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr)
+{
+	return (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
+}
+
+/* One line on stderr, written in one write(2), no stdio and no malloc. */
+void uz_notice(const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n > sizeof(line) - 2)
+		n = sizeof(line) - 2;
+	line[n++] = '\n';
+	(void)!write(STDERR_FILENO, line, n);
+}
+
+/* "1048576", "512K", "4M", "1G" (also "4MiB", "4mb"); 0 on a bad value. */
+static size_t parse_size(const char *s)
+{
+	unsigned long long value;
+	char *end;
+
+	errno = 0;
+	value = strtoull(s, &end, 10);
+	if (errno || end == s)
+		return 0;
+	switch (*end) {
+	case 'k': case 'K': value <<= 10; end++; break;
+	case 'm': case 'M': value <<= 20; end++; break;
+	case 'g': case 'G': value <<= 30; end++; break;
+	default: break;
+	}
+	if (*end == 'i')
+		end++;
+	if (*end == 'b' || *end == 'B')
+		end++;
+	if (*end)
+		return 0;
+	return value;
+}
+
+static void read_environment(void)
+{
+	const char *value;
+
+	value = getenv("UZSWAP_DISABLE");
+	uz_client.disabled = value && *value && strcmp(value, "0") != 0;
+
+	value = getenv("UZSWAP_MIN_REGION");
+	if (value) {
+		size_t size = parse_size(value);
+
+		if (size)
+			uz_client.min_region = (size + UZ_PAGE_SIZE - 1) & UZ_PAGE_MASK;
+	}
+
+	value = getenv("UZSWAP_SOCKET");
+	if (value && *value) {
+		snprintf(uz_client.socket_path, sizeof(uz_client.socket_path), "%s", value);
+	} else if (geteuid() == 0) {
+		snprintf(uz_client.socket_path, sizeof(uz_client.socket_path), "%s/uzswapd.sock",
+			 UZSWAP_RUNDIR);
+	} else {
+		value = getenv("XDG_RUNTIME_DIR");
+		if (value && *value)
+			snprintf(uz_client.socket_path, sizeof(uz_client.socket_path),
+				 "%s/uzswap/uzswapd.sock", value);
+	}
+}
+
+/* A full userfaultfd: /dev/userfaultfd first, then the system call. */
+static int uffd_open(int *out)
+{
+	int devfd, fd, saved;
+
+	devfd = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	if (devfd >= 0) {
+		fd = ioctl(devfd, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+		close(devfd);
+		if (fd >= 0) {
+			*out = fd;
+			return 0;
+		}
+	}
+	fd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (fd >= 0) {
+		*out = fd;
+		return 0;
+	}
+	saved = errno;
+	/* Would a user-mode-only one work?  Then say precisely why we refuse. */
+	fd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+	if (fd >= 0) {
+		close(fd);
+		return -EPERM;
+	}
+	return -saved;
+}
+
+/*
+ * Create the uffd and negotiate.  A uffd takes UFFDIO_API once, so the
+ * supported set is probed on a throwaway one first.
+ */
+static int uffd_create(int *out, uint64_t *features_out, const char **reason)
+{
+	struct uffdio_api api = { .api = UFFD_API };
+	uint64_t wanted;
+	int fd, r;
+
+	r = uffd_open(&fd);
+	if (r < 0) {
+		*reason = r == -EPERM ? "only a user-mode-only userfaultfd is allowed: system calls "
+					"on evicted buffers would fail"
+				      : "cannot create a userfaultfd";
+		return r;
+	}
+	if (ioctl(fd, UFFDIO_API, &api) < 0) {
+		r = -errno;
+		close(fd);
+		*reason = "UFFDIO_API failed";
+		return r;
+	}
+	close(fd);
+	if ((api.features & UZ_FEATURES_REQUIRED) != UZ_FEATURES_REQUIRED) {
+		*reason = "the kernel's userfaultfd lacks MOVE or REMAP/REMOVE/UNMAP events";
+		return -EOPNOTSUPP;
+	}
+	wanted = UZ_FEATURES_REQUIRED | (api.features & UZ_FEATURES_OPTIONAL);
+
+	r = uffd_open(&fd);
+	if (r < 0) {
+		*reason = "cannot create a userfaultfd";
+		return r;
+	}
+	api = (struct uffdio_api){ .api = UFFD_API, .features = wanted };
+	if (ioctl(fd, UFFDIO_API, &api) < 0) {
+		r = -errno;
+		close(fd);
+		*reason = "UFFDIO_API failed";
+		return r;
+	}
+	*out = fd;
+	*features_out = api.features;
+	return 0;
+}
+
+static int register_missing(int uffd, void *start, size_t len)
+{
+	struct uffdio_register reg = {
+		.range = { .start = (uintptr_t)start, .len = len },
+		.mode = UFFDIO_REGISTER_MODE_MISSING,
+	};
+
+	return ioctl(uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
+}
+
+static int socket_connect(const char *path, int *out)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	struct timespec start, now;
+	int fd, r;
+
+	if (!*path)
+		return -ENOENT;
+	if (strlen(path) >= sizeof(addr.sun_path))
+		return -ENAMETOOLONG;
+	memcpy(addr.sun_path, path, strlen(path));
+
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (;;) {
+		if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0)
+			break;
+		r = -errno;
+		/* A unix socket with a full backlog says EAGAIN: retry briefly. */
+		if (r != -EAGAIN && r != -EINTR && r != -EINPROGRESS)
+			goto fail;
+		if (r == -EINPROGRESS) {
+			struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+			int error = 0;
+			socklen_t len = sizeof(error);
+
+			if (poll(&pfd, 1, UZ_CONNECT_TIMEOUT_MS) <= 0) {
+				r = -ETIMEDOUT;
+				goto fail;
+			}
+			getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len);
+			if (error) {
+				r = -error;
+				goto fail;
+			}
+			break;
+		}
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 >
+		    UZ_CONNECT_TIMEOUT_MS) {
+			r = -ETIMEDOUT;
+			goto fail;
+		}
+		usleep(1000);
+	}
+	*out = fd;
+	return 0;
+fail:
+	close(fd);
+	return r;
+}
+
+static int hello_send(int sock, int uffd, int pagemap, bool fork_child)
+{
+	struct uz_msg_hello hello = {
+		.header = {
+			.magic = UZ_PROTO_MAGIC,
+			.version = UZ_PROTO_VERSION,
+			.type = UZ_MSG_HELLO,
+			.size = sizeof(hello),
+			.seq = 0,
+		},
+		.uffd_features = uz_client.uffd_features,
+		.graveyard_start = (uintptr_t)uz_client.graveyard,
+		.graveyard_len = UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE,
+		.page_size = UZ_PAGE_SIZE,
+		.flags = (pagemap >= 0 ? UZ_HELLO_HAS_PAGEMAP : 0) |
+			 (fork_child ? UZ_HELLO_FORK_CHILD : 0),
+	};
+	union {
+		char buf[CMSG_SPACE(2 * sizeof(int))];
+		struct cmsghdr align;
+	} control = { 0 };
+	struct iovec iov = { .iov_base = &hello, .iov_len = sizeof(hello) };
+	struct msghdr msg = {
+		.msg_iov = &iov,
+		.msg_iovlen = 1,
+		.msg_control = control.buf,
+	};
+	int fds[2] = { uffd, pagemap };
+	int nfds = pagemap >= 0 ? 2 : 1;
+	struct cmsghdr *cmsg;
+
+	prctl(PR_GET_NAME, hello.comm);
+	msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+	cmsg = CMSG_FIRSTHDR(&msg);
+	cmsg->cmsg_level = SOL_SOCKET;
+	cmsg->cmsg_type = SCM_RIGHTS;
+	cmsg->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+	memcpy(CMSG_DATA(cmsg), fds, nfds * sizeof(int));
+
+	if (sendmsg(sock, &msg, MSG_NOSIGNAL) != (ssize_t)sizeof(hello))
+		return errno ? -errno : -EIO;
+	return 0;
+}
+
+/* Wait for HELLO_REPLY; on success *ring_fd is the ring memfd. */
+static int hello_receive(int sock, struct uz_msg_hello_reply *reply, int *ring_fd)
+{
+	union {
+		char buf[CMSG_SPACE(4 * sizeof(int))];
+		struct cmsghdr align;
+	} control;
+	struct iovec iov = { .iov_base = reply, .iov_len = sizeof(*reply) };
+	struct msghdr msg = {
+		.msg_iov = &iov,
+		.msg_iovlen = 1,
+		.msg_control = control.buf,
+		.msg_controllen = sizeof(control.buf),
+	};
+	struct pollfd pfd = { .fd = sock, .events = POLLIN };
+	struct cmsghdr *cmsg;
+	ssize_t n;
+	int fd = -1;
+
+	for (;;) {
+		int r = poll(&pfd, 1, UZ_HELLO_TIMEOUT_MS);
+
+		if (r > 0)
+			break;
+		if (r == 0)
+			return -ETIMEDOUT;
+		if (errno != EINTR)
+			return -errno;
+	}
+	n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+	if (n < 0)
+		return -errno;
+	for (cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+		if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS)
+			continue;
+		for (size_t i = 0; i < (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+			int received;
+
+			memcpy(&received, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
+			if (fd < 0)
+				fd = received;
+			else
+				close(received);
+		}
+	}
+	if (n == 0) {
+		n = -ECONNRESET;
+		goto fail;
+	}
+	if (n != sizeof(*reply) || (msg.msg_flags & MSG_TRUNC) ||
+	    reply->header.magic != UZ_PROTO_MAGIC || reply->header.version != UZ_PROTO_VERSION ||
+	    reply->header.type != UZ_MSG_HELLO_REPLY || reply->header.size != sizeof(*reply)) {
+		n = -EPROTO;
+		goto fail;
+	}
+	if (reply->status < 0) {
+		n = reply->status;
+		goto fail;
+	}
+	if (fd < 0) {
+		n = -EPROTO;
+		goto fail;
+	}
+	*ring_fd = fd;
+	return 0;
+fail:
+	if (fd >= 0)
+		close(fd);
+	return (int)n;
+}
+
+/*
+ * Join the daemon.  Caller holds range_lock (or is the constructor or the
+ * fork child, single-threaded as far as the library is concerned).  On
+ * failure prints the one line and leaves everything closed; the graveyard
+ * mapping is kept for a later join.
+ */
+int uz_client_join(bool fork_child)
+{
+	struct uz_msg_hello_reply reply = { 0 };
+	const char *reason = NULL;
+	uint64_t features = 0;
+	int uffd = -1, sock = -1, pagemap = -1, ring_fd = -1;
+	void *ring = MAP_FAILED;
+	int r;
+
+	r = uffd_create(&uffd, &features, &reason);
+	if (r < 0)
+		goto fail_notice;
+	uz_client.uffd_features = features;
+
+	if (!uz_client.graveyard) {
+		void *grave = uz_raw_mmap(NULL, UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE,
+					  PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+					  0);
+
+		if (grave == MAP_FAILED) {
+			r = -errno;
+			reason = "cannot map the graveyard";
+			goto fail_notice;
+		}
+		uz_client.graveyard = grave;
+	} else {
+		/* Inherited from the parent: drop whatever pages it still has. */
+		madvise(uz_client.graveyard, UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE, MADV_DONTNEED);
+	}
+	r = register_missing(uffd, uz_client.graveyard, UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE);
+	if (r < 0) {
+		reason = "cannot register the graveyard";
+		goto fail_notice;
+	}
+
+	pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+
+	r = socket_connect(uz_client.socket_path, &sock);
+	if (r < 0)
+		goto fail_unreachable;
+	r = hello_send(sock, uffd, pagemap, fork_child);
+	if (r < 0)
+		goto fail_unreachable;
+	if (pagemap >= 0)
+		close(pagemap);
+	pagemap = -1;
+
+	r = hello_receive(sock, &reply, &ring_fd);
+	if (r == -ETIMEDOUT || r == -ECONNRESET || r == -EPIPE)
+		goto fail_unreachable;
+	if (r < 0) {
+		reason = r == -EPROTO ? "bad HELLO_REPLY" : "refused";
+		goto fail_refused;
+	}
+	if (reply.batch_max == 0 || reply.ring_size < (uint64_t)reply.batch_max * UZ_PAGE_SIZE) {
+		r = -EPROTO;
+		reason = "bad HELLO_REPLY";
+		goto fail_refused;
+	}
+	ring = uz_raw_mmap(NULL, reply.ring_size, PROT_READ | PROT_WRITE, MAP_SHARED, ring_fd, 0);
+	if (ring == MAP_FAILED) {
+		r = -errno;
+		reason = "cannot map the ring";
+		goto fail_refused;
+	}
+	close(ring_fd);
+	ring_fd = -1;
+
+	/* From here on the agent is the only reader of the socket. */
+	if (fcntl(sock, F_SETFL, fcntl(sock, F_GETFL) & ~O_NONBLOCK) < 0) {
+		r = -errno;
+		reason = "fcntl";
+		goto fail_refused;
+	}
+
+	uz_client.uffd = uffd;
+	uz_client.sock = sock;
+	uz_client.ring = ring;
+	uz_client.ring_size = reply.ring_size;
+	uz_client.batch_max = uz_min(reply.batch_max, (uint32_t)UZ_EVICT_BATCH_MAX);
+	uz_client.client_id = reply.client_id;
+	uz_conn_reset();
+	atomic_store(&uz_client.state, UZ_CLIENT_MANAGED);
+
+	r = uz_agent_start();
+	if (r < 0) {
+		atomic_store(&uz_client.state, UZ_CLIENT_OFF);
+		uz_client.uffd = uz_client.sock = -1;
+		uz_client.ring = NULL;
+		reason = "cannot start the agent thread";
+		goto fail_refused;
+	}
+	uz_client.joined_once = true;
+	atomic_store(&uz_steer_min, uz_client.min_region);
+	return 0;
+
+fail_unreachable:
+	uz_notice("libuzswap: uzswapd not reachable at %s (%s); running unmanaged",
+		  *uz_client.socket_path ? uz_client.socket_path : "$XDG_RUNTIME_DIR/uzswap/uzswapd.sock",
+		  *uz_client.socket_path ? strerror(-r) : "XDG_RUNTIME_DIR is not set");
+	goto fail;
+fail_refused:
+	uz_notice("libuzswap: uzswapd at %s: %s (%s); running unmanaged", uz_client.socket_path,
+		  reason, strerror(-r));
+	goto fail;
+fail_notice:
+	uz_notice("libuzswap: %s (%s); running unmanaged", reason, strerror(-r));
+fail:
+	if (ring != MAP_FAILED)
+		uz_raw_munmap(ring, reply.ring_size);
+	if (ring_fd >= 0)
+		close(ring_fd);
+	if (pagemap >= 0)
+		close(pagemap);
+	if (sock >= 0)
+		close(sock);
+	if (uffd >= 0)
+		close(uffd); /* unregisters the graveyard */
+	return r;
+}
+
+/*
+ * Leave the daemon: called by the agent thread only, after it failed every
+ * waiter (uz_conn_close_begin), with range_lock held.  With the daemon alive
+ * (SHUTDOWN: every page is back) every range is unregistered and the
+ * SHUTDOWN_ACK sent; with the daemon gone the agent has already dropped its
+ * uffd reference, which unregistered everything.
+ */
+void uz_client_leave(bool daemon_alive)
+{
+	atomic_store(&uz_steer_min, SIZE_MAX);
+	if (daemon_alive) {
+		struct uffdio_range grave = {
+			.start = (uintptr_t)uz_client.graveyard,
+			.len = UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE,
+		};
+		struct uz_msg_header ack = { 0 };
+
+		uz_ranges_unregister_all_locked();
+		ioctl(uz_client.uffd, UFFDIO_UNREGISTER, &grave);
+		uz_conn_send(&ack, sizeof(ack), UZ_MSG_SHUTDOWN_ACK);
+	}
+	uz_ranges_clear_locked();
+	uz_conn_close_finish();
+	if (uz_client.uffd >= 0)
+		close(uz_client.uffd);
+	uz_client.uffd = -1;
+	if (uz_client.ring)
+		uz_raw_munmap(uz_client.ring, uz_client.ring_size);
+	uz_client.ring = NULL;
+	atomic_store(&uz_client.state, UZ_CLIENT_OFF);
+}
+
+void uz_client_init(void)
+{
+	static atomic_flag once = ATOMIC_FLAG_INIT;
+
+	if (atomic_flag_test_and_set(&once))
+		return;
+	read_environment();
+	if (!uz_client.disabled) {
+		uz_fork_install();
+		uz_ranges_lock();
+		uz_client_join(false);
+		uz_ranges_unlock();
+	}
+	atomic_store(&uz_client.ready, true);
+}
+
+__attribute__((constructor)) static void uz_constructor(void)
+{
+	uz_client_init();
+}
