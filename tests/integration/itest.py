@@ -164,9 +164,10 @@ class Proc:
 
 def parse_stats(text):
     """Counters from a daemon stats summary: 'name: N', 'name=N' or 'name   N'."""
+    aliases = {"stored": "stored_pages", "resident": "resident_pages", "statistics": "clients"}
     stats = {}
     for m in re.finditer(r"(?m)\b([a-z][a-z0-9_]*)\b\s*(?:[:=]\s*|\s+)(\d+)\b", text):
-        stats[m.group(1)] = int(m.group(2))
+        stats[aliases.get(m.group(1), m.group(1))] = int(m.group(2))
     return stats
 
 
