@@ -1,0 +1,721 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""Integration test harness for uzswap: real uzswapd, real client processes.
+
+usage: itest.py TEST-NAME [DEADLINE-SECONDS]
+
+Each test gets a fresh temp dir (TMPDIR of every process it starts) and a
+private daemon socket in it.  The harness starts uzswapd with a resident
+budget, waits until the socket accepts a connection, runs client programs
+(LD_PRELOAD=libuzswap.so, or linked) and checks their exit status and
+output.  The client programs verify page contents themselves (itest.h).
+
+Cleanup is the point of this file: whatever happens (a failed check, a
+client frozen on a fault, an exception, SIGTERM from meson on timeout),
+every process the test made is killed and the temp dir removed:
+  - every process is started in its own process group, with
+    PR_SET_PDEATHSIG=SIGKILL so it dies if the harness itself is killed;
+  - the harness is a child subreaper, so grandchildren that outlive their
+    parent are re-parented to it and killed at the end;
+  - every wait has a timeout, after which the process group gets SIGKILL;
+  - the whole test has a deadline (SIGALRM), a little shorter than meson's.
+
+Paths come from meson (tests/integration/meson.build): UZSWAPD, LIBUZSWAP,
+ITEST_BINDIR, EXAMPLE_WORKLOAD, EXAMPLE_API.  Exit status: 0 pass, 1 fail,
+77 skip (only when something this test needs is missing on the host).
+"""
+
+import ctypes
+import hashlib
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
+CAP_SYS_PTRACE = 19
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+class TestFailure(Exception):
+    pass
+
+
+class TestSkip(Exception):
+    pass
+
+
+class Deadline(BaseException):
+    """Raised from a signal handler: the test ran out of time or was told to stop."""
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def _drop_cap_sys_ptrace():
+    """In a forked child before exec: remove CAP_SYS_PTRACE for good."""
+    if libc.prctl(PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0) != 0:
+        os._exit(126)
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        os._exit(126)
+    mask = ~(1 << CAP_SYS_PTRACE) & 0xffffffff
+    data[0].effective &= mask
+    data[0].permitted &= mask
+    data[0].inheritable &= mask
+    if libc.capset(ctypes.byref(header), data) != 0:
+        os._exit(126)
+
+
+def log(msg):
+    print(f"[itest {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Proc:
+    """A process the harness started, in its own process group."""
+
+    def __init__(self, harness, name, argv, env, drop_ptrace):
+        self.name = name
+        self.argv = argv
+        self.out_path = os.path.join(harness.tmp, f"{name}.out")
+        self.err_path = os.path.join(harness.tmp, f"{name}.err")
+        self.reported = False
+
+        def preexec():
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if drop_ptrace:
+                _drop_cap_sys_ptrace()
+
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                          stdout=out, stderr=err, cwd=harness.tmp,
+                                          start_new_session=True, preexec_fn=preexec)
+        self.pid = self.popen.pid
+        log(f"started {name} (pid {self.pid}): {' '.join(argv)}")
+
+    def stdout(self):
+        with open(self.out_path, "r", errors="replace") as f:
+            return f.read()
+
+    def stderr(self):
+        with open(self.err_path, "r", errors="replace") as f:
+            return f.read()
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def kill(self, sig=signal.SIGKILL):
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def wait(self, timeout):
+        """Exit status, or kill -9 the whole group and fail after timeout seconds."""
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.popen.wait()
+            self.report()
+            raise TestFailure(f"{self.name} did not finish within {timeout} s (killed)")
+
+    def report(self):
+        if self.reported:
+            return
+        self.reported = True
+        for label, text in (("stdout", self.stdout()), ("stderr", self.stderr())):
+            lines = text.splitlines()
+            if len(lines) > 60:
+                lines = lines[:20] + [f"... ({len(lines) - 50} lines) ..."] + lines[-30:]
+            if lines:
+                print(f"---- {self.name} {label} ----")
+                print("\n".join(lines), flush=True)
+
+    def wait_for_output(self, needle, timeout):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if needle in self.stdout():
+                return
+            if not self.alive():
+                self.report()
+                raise TestFailure(f"{self.name} exited ({self.popen.returncode}) "
+                                  f"before printing {needle!r}")
+            time.sleep(0.05)
+        self.report()
+        raise TestFailure(f"{self.name} did not print {needle!r} within {timeout} s")
+
+
+def parse_stats(text):
+    """Counters from a daemon stats summary: 'name: N', 'name=N' or 'name   N'."""
+    aliases = {"stored": "stored_pages", "resident": "resident_pages", "statistics": "clients"}
+    stats = {}
+    for m in re.finditer(r"(?m)\b([a-z][a-z0-9_]*)\b\s*(?:[:=]\s*|\s+)(\d+)\b", text):
+        stats[aliases.get(m.group(1), m.group(1))] = int(m.group(2))
+    return stats
+
+
+class Harness:
+    def __init__(self, test):
+        self.test = test
+        self.procs = []
+        self.daemon = None
+        self.tmp = tempfile.mkdtemp(prefix=f"uzswap-itest-{test}-")
+        self.socket = os.path.join(self.tmp, "uzswapd.sock")
+        self.uzswapd = self._path("UZSWAPD")
+        self.libuzswap = self._path("LIBUZSWAP")
+        self.bindir = self._path("ITEST_BINDIR")
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+    @staticmethod
+    def _path(var):
+        value = os.environ.get(var)
+        if not value:
+            raise TestFailure(f"${var} is not set: run through meson test")
+        return os.path.abspath(value)
+
+    def env(self, preload=True, socket_path=None, extra=None):
+        env = dict(os.environ)
+        for var in ("LD_PRELOAD", "UZSWAP_SOCKET", "UZSWAP_MIN_REGION"):
+            env.pop(var, None)
+        env["TMPDIR"] = self.tmp
+        env["UZSWAP_SOCKET"] = socket_path or self.socket
+        if preload:
+            env["LD_PRELOAD"] = self.libuzswap
+        env.update(extra or {})
+        return env
+
+    def spawn(self, name, argv, preload=True, socket_path=None, extra_env=None,
+              drop_ptrace=False):
+        proc = Proc(self, name, argv, self.env(preload, socket_path, extra_env), drop_ptrace)
+        self.procs.append(proc)
+        return proc
+
+    def client(self, name, argv, timeout, expect_rc=0, **kwargs):
+        """Run a client to completion; fail unless it exits with expect_rc."""
+        proc = self.spawn(name, argv, **kwargs)
+        start = time.monotonic()
+        rc = proc.wait(timeout)
+        log(f"{name} exited {rc} after {time.monotonic() - start:.1f} s")
+        proc.report()
+        if rc != expect_rc:
+            raise TestFailure(f"{name} exited with {rc}, expected {expect_rc}")
+        return proc
+
+    def bin(self, name):
+        return os.path.join(self.bindir, name)
+
+    # --- the daemon ---------------------------------------------------------
+
+    def start_daemon(self, budget="16M", low=None, threads=2, extra=()):
+        if low is None:
+            low = f"{max(1, int(budget[:-1]) * 3 // 4)}{budget[-1]}"
+        argv = [self.uzswapd, "--socket", self.socket, "--foreground",
+                "--resident-max", budget, "--resident-low", low,
+                "--fault-threads", str(threads), "--log-level", "info", *extra]
+        self.daemon = self.spawn("uzswapd", argv, preload=False)
+        self.wait_daemon_ready(self.daemon)
+        return self.daemon
+
+    def wait_daemon_ready(self, daemon, timeout=10):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if not daemon.alive():
+                daemon.report()
+                raise TestFailure(f"uzswapd exited ({daemon.popen.returncode}) at start")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+                try:
+                    s.connect(self.socket)
+                    log("uzswapd accepts connections")
+                    return
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        raise TestFailure(f"uzswapd socket {self.socket} did not accept within {timeout} s")
+
+    def daemon_alive(self):
+        if not self.daemon.alive():
+            self.daemon.report()
+            raise TestFailure(f"uzswapd died (status {self.daemon.popen.returncode})")
+
+    def _wait_stderr_growth(self, proc, before, timeout):
+        """Wait until proc's stderr grew past `before` bytes and stopped growing."""
+        end = time.monotonic() + timeout
+        last = before
+        stable_since = None
+        while time.monotonic() < end:
+            size = os.path.getsize(proc.err_path)
+            if size > before and size == last:
+                if stable_since and time.monotonic() - stable_since > 0.3:
+                    break
+                stable_since = stable_since or time.monotonic()
+            else:
+                stable_since = None
+            last = size
+            time.sleep(0.05)
+        with open(proc.err_path, "r", errors="replace") as f:
+            f.seek(before)
+            return f.read()
+
+    def daemon_stats(self):
+        """SIGUSR1 the daemon and parse the summary it prints."""
+        self.daemon_alive()
+        before = os.path.getsize(self.daemon.err_path)
+        self.daemon.popen.send_signal(signal.SIGUSR1)
+        text = self._wait_stderr_growth(self.daemon, before, 5)
+        self.daemon_alive()
+        return parse_stats(text), text
+
+    def wait_daemon_empty(self, timeout=15):
+        """After every client exited: the daemon's stored_pages must return to 0."""
+        end = time.monotonic() + timeout
+        while True:
+            stats, text = self.daemon_stats()
+            if "stored_pages" not in stats:
+                print(text)
+                raise TestFailure("the daemon's SIGUSR1 summary has no stored_pages counter")
+            if stats["stored_pages"] == 0:
+                log(f"daemon holds no pages: {self._brief(stats)}")
+                return stats
+            if time.monotonic() > end:
+                print(text)
+                raise TestFailure(f"daemon still holds {stats['stored_pages']} pages "
+                                  f"{timeout} s after every client exited")
+            time.sleep(0.5)
+
+    @staticmethod
+    def _brief(stats):
+        keys = ("stored_pages", "zswpout", "zswpin", "faults", "clients",
+                "pool_total_size", "same_filled_pages")
+        return ", ".join(f"{k}={stats[k]}" for k in keys if k in stats)
+
+    def stop_daemon(self, timeout=30, check_empty=True, require_activity=False):
+        """SIGTERM, expect a clean exit; check the exit summary."""
+        daemon = self.daemon
+        before = os.path.getsize(daemon.err_path)
+        self.daemon_alive()
+        daemon.popen.send_signal(signal.SIGTERM)
+        rc = daemon.wait(timeout)
+        text = daemon.stderr()[before:]
+        stats = parse_stats(text)
+        log(f"uzswapd exited {rc}; exit summary: {self._brief(stats) or '(no counters found)'}")
+        if rc != 0:
+            daemon.report()
+            raise TestFailure(f"uzswapd exited with status {rc} on SIGTERM")
+        if check_empty and stats.get("stored_pages", 0) != 0:
+            daemon.report()
+            raise TestFailure(f"exit summary: stored_pages={stats['stored_pages']} "
+                              "with no client left")
+        if require_activity and stats.get("zswpout", 1) == 0:
+            daemon.report()
+            raise TestFailure("the daemon stored no page: the test proved nothing")
+        return stats
+
+    # --- cleanup ------------------------------------------------------------
+
+    def _orphans(self):
+        me = os.getpid()
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()
+            if int(fields[1]) == me:
+                found.append(int(entry))
+        return found
+
+    def cleanup(self):
+        for proc in self.procs:
+            if proc.alive():
+                log(f"killing {proc.name} (pid {proc.pid}), still running at cleanup")
+            proc.kill()
+        for proc in self.procs:
+            try:
+                proc.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log(f"{proc.name} (pid {proc.pid}) survives SIGKILL (stuck in the kernel?)")
+        # Grandchildren re-parented to us (we are a subreaper).
+        for _ in range(100):
+            orphans = self._orphans()
+            if not orphans:
+                break
+            for pid in orphans:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)
+            try:
+                while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                    pass
+            except ChildProcessError:
+                pass
+        else:
+            log(f"processes left behind: {self._orphans()}")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --- helpers for the tests ---------------------------------------------------
+
+def write_text_file(path, size, seed):
+    """A text-like file of about `size` bytes: words from a small dictionary."""
+    words = ("the page fault memory swap zone of and cold hot compress pool entry daemon "
+             "to is a in kernel write read back store lru queue batch evict ring with "
+             "for that client sort merge").split()
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        written = 0
+        while written < size:
+            line_words = rng.choices(words, k=200000)
+            block = " ".join(line_words).replace(" a ", "\na ")
+            f.write(block)
+            f.write("\n")
+            written += len(block) + 1
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def lines_mentioning(text):
+    return [line for line in text.splitlines() if line.strip()]
+
+
+# --- the tests ----------------------------------------------------------------
+# Each function's docstring says what it verifies; the harness prints it.
+
+def t_threads_8x_budget(h):
+    """8 threads doing verified random reads and writes over 8x the resident budget
+    (16 MiB budget, 128 MiB region); the daemon ends with no stored page."""
+    h.start_daemon(budget="16M")
+    h.client("itest-threads", [h.bin("itest-threads"), "128M", "8", "10", "yes"], timeout=120)
+    h.wait_daemon_empty()
+    h.stop_daemon(require_activity=True)
+
+
+def _fork_test(h, drop_ptrace):
+    h.start_daemon(budget="16M")
+    h.client("itest-fork", [h.bin("itest-fork"), "64M", "yes", "no" if drop_ptrace else "yes"],
+             timeout=90, drop_ptrace=drop_ptrace)
+    h.wait_daemon_empty()
+    h.stop_daemon(require_activity=True)
+
+
+def t_fork_with_ptrace(h):
+    """fork with evicted pages, as root with CAP_SYS_PTRACE: parent and child both verify,
+    each sees only its own writes."""
+    _fork_test(h, drop_ptrace=False)
+
+
+def t_fork_without_ptrace(h):
+    """the same fork test with CAP_SYS_PTRACE dropped (bounding, effective, permitted,
+    inheritable) before exec: the fork-event privilege is absent."""
+    _fork_test(h, drop_ptrace=True)
+
+
+def _vmops(h, scenario):
+    h.start_daemon(budget="8M")
+    h.client(f"itest-vmops-{scenario}", [h.bin("itest-vmops"), scenario, "64M", "yes"],
+             timeout=60)
+    h.wait_daemon_empty()
+    h.stop_daemon(require_activity=True)
+
+
+def t_mremap_move(h):
+    """mremap move of a chunk holding evicted pages: data follows, hole reads zeros."""
+    _vmops(h, "mremap-move")
+
+
+def t_mremap_grow(h):
+    """mremap grow (moved and in place) of a region holding evicted pages."""
+    _vmops(h, "mremap-grow")
+
+
+def t_mremap_shrink(h):
+    """mremap shrink of a region holding evicted pages."""
+    _vmops(h, "mremap-shrink")
+
+
+def t_munmap_partial(h):
+    """munmap of part of a region holding evicted pages: the rest still verifies."""
+    _vmops(h, "munmap")
+
+
+def t_dontneed(h):
+    """MADV_DONTNEED of evicted pages: they read as zeros, the rest verifies."""
+    _vmops(h, "dontneed")
+
+
+def t_syscalls_read_write(h):
+    """read(2) and write(2) whose buffers are evicted pages (file and pipe)."""
+    _vmops(h, "syscalls")
+
+
+def t_client_killed(h):
+    """clients SIGKILLed in the middle of faults (and of their first fill): the daemon
+    survives, serves another client correctly, and holds no page afterwards."""
+    h.start_daemon(budget="16M")
+    victim = h.spawn("victim", [h.bin("itest-loop"), "64M", "4", "120", "yes"])
+    victim.wait_for_output("READY", 40)
+    time.sleep(1.5)
+    h.daemon_alive()
+    log("SIGKILL to the victim while its 4 threads fault")
+    victim.kill()
+    victim.wait(10)
+    early = h.spawn("early-victim", [h.bin("itest-loop"), "64M", "4", "120", "any"])
+    time.sleep(0.4)
+    log("SIGKILL to a second victim during its first fill")
+    early.kill()
+    early.wait(10)
+    time.sleep(0.5)
+    h.daemon_alive()
+    h.client("survivor", [h.bin("itest-loop"), "64M", "4", "5", "yes"], timeout=60)
+    h.wait_daemon_empty()
+    h.stop_daemon(require_activity=True)
+
+
+def t_daemon_stopped(h):
+    """SIGTERM to the daemon while two clients fault: it exits cleanly, having given every
+    page back, and the clients go on to verify every page."""
+    h.start_daemon(budget="16M")
+    clients = [h.spawn(f"client{i}", [h.bin("itest-loop"), "64M", "4", "12", "yes"])
+               for i in range(2)]
+    for c in clients:
+        c.wait_for_output("READY", 40)
+    time.sleep(1)
+    t0 = time.monotonic()
+    h.stop_daemon(check_empty=False)
+    log(f"uzswapd stopped in {time.monotonic() - t0:.1f} s")
+    for c in clients:
+        if not c.alive():
+            c.report()
+            raise TestFailure(f"{c.name} exited (status {c.popen.returncode}) while the "
+                              "daemon stopped")
+    for c in clients:
+        rc = c.wait(60)
+        c.report()
+        if rc != 0:
+            raise TestFailure(f"{c.name} exited with {rc} after the daemon stopped")
+
+
+def t_client_before_daemon(h):
+    """a client started before the daemon runs correctly (unmanaged is acceptable), says at
+    most one line on stderr; a client started after the daemon is managed."""
+    early = h.spawn("early-client", [h.bin("itest-loop"), "64M", "2", "6", "any"])
+    time.sleep(1)
+    h.start_daemon(budget="16M")
+    rc = early.wait(60)
+    early.report()
+    if rc != 0:
+        raise TestFailure(f"early client exited with {rc}")
+    if len(lines_mentioning(early.stderr())) > 1:
+        raise TestFailure("early client printed more than one line on stderr")
+    h.client("late-client", [h.bin("itest-loop"), "64M", "2", "2", "yes"], timeout=60)
+    h.wait_daemon_empty()
+    h.stop_daemon(require_activity=True)
+
+
+def t_no_daemon(h):
+    """no daemon at all: clients (threads, fork) run correctly, unmanaged, and libuzswap
+    prints exactly one line on stderr."""
+    missing = os.path.join(h.tmp, "no-such-daemon.sock")
+    for name, argv in (("loop", [h.bin("itest-loop"), "64M", "2", "3", "no"]),
+                       ("fork", [h.bin("itest-fork"), "32M", "no", "any"])):
+        proc = h.client(name, argv, timeout=60, socket_path=missing)
+        lines = lines_mentioning(proc.stderr())
+        if len(lines) != 1:
+            raise TestFailure(f"{name}: expected exactly one line on stderr, got {len(lines)}")
+
+
+def t_example_workload(h):
+    """examples/uzswap-workload (the quick-start workload) under LD_PRELOAD with a budget
+    far below its footprint verifies all its data."""
+    path = os.path.abspath(os.environ.get("EXAMPLE_WORKLOAD", ""))
+    if not os.environ.get("EXAMPLE_WORKLOAD"):
+        raise TestFailure("EXAMPLE_WORKLOAD not set (examples/ not built?)")
+    h.start_daemon(budget="32M")
+    proc = h.client("workload", [path, "--size", "128M"], timeout=90)
+    if "verified" not in proc.stdout():
+        raise TestFailure("the workload did not report verified data")
+    h.wait_daemon_empty()
+    h.stop_daemon(require_activity=True)
+
+
+def t_example_api(h):
+    """examples/uzswap-api-example (linked, no LD_PRELOAD): register, hints, stats."""
+    path = os.path.abspath(os.environ.get("EXAMPLE_API", ""))
+    if not os.environ.get("EXAMPLE_API"):
+        raise TestFailure("EXAMPLE_API not set (examples/ not built?)")
+    h.start_daemon(budget="16M")
+    h.client("api-example", [path], timeout=45, preload=False)
+    h.wait_daemon_empty()
+    h.stop_daemon()
+
+
+def _debian_program(h, name, argv, budget, outputs, timeout, stdin_path=None):
+    """Run argv unmanaged for reference output, then under LD_PRELOAD; compare outputs."""
+    def run(tag, preload):
+        for out in outputs:
+            if os.path.exists(out):
+                os.unlink(out)
+        p = h.client(f"{name}-{tag}", argv, timeout=timeout, preload=preload)
+        digests = [sha256_file(o) for o in outputs]
+        for out in outputs:
+            os.rename(out, f"{out}.{tag}")
+        return p, digests
+
+    tool = shutil.which(argv[0])
+    if not tool:
+        raise TestSkip(f"{argv[0]} is not installed")
+    argv[0] = tool
+    _, reference = run("reference", False)
+    h.start_daemon(budget=budget)
+    t0 = time.monotonic()
+    _, managed = run("uzswap", True)
+    log(f"{name} under uzswap took {time.monotonic() - t0:.1f} s")
+    stats, _ = h.daemon_stats()
+    log(f"daemon after {name}: {h._brief(stats)}")
+    if reference != managed:
+        raise TestFailure(f"{name}: output under uzswap differs from the reference run")
+    log(f"{name}: output identical to the reference run ({reference[0][:16]}...)")
+    h.wait_daemon_empty()
+    h.stop_daemon(require_activity=True)
+
+
+def t_debian_sort(h):
+    """GNU sort of a 200 MB file (-S 400M, 2 threads) under LD_PRELOAD with a 32 MiB budget:
+    output identical to sort's without uzswap."""
+    data = os.path.join(h.tmp, "input.txt")
+    with open(data, "wb") as f:
+        raw = os.urandom(100 << 20).hex().encode()
+        for i in range(0, len(raw), 32 << 20):
+            chunk = raw[i:i + (32 << 20)]
+            f.write(b"\n".join(chunk[j:j + 32] for j in range(0, len(chunk), 32)))
+            f.write(b"\n")
+    out = os.path.join(h.tmp, "sorted.txt")
+    _debian_program(h, "sort", ["sort", "-S", "400M", "--parallel=2", "-T", h.tmp, "-o", out,
+                                data], "32M", [out], timeout=120)
+
+
+PYTHON_WORKLOAD = r"""
+import hashlib, sys
+items = [str(i * 7919 % 10000019) for i in range(4000000)]
+items.sort()
+blob = bytearray("\n".join(items).encode()) * 6
+for i in range(0, len(blob), 4097):
+    blob[i] = (blob[i] + i) & 0xff
+table = {i: i * i for i in range(500000)}
+h = hashlib.sha256(blob)
+h.update(repr(sum(table.values())).encode())
+with open(sys.argv[1], "w") as f:
+    print(len(blob), h.hexdigest(), file=f)
+"""
+
+
+def t_debian_python3(h):
+    """python3 -c building a ~200 MB bytearray, a 4M-entry list of strings (sorted) and a
+    dict, hashing them, under LD_PRELOAD with a 32 MiB budget: same digest as without."""
+    out = os.path.join(h.tmp, "python.out")
+    _debian_program(h, "python3", ["python3", "-c", PYTHON_WORKLOAD, out], "32M", [out],
+                    timeout=150)
+
+
+def t_debian_xz(h):
+    """xz -6 -T1 of a 40 MB text file, and xz -d of the result, under LD_PRELOAD with a
+    16 MiB budget (xz -6 needs ~94 MiB): compressed and decompressed outputs identical
+    to the reference run and to the input."""
+    data = os.path.join(h.tmp, "input.txt")
+    write_text_file(data, 40 << 20, seed=3)
+    packed = os.path.join(h.tmp, "input.txt.xz")
+    _debian_program(h, "xz", ["xz", "-6", "-T1", "-k", "-f", data], "16M", [packed],
+                    timeout=150)
+    # Decompress the reference archive under uzswap and compare with the input.
+    shutil.copy(f"{packed}.reference", packed)
+    original = sha256_file(data)
+    os.rename(data, f"{data}.orig")
+    h.start_daemon(budget="16M")
+    h.client("xz-decompress", [shutil.which("xz"), "-d", "-T1", packed], timeout=120)
+    if sha256_file(data) != original:
+        raise TestFailure("xz -d under uzswap did not give back the input")
+    log("xz -d under uzswap gave back the input exactly")
+    h.wait_daemon_empty()
+    h.stop_daemon()
+
+
+TESTS = {name[2:].replace("_", "-"): fn for name, fn in globals().items()
+         if name.startswith("t_") and callable(fn)}
+
+
+def main():
+    if len(sys.argv) < 2 or sys.argv[1] not in TESTS:
+        print(f"usage: {sys.argv[0]} TEST [DEADLINE]\ntests: {' '.join(sorted(TESTS))}")
+        return 2
+    name = sys.argv[1]
+    deadline = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    fn = TESTS[name]
+
+    def on_signal(signum, frame):
+        raise Deadline(f"signal {signal.Signals(signum).name}")
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
+        signal.signal(sig, on_signal)
+    if deadline:
+        signal.alarm(deadline)
+    log(f"test {name}: {' '.join(fn.__doc__.split())}")
+    h = None
+    status = 1
+    try:
+        h = Harness(name)
+        fn(h)
+        status = 0
+        log(f"PASS {name}")
+    except TestSkip as e:
+        status = 77
+        log(f"SKIP {name}: {e}")
+    except TestFailure as e:
+        log(f"FAIL {name}: {e}")
+    except Exception as e:
+        import traceback
+        traceback.print_exc()
+        log(f"FAIL {name}: unexpected {type(e).__name__}: {e}")
+    except Deadline as e:
+        log(f"FAIL {name}: stopped by {e} (deadline {deadline} s)")
+    finally:
+        signal.alarm(0)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        if h:
+            if status != 0:
+                for proc in h.procs:
+                    proc.report()
+            h.cleanup()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
