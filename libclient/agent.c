@@ -80,10 +80,10 @@ static void agent_move_run(struct agent_batch *batch, uint32_t first, uint32_t n
 	while (done < n) {
 		uint32_t i = first + done;
 		struct uffdio_move move = {
-			.dst = (uintptr_t)graveyard_slot(i),
-			.src = batch->addrs[i],
-			.len = (uint64_t)(n - done) * UZ_PAGE_SIZE,
-			.mode = UFFDIO_MOVE_MODE_DONTWAKE,
+		    .dst = (uintptr_t)graveyard_slot(i),
+		    .src = batch->addrs[i],
+		    .len = (uint64_t)(n - done) * UZ_PAGE_SIZE,
+		    .mode = UFFDIO_MOVE_MODE_DONTWAKE,
 		};
 		int error;
 
@@ -107,7 +107,8 @@ static void agent_move_run(struct agent_batch *batch, uint32_t first, uint32_t n
 			continue;
 		}
 		if (error == EBUSY && !unshared &&
-		    madvise((void *)(uintptr_t)batch->addrs[i], UZ_PAGE_SIZE, MADV_POPULATE_WRITE) == 0) {
+		    madvise((void *)(uintptr_t)batch->addrs[i], UZ_PAGE_SIZE,
+			    MADV_POPULATE_WRITE) == 0) {
 			unshared = true;
 			continue;
 		}
@@ -236,12 +237,12 @@ static void *agent_main(void *arg)
 	uz_client.agent_thread = pthread_self();
 	atomic_store(&uz_client.agent_running, true);
 	for (;;) {
-		struct iovec iov = { .iov_base = &buf, .iov_len = sizeof(buf) };
+		struct iovec iov = {.iov_base = &buf, .iov_len = sizeof(buf)};
 		struct msghdr msg = {
-			.msg_iov = &iov,
-			.msg_iovlen = 1,
-			.msg_control = control.buf,
-			.msg_controllen = sizeof(control.buf),
+		    .msg_iov = &iov,
+		    .msg_iovlen = 1,
+		    .msg_control = control.buf,
+		    .msg_controllen = sizeof(control.buf),
 		};
 		struct cmsghdr *cmsg;
 		ssize_t n;
