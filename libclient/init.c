@@ -500,7 +500,6 @@ int uz_client_join(bool fork_child)
 	uz_client.ring_size = reply.ring_size;
 	uz_client.batch_max = uz_min(reply.batch_max, (uint32_t)UZ_EVICT_BATCH_MAX);
 	uz_client.client_id = reply.client_id;
-	uz_conn_reset();
 	atomic_store(&uz_client.state, UZ_CLIENT_MANAGED);
 
 	r = uz_agent_start();
