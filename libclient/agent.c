@@ -19,6 +19,14 @@
  * errno.  EAGAIN without progress (the mm is changing: a REMAP or fork
  * event is pending) is retried a bounded number of times.
  *
+ * EBUSY means the page is not exclusive: after a fork every anonymous page
+ * loses PageAnonExclusive until it is written, even once the child has
+ * exited, so a page only read since a fork could never be evicted.  The
+ * agent breaks COW with madvise(MADV_POPULATE_WRITE) on that one page -- a
+ * write fault that changes no byte, cannot race with an application write
+ * and, unlike a store, fails with an errno instead of SIGSEGV if the page
+ * was made read-only meanwhile -- and retries the move once.
+ *
  * The agent never takes a library lock while working on an EVICT, never
  * allocates, and runs with every signal blocked.  It takes range_lock only
  * to leave, after failing every waiter, so no app thread that holds
@@ -47,6 +55,10 @@
 
 #define UZ_MOVE_EAGAIN_RETRIES 1000
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
 struct agent_batch {
 	const uint64_t *addrs;
 	uint32_t count;
@@ -63,14 +75,15 @@ static void agent_move_run(struct agent_batch *batch, uint32_t first, uint32_t n
 {
 	uint32_t done = 0;
 	unsigned int retries = 0;
+	bool unshared = false; /* COW broken once for the page at `done` */
 
 	while (done < n) {
 		uint32_t i = first + done;
 		struct uffdio_move move = {
-			.dst = (uintptr_t)graveyard_slot(i),
-			.src = batch->addrs[i],
-			.len = (uint64_t)(n - done) * UZ_PAGE_SIZE,
-			.mode = UFFDIO_MOVE_MODE_DONTWAKE,
+		    .dst = (uintptr_t)graveyard_slot(i),
+		    .src = batch->addrs[i],
+		    .len = (uint64_t)(n - done) * UZ_PAGE_SIZE,
+		    .mode = UFFDIO_MOVE_MODE_DONTWAKE,
 		};
 		int error;
 
@@ -86,15 +99,23 @@ static void agent_move_run(struct agent_batch *batch, uint32_t first, uint32_t n
 			for (uint32_t j = 0; j < moved && done < n; j++, done++)
 				batch->status[first + done] = 0;
 			retries = 0;
+			unshared = false;
 			continue;
 		}
 		if (error == EAGAIN && retries++ < UZ_MOVE_EAGAIN_RETRIES) {
 			sched_yield();
 			continue;
 		}
+		if (error == EBUSY && !unshared &&
+		    madvise((void *)(uintptr_t)batch->addrs[i], UZ_PAGE_SIZE,
+			    MADV_POPULATE_WRITE) == 0) {
+			unshared = true;
+			continue;
+		}
 		batch->status[i] = -error;
 		done++;
 		retries = 0;
+		unshared = false;
 	}
 }
 
@@ -122,8 +143,19 @@ static void agent_evict(const struct uz_msg_evict *evict, size_t size)
 	uint32_t count = evict->count, i, lowest = UINT32_MAX, highest = 0;
 
 	if (count == 0 || count > uz_client.batch_max ||
-	    size != offsetof(struct uz_msg_evict, addrs) + (size_t)count * sizeof(uint64_t))
-		return; /* malformed: nothing was moved, say nothing */
+	    size != offsetof(struct uz_msg_evict, addrs) + (size_t)count * sizeof(uint64_t)) {
+		/* Malformed: nothing moves, but answer so the daemon can close the batch. */
+		if (count == 0 || count > UZ_EVICT_BATCH_MAX)
+			return;
+		answer.done.batch = evict->batch;
+		answer.done.count = count;
+		for (i = 0; i < count; i++)
+			answer.done.status[i] = -EINVAL;
+		uz_conn_send(&answer,
+			     offsetof(struct uz_msg_evict_done, status) + count * sizeof(int32_t),
+			     UZ_MSG_EVICT_DONE);
+		return;
+	}
 
 	batch.addrs = evict->addrs;
 	batch.count = count;
@@ -205,12 +237,12 @@ static void *agent_main(void *arg)
 	uz_client.agent_thread = pthread_self();
 	atomic_store(&uz_client.agent_running, true);
 	for (;;) {
-		struct iovec iov = { .iov_base = &buf, .iov_len = sizeof(buf) };
+		struct iovec iov = {.iov_base = &buf, .iov_len = sizeof(buf)};
 		struct msghdr msg = {
-			.msg_iov = &iov,
-			.msg_iovlen = 1,
-			.msg_control = control.buf,
-			.msg_controllen = sizeof(control.buf),
+		    .msg_iov = &iov,
+		    .msg_iovlen = 1,
+		    .msg_control = control.buf,
+		    .msg_controllen = sizeof(control.buf),
 		};
 		struct cmsghdr *cmsg;
 		ssize_t n;

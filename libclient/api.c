@@ -74,14 +74,14 @@ UZ_EXPORT int uzswap_hint(void *addr, size_t len, enum uzswap_hint hint)
 		return r;
 	if (hint != UZSWAP_HINT_COLD && hint != UZSWAP_HINT_HOT)
 		return -EINVAL;
-	msg = (struct uz_msg_hint){ .start = (uintptr_t)addr, .len = len, .hint = hint };
+	msg = (struct uz_msg_hint){.start = (uintptr_t)addr, .len = len, .hint = hint};
 	r = uz_conn_request(&msg, sizeof(msg), UZ_MSG_HINT, &reply, sizeof(reply), UZ_MSG_REPLY);
 	return r < 0 ? r : reply.status;
 }
 
 UZ_EXPORT int uzswap_get_stats(struct uzswap_stats *stats)
 {
-	struct uz_msg_header request = { 0 };
+	struct uz_msg_header request = {0};
 	struct uz_msg_stats_reply reply;
 	int r;
 
@@ -92,15 +92,15 @@ UZ_EXPORT int uzswap_get_stats(struct uzswap_stats *stats)
 	if (r < 0)
 		return r;
 	*stats = (struct uzswap_stats){
-		.registered_bytes = reply.registered_bytes,
-		.resident_pages = reply.resident_pages,
-		.stored_pages = reply.stored_pages,
-		.same_filled_pages = reply.same_filled_pages,
-		.on_disk_pages = reply.on_disk_pages,
-		.compressed_bytes = reply.compressed_bytes,
-		.faults = reply.faults,
-		.zswpin = reply.zswpin,
-		.zswpout = reply.zswpout,
+	    .registered_bytes = reply.registered_bytes,
+	    .resident_pages = reply.resident_pages,
+	    .stored_pages = reply.stored_pages,
+	    .same_filled_pages = reply.same_filled_pages,
+	    .on_disk_pages = reply.on_disk_pages,
+	    .compressed_bytes = reply.compressed_bytes,
+	    .faults = reply.faults,
+	    .zswpin = reply.zswpin,
+	    .zswpout = reply.zswpout,
 	};
 	return 0;
 }

@@ -49,23 +49,23 @@ enum uz_client_state {
 struct uz_client {
 	/* Set once by the constructor (or the first hook that needs them). */
 	atomic_bool ready;     /* the constructor has run: hooks may steer */
-	bool disabled;         /* UZSWAP_DISABLE=1 */
+	bool disabled;	       /* UZSWAP_DISABLE=1 */
 	size_t min_region;     /* UZSWAP_MIN_REGION, page multiple */
 	char socket_path[108]; /* sizeof(sun_path) */
 
 	/* Written under range_lock and request_lock, read under either. */
-	atomic_int state;           /* enum uz_client_state */
-	int uffd;                   /* our own reference, kept while managed */
-	int sock;                   /* SOCK_SEQPACKET to uzswapd */
-	uint64_t uffd_features;     /* granted by UFFDIO_API */
-	void *graveyard;            /* UZ_EVICT_BATCH_MAX pages, kept across leave and fork */
-	void *ring;                 /* the daemon's memfd, MAP_SHARED */
+	atomic_int state;	/* enum uz_client_state */
+	int uffd;		/* our own reference, kept while managed */
+	int sock;		/* SOCK_SEQPACKET to uzswapd */
+	uint64_t uffd_features; /* granted by UFFDIO_API */
+	void *graveyard;	/* UZ_EVICT_BATCH_MAX pages, kept across leave and fork */
+	void *ring;		/* the daemon's memfd, MAP_SHARED */
 	size_t ring_size;
-	uint32_t batch_max;         /* pages per EVICT: min(ring pages, graveyard pages) */
+	uint32_t batch_max; /* pages per EVICT: min(ring pages, graveyard pages) */
 	uint64_t client_id;
 	pthread_t agent_thread;
 	atomic_bool agent_running;
-	bool joined_once;           /* for the fork child: was the parent managed */
+	bool joined_once; /* for the fork child: was the parent managed */
 };
 
 extern struct uz_client uz_client;

@@ -37,7 +37,7 @@ struct uz_waiter {
 static pthread_mutex_t request_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t request_cond = PTHREAD_COND_INITIALIZER;
 static struct uz_waiter *waiters; /* under request_lock */
-static uint32_t next_seq = 1;     /* under request_lock */
+static uint32_t next_seq = 1;	  /* under request_lock */
 static unsigned int socket_users; /* under request_lock */
 
 void uz_conn_lock(void)
@@ -127,9 +127,9 @@ int uz_conn_request(void *msg, size_t size, uint16_t type, void *reply, size_t r
 		    uint16_t reply_type)
 {
 	struct uz_waiter waiter = {
-		.reply_type = reply_type,
-		.reply = reply,
-		.reply_size = reply_size,
+	    .reply_type = reply_type,
+	    .reply = reply,
+	    .reply_size = reply_size,
 	};
 	struct uz_waiter **p;
 	int sock, r;

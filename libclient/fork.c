@@ -36,7 +36,7 @@ static void fork_prepare(void)
 	uz_ranges_lock();
 	fork_was_managed = uz_client_managed();
 	if (fork_was_managed && !uz_is_agent()) {
-		struct uz_msg_header request = { 0 };
+		struct uz_msg_header request = {0};
 		struct uz_msg_reply reply;
 
 		/*
@@ -55,7 +55,7 @@ static void fork_parent(void)
 	uz_conn_unlock();
 	uz_blocks_unlock();
 	if (fork_was_managed) {
-		struct uz_msg_header done = { 0 };
+		struct uz_msg_header done = {0};
 
 		uz_conn_send(&done, sizeof(done), UZ_MSG_FORK_DONE);
 	}

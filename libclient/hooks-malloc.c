@@ -46,7 +46,7 @@ struct uz_block {
 	size_t len;
 };
 
-#define BLOCK_EMPTY 0
+#define BLOCK_EMPTY   0
 #define BLOCK_DELETED 1
 
 static pthread_mutex_t block_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -80,7 +80,7 @@ static void table_insert(struct uz_block *table, size_t capacity, uintptr_t addr
 
 	while (table[i].addr > BLOCK_DELETED)
 		i = (i + 1) & (capacity - 1);
-	table[i] = (struct uz_block){ .addr = addr, .len = len };
+	table[i] = (struct uz_block){.addr = addr, .len = len};
 }
 
 /* Caller holds block_lock. */
@@ -186,8 +186,7 @@ static size_t block_take(void *p)
 
 static inline bool steer(size_t size)
 {
-	return size >= atomic_load_explicit(&uz_steer_min, memory_order_relaxed) &&
-	       !uz_is_agent();
+	return size >= atomic_load_explicit(&uz_steer_min, memory_order_relaxed) && !uz_is_agent();
 }
 
 static void *big_alloc(size_t size, size_t align)

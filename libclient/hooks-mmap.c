@@ -118,8 +118,7 @@ void *uz_mmap_managed(size_t len, size_t align)
 
 	if (map_len < len)
 		return NULL;
-	p = uz_raw_mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
-			0);
+	p = uz_raw_mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED)
 		return NULL;
 	start = (uintptr_t)p;
@@ -164,7 +163,7 @@ UZ_EXPORT int munmap(void *addr, size_t len)
 /* Announce a grown tail, which the kernel registered with the mapping. */
 static void mremap_extend_locked(uint64_t start, uint64_t len)
 {
-	struct uz_msg_range msg = { .start = start, .len = len };
+	struct uz_msg_range msg = {.start = start, .len = len};
 	struct uz_msg_reply reply;
 	int r;
 
@@ -175,7 +174,7 @@ static void mremap_extend_locked(uint64_t start, uint64_t len)
 	if (r == 0) {
 		uz_range_remember_locked(start, len);
 	} else if (uz_client.uffd >= 0) {
-		struct uffdio_range range = { .start = start, .len = len };
+		struct uffdio_range range = {.start = start, .len = len};
 
 		ioctl(uz_client.uffd, UFFDIO_UNREGISTER, &range);
 	}
@@ -193,8 +192,7 @@ void *uz_mremap_tracked(void *old, size_t old_len, size_t new_len, int flags, vo
 		return uz_raw_mremap(old, old_len, new_len, flags, new_addr);
 	uz_ranges_lock();
 	if (!uz_range_overlaps_locked(old_start, old_size) &&
-	    !((flags & MREMAP_FIXED) &&
-	      uz_range_overlaps_locked((uintptr_t)new_addr, new_size))) {
+	    !((flags & MREMAP_FIXED) && uz_range_overlaps_locked((uintptr_t)new_addr, new_size))) {
 		uz_ranges_unlock();
 		return uz_raw_mremap(old, old_len, new_len, flags, new_addr);
 	}

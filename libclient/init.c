@@ -41,7 +41,7 @@
 #endif
 
 #define UZ_CONNECT_TIMEOUT_MS 1000
-#define UZ_HELLO_TIMEOUT_MS 5000
+#define UZ_HELLO_TIMEOUT_MS   5000
 #define UZ_MIN_REGION_DEFAULT (1UL << 20)
 
 /* Features the protocol cannot work without, and those it takes when offered. */
@@ -51,9 +51,9 @@
 #define UZ_FEATURES_OPTIONAL (UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EXACT_ADDRESS)
 
 struct uz_client uz_client = {
-	.uffd = -1,
-	.sock = -1,
-	.min_region = UZ_MIN_REGION_DEFAULT,
+    .uffd = -1,
+    .sock = -1,
+    .min_region = UZ_MIN_REGION_DEFAULT,
 };
 
 void *uz_raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
@@ -100,10 +100,23 @@ static size_t parse_size(const char *s)
 	if (errno || end == s)
 		return 0;
 	switch (*end) {
-	case 'k': case 'K': value <<= 10; end++; break;
-	case 'm': case 'M': value <<= 20; end++; break;
-	case 'g': case 'G': value <<= 30; end++; break;
-	default: break;
+	case 'k':
+	case 'K':
+		value <<= 10;
+		end++;
+		break;
+	case 'm':
+	case 'M':
+		value <<= 20;
+		end++;
+		break;
+	case 'g':
+	case 'G':
+		value <<= 30;
+		end++;
+		break;
+	default:
+		break;
 	}
 	if (*end == 'i')
 		end++;
@@ -178,15 +191,16 @@ static int uffd_open(int *out)
  */
 static int uffd_create(int *out, uint64_t *features_out, const char **reason)
 {
-	struct uffdio_api api = { .api = UFFD_API };
+	struct uffdio_api api = {.api = UFFD_API};
 	uint64_t wanted;
 	int fd, r;
 
 	r = uffd_open(&fd);
 	if (r < 0) {
-		*reason = r == -EPERM ? "only a user-mode-only userfaultfd is allowed: system calls "
-					"on evicted buffers would fail"
-				      : "cannot create a userfaultfd";
+		*reason = r == -EPERM
+			      ? "only a user-mode-only userfaultfd is allowed: system calls "
+				"on evicted buffers would fail"
+			      : "cannot create a userfaultfd";
 		return r;
 	}
 	if (ioctl(fd, UFFDIO_API, &api) < 0) {
@@ -207,7 +221,7 @@ static int uffd_create(int *out, uint64_t *features_out, const char **reason)
 		*reason = "cannot create a userfaultfd";
 		return r;
 	}
-	api = (struct uffdio_api){ .api = UFFD_API, .features = wanted };
+	api = (struct uffdio_api){.api = UFFD_API, .features = wanted};
 	if (ioctl(fd, UFFDIO_API, &api) < 0) {
 		r = -errno;
 		close(fd);
@@ -222,8 +236,8 @@ static int uffd_create(int *out, uint64_t *features_out, const char **reason)
 static int register_missing(int uffd, void *start, size_t len)
 {
 	struct uffdio_register reg = {
-		.range = { .start = (uintptr_t)start, .len = len },
-		.mode = UFFDIO_REGISTER_MODE_MISSING,
+	    .range = {.start = (uintptr_t)start, .len = len},
+	    .mode = UFFDIO_REGISTER_MODE_MISSING,
 	};
 
 	return ioctl(uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
@@ -231,7 +245,7 @@ static int register_missing(int uffd, void *start, size_t len)
 
 static int socket_connect(const char *path, int *out)
 {
-	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
 	struct timespec start, now;
 	int fd, r;
 
@@ -253,7 +267,7 @@ static int socket_connect(const char *path, int *out)
 		if (r != -EAGAIN && r != -EINTR && r != -EINPROGRESS)
 			goto fail;
 		if (r == -EINPROGRESS) {
-			struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+			struct pollfd pfd = {.fd = fd, .events = POLLOUT};
 			int error = 0;
 			socklen_t len = sizeof(error);
 
@@ -286,31 +300,32 @@ fail:
 static int hello_send(int sock, int uffd, int pagemap, bool fork_child)
 {
 	struct uz_msg_hello hello = {
-		.header = {
-			.magic = UZ_PROTO_MAGIC,
-			.version = UZ_PROTO_VERSION,
-			.type = UZ_MSG_HELLO,
-			.size = sizeof(hello),
-			.seq = 0,
+	    .header =
+		{
+		    .magic = UZ_PROTO_MAGIC,
+		    .version = UZ_PROTO_VERSION,
+		    .type = UZ_MSG_HELLO,
+		    .size = sizeof(hello),
+		    .seq = 0,
 		},
-		.uffd_features = uz_client.uffd_features,
-		.graveyard_start = (uintptr_t)uz_client.graveyard,
-		.graveyard_len = UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE,
-		.page_size = UZ_PAGE_SIZE,
-		.flags = (pagemap >= 0 ? UZ_HELLO_HAS_PAGEMAP : 0) |
-			 (fork_child ? UZ_HELLO_FORK_CHILD : 0),
+	    .uffd_features = uz_client.uffd_features,
+	    .graveyard_start = (uintptr_t)uz_client.graveyard,
+	    .graveyard_len = UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE,
+	    .page_size = UZ_PAGE_SIZE,
+	    .flags =
+		(pagemap >= 0 ? UZ_HELLO_HAS_PAGEMAP : 0) | (fork_child ? UZ_HELLO_FORK_CHILD : 0),
 	};
 	union {
 		char buf[CMSG_SPACE(2 * sizeof(int))];
 		struct cmsghdr align;
-	} control = { 0 };
-	struct iovec iov = { .iov_base = &hello, .iov_len = sizeof(hello) };
+	} control = {0};
+	struct iovec iov = {.iov_base = &hello, .iov_len = sizeof(hello)};
 	struct msghdr msg = {
-		.msg_iov = &iov,
-		.msg_iovlen = 1,
-		.msg_control = control.buf,
+	    .msg_iov = &iov,
+	    .msg_iovlen = 1,
+	    .msg_control = control.buf,
 	};
-	int fds[2] = { uffd, pagemap };
+	int fds[2] = {uffd, pagemap};
 	int nfds = pagemap >= 0 ? 2 : 1;
 	struct cmsghdr *cmsg;
 
@@ -334,14 +349,14 @@ static int hello_receive(int sock, struct uz_msg_hello_reply *reply, int *ring_f
 		char buf[CMSG_SPACE(4 * sizeof(int))];
 		struct cmsghdr align;
 	} control;
-	struct iovec iov = { .iov_base = reply, .iov_len = sizeof(*reply) };
+	struct iovec iov = {.iov_base = reply, .iov_len = sizeof(*reply)};
 	struct msghdr msg = {
-		.msg_iov = &iov,
-		.msg_iovlen = 1,
-		.msg_control = control.buf,
-		.msg_controllen = sizeof(control.buf),
+	    .msg_iov = &iov,
+	    .msg_iovlen = 1,
+	    .msg_control = control.buf,
+	    .msg_controllen = sizeof(control.buf),
 	};
-	struct pollfd pfd = { .fd = sock, .events = POLLIN };
+	struct pollfd pfd = {.fd = sock, .events = POLLIN};
 	struct cmsghdr *cmsg;
 	ssize_t n;
 	int fd = -1;
@@ -406,7 +421,7 @@ fail:
  */
 int uz_client_join(bool fork_child)
 {
-	struct uz_msg_hello_reply reply = { 0 };
+	struct uz_msg_hello_reply reply = {0};
 	const char *reason = NULL;
 	uint64_t features = 0;
 	int uffd = -1, sock = -1, pagemap = -1, ring_fd = -1;
@@ -419,9 +434,9 @@ int uz_client_join(bool fork_child)
 	uz_client.uffd_features = features;
 
 	if (!uz_client.graveyard) {
-		void *grave = uz_raw_mmap(NULL, UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE,
-					  PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
-					  0);
+		void *grave =
+		    uz_raw_mmap(NULL, UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE, PROT_READ | PROT_WRITE,
+				MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
 		if (grave == MAP_FAILED) {
 			r = -errno;
@@ -485,7 +500,6 @@ int uz_client_join(bool fork_child)
 	uz_client.ring_size = reply.ring_size;
 	uz_client.batch_max = uz_min(reply.batch_max, (uint32_t)UZ_EVICT_BATCH_MAX);
 	uz_client.client_id = reply.client_id;
-	uz_conn_reset();
 	atomic_store(&uz_client.state, UZ_CLIENT_MANAGED);
 
 	r = uz_agent_start();
@@ -502,7 +516,8 @@ int uz_client_join(bool fork_child)
 
 fail_unreachable:
 	uz_notice("libuzswap: uzswapd not reachable at %s (%s); running unmanaged",
-		  *uz_client.socket_path ? uz_client.socket_path : "$XDG_RUNTIME_DIR/uzswap/uzswapd.sock",
+		  *uz_client.socket_path ? uz_client.socket_path
+					 : "$XDG_RUNTIME_DIR/uzswap/uzswapd.sock",
 		  *uz_client.socket_path ? strerror(-r) : "XDG_RUNTIME_DIR is not set");
 	goto fail;
 fail_refused:
@@ -537,10 +552,10 @@ void uz_client_leave(bool daemon_alive)
 	atomic_store(&uz_steer_min, SIZE_MAX);
 	if (daemon_alive) {
 		struct uffdio_range grave = {
-			.start = (uintptr_t)uz_client.graveyard,
-			.len = UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE,
+		    .start = (uintptr_t)uz_client.graveyard,
+		    .len = UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE,
 		};
-		struct uz_msg_header ack = { 0 };
+		struct uz_msg_header ack = {0};
 
 		uz_ranges_unregister_all_locked();
 		ioctl(uz_client.uffd, UFFDIO_UNREGISTER, &grave);

@@ -152,7 +152,8 @@ void uz_range_remember_locked(uint64_t start, uint64_t len)
 	if (table_reserve(count + 1) < 0)
 		return;
 	i = table_lower_bound(start);
-	/* ranges[i] is the first with end > start; after forget, start >= its end or end <= its start. */
+	/* ranges[i] is the first with end > start; after forget, start >= its end or end <= its
+	 * start. */
 	if (i > 0 && ranges[i - 1].end == start) {
 		ranges[i - 1].end = end;
 		if (i < count && ranges[i].start == end) {
@@ -168,15 +169,15 @@ void uz_range_remember_locked(uint64_t start, uint64_t len)
 	}
 	j = i;
 	memmove(&ranges[j + 1], &ranges[j], (count - j) * sizeof(*ranges));
-	ranges[j] = (struct uz_range){ .start = start, .end = end };
+	ranges[j] = (struct uz_range){.start = start, .end = end};
 	atomic_store(&range_count, count + 1);
 }
 
 static int uffd_register(uint64_t start, uint64_t len)
 {
 	struct uffdio_register reg = {
-		.range = { .start = start, .len = len },
-		.mode = UFFDIO_REGISTER_MODE_MISSING,
+	    .range = {.start = start, .len = len},
+	    .mode = UFFDIO_REGISTER_MODE_MISSING,
 	};
 
 	return ioctl(uz_client.uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
@@ -184,14 +185,14 @@ static int uffd_register(uint64_t start, uint64_t len)
 
 static void uffd_unregister(uint64_t start, uint64_t len)
 {
-	struct uffdio_range range = { .start = start, .len = len };
+	struct uffdio_range range = {.start = start, .len = len};
 
 	ioctl(uz_client.uffd, UFFDIO_UNREGISTER, &range);
 }
 
 static int daemon_range(uint16_t type, uint64_t start, uint64_t len, uint32_t flags)
 {
-	struct uz_msg_range msg = { .start = start, .len = len, .flags = flags };
+	struct uz_msg_range msg = {.start = start, .len = len, .flags = flags};
 	struct uz_msg_reply reply;
 	int r;
 
