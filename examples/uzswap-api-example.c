@@ -76,8 +76,8 @@ int main(void)
 	page_size = (size_t)sysconf(_SC_PAGESIZE);
 	count = REGION_SIZE / page_size;
 	printf("managed by uzswapd: %s\n", uzswap_managed() ? "yes" : "no");
-	region = mmap(NULL, REGION_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
-		      0);
+	region =
+	    mmap(NULL, REGION_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (region == MAP_FAILED) {
 		perror("mmap");
 		return 1;

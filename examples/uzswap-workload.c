@@ -29,8 +29,8 @@
 static size_t page_size;
 
 static const char *const words[16] = {
-	"memory", "page",  "the", "of",    "cold",  "compressed", "swap", "and",
-	"daemon", "fault", "a",   "query", "table", "row",        "log",  "value",
+    "memory", "page",  "the", "of",    "cold",	"compressed", "swap", "and",
+    "daemon", "fault", "a",   "query", "table", "row",	      "log",  "value",
 };
 
 static uint64_t next_random(uint64_t *state)
@@ -156,8 +156,8 @@ int main(int argc, char **argv)
 		page_write(region + p * page_size, p, 0);
 		checksums[p] = page_checksum(region + p * page_size);
 	}
-	printf("wrote %" PRIu64 " pages (%zu MiB) of text-like data in %.2f s\n", count,
-	       size >> 20, seconds_since(&start));
+	printf("wrote %" PRIu64 " pages (%zu MiB) of text-like data in %.2f s\n", count, size >> 20,
+	       seconds_since(&start));
 
 	for (unsigned pass = 1; pass <= passes; pass++) {
 		uint64_t absent = pages_not_resident(region, count);
@@ -167,8 +167,8 @@ int main(int argc, char **argv)
 			unsigned char *page = region + p * page_size;
 
 			if (page_checksum(page) != checksums[p]) {
-				printf("uzswap-workload: page %" PRIu64 " is corrupt (pass %u)\n", p,
-				       pass);
+				printf("uzswap-workload: page %" PRIu64 " is corrupt (pass %u)\n",
+				       p, pass);
 				return 1;
 			}
 			checked++;

@@ -39,7 +39,7 @@
 #include <uzswap.h>
 
 /* Latency histogram: 16 linear sub-buckets per power of two of nanoseconds. */
-#define HIST_SUB 16
+#define HIST_SUB     16
 #define HIST_BUCKETS (64 * HIST_SUB)
 
 static size_t page_size;
@@ -47,10 +47,10 @@ static uint64_t histogram[HIST_BUCKETS];
 static uint64_t histogram_count;
 
 static const char *const words[32] = {
-	"the",    "of",     "and",   "to",    "in",     "a",      "is",     "that",
-	"for",    "record", "user",  "value", "status", "ok",     "error",  "request",
-	"time",   "id",     "name",  "cache", "page",   "server", "client", "memory",
-	"select", "from",   "where", "order", "by",     "key",    "index",  "table",
+    "the",    "of",	"and",	 "to",	  "in",	    "a",      "is",	"that",
+    "for",    "record", "user",	 "value", "status", "ok",     "error",	"request",
+    "time",   "id",	"name",	 "cache", "page",   "server", "client", "memory",
+    "select", "from",	"where", "order", "by",	    "key",    "index",	"table",
 };
 
 static uint64_t splitmix(uint64_t *state)
@@ -65,8 +65,8 @@ static uint64_t splitmix(uint64_t *state)
 static void page_generate(unsigned char *page, uint64_t pageno, uint64_t version)
 {
 	uint64_t state = pageno * 0x2545f4914f6cdd1dULL + version;
-	size_t pos = (size_t)snprintf((char *)page, page_size, "%" PRIu64 ".%" PRIu64 ":", pageno,
-				      version);
+	size_t pos =
+	    (size_t)snprintf((char *)page, page_size, "%" PRIu64 ".%" PRIu64 ":", pageno, version);
 
 	while (pos < page_size) {
 		uint64_t r = splitmix(&state);
@@ -95,9 +95,9 @@ static uint64_t page_checksum(const unsigned char *page)
 static void histogram_add(uint64_t ns)
 {
 	unsigned exponent = ns < HIST_SUB ? 0 : 63 - (unsigned)__builtin_clzll(ns) - 3;
-	unsigned index = ns < HIST_SUB ? (unsigned)ns
-				       : exponent * HIST_SUB + (unsigned)((ns >> exponent) & 15) +
-						 HIST_SUB;
+	unsigned index = ns < HIST_SUB
+			     ? (unsigned)ns
+			     : exponent * HIST_SUB + (unsigned)((ns >> exponent) & 15) + HIST_SUB;
 
 	if (index >= HIST_BUCKETS)
 		index = HIST_BUCKETS - 1;
@@ -159,7 +159,7 @@ static int page_absent(const void *addr)
 static void print_uzswap_stats(void)
 {
 	int (*get)(struct uzswap_stats *) =
-		(int (*)(struct uzswap_stats *))dlsym(RTLD_DEFAULT, "uzswap_get_stats");
+	    (int (*)(struct uzswap_stats *))dlsym(RTLD_DEFAULT, "uzswap_get_stats");
 	int (*managed)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "uzswap_managed");
 	struct uzswap_stats s;
 
@@ -175,7 +175,7 @@ static void print_uzswap_stats(void)
 	if (s.compressed_bytes && s.stored_pages > s.same_filled_pages)
 		printf("uzswap_compression_ratio %.3f\n",
 		       (double)((s.stored_pages - s.same_filled_pages) * page_size) /
-			       (double)s.compressed_bytes);
+			   (double)s.compressed_bytes);
 }
 
 int main(int argc, char **argv)

@@ -89,7 +89,8 @@ int main(int argc, char **argv)
 	       page_count, has_ptrace == 1 ? "present" : "absent");
 	if ((expect_ptrace == IT_EXPECT_YES && has_ptrace != 1) ||
 	    (expect_ptrace == IT_EXPECT_NO && has_ptrace != 0))
-		it_fail("CAP_SYS_PTRACE is %s, not as the harness meant", has_ptrace ? "set" : "unset");
+		it_fail("CAP_SYS_PTRACE is %s, not as the harness meant",
+			has_ptrace ? "set" : "unset");
 	it_check_managed(expect);
 
 	region = it_map(size);

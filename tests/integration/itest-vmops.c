@@ -92,7 +92,8 @@ static void scenario_mremap_move(void)
 	char *region = setup();
 	size_t chunk = size / 2;
 	char *src = region + size / 4;
-	char *dst = mmap(NULL, chunk, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	char *dst =
+	    mmap(NULL, chunk, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 
 	if (dst == MAP_FAILED)
 		it_fail("mmap destination: %m");
@@ -242,7 +243,8 @@ static void full_write(int fd, const void *buf, size_t len, const char *what)
 	ssize_t r = write(fd, buf, len);
 
 	if (r != (ssize_t)len)
-		it_fail("%s: write(%zu) = %zd: %s", what, len, r, r < 0 ? strerror(errno) : "short");
+		it_fail("%s: write(%zu) = %zd: %s", what, len, r,
+			r < 0 ? strerror(errno) : "short");
 }
 
 static void full_read(int fd, void *buf, size_t len, const char *what)
@@ -284,7 +286,8 @@ static void scenario_syscalls(void)
 	before_op(region, size / 2, "write(2) of the first half to a file");
 	full_write(fd, region, size / 2, "write evicted pages to file");
 	for (uint64_t p = 0; p < half; p++) {
-		if (pread(fd, buf, it_page_size, (off_t)(p * it_page_size)) != (ssize_t)it_page_size)
+		if (pread(fd, buf, it_page_size, (off_t)(p * it_page_size)) !=
+		    (ssize_t)it_page_size)
 			it_fail("pread: %m");
 		it_page_verify(buf, p, 1, "file written from evicted pages");
 	}
@@ -341,12 +344,9 @@ int main(int argc, char **argv)
 		const char *name;
 		void (*run)(void);
 	} scenarios[] = {
-		{ "mremap-move", scenario_mremap_move },
-		{ "mremap-grow", scenario_mremap_grow },
-		{ "mremap-shrink", scenario_mremap_shrink },
-		{ "munmap", scenario_munmap },
-		{ "dontneed", scenario_dontneed },
-		{ "syscalls", scenario_syscalls },
+	    {"mremap-move", scenario_mremap_move},     {"mremap-grow", scenario_mremap_grow},
+	    {"mremap-shrink", scenario_mremap_shrink}, {"munmap", scenario_munmap},
+	    {"dontneed", scenario_dontneed},	       {"syscalls", scenario_syscalls},
 	};
 
 	it_init("itest-vmops");

@@ -17,8 +17,8 @@
 #include "itest.h"
 
 #define IT_HEADER_SIZE 32
-#define IT_MAGIC "uzs-test"
-#define IT_PAGE_MAX 65536
+#define IT_MAGIC       "uzs-test"
+#define IT_PAGE_MAX    65536
 
 size_t it_page_size;
 const char *it_name = "itest";
@@ -32,10 +32,10 @@ struct it_header {
 };
 
 static const char *const it_words[32] = {
-	"the",   "page",  "fault",    "memory", "swap",  "zone",   "of",    "and",
-	"cold",  "hot",   "compress", "pool",   "entry", "daemon", "to",    "is",
-	"a",     "in",    "kernel",   "write",  "read",  "back",   "store", "lru",
-	"queue", "batch", "evict",    "ring",   "with",  "for",    "that",  "client",
+    "the",   "page",  "fault",	  "memory", "swap",  "zone",   "of",	"and",
+    "cold",  "hot",   "compress", "pool",   "entry", "daemon", "to",	"is",
+    "a",     "in",    "kernel",	  "write",  "read",  "back",   "store", "lru",
+    "queue", "batch", "evict",	  "ring",   "with",  "for",    "that",	"client",
 };
 
 void it_init(const char *name)
@@ -245,7 +245,7 @@ int it_managed(void)
 int it_stats(struct uzswap_stats *stats)
 {
 	int (*fn)(struct uzswap_stats *) =
-		(int (*)(struct uzswap_stats *))dlsym(RTLD_DEFAULT, "uzswap_get_stats");
+	    (int (*)(struct uzswap_stats *))dlsym(RTLD_DEFAULT, "uzswap_get_stats");
 
 	return fn ? fn(stats) : -ENOSYS;
 }
