@@ -118,8 +118,8 @@ static void test_slots_run_out_and_return(void **state)
 	pthread_barrier_destroy(&hold_barrier);
 
 	/* Exited threads gave their slots back. */
-	assert_true(pthread_create(&threads[0], NULL, hold_slot_main, &again) == 0);
 	pthread_barrier_init(&hold_barrier, NULL, 2);
+	assert_true(pthread_create(&threads[0], NULL, hold_slot_main, &again) == 0);
 	pthread_barrier_wait(&hold_barrier);
 	pthread_barrier_wait(&hold_barrier);
 	pthread_join(threads[0], NULL);
