@@ -322,11 +322,19 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 	client->uffd_features = hello->uffd_features;
 	client->graveyard_start = hello->graveyard_start;
 	client->graveyard_end = hello->graveyard_start + hello->graveyard_len;
-	client->policy = daemon->policy;
-	client->high_pages = client->policy.resident_max / UZ_PAGE_SIZE;
-	client->low_pages = client->policy.resident_low / UZ_PAGE_SIZE;
-	if (client->low_pages > client->high_pages)
-		client->low_pages = client->high_pages;
+	client_set_policy(client, &daemon->policy);
+	{
+		struct uz_policy policy;
+
+		r = daemon_client_resolve(daemon, client->pid, &client->group, &policy);
+		if (r < 0) {
+			*why = "cannot find the cgroup of the peer";
+			goto fail;
+		}
+		client_set_policy(client, &policy);
+		client->assigned_group = group_ref(client->group);
+		client->assigned_policy = policy;
+	}
 
 	snprintf(path, sizeof(path), "/proc/%d", (int)cred.pid);
 	client->proc_fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -448,6 +456,9 @@ static void handshake_complete(struct handshake *h)
 		r = -EUSERS;
 	} else {
 		client->id = ++daemon->next_client_id;
+		client->owner = daemon->fault_threads[daemon->next_fault_thread];
+		daemon->next_fault_thread =
+		    (daemon->next_fault_thread + 1) % daemon->nr_fault_threads;
 		client->key = client->id & CLIENT_KEY_MASK;
 		uz_list_add_tail(&daemon->clients, &client->link);
 		daemon->nr_clients++;
@@ -479,8 +490,7 @@ static void handshake_complete(struct handshake *h)
 	       (int)client->pid, (int)client->uid, client->comm,
 	       (client->hello_flags & UZ_HELLO_FORK_CHILD) ? " (fork child)" : "");
 	h->fd = -1; /* the client owns the socket now */
-	fault_thread_adopt(daemon->fault_threads[daemon->next_fault_thread], client);
-	daemon->next_fault_thread = (daemon->next_fault_thread + 1) % daemon->nr_fault_threads;
+	fault_thread_adopt(client->owner, client);
 	handshake_free(h);
 	return;
 
@@ -523,6 +533,25 @@ fail:
 	return r;
 }
 
+struct client_assign *client_assign_free(struct client_assign *assign)
+{
+	if (assign) {
+		group_unref(assign->group);
+		free(assign);
+	}
+	return NULL;
+}
+
+void client_set_policy(struct client *client, const struct uz_policy *policy)
+{
+	client->policy = *policy;
+	client->high_pages = policy->resident_max / UZ_PAGE_SIZE;
+	client->low_pages = policy->resident_low / UZ_PAGE_SIZE;
+	if (client->low_pages > client->high_pages)
+		client->low_pages = client->high_pages;
+	client->reclaim_rescan_at = 0;
+}
+
 struct client *client_free(struct client *client)
 {
 	if (!client)
@@ -541,6 +570,9 @@ struct client *client_free(struct client *client)
 		close(client->proc_fd);
 	page_index_free(client->index);
 	stats_free(client->stats);
+	group_unref(client->group);
+	group_unref(client->assigned_group);
+	client_assign_free(__atomic_exchange_n(&client->assign, NULL, __ATOMIC_ACQ_REL));
 	free(client->regions);
 	free(client->requests);
 	free(client);

@@ -99,6 +99,8 @@ enum {
 #define FAULT_EVICT_BACKOFF  256  /* CLOCK visits a page the agent could not move sits out */
 #define FAULT_RECLAIM_RESCAN 64	  /* after a fruitless sweep, wait for this many new pages */
 #define VPN_MAX		     ((1ULL << PAGE_INDEX_VPN_BITS) - 1)
+#define FAULT_COMPRESSORS_MAX 8	  /* distinct (algo, level) pairs a thread keeps */
+#define FAULT_IDLE_TICK_MS    500 /* wake at least this often: the heartbeat ticks */
 
 /*
  * A RESIDENT entry has no use for the len field; it counts down the CLOCK
@@ -141,7 +143,14 @@ struct fault_thread {
 	struct uz_list dead;	/* killed this round, freed at the end of it */
 	bool draining;
 	uint64_t deadline;
-	struct compressor *compressor;
+	struct compressor *compressor; /* the default policy's; decompresses anything */
+	struct {
+		enum compressor_algo algo;
+		int level;
+		struct compressor *compressor;
+	} compressors[FAULT_COMPRESSORS_MAX]; /* by the (algo, level) clients' policies ask for */
+	unsigned nr_compressors;
+	uint64_t heartbeat; /* atomic: bumped once per loop iteration (watchdog) */
 	uint8_t *page; /* page-aligned buffers, one page each */
 	uint8_t *zero_page;
 	uint8_t *compressed;
@@ -158,7 +167,34 @@ struct fault_thread {
 static inline void client_stat(struct client *c, enum uz_stat which, int64_t delta)
 {
 	stats_add(c->stats, which, delta);
+	stats_add(c->group->stats, which, delta);
 	stats_add(c->daemon->stats, which, delta);
+}
+
+/*
+ * The compressor for a policy: found in the thread's cache, created there
+ * on first use (when a client is adopted or gets a new policy, never on
+ * the fault path).  Falls back to the default one when the cache is full
+ * or creation fails.
+ */
+static struct compressor *fault_compressor(struct fault_thread *t, enum compressor_algo algo,
+					   int level, bool create)
+{
+	struct compressor *comp;
+
+	if (algo == COMPRESSOR_LZ4)
+		level = 0;
+	for (unsigned i = 0; i < t->nr_compressors; i++)
+		if (t->compressors[i].algo == algo && t->compressors[i].level == level)
+			return t->compressors[i].compressor;
+	if (!create || t->nr_compressors >= FAULT_COMPRESSORS_MAX ||
+	    compressor_new(&comp, algo, level) < 0)
+		return t->compressor;
+	t->compressors[t->nr_compressors].algo = algo;
+	t->compressors[t->nr_compressors].level = level;
+	t->compressors[t->nr_compressors].compressor = comp;
+	t->nr_compressors++;
+	return comp;
 }
 
 static inline void client_resident_add(struct client *c, int64_t delta)
@@ -624,6 +660,9 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 		return;
 	if (c->resident > c->high_pages && c->resident >= c->reclaim_rescan_at)
 		want_pressure = uz_min(c->resident - c->low_pages, (uint64_t)UZ_EVICT_BATCH_MAX);
+	if (c->shrink_pages && c->resident >= c->reclaim_rescan_at)
+		want_pressure = uz_max(want_pressure, uz_min(uz_min(c->shrink_pages, c->resident),
+							     (uint64_t)UZ_EVICT_BATCH_MAX));
 	if (!want_pressure && !cold)
 		return;
 
@@ -649,6 +688,7 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 	if (!ctx.count) {
 		/* Nothing evictable now: do not sweep again on every fault. */
 		c->reclaim_rescan_at = c->resident + FAULT_RECLAIM_RESCAN;
+		c->shrink_pages = 0;
 		return;
 	}
 	c->reclaim_rescan_at = 0;
@@ -671,6 +711,7 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 		return;
 	}
 	c->batch_id++;
+	c->shrink_pages -= uz_min(c->shrink_pages, (uint64_t)ctx.count);
 	c->batch_count = ctx.count;
 	c->batch_state = BATCH_SENT;
 	c->in_flight += ctx.count;
@@ -685,7 +726,8 @@ static int fault_store_page(struct fault_thread *t, struct client *c, uint64_t v
 	struct daemon *d = c->daemon;
 	uint64_t word, pattern;
 	const void *data = t->compressed;
-	unsigned algo = compressor_algo(t->compressor);
+	struct compressor *comp = fault_compressor(t, c->policy.algo, c->policy.level, false);
+	unsigned algo = compressor_algo(comp);
 	pool_handle_t handle;
 	int len, r;
 
@@ -698,7 +740,7 @@ static int fault_store_page(struct fault_thread *t, struct client *c, uint64_t v
 		return 0;
 	}
 
-	len = compressor_compress(t->compressor, page, t->compressed, c->policy.poor_threshold);
+	len = compressor_compress(comp, page, t->compressed, c->policy.poor_threshold);
 	if (len == -E2BIG) {
 		client_stat(c, UZ_STAT_reject_compress_poor, 1);
 		if (c->policy.poor_policy != UZ_POOR_KEEP_RAW)
@@ -788,8 +830,9 @@ static int client_evict_done(struct fault_thread *t, struct client *c,
 		if (m->status[i] > 0 || m->status[i] < -4095)
 			return -EBADMSG;
 
+	(void)d;
 	pool_full = c->policy.pool_max != UZ_UNLIMITED &&
-		    (uint64_t)stats_read(d->stats, UZ_STAT_compressed_bytes) >= c->policy.pool_max;
+		    group_pool_bytes(c->group) >= c->policy.pool_max;
 
 	c->batch_state = BATCH_LANDING;
 	c->batch_pending_installs = 0;
@@ -1361,6 +1404,40 @@ static void fault_thread_retry(struct fault_thread *t)
  * The thread
  */
 
+/*
+ * Take a new group and policy the main thread posted (cgroup changed,
+ * config reloaded, shrink asked).  The client's gauges move from the old
+ * group to the new one, so per-group sums keep matching the global ones;
+ * counters stay where they were counted.
+ */
+static void client_take_assign(struct fault_thread *t, struct client *c)
+{
+	struct client_assign *a = __atomic_exchange_n(&c->assign, NULL, __ATOMIC_ACQ_REL);
+
+	if (!a)
+		return;
+	if (a->group && a->group != c->group) {
+		int64_t v[UZ_STAT__COUNT];
+
+		stats_read_all(c->stats, v);
+		for (int i = 0; i < UZ_STAT__COUNT; i++) {
+			if (stats_kind((enum uz_stat)i) != UZ_STAT_GAUGE || !v[i])
+				continue;
+			stats_add(c->group->stats, (enum uz_stat)i, -v[i]);
+			stats_add(a->group->stats, (enum uz_stat)i, v[i]);
+		}
+		group_unref(c->group);
+		c->group = a->group;
+		a->group = NULL;
+	}
+	client_set_policy(c, &a->policy);
+	(void)fault_compressor(t, c->policy.algo, c->policy.level, true);
+	c->shrink_pages += a->shrink_pages;
+	client_assign_free(a);
+	if (!c->dead)
+		client_reclaim(t, c);
+}
+
 static void fault_thread_adopt_inbox(struct fault_thread *t)
 {
 	struct uz_list inbox;
@@ -1397,6 +1474,11 @@ static void fault_thread_adopt_inbox(struct fault_thread *t)
 		}
 	}
 
+	for (struct uz_list *i = t->clients.next, *next; i != &t->clients; i = next) {
+		next = i->next;
+		client_take_assign(t, uz_container_of(i, struct client, thread_link));
+	}
+
 	while (!uz_list_empty(&inbox)) {
 		struct client *c = uz_container_of(inbox.next, struct client, thread_link);
 		struct epoll_event ev_uffd = {.events = EPOLLIN, .data.ptr = &c->source_uffd};
@@ -1406,6 +1488,7 @@ static void fault_thread_adopt_inbox(struct fault_thread *t)
 		uz_list_del(&c->thread_link);
 		uz_list_add_tail(&t->clients, &c->thread_link);
 		c->thread = t;
+		(void)fault_compressor(t, c->policy.algo, c->policy.level, true);
 		c->source_uffd = (struct fault_source){c, FAULT_SOURCE_UFFD};
 		c->source_socket = (struct fault_source){c, FAULT_SOURCE_SOCKET};
 		if (epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, c->uffd, &ev_uffd) < 0 ||
@@ -1437,16 +1520,17 @@ static void *fault_thread_main(void *arg)
 
 	(void)stats_thread_register();
 	for (;;) {
-		int timeout = -1, n;
+		int timeout = FAULT_IDLE_TICK_MS, n;
 		bool stop;
 
+		__atomic_fetch_add(&t->heartbeat, 1, __ATOMIC_RELAXED);
 		if (t->want_retry)
 			timeout = spins < FAULT_SPIN_POLLS ? 0 : 1;
 		if (t->draining) {
 			uint64_t now = uz_now_usec();
 			int left = now >= t->deadline ? 0 : (int)((t->deadline - now) / 1000 + 1);
 
-			if (timeout < 0 || left < timeout)
+			if (left < timeout)
 				timeout = left;
 		}
 		n = epoll_wait(t->epoll_fd, events, UZ_ARRAY_SIZE(events), timeout);
@@ -1588,6 +1672,16 @@ void fault_thread_adopt(struct fault_thread *t, struct client *client)
 	fault_thread_kick(t);
 }
 
+void fault_thread_kick_assign(struct fault_thread *t)
+{
+	fault_thread_kick(t);
+}
+
+uint64_t fault_thread_heartbeat(const struct fault_thread *t)
+{
+	return __atomic_load_n(&t->heartbeat, __ATOMIC_RELAXED);
+}
+
 void fault_thread_drain(struct fault_thread *t, uint64_t deadline_usec)
 {
 	pthread_mutex_lock(&t->lock);
@@ -1635,6 +1729,8 @@ struct fault_thread *fault_thread_free(struct fault_thread *t)
 	if (t->event_fd >= 0)
 		close(t->event_fd);
 	compressor_free(t->compressor);
+	for (unsigned i = 0; i < t->nr_compressors; i++)
+		compressor_free(t->compressors[i].compressor);
 	free(t->page);
 	free(t->zero_page);
 	free(t->compressed);
