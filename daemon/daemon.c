@@ -91,6 +91,9 @@ int daemon_new(struct daemon **out, const struct uz_policy *policy, unsigned nr_
 		return -ENOMEM;
 	d->policy = *policy;
 	d->pool_max_size = UZ_UNLIMITED;
+	d->max_clients = UZ_CLIENTS_MAX;
+	d->max_clients_per_user = UZ_CLIENTS_PER_UID_MAX;
+	d->max_regions_per_client = UZ_CLIENT_REGIONS_MAX;
 	d->started_usec = uz_now_usec();
 	group_registry_init(&d->groups);
 	pthread_mutex_init(&d->clients_lock, NULL);

@@ -132,6 +132,11 @@ struct daemon {
 	struct policy_override policy_override;
 	uint64_t started_usec;
 
+	/* [Daemon] limits (written by main.c; read on the main thread and at REGISTER) */
+	unsigned max_clients;		 /* MaxClients, default UZ_CLIENTS_MAX */
+	unsigned max_clients_per_user;	 /* MaxClientsPerUser, default UZ_CLIENTS_PER_UID_MAX */
+	unsigned max_regions_per_client; /* MaxRegionsPerClient, default UZ_CLIENT_REGIONS_MAX */
+
 	/* [Pool] and [Swap] of the config (command line overrides), for the writeback tier. */
 	uint64_t pool_max_size;		       /* bytes; UZ_UNLIMITED for none */
 	unsigned accept_threshold_percent;     /* refill the pool below this percent of max */

@@ -448,10 +448,10 @@ static void handshake_complete(struct handshake *h)
 		goto refuse;
 
 	pthread_mutex_lock(&daemon->clients_lock);
-	if (daemon->nr_clients >= UZ_CLIENTS_MAX) {
+	if (daemon->nr_clients >= daemon->max_clients) {
 		why = "too many clients";
 		r = -EUSERS;
-	} else if (clients_of_uid_locked(daemon, client->uid) >= UZ_CLIENTS_PER_UID_MAX) {
+	} else if (clients_of_uid_locked(daemon, client->uid) >= daemon->max_clients_per_user) {
 		why = "too many clients of this user";
 		r = -EUSERS;
 	} else {
@@ -633,7 +633,7 @@ int client_region_add(struct client *client, uint64_t start, uint64_t end)
 
 	if (i < client->nr_regions && client->regions[i].start < end)
 		return -EEXIST;
-	if (client->nr_regions >= UZ_CLIENT_REGIONS_MAX ||
+	if (client->nr_regions >= client->daemon->max_regions_per_client ||
 	    client->registered_bytes + (end - start) > UZ_CLIENT_REGISTERED_MAX)
 		return -E2BIG;
 	return region_insert_at(client, i, start, end);
