@@ -37,6 +37,7 @@
 #include "lru/lru.h"
 #include "pool/pool.h"
 #include "stats/stats.h"
+#include "swap/swapfile.h"
 #include "util.h"
 
 int uz_log_max_level = LOG_INFO;
@@ -111,6 +112,9 @@ int daemon_new(struct daemon **out, const struct uz_policy *policy, unsigned nr_
 	r = latency_hist_new(&d->fault_latency);
 	if (r < 0)
 		goto fail;
+	r = latency_hist_new(&d->disk_fault_latency);
+	if (r < 0)
+		goto fail;
 	d->fault_threads = calloc(nr_fault_threads, sizeof(*d->fault_threads));
 	if (!d->fault_threads) {
 		r = -ENOMEM;
@@ -137,6 +141,8 @@ struct daemon *daemon_free(struct daemon *d)
 	for (unsigned i = 0; i < d->nr_fault_threads; i++)
 		fault_thread_free(d->fault_threads[i]);
 	free(d->fault_threads);
+	swap_free(d->swap); /* after the fault threads: their swap_io are gone */
+	latency_hist_free(d->disk_fault_latency);
 	latency_hist_free(d->fault_latency);
 	stats_free(d->stats);
 	lru_free(d->lru);

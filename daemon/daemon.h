@@ -142,7 +142,27 @@ struct daemon {
 	unsigned accept_threshold_percent;     /* refill the pool below this percent of max */
 	char *swap_file;		       /* path; NULL or "" for none */
 	uint64_t swap_size;		       /* bytes; 0 = no swap file */
+
+	/*
+	 * The writeback tier (daemon/fault/writeback.c).  swap is published
+	 * by writeback_open() (atomic store, release; fault threads load it
+	 * and open their swap_io on their own thread) and freed by
+	 * daemon_free() after the fault threads.  pool_limit_hit: the global
+	 * pool is over pool_max_size and refuses stores until it falls below
+	 * the accept threshold (atomic).
+	 */
+	struct swap *swap;
+	struct latency_hist *disk_fault_latency; /* faults served from the swap file */
+	bool pool_limit_hit;
 };
+
+/*
+ * Open the swap file of d->swap_file / d->swap_size (0 or no path: no
+ * writeback) and let the fault threads use it.  Main thread, once, after
+ * the config is applied.  Honours UZSWAP_TEST_INJECT (tests only, see
+ * docs/SWAP.md).  0 or -errno (logged).
+ */
+int writeback_open(struct daemon *d);
 
 int daemon_new(struct daemon **out, const struct uz_policy *policy, unsigned nr_fault_threads);
 /* Stops the fault threads (without draining) and frees everything. */

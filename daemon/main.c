@@ -1026,6 +1026,8 @@ int main(int argc, char **argv)
 				   "client is in cgroup \"/\"");
 	config_apply(&m, config);
 	config = NULL;
+	/* The writeback tier (daemon/fault/writeback.c): a failure only turns writeback off. */
+	(void)writeback_open(m.daemon);
 
 	r = sd_event_default(&m.event);
 	if (r < 0) {

@@ -75,6 +75,7 @@
 #include "compress/compress.h"
 #include "daemon.h"
 #include "fault/fault.h"
+#include "fault/writeback.h"
 #include "index/index.h"
 #include "lru/lru.h"
 #include "pool/pool.h"
@@ -87,6 +88,7 @@ enum {
 	FAULT_SOURCE_EVENTFD = 0,
 	FAULT_SOURCE_UFFD,
 	FAULT_SOURCE_SOCKET,
+	FAULT_SOURCE_SWAP, /* the swap_io eventfd of the writeback tier */
 };
 
 #define FAULT_UFFD_BATCH     64	  /* uffd messages per read */
@@ -131,6 +133,7 @@ struct fault_thread {
 	int epoll_fd;
 	int event_fd;
 	struct fault_source event_source;
+	struct fault_source swap_source;
 
 	pthread_mutex_t lock; /* guards inbox, stop, drain, drain_deadline */
 	struct uz_list inbox; /* clients handed over, not yet adopted (client.thread_link) */
@@ -158,6 +161,7 @@ struct fault_thread {
 	struct fault_retry *retries;
 	unsigned nr_retries;
 	bool want_retry; /* something returned EAGAIN: poll without sleeping */
+	struct wb *wb;	 /* writeback tier: LRU, swap_io, reads (writeback.c) */
 };
 
 /* ---------------------------------------------------------------------------
@@ -250,16 +254,14 @@ static void fault_retry_add(struct fault_thread *t, struct client *c, uint64_t a
 
 static void entry_lru_push(struct client *c, uint64_t vpn, page_entry_t *entry)
 {
-	if (!pe_queued(*entry) &&
-	    lru_push(c->daemon->lru, c->key << PAGE_INDEX_VPN_BITS | vpn) == 0)
-		*entry |= PE_QUEUED;
+	wb_lru_push(c->thread->wb, c, vpn, entry);
 }
 
 /*
  * The bookkeeping of an entry that is going away (REMOVE, UNMAP, client
  * exit): pool object freed, gauges adjusted, in-flight slot discarded.
  */
-static void entry_release(struct client *c, page_entry_t entry)
+static void entry_release(struct client *c, uint64_t vpn, page_entry_t entry)
 {
 	switch (pe_state(entry)) {
 	case PAGE_RESIDENT:
@@ -269,10 +271,17 @@ static void entry_release(struct client *c, page_entry_t entry)
 		c->slots[pe_payload(entry) % UZ_EVICT_BATCH_MAX].discarded = true;
 		c->in_flight--;
 		break;
+	case PAGE_WRITEBACK:
+		wb_entry_release(c->thread->wb, c, vpn, entry);
+		/* still in the pool */
+		__attribute__((fallthrough));
 	case PAGE_STORED:
 		pool_release(c->daemon->pool, pe_payload(entry));
 		client_stat(c, UZ_STAT_stored_pages, -1);
 		client_stat(c, UZ_STAT_compressed_bytes, -(int64_t)pe_len(entry));
+		break;
+	case PAGE_ON_DISK:
+		wb_entry_release(c->thread->wb, c, vpn, entry);
 		break;
 	case PAGE_SAME_FILLED:
 		client_stat(c, UZ_STAT_stored_pages, -1);
@@ -427,7 +436,9 @@ static int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vp
 		return r;
 	}
 
-	if (pe_state(e) == PAGE_STORED) {
+	if (pe_state(e) == PAGE_WRITEBACK)
+		wb_writeback_cancel(t->wb, c, vpn); /* served from the pool: the write is moot */
+	if (pe_state(e) != PAGE_SAME_FILLED) {
 		pool_release(d->pool, pe_payload(e));
 		client_stat(c, UZ_STAT_compressed_bytes, -(int64_t)pe_len(e));
 	} else {
@@ -475,6 +486,7 @@ static int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, 
 		client_stat(c, UZ_STAT_inflight_faults, 1);
 		return 0;
 	case PAGE_STORED:
+	case PAGE_WRITEBACK:
 	case PAGE_SAME_FILLED:
 		start_ns = uz_now_nsec();
 		r = fault_load_page(t, c, vpn, e, &new_entry);
@@ -485,8 +497,15 @@ static int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, 
 			latency_hist_record(c->daemon->fault_latency, uz_now_nsec() - start_ns);
 		}
 		return 0;
+	case PAGE_ON_DISK:
+		/* Parked until the read lands (writeback.c); -EAGAIN: no read context free. */
+		r = wb_fault(t->wb, c, vpn, e);
+		if (r == -EAGAIN)
+			return r;
+		if (r < 0)
+			uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+		return 0;
 	default:
-		/* ON_DISK / WRITEBACK do not exist yet. */
 		uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
 		return 0;
 	}
@@ -498,7 +517,7 @@ static int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, 
 
 static int forget_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 {
-	entry_release(userdata, *entry);
+	entry_release(userdata, vpn, *entry);
 	*entry = 0;
 	return 0;
 }
@@ -571,11 +590,12 @@ static void client_remap(struct client *c, uint64_t from, uint64_t to, uint64_t 
 		page_entry_t old = page_index_get(c->index, vpn);
 
 		if (old)
-			entry_release(c, old);
+			entry_release(c, vpn, old);
 		if (pe_state(entry) == PAGE_IN_FLIGHT)
 			c->slots[pe_payload(entry) % UZ_EVICT_BATCH_MAX].vpn = vpn;
+		wb_entry_moved(c->thread->wb, c, ctx.first + ctx.items[i].offset, vpn, entry);
 		if (page_index_set(c->index, vpn, entry) < 0)
-			entry_release(c, entry); /* out of memory: the page is lost */
+			entry_release(c, vpn, entry); /* out of memory: the page is lost */
 	}
 	free(ctx.items);
 
@@ -820,7 +840,6 @@ static int client_evict_done(struct fault_thread *t, struct client *c,
 			     const struct uz_msg_evict_done *m, size_t len)
 {
 	struct daemon *d = c->daemon;
-	bool pool_full;
 
 	if (len < offsetof(struct uz_msg_evict_done, status) || c->batch_state != BATCH_SENT ||
 	    m->batch != c->batch_id || m->count != c->batch_count ||
@@ -831,8 +850,6 @@ static int client_evict_done(struct fault_thread *t, struct client *c,
 			return -EBADMSG;
 
 	(void)d;
-	pool_full = c->policy.pool_max != UZ_UNLIMITED &&
-		    group_pool_bytes(c->group) >= c->policy.pool_max;
 
 	c->batch_state = BATCH_LANDING;
 	c->batch_pending_installs = 0;
@@ -857,9 +874,8 @@ static int client_evict_done(struct fault_thread *t, struct client *c,
 			int r = -ENOSPC;
 
 			if (!s->parked) {
-				if (pool_full)
-					client_stat(c, UZ_STAT_pool_limit_hit, 1);
-				else
+				/* Limits (global with hysteresis, per group): writeback.c. */
+				if (wb_pool_accepting(t->wb, c))
 					r = fault_store_page(t, c, s->vpn, e,
 							     c->ring + (size_t)i * UZ_PAGE_SIZE);
 			}
@@ -903,6 +919,8 @@ struct restore_ctx {
 	bool skip_in_flight;  /* best effort (a bad client): do not wait for the batch */
 	int error;
 	uint64_t stopped_at;
+	bool disk_pending; /* reads from the swap file started: wait for them */
+	uint64_t disk_first;
 };
 
 static int restore_one(uint64_t vpn, page_entry_t *entry, void *userdata)
@@ -922,7 +940,24 @@ static int restore_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 		ctx->error = -EBUSY;
 		ctx->stopped_at = vpn;
 		return 1;
+	case PAGE_ON_DISK:
+		/* Read back asynchronously; the walk waits for it (-EBUSY) and resumes. */
+		r = wb_restore(ctx->thread->wb, ctx->client, vpn, *entry);
+		if (r == -EAGAIN) {
+			ctx->error = r;
+			ctx->stopped_at = vpn;
+			return 1;
+		}
+		if (r == 0) {
+			*entry = page_index_get(ctx->client->index, vpn);
+			if (!ctx->disk_pending) {
+				ctx->disk_pending = true;
+				ctx->disk_first = vpn;
+			}
+		}
+		return 0;
 	case PAGE_STORED:
+	case PAGE_WRITEBACK:
 	case PAGE_SAME_FILLED:
 		r = fault_load_page(ctx->thread, ctx->client, vpn, *entry, &new_entry);
 		if (r == 0) {
@@ -957,6 +992,10 @@ static int client_restore_range(struct fault_thread *t, struct client *c, uint64
 	if (*cursor > last)
 		return 0;
 	page_index_walk(c->index, *cursor, last, restore_one, &ctx);
+	if (ctx.disk_pending && (!ctx.error || ctx.disk_first < ctx.stopped_at)) {
+		ctx.error = -EBUSY;
+		ctx.stopped_at = ctx.disk_first;
+	}
 	if (ctx.error) {
 		*cursor = ctx.stopped_at;
 		if (ctx.error == -EAGAIN)
@@ -980,6 +1019,10 @@ static void client_restore_best_effort(struct fault_thread *t, struct client *c)
 		r = client_restore_range(t, c, &cursor, VPN_MAX, false, true);
 		if (r == 0 && c->batch_state != BATCH_LANDING)
 			return;
+		if (r == -EBUSY && wb_reads_pending(t->wb)) {
+			wb_wait(t->wb); /* pages coming back from the swap file */
+			continue;
+		}
 		if (r < 0 && r != -EAGAIN)
 			return;
 		sched_yield();
@@ -1386,6 +1429,8 @@ static void fault_thread_retry(struct fault_thread *t)
 	t->nr_retries = kept;
 	if (kept)
 		t->want_retry = true;
+	if (wb_retry(t->wb))
+		t->want_retry = true;
 
 	for (struct uz_list *i = t->clients.next, *next; i != &t->clients; i = next) {
 		struct client *c = uz_container_of(i, struct client, thread_link);
@@ -1524,6 +1569,19 @@ static void *fault_thread_main(void *arg)
 		bool stop;
 
 		__atomic_fetch_add(&t->heartbeat, 1, __ATOMIC_RELAXED);
+		{
+			int fd = wb_attach(t->wb);
+
+			if (fd >= 0) {
+				struct epoll_event ev = {.events = EPOLLIN,
+							 .data.ptr = &t->swap_source};
+
+				(void)epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, fd, &ev);
+			}
+			n = wb_timeout(t->wb);
+			if (n >= 0 && n < timeout)
+				timeout = n;
+		}
 		if (t->want_retry)
 			timeout = spins < FAULT_SPIN_POLLS ? 0 : 1;
 		if (t->draining) {
@@ -1542,6 +1600,10 @@ static void *fault_thread_main(void *arg)
 
 			if (src->kind == FAULT_SOURCE_EVENTFD) {
 				fault_thread_adopt_inbox(t);
+				continue;
+			}
+			if (src->kind == FAULT_SOURCE_SWAP) {
+				wb_reap(t->wb);
 				continue;
 			}
 			if (c->dead)
@@ -1568,6 +1630,8 @@ static void *fault_thread_main(void *arg)
 			spins = 0;
 		}
 		fault_thread_reap(t);
+		wb_shrink(t->wb);
+		wb_compact_step(t->wb);
 
 		pthread_mutex_lock(&t->lock);
 		stop = t->stop;
@@ -1626,6 +1690,10 @@ int fault_thread_new(struct fault_thread **out, struct daemon *daemon, unsigned 
 	if (!t->page || !t->zero_page || !t->compressed || !t->evict_msg || !t->retries)
 		goto fail;
 	memset(t->zero_page, 0, UZ_PAGE_SIZE);
+	r = wb_new(&t->wb, t, daemon);
+	if (r < 0)
+		goto fail;
+	t->swap_source = (struct fault_source){NULL, FAULT_SOURCE_SWAP};
 
 	t->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
 	t->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -1724,6 +1792,7 @@ struct fault_thread *fault_thread_free(struct fault_thread *t)
 		uz_list_add_tail(&t->dead, &c->thread_link);
 	}
 	fault_thread_reap(t);
+	t->wb = wb_free(t->wb); /* after the clients: completions only free slots */
 	if (t->epoll_fd >= 0)
 		close(t->epoll_fd);
 	if (t->event_fd >= 0)
@@ -1739,4 +1808,67 @@ struct fault_thread *fault_thread_free(struct fault_thread *t)
 	pthread_mutex_destroy(&t->lock);
 	free(t);
 	return NULL;
+}
+
+/* ---------------------------------------------------------------------------
+ * For the writeback tier (writeback.c), on the fault thread
+ */
+
+void fault_client_stat(struct client *c, enum uz_stat which, int64_t delta)
+{
+	client_stat(c, which, delta);
+}
+
+void fault_client_resident_add(struct client *c, int64_t delta)
+{
+	client_resident_add(c, delta);
+}
+
+static struct client *client_in_list(struct uz_list *head, uint64_t key)
+{
+	for (struct uz_list *i = head->next; i != head; i = i->next) {
+		struct client *c = uz_container_of(i, struct client, thread_link);
+
+		if (c->key == key)
+			return c;
+	}
+	return NULL;
+}
+
+struct client *fault_thread_client(struct fault_thread *t, uint64_t key, bool dead_ok)
+{
+	struct client *c = client_in_list(&t->clients, key);
+
+	if (!c && dead_ok)
+		c = client_in_list(&t->dead, key);
+	return c;
+}
+
+struct client *fault_thread_client_after(struct fault_thread *t, uint64_t key)
+{
+	struct client *best = NULL;
+
+	for (struct uz_list *i = t->clients.next; i != &t->clients; i = i->next) {
+		struct client *c = uz_container_of(i, struct client, thread_link);
+
+		if (c->key >= key && (!best || c->key < best->key))
+			best = c;
+	}
+	return best;
+}
+
+void fault_client_resume(struct fault_thread *t, struct client *c)
+{
+	if (!c->dead)
+		client_run_requests(t, c);
+}
+
+void fault_thread_want_retry(struct fault_thread *t)
+{
+	t->want_retry = true;
+}
+
+struct wb *fault_thread_wb(struct fault_thread *t)
+{
+	return t->wb;
 }
