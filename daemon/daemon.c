@@ -4,10 +4,18 @@
  * statistics, fault threads), the drain that gives every page back before
  * the daemon exits, the one-screen statistics summary, and logging.
  *
- * Logging goes to stderr with a syslog-style "<N>" prefix, which journald
- * understands when stderr is connected to it, so the same lines carry
- * their level under systemd.  Only top levels log: main.c and the
- * handshake on the main thread; never the fault path.
+ * Logging goes to the journal (sd_journal_print, with its priority) when
+ * main.c found stderr connected to it (JOURNAL_STREAM), otherwise to
+ * stderr as plain "uzswapd: message" lines.  Only top levels log: main.c
+ * and the handshake on the main thread; never the fault path.
+ *
+ * Groups and policies: daemon_client_resolve() maps a process to its
+ * cgroup, its group and its policy; daemon_reassign_clients() does it
+ * again for every client (every 2 s, and after a reload) and posts what
+ * changed to the fault threads (client.assign, an atomic exchange, then
+ * an eventfd kick).  The main thread never touches a client's
+ * thread-owned fields; it keeps its own view (assigned_group,
+ * assigned_policy) under clients_lock.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -18,14 +26,22 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <systemd/sd-journal.h>
+
+#include "cgroup/cgroup.h"
+#include "client/client.h"
+#include "config/config.h"
 #include "daemon.h"
 #include "fault/fault.h"
+#include "group/group.h"
 #include "lru/lru.h"
 #include "pool/pool.h"
 #include "stats/stats.h"
+#include "swap/swapfile.h"
 #include "util.h"
 
 int uz_log_max_level = LOG_INFO;
+bool uz_log_to_journal;
 
 void uz_log(int level, const char *fmt, ...)
 {
@@ -39,7 +55,8 @@ void uz_log(int level, const char *fmt, ...)
 	errno = saved_errno; /* %m */
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "<%d>uzswapd: %s\n", level, line);
+	if (!uz_log_to_journal || sd_journal_print(level, "%s", line) < 0)
+		fprintf(stderr, "uzswapd: %s\n", line);
 	errno = saved_errno;
 }
 
@@ -74,6 +91,12 @@ int daemon_new(struct daemon **out, const struct uz_policy *policy, unsigned nr_
 	if (!d)
 		return -ENOMEM;
 	d->policy = *policy;
+	d->pool_max_size = UZ_UNLIMITED;
+	d->max_clients = UZ_CLIENTS_MAX;
+	d->max_clients_per_user = UZ_CLIENTS_PER_UID_MAX;
+	d->max_regions_per_client = UZ_CLIENT_REGIONS_MAX;
+	d->started_usec = uz_now_usec();
+	group_registry_init(&d->groups);
 	pthread_mutex_init(&d->clients_lock, NULL);
 	uz_list_init(&d->clients);
 
@@ -87,6 +110,9 @@ int daemon_new(struct daemon **out, const struct uz_policy *policy, unsigned nr_
 	if (r < 0)
 		goto fail;
 	r = latency_hist_new(&d->fault_latency);
+	if (r < 0)
+		goto fail;
+	r = latency_hist_new(&d->disk_fault_latency);
 	if (r < 0)
 		goto fail;
 	d->fault_threads = calloc(nr_fault_threads, sizeof(*d->fault_threads));
@@ -115,11 +141,17 @@ struct daemon *daemon_free(struct daemon *d)
 	for (unsigned i = 0; i < d->nr_fault_threads; i++)
 		fault_thread_free(d->fault_threads[i]);
 	free(d->fault_threads);
+	swap_free(d->swap); /* after the fault threads: their swap_io are gone */
+	latency_hist_free(d->disk_fault_latency);
 	latency_hist_free(d->fault_latency);
 	stats_free(d->stats);
 	lru_free(d->lru);
 	pool_free(d->pool);
 	pthread_mutex_destroy(&d->clients_lock);
+	group_registry_destroy(&d->groups);
+	config_free(d->config);
+	cgroup_layout_free(d->cgroup_layout);
+	free(d->swap_file);
 	free(d);
 	return NULL;
 }
@@ -132,6 +164,214 @@ void daemon_drain(struct daemon *d, uint64_t timeout_usec)
 		fault_thread_drain(d->fault_threads[i], deadline);
 	for (unsigned i = 0; i < d->nr_fault_threads; i++)
 		fault_thread_join(d->fault_threads[i]);
+}
+
+int daemon_client_resolve(struct daemon *d, pid_t pid, struct uz_group **group,
+			  struct uz_policy *policy)
+{
+	struct cgroup_info *info = NULL;
+	const struct cgroup_memory_limits *limits = NULL;
+	const struct policy_override *o = &d->policy_override;
+	const char *path = "/";
+	struct uz_policy p = d->policy;
+	bool matched = false;
+	int r;
+
+	if (d->cgroup_layout && cgroup_layout_memory_version(d->cgroup_layout) != CGROUP_NONE) {
+		info = malloc(sizeof(*info));
+		if (!info)
+			return -ENOMEM;
+		r = cgroup_of_pid(d->cgroup_layout, pid, info);
+		if (r == -ESRCH) {
+			free(info);
+			return r;
+		}
+		if (r == 0) {
+			path = info->path;
+			limits = &info->limits;
+		}
+	}
+	if (d->config) {
+		matched = config_match_cgroup(d->config, path) != NULL;
+		r = config_policy_for_cgroup(d->config, path, limits, &p);
+		if (r < 0)
+			p = d->policy;
+	}
+	/* The command line overrides [Defaults]: cgroup.d files still win. */
+	if (!matched) {
+		if (o->resident_max_set) {
+			p.resident_max = o->resident_max;
+			if (!o->resident_low_set)
+				p.resident_low = p.resident_max / 100 * UZ_DEFAULT_RESIDENT_LOW_PERCENT;
+		}
+		if (o->resident_low_set)
+			p.resident_low = uz_min(o->resident_low, p.resident_max);
+		if (o->compressor_set) {
+			p.algo = o->algo;
+			p.level = o->level;
+		}
+	}
+	r = group_get(&d->groups, path, group);
+	free(info);
+	if (r < 0)
+		return r;
+	*policy = p;
+	return 0;
+}
+
+struct reassign {
+	uint64_t id;
+	pid_t pid;
+	struct fault_thread *owner;
+};
+
+unsigned daemon_reassign_clients(struct daemon *d, bool force)
+{
+	struct reassign *list;
+	unsigned n = 0, changed = 0;
+	bool *kick;
+
+	/* Snapshot (no system call under clients_lock), resolve, then post. */
+	pthread_mutex_lock(&d->clients_lock);
+	list = calloc(d->nr_clients ? d->nr_clients : 1, sizeof(*list));
+	if (list)
+		for (struct uz_list *i = d->clients.next; i != &d->clients; i = i->next) {
+			struct client *c = uz_container_of(i, struct client, link);
+
+			list[n++] = (struct reassign){c->id, c->pid, c->owner};
+		}
+	pthread_mutex_unlock(&d->clients_lock);
+	kick = calloc(d->nr_fault_threads, sizeof(*kick));
+	if (!list || !kick)
+		goto out;
+
+	for (unsigned i = 0; i < n; i++) {
+		struct uz_group *group;
+		struct uz_policy policy;
+		struct client_assign *a;
+
+		if (daemon_client_resolve(d, list[i].pid, &group, &policy) < 0)
+			continue;
+		a = calloc(1, sizeof(*a));
+		if (!a) {
+			group_unref(group);
+			continue;
+		}
+		a->group = group;
+		a->policy = policy;
+		pthread_mutex_lock(&d->clients_lock);
+		for (struct uz_list *l = d->clients.next; l != &d->clients; l = l->next) {
+			struct client *c = uz_container_of(l, struct client, link);
+
+			if (c->id != list[i].id)
+				continue;
+			if (!force && c->assigned_group == group &&
+			    memcmp(&c->assigned_policy, &policy, sizeof(policy)) == 0)
+				break;
+			group_unref(c->assigned_group);
+			c->assigned_group = group_ref(group);
+			c->assigned_policy = policy;
+			/* Keep a shrink still pending in a replaced assignment. */
+			{
+				struct client_assign *old =
+				    __atomic_exchange_n(&c->assign, a, __ATOMIC_ACQ_REL);
+
+				if (old)
+					a->shrink_pages += old->shrink_pages;
+				client_assign_free(old);
+			}
+			a = NULL;
+			changed++;
+			for (unsigned t = 0; t < d->nr_fault_threads; t++)
+				if (d->fault_threads[t] == c->owner)
+					kick[t] = true;
+			break;
+		}
+		pthread_mutex_unlock(&d->clients_lock);
+		client_assign_free(a);
+	}
+	for (unsigned t = 0; t < d->nr_fault_threads; t++)
+		if (kick[t])
+			fault_thread_kick_assign(d->fault_threads[t]);
+out:
+	free(list);
+	free(kick);
+	return changed;
+}
+
+int daemon_shrink_group(struct daemon *d, struct uz_group *group, uint64_t bytes,
+			uint64_t *queued)
+{
+	uint64_t pages = (bytes + UZ_PAGE_SIZE - 1) / UZ_PAGE_SIZE, total = 0, asked = 0;
+	unsigned n = 0;
+	bool *kick = calloc(d->nr_fault_threads, sizeof(*kick));
+
+	if (!kick)
+		return -ENOMEM;
+	pthread_mutex_lock(&d->clients_lock);
+	for (struct uz_list *i = d->clients.next; i != &d->clients; i = i->next) {
+		struct client *c = uz_container_of(i, struct client, link);
+
+		if (c->assigned_group != group)
+			continue;
+		total += (uint64_t)uz_max(stats_read(c->stats, UZ_STAT_resident_pages), 0);
+		n++;
+	}
+	for (struct uz_list *i = d->clients.next; i != &d->clients && total; i = i->next) {
+		struct client *c = uz_container_of(i, struct client, link);
+		uint64_t resident = (uint64_t)uz_max(stats_read(c->stats, UZ_STAT_resident_pages), 0);
+		uint64_t share;
+		struct client_assign *a, *old;
+
+		if (c->assigned_group != group || !resident)
+			continue;
+		/* In proportion of resident pages, never more than the client has. */
+		share = uz_min(resident, (uint64_t)((double)pages * resident / total + 0.5));
+		if (!share)
+			continue;
+		a = calloc(1, sizeof(*a));
+		if (!a)
+			break;
+		a->group = group_ref(c->assigned_group);
+		a->policy = c->assigned_policy;
+		a->shrink_pages = share;
+		old = __atomic_exchange_n(&c->assign, a, __ATOMIC_ACQ_REL);
+		if (old)
+			a->shrink_pages += old->shrink_pages;
+		client_assign_free(old);
+		asked += share;
+		for (unsigned t = 0; t < d->nr_fault_threads; t++)
+			if (d->fault_threads[t] == c->owner)
+				kick[t] = true;
+	}
+	pthread_mutex_unlock(&d->clients_lock);
+	for (unsigned t = 0; t < d->nr_fault_threads; t++)
+		if (kick[t])
+			fault_thread_kick_assign(d->fault_threads[t]);
+	free(kick);
+	(void)n;
+	*queued = asked * UZ_PAGE_SIZE;
+	return 0;
+}
+
+bool daemon_threads_alive(struct daemon *d, uint64_t max_age_usec)
+{
+	static uint64_t last_beat[64], last_change[64];
+	uint64_t now = uz_now_usec();
+	bool alive = true;
+
+	/* Main thread only (the watchdog timer): the statics are its memory. */
+	for (unsigned i = 0; i < d->nr_fault_threads && i < UZ_ARRAY_SIZE(last_beat); i++) {
+		uint64_t beat = fault_thread_heartbeat(d->fault_threads[i]);
+
+		if (beat != last_beat[i] || !last_change[i]) {
+			last_beat[i] = beat;
+			last_change[i] = now;
+		} else if (now - last_change[i] > max_age_usec) {
+			alive = false;
+		}
+	}
+	return alive;
 }
 
 static void format_size(char *buf, size_t cap, double bytes)

@@ -15,6 +15,11 @@
  *    holding clients_lock may read a listed client's immutable fields
  *    (id, pid, uid, comm, stats) safely.  clients_lock is never held across
  *    a system call.
+ *  - groups (the per-cgroup registry, daemon/group) has its own lock.
+ *  - config, cgroup_layout and policy_override belong to the main thread
+ *    (handshakes, the cgroup re-check, reload and the control socket all
+ *    run there); a fault thread never reads them: a client's policy is
+ *    handed over as a copy (struct client_assign).
  *  - Everything else is written once by main.c before the fault threads
  *    start, and only read afterwards.
  *
@@ -35,6 +40,9 @@
 #include "config/policy.h"
 
 struct pool;
+struct uz_config;
+struct uz_group;
+struct cgroup_layout;
 struct lru;
 struct stats;
 struct latency_hist;
@@ -72,6 +80,13 @@ static inline void uz_list_del(struct uz_list *item)
 
 #define uz_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
+/* The registry of per-cgroup groups (daemon/group/group.h). */
+struct group_registry {
+	pthread_mutex_t lock; /* guards groups, nr_groups */
+	struct uz_list groups; /* struct uz_group.link */
+	unsigned nr_groups;
+};
+
 /* Limits on what clients control (systemd CODING_STYLE: bound everything). */
 #define UZ_CLIENTS_MAX		 1024	       /* connected clients, all users */
 #define UZ_CLIENTS_PER_UID_MAX	 256	       /* connected clients of one uid */
@@ -82,8 +97,16 @@ static inline void uz_list_del(struct uz_list *item)
 #define UZ_HELLO_TIMEOUT_USEC	 (5ULL * 1000 * 1000)
 #define UZ_DRAIN_TIMEOUT_USEC	 (10ULL * 1000 * 1000)
 
+/* Command-line options that override the config's [Defaults] (main.c). */
+struct policy_override {
+	bool resident_max_set, resident_low_set, compressor_set;
+	uint64_t resident_max, resident_low;
+	enum compressor_algo algo;
+	int level;
+};
+
 struct daemon {
-	struct uz_policy policy; /* the policy of every client until per-cgroup config exists */
+	struct uz_policy policy; /* built-in default policy: a client before it is resolved */
 	unsigned nr_fault_threads;
 	struct fault_thread **fault_threads;
 	unsigned next_fault_thread; /* round robin; main thread only */
@@ -100,18 +123,87 @@ struct daemon {
 
 	/* Set by the fault threads when a drain gave up on a client (atomic). */
 	unsigned drain_timeouts;
+
+	/* Per-cgroup groups (statistics), keyed by cgroup path. */
+	struct group_registry groups;
+	/* main thread only (see above) */
+	struct uz_config *config;
+	struct cgroup_layout *cgroup_layout;
+	struct policy_override policy_override;
+	uint64_t started_usec;
+
+	/* [Daemon] limits (written by main.c; read on the main thread and at REGISTER) */
+	unsigned max_clients;		 /* MaxClients, default UZ_CLIENTS_MAX */
+	unsigned max_clients_per_user;	 /* MaxClientsPerUser, default UZ_CLIENTS_PER_UID_MAX */
+	unsigned max_regions_per_client; /* MaxRegionsPerClient, default UZ_CLIENT_REGIONS_MAX */
+
+	/* [Pool] and [Swap] of the config (command line overrides), for the writeback tier. */
+	uint64_t pool_max_size;		       /* bytes; UZ_UNLIMITED for none */
+	unsigned accept_threshold_percent;     /* refill the pool below this percent of max */
+	char *swap_file;		       /* path; NULL or "" for none */
+	uint64_t swap_size;		       /* bytes; 0 = no swap file */
+
+	/*
+	 * The writeback tier (daemon/fault/writeback.c).  swap is published
+	 * by writeback_open() (atomic store, release; fault threads load it
+	 * and open their swap_io on their own thread) and freed by
+	 * daemon_free() after the fault threads.  pool_limit_hit: the global
+	 * pool is over pool_max_size and refuses stores until it falls below
+	 * the accept threshold (atomic).
+	 */
+	struct swap *swap;
+	struct latency_hist *disk_fault_latency; /* faults served from the swap file */
+	bool pool_limit_hit;
 };
+
+/*
+ * Open the swap file of d->swap_file / d->swap_size (0 or no path: no
+ * writeback) and let the fault threads use it.  Main thread, once, after
+ * the config is applied.  Honours UZSWAP_TEST_INJECT (tests only, see
+ * docs/SWAP.md).  0 or -errno (logged).
+ */
+int writeback_open(struct daemon *d);
 
 int daemon_new(struct daemon **out, const struct uz_policy *policy, unsigned nr_fault_threads);
 /* Stops the fault threads (without draining) and frees everything. */
 struct daemon *daemon_free(struct daemon *daemon);
 /* Gives every page back to every client (SHUTDOWN handshake), bounded by timeout_usec. */
 void daemon_drain(struct daemon *daemon, uint64_t timeout_usec);
+/*
+ * Find the group and policy of process pid: its cgroup (cgroup_layout),
+ * the config's policy for that cgroup, the command-line overrides.  Main
+ * thread.  A process in no memory cgroup (or on a host without one) is in
+ * group "/".  -ESRCH when the process is gone, -ENOMEM.  *group is a new
+ * reference.  Written on success only.
+ */
+int daemon_client_resolve(struct daemon *daemon, pid_t pid, struct uz_group **group,
+			  struct uz_policy *policy);
+/*
+ * Resolve every client again and hand the changes to their fault threads
+ * (cgroup re-check, reload).  force: hand the policy over even when the
+ * group did not change (the config did).  Returns how many changed.
+ */
+unsigned daemon_reassign_clients(struct daemon *daemon, bool force);
+/*
+ * Evict up to `bytes` of resident memory of the clients of `group` now
+ * (spread in proportion of their resident pages).  The eviction itself is
+ * done by the fault threads, asynchronously.  *queued: bytes asked for.
+ */
+int daemon_shrink_group(struct daemon *daemon, struct uz_group *group, uint64_t bytes,
+			uint64_t *queued);
+/* True when every fault thread advanced its heartbeat within max_age_usec. */
+bool daemon_threads_alive(struct daemon *daemon, uint64_t max_age_usec);
+
 /* A one-screen summary of the global statistics, for SIGUSR1 and exit. */
 void daemon_print_summary(struct daemon *daemon, FILE *f);
 
-/* Logging: syslog levels (LOG_ERR .. LOG_DEBUG), to stderr. */
+/*
+ * Logging: syslog levels (LOG_ERR .. LOG_DEBUG).  To the journal (native
+ * protocol, with PRIORITY=) when uz_log_to_journal is set — main.c sets it
+ * when JOURNAL_STREAM says stderr is the journal — else to stderr.
+ */
 extern int uz_log_max_level;
+extern bool uz_log_to_journal;
 void uz_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int uz_log_parse_level(const char *name);
 

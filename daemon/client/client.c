@@ -322,11 +322,19 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 	client->uffd_features = hello->uffd_features;
 	client->graveyard_start = hello->graveyard_start;
 	client->graveyard_end = hello->graveyard_start + hello->graveyard_len;
-	client->policy = daemon->policy;
-	client->high_pages = client->policy.resident_max / UZ_PAGE_SIZE;
-	client->low_pages = client->policy.resident_low / UZ_PAGE_SIZE;
-	if (client->low_pages > client->high_pages)
-		client->low_pages = client->high_pages;
+	client_set_policy(client, &daemon->policy);
+	{
+		struct uz_policy policy;
+
+		r = daemon_client_resolve(daemon, client->pid, &client->group, &policy);
+		if (r < 0) {
+			*why = "cannot find the cgroup of the peer";
+			goto fail;
+		}
+		client_set_policy(client, &policy);
+		client->assigned_group = group_ref(client->group);
+		client->assigned_policy = policy;
+	}
 
 	snprintf(path, sizeof(path), "/proc/%d", (int)cred.pid);
 	client->proc_fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -440,14 +448,17 @@ static void handshake_complete(struct handshake *h)
 		goto refuse;
 
 	pthread_mutex_lock(&daemon->clients_lock);
-	if (daemon->nr_clients >= UZ_CLIENTS_MAX) {
+	if (daemon->nr_clients >= daemon->max_clients) {
 		why = "too many clients";
 		r = -EUSERS;
-	} else if (clients_of_uid_locked(daemon, client->uid) >= UZ_CLIENTS_PER_UID_MAX) {
+	} else if (clients_of_uid_locked(daemon, client->uid) >= daemon->max_clients_per_user) {
 		why = "too many clients of this user";
 		r = -EUSERS;
 	} else {
 		client->id = ++daemon->next_client_id;
+		client->owner = daemon->fault_threads[daemon->next_fault_thread];
+		daemon->next_fault_thread =
+		    (daemon->next_fault_thread + 1) % daemon->nr_fault_threads;
 		client->key = client->id & CLIENT_KEY_MASK;
 		uz_list_add_tail(&daemon->clients, &client->link);
 		daemon->nr_clients++;
@@ -479,8 +490,7 @@ static void handshake_complete(struct handshake *h)
 	       (int)client->pid, (int)client->uid, client->comm,
 	       (client->hello_flags & UZ_HELLO_FORK_CHILD) ? " (fork child)" : "");
 	h->fd = -1; /* the client owns the socket now */
-	fault_thread_adopt(daemon->fault_threads[daemon->next_fault_thread], client);
-	daemon->next_fault_thread = (daemon->next_fault_thread + 1) % daemon->nr_fault_threads;
+	fault_thread_adopt(client->owner, client);
 	handshake_free(h);
 	return;
 
@@ -523,6 +533,25 @@ fail:
 	return r;
 }
 
+struct client_assign *client_assign_free(struct client_assign *assign)
+{
+	if (assign) {
+		group_unref(assign->group);
+		free(assign);
+	}
+	return NULL;
+}
+
+void client_set_policy(struct client *client, const struct uz_policy *policy)
+{
+	client->policy = *policy;
+	client->high_pages = policy->resident_max / UZ_PAGE_SIZE;
+	client->low_pages = policy->resident_low / UZ_PAGE_SIZE;
+	if (client->low_pages > client->high_pages)
+		client->low_pages = client->high_pages;
+	client->reclaim_rescan_at = 0;
+}
+
 struct client *client_free(struct client *client)
 {
 	if (!client)
@@ -541,6 +570,9 @@ struct client *client_free(struct client *client)
 		close(client->proc_fd);
 	page_index_free(client->index);
 	stats_free(client->stats);
+	group_unref(client->group);
+	group_unref(client->assigned_group);
+	client_assign_free(__atomic_exchange_n(&client->assign, NULL, __ATOMIC_ACQ_REL));
 	free(client->regions);
 	free(client->requests);
 	free(client);
@@ -601,7 +633,7 @@ int client_region_add(struct client *client, uint64_t start, uint64_t end)
 
 	if (i < client->nr_regions && client->regions[i].start < end)
 		return -EEXIST;
-	if (client->nr_regions >= UZ_CLIENT_REGIONS_MAX ||
+	if (client->nr_regions >= client->daemon->max_regions_per_client ||
 	    client->registered_bytes + (end - start) > UZ_CLIENT_REGISTERED_MAX)
 		return -E2BIG;
 	return region_insert_at(client, i, start, end);

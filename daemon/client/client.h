@@ -16,6 +16,7 @@
 #include <sys/types.h>
 
 #include "daemon.h"
+#include "group/group.h"
 #include "index/index.h"
 #include "protocol.h"
 
@@ -67,6 +68,20 @@ struct client_request {
 	uint64_t cursor; /* next vpn of a restore walk */
 };
 
+/*
+ * A new group and policy for a client, posted by the main thread (cgroup
+ * re-check, reload) into client.assign with an atomic exchange and taken
+ * by the client's fault thread the same way; whoever replaces or takes an
+ * assignment owns it (client_assign_free()).
+ */
+struct client_assign {
+	struct uz_group *group; /* a reference */
+	struct uz_policy policy;
+	uint64_t shrink_pages; /* evict this many resident pages now (uzswapctl shrink) */
+};
+
+struct client_assign *client_assign_free(struct client_assign *assign);
+
 struct fault_source {
 	struct client *client;
 	int kind; /* FAULT_SOURCE_UFFD or FAULT_SOURCE_SOCKET (daemon/fault) */
@@ -85,9 +100,12 @@ struct client {
 	uint32_t hello_flags;
 	uint64_t uffd_features;
 	struct stats *stats; /* per-client counters (thread-safe) */
-	struct uz_policy policy;
-	uint64_t high_pages; /* resident watermarks, pages */
-	uint64_t low_pages;
+	struct fault_thread *owner; /* the fault thread it was handed to */
+
+	/* --- main thread, under daemon->clients_lock once listed --- */
+	struct uz_group *assigned_group; /* the group last assigned (a reference) */
+	struct uz_policy assigned_policy;
+	struct client_assign *assign; /* atomic exchange only: main posts, fault thread takes */
 
 	int sock_fd;
 	int uffd;
@@ -98,6 +116,11 @@ struct client {
 	uint64_t graveyard_start, graveyard_end;
 
 	/* --- thread-owned --- */
+	struct uz_group *group;	 /* a reference; statistics also go to group->stats */
+	struct uz_policy policy; /* resolved for group (daemon/config) */
+	uint64_t high_pages;	 /* resident watermarks, pages */
+	uint64_t low_pages;
+	uint64_t shrink_pages; /* resident pages still to evict for uzswapctl shrink */
 	struct uz_list thread_link;
 	struct fault_thread *thread;
 	struct fault_source source_uffd, source_socket;
@@ -141,6 +164,9 @@ struct client {
 int client_handshake_start(struct daemon *daemon, struct sd_event *event, int fd);
 /* Cancel every handshake still waiting (the daemon is stopping). */
 void client_handshakes_cancel(void);
+
+/* Set policy, watermarks (thread-owned fields: only before adopt or on the fault thread). */
+void client_set_policy(struct client *client, const struct uz_policy *policy);
 
 /* Free a client (fds, ring, index, stats); the caller has released its pages. */
 struct client *client_free(struct client *client);

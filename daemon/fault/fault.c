@@ -75,6 +75,7 @@
 #include "compress/compress.h"
 #include "daemon.h"
 #include "fault/fault.h"
+#include "fault/writeback.h"
 #include "index/index.h"
 #include "lru/lru.h"
 #include "pool/pool.h"
@@ -87,6 +88,7 @@ enum {
 	FAULT_SOURCE_EVENTFD = 0,
 	FAULT_SOURCE_UFFD,
 	FAULT_SOURCE_SOCKET,
+	FAULT_SOURCE_SWAP, /* the swap_io eventfd of the writeback tier */
 };
 
 #define FAULT_UFFD_BATCH     64	  /* uffd messages per read */
@@ -99,6 +101,8 @@ enum {
 #define FAULT_EVICT_BACKOFF  256  /* CLOCK visits a page the agent could not move sits out */
 #define FAULT_RECLAIM_RESCAN 64	  /* after a fruitless sweep, wait for this many new pages */
 #define VPN_MAX		     ((1ULL << PAGE_INDEX_VPN_BITS) - 1)
+#define FAULT_COMPRESSORS_MAX 8	  /* distinct (algo, level) pairs a thread keeps */
+#define FAULT_IDLE_TICK_MS    500 /* wake at least this often: the heartbeat ticks */
 
 /*
  * A RESIDENT entry has no use for the len field; it counts down the CLOCK
@@ -129,6 +133,7 @@ struct fault_thread {
 	int epoll_fd;
 	int event_fd;
 	struct fault_source event_source;
+	struct fault_source swap_source;
 
 	pthread_mutex_t lock; /* guards inbox, stop, drain, drain_deadline */
 	struct uz_list inbox; /* clients handed over, not yet adopted (client.thread_link) */
@@ -141,7 +146,14 @@ struct fault_thread {
 	struct uz_list dead;	/* killed this round, freed at the end of it */
 	bool draining;
 	uint64_t deadline;
-	struct compressor *compressor;
+	struct compressor *compressor; /* the default policy's; decompresses anything */
+	struct {
+		enum compressor_algo algo;
+		int level;
+		struct compressor *compressor;
+	} compressors[FAULT_COMPRESSORS_MAX]; /* by the (algo, level) clients' policies ask for */
+	unsigned nr_compressors;
+	uint64_t heartbeat; /* atomic: bumped once per loop iteration (watchdog) */
 	uint8_t *page; /* page-aligned buffers, one page each */
 	uint8_t *zero_page;
 	uint8_t *compressed;
@@ -149,6 +161,7 @@ struct fault_thread {
 	struct fault_retry *retries;
 	unsigned nr_retries;
 	bool want_retry; /* something returned EAGAIN: poll without sleeping */
+	struct wb *wb;	 /* writeback tier: LRU, swap_io, reads (writeback.c) */
 };
 
 /* ---------------------------------------------------------------------------
@@ -158,7 +171,34 @@ struct fault_thread {
 static inline void client_stat(struct client *c, enum uz_stat which, int64_t delta)
 {
 	stats_add(c->stats, which, delta);
+	stats_add(c->group->stats, which, delta);
 	stats_add(c->daemon->stats, which, delta);
+}
+
+/*
+ * The compressor for a policy: found in the thread's cache, created there
+ * on first use (when a client is adopted or gets a new policy, never on
+ * the fault path).  Falls back to the default one when the cache is full
+ * or creation fails.
+ */
+static struct compressor *fault_compressor(struct fault_thread *t, enum compressor_algo algo,
+					   int level, bool create)
+{
+	struct compressor *comp;
+
+	if (algo == COMPRESSOR_LZ4)
+		level = 0;
+	for (unsigned i = 0; i < t->nr_compressors; i++)
+		if (t->compressors[i].algo == algo && t->compressors[i].level == level)
+			return t->compressors[i].compressor;
+	if (!create || t->nr_compressors >= FAULT_COMPRESSORS_MAX ||
+	    compressor_new(&comp, algo, level) < 0)
+		return t->compressor;
+	t->compressors[t->nr_compressors].algo = algo;
+	t->compressors[t->nr_compressors].level = level;
+	t->compressors[t->nr_compressors].compressor = comp;
+	t->nr_compressors++;
+	return comp;
 }
 
 static inline void client_resident_add(struct client *c, int64_t delta)
@@ -214,16 +254,14 @@ static void fault_retry_add(struct fault_thread *t, struct client *c, uint64_t a
 
 static void entry_lru_push(struct client *c, uint64_t vpn, page_entry_t *entry)
 {
-	if (!pe_queued(*entry) &&
-	    lru_push(c->daemon->lru, c->key << PAGE_INDEX_VPN_BITS | vpn) == 0)
-		*entry |= PE_QUEUED;
+	wb_lru_push(c->thread->wb, c, vpn, entry);
 }
 
 /*
  * The bookkeeping of an entry that is going away (REMOVE, UNMAP, client
  * exit): pool object freed, gauges adjusted, in-flight slot discarded.
  */
-static void entry_release(struct client *c, page_entry_t entry)
+static void entry_release(struct client *c, uint64_t vpn, page_entry_t entry)
 {
 	switch (pe_state(entry)) {
 	case PAGE_RESIDENT:
@@ -233,10 +271,17 @@ static void entry_release(struct client *c, page_entry_t entry)
 		c->slots[pe_payload(entry) % UZ_EVICT_BATCH_MAX].discarded = true;
 		c->in_flight--;
 		break;
+	case PAGE_WRITEBACK:
+		wb_entry_release(c->thread->wb, c, vpn, entry);
+		/* still in the pool */
+		__attribute__((fallthrough));
 	case PAGE_STORED:
 		pool_release(c->daemon->pool, pe_payload(entry));
 		client_stat(c, UZ_STAT_stored_pages, -1);
 		client_stat(c, UZ_STAT_compressed_bytes, -(int64_t)pe_len(entry));
+		break;
+	case PAGE_ON_DISK:
+		wb_entry_release(c->thread->wb, c, vpn, entry);
 		break;
 	case PAGE_SAME_FILLED:
 		client_stat(c, UZ_STAT_stored_pages, -1);
@@ -391,7 +436,9 @@ static int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vp
 		return r;
 	}
 
-	if (pe_state(e) == PAGE_STORED) {
+	if (pe_state(e) == PAGE_WRITEBACK)
+		wb_writeback_cancel(t->wb, c, vpn); /* served from the pool: the write is moot */
+	if (pe_state(e) != PAGE_SAME_FILLED) {
 		pool_release(d->pool, pe_payload(e));
 		client_stat(c, UZ_STAT_compressed_bytes, -(int64_t)pe_len(e));
 	} else {
@@ -439,6 +486,7 @@ static int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, 
 		client_stat(c, UZ_STAT_inflight_faults, 1);
 		return 0;
 	case PAGE_STORED:
+	case PAGE_WRITEBACK:
 	case PAGE_SAME_FILLED:
 		start_ns = uz_now_nsec();
 		r = fault_load_page(t, c, vpn, e, &new_entry);
@@ -449,8 +497,15 @@ static int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, 
 			latency_hist_record(c->daemon->fault_latency, uz_now_nsec() - start_ns);
 		}
 		return 0;
+	case PAGE_ON_DISK:
+		/* Parked until the read lands (writeback.c); -EAGAIN: no read context free. */
+		r = wb_fault(t->wb, c, vpn, e);
+		if (r == -EAGAIN)
+			return r;
+		if (r < 0)
+			uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+		return 0;
 	default:
-		/* ON_DISK / WRITEBACK do not exist yet. */
 		uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
 		return 0;
 	}
@@ -462,7 +517,7 @@ static int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, 
 
 static int forget_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 {
-	entry_release(userdata, *entry);
+	entry_release(userdata, vpn, *entry);
 	*entry = 0;
 	return 0;
 }
@@ -535,11 +590,12 @@ static void client_remap(struct client *c, uint64_t from, uint64_t to, uint64_t 
 		page_entry_t old = page_index_get(c->index, vpn);
 
 		if (old)
-			entry_release(c, old);
+			entry_release(c, vpn, old);
 		if (pe_state(entry) == PAGE_IN_FLIGHT)
 			c->slots[pe_payload(entry) % UZ_EVICT_BATCH_MAX].vpn = vpn;
+		wb_entry_moved(c->thread->wb, c, ctx.first + ctx.items[i].offset, vpn, entry);
 		if (page_index_set(c->index, vpn, entry) < 0)
-			entry_release(c, entry); /* out of memory: the page is lost */
+			entry_release(c, vpn, entry); /* out of memory: the page is lost */
 	}
 	free(ctx.items);
 
@@ -624,6 +680,9 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 		return;
 	if (c->resident > c->high_pages && c->resident >= c->reclaim_rescan_at)
 		want_pressure = uz_min(c->resident - c->low_pages, (uint64_t)UZ_EVICT_BATCH_MAX);
+	if (c->shrink_pages && c->resident >= c->reclaim_rescan_at)
+		want_pressure = uz_max(want_pressure, uz_min(uz_min(c->shrink_pages, c->resident),
+							     (uint64_t)UZ_EVICT_BATCH_MAX));
 	if (!want_pressure && !cold)
 		return;
 
@@ -649,6 +708,7 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 	if (!ctx.count) {
 		/* Nothing evictable now: do not sweep again on every fault. */
 		c->reclaim_rescan_at = c->resident + FAULT_RECLAIM_RESCAN;
+		c->shrink_pages = 0;
 		return;
 	}
 	c->reclaim_rescan_at = 0;
@@ -671,6 +731,7 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 		return;
 	}
 	c->batch_id++;
+	c->shrink_pages -= uz_min(c->shrink_pages, (uint64_t)ctx.count);
 	c->batch_count = ctx.count;
 	c->batch_state = BATCH_SENT;
 	c->in_flight += ctx.count;
@@ -685,7 +746,8 @@ static int fault_store_page(struct fault_thread *t, struct client *c, uint64_t v
 	struct daemon *d = c->daemon;
 	uint64_t word, pattern;
 	const void *data = t->compressed;
-	unsigned algo = compressor_algo(t->compressor);
+	struct compressor *comp = fault_compressor(t, c->policy.algo, c->policy.level, false);
+	unsigned algo = compressor_algo(comp);
 	pool_handle_t handle;
 	int len, r;
 
@@ -698,7 +760,7 @@ static int fault_store_page(struct fault_thread *t, struct client *c, uint64_t v
 		return 0;
 	}
 
-	len = compressor_compress(t->compressor, page, t->compressed, c->policy.poor_threshold);
+	len = compressor_compress(comp, page, t->compressed, c->policy.poor_threshold);
 	if (len == -E2BIG) {
 		client_stat(c, UZ_STAT_reject_compress_poor, 1);
 		if (c->policy.poor_policy != UZ_POOR_KEEP_RAW)
@@ -778,7 +840,6 @@ static int client_evict_done(struct fault_thread *t, struct client *c,
 			     const struct uz_msg_evict_done *m, size_t len)
 {
 	struct daemon *d = c->daemon;
-	bool pool_full;
 
 	if (len < offsetof(struct uz_msg_evict_done, status) || c->batch_state != BATCH_SENT ||
 	    m->batch != c->batch_id || m->count != c->batch_count ||
@@ -788,8 +849,7 @@ static int client_evict_done(struct fault_thread *t, struct client *c,
 		if (m->status[i] > 0 || m->status[i] < -4095)
 			return -EBADMSG;
 
-	pool_full = c->policy.pool_max != UZ_UNLIMITED &&
-		    (uint64_t)stats_read(d->stats, UZ_STAT_compressed_bytes) >= c->policy.pool_max;
+	(void)d;
 
 	c->batch_state = BATCH_LANDING;
 	c->batch_pending_installs = 0;
@@ -814,9 +874,8 @@ static int client_evict_done(struct fault_thread *t, struct client *c,
 			int r = -ENOSPC;
 
 			if (!s->parked) {
-				if (pool_full)
-					client_stat(c, UZ_STAT_pool_limit_hit, 1);
-				else
+				/* Limits (global with hysteresis, per group): writeback.c. */
+				if (wb_pool_accepting(t->wb, c))
 					r = fault_store_page(t, c, s->vpn, e,
 							     c->ring + (size_t)i * UZ_PAGE_SIZE);
 			}
@@ -860,6 +919,8 @@ struct restore_ctx {
 	bool skip_in_flight;  /* best effort (a bad client): do not wait for the batch */
 	int error;
 	uint64_t stopped_at;
+	bool disk_pending; /* reads from the swap file started: wait for them */
+	uint64_t disk_first;
 };
 
 static int restore_one(uint64_t vpn, page_entry_t *entry, void *userdata)
@@ -879,7 +940,24 @@ static int restore_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 		ctx->error = -EBUSY;
 		ctx->stopped_at = vpn;
 		return 1;
+	case PAGE_ON_DISK:
+		/* Read back asynchronously; the walk waits for it (-EBUSY) and resumes. */
+		r = wb_restore(ctx->thread->wb, ctx->client, vpn, *entry);
+		if (r == -EAGAIN) {
+			ctx->error = r;
+			ctx->stopped_at = vpn;
+			return 1;
+		}
+		if (r == 0) {
+			*entry = page_index_get(ctx->client->index, vpn);
+			if (!ctx->disk_pending) {
+				ctx->disk_pending = true;
+				ctx->disk_first = vpn;
+			}
+		}
+		return 0;
 	case PAGE_STORED:
+	case PAGE_WRITEBACK:
 	case PAGE_SAME_FILLED:
 		r = fault_load_page(ctx->thread, ctx->client, vpn, *entry, &new_entry);
 		if (r == 0) {
@@ -914,6 +992,10 @@ static int client_restore_range(struct fault_thread *t, struct client *c, uint64
 	if (*cursor > last)
 		return 0;
 	page_index_walk(c->index, *cursor, last, restore_one, &ctx);
+	if (ctx.disk_pending && (!ctx.error || ctx.disk_first < ctx.stopped_at)) {
+		ctx.error = -EBUSY;
+		ctx.stopped_at = ctx.disk_first;
+	}
 	if (ctx.error) {
 		*cursor = ctx.stopped_at;
 		if (ctx.error == -EAGAIN)
@@ -937,6 +1019,10 @@ static void client_restore_best_effort(struct fault_thread *t, struct client *c)
 		r = client_restore_range(t, c, &cursor, VPN_MAX, false, true);
 		if (r == 0 && c->batch_state != BATCH_LANDING)
 			return;
+		if (r == -EBUSY && wb_reads_pending(t->wb)) {
+			wb_wait(t->wb); /* pages coming back from the swap file */
+			continue;
+		}
 		if (r < 0 && r != -EAGAIN)
 			return;
 		sched_yield();
@@ -1343,6 +1429,8 @@ static void fault_thread_retry(struct fault_thread *t)
 	t->nr_retries = kept;
 	if (kept)
 		t->want_retry = true;
+	if (wb_retry(t->wb))
+		t->want_retry = true;
 
 	for (struct uz_list *i = t->clients.next, *next; i != &t->clients; i = next) {
 		struct client *c = uz_container_of(i, struct client, thread_link);
@@ -1360,6 +1448,40 @@ static void fault_thread_retry(struct fault_thread *t)
 /* ---------------------------------------------------------------------------
  * The thread
  */
+
+/*
+ * Take a new group and policy the main thread posted (cgroup changed,
+ * config reloaded, shrink asked).  The client's gauges move from the old
+ * group to the new one, so per-group sums keep matching the global ones;
+ * counters stay where they were counted.
+ */
+static void client_take_assign(struct fault_thread *t, struct client *c)
+{
+	struct client_assign *a = __atomic_exchange_n(&c->assign, NULL, __ATOMIC_ACQ_REL);
+
+	if (!a)
+		return;
+	if (a->group && a->group != c->group) {
+		int64_t v[UZ_STAT__COUNT];
+
+		stats_read_all(c->stats, v);
+		for (int i = 0; i < UZ_STAT__COUNT; i++) {
+			if (stats_kind((enum uz_stat)i) != UZ_STAT_GAUGE || !v[i])
+				continue;
+			stats_add(c->group->stats, (enum uz_stat)i, -v[i]);
+			stats_add(a->group->stats, (enum uz_stat)i, v[i]);
+		}
+		group_unref(c->group);
+		c->group = a->group;
+		a->group = NULL;
+	}
+	client_set_policy(c, &a->policy);
+	(void)fault_compressor(t, c->policy.algo, c->policy.level, true);
+	c->shrink_pages += a->shrink_pages;
+	client_assign_free(a);
+	if (!c->dead)
+		client_reclaim(t, c);
+}
 
 static void fault_thread_adopt_inbox(struct fault_thread *t)
 {
@@ -1397,6 +1519,11 @@ static void fault_thread_adopt_inbox(struct fault_thread *t)
 		}
 	}
 
+	for (struct uz_list *i = t->clients.next, *next; i != &t->clients; i = next) {
+		next = i->next;
+		client_take_assign(t, uz_container_of(i, struct client, thread_link));
+	}
+
 	while (!uz_list_empty(&inbox)) {
 		struct client *c = uz_container_of(inbox.next, struct client, thread_link);
 		struct epoll_event ev_uffd = {.events = EPOLLIN, .data.ptr = &c->source_uffd};
@@ -1406,6 +1533,7 @@ static void fault_thread_adopt_inbox(struct fault_thread *t)
 		uz_list_del(&c->thread_link);
 		uz_list_add_tail(&t->clients, &c->thread_link);
 		c->thread = t;
+		(void)fault_compressor(t, c->policy.algo, c->policy.level, true);
 		c->source_uffd = (struct fault_source){c, FAULT_SOURCE_UFFD};
 		c->source_socket = (struct fault_source){c, FAULT_SOURCE_SOCKET};
 		if (epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, c->uffd, &ev_uffd) < 0 ||
@@ -1437,16 +1565,30 @@ static void *fault_thread_main(void *arg)
 
 	(void)stats_thread_register();
 	for (;;) {
-		int timeout = -1, n;
+		int timeout = FAULT_IDLE_TICK_MS, n;
 		bool stop;
 
+		__atomic_fetch_add(&t->heartbeat, 1, __ATOMIC_RELAXED);
+		{
+			int fd = wb_attach(t->wb);
+
+			if (fd >= 0) {
+				struct epoll_event ev = {.events = EPOLLIN,
+							 .data.ptr = &t->swap_source};
+
+				(void)epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, fd, &ev);
+			}
+			n = wb_timeout(t->wb);
+			if (n >= 0 && n < timeout)
+				timeout = n;
+		}
 		if (t->want_retry)
 			timeout = spins < FAULT_SPIN_POLLS ? 0 : 1;
 		if (t->draining) {
 			uint64_t now = uz_now_usec();
 			int left = now >= t->deadline ? 0 : (int)((t->deadline - now) / 1000 + 1);
 
-			if (timeout < 0 || left < timeout)
+			if (left < timeout)
 				timeout = left;
 		}
 		n = epoll_wait(t->epoll_fd, events, UZ_ARRAY_SIZE(events), timeout);
@@ -1458,6 +1600,10 @@ static void *fault_thread_main(void *arg)
 
 			if (src->kind == FAULT_SOURCE_EVENTFD) {
 				fault_thread_adopt_inbox(t);
+				continue;
+			}
+			if (src->kind == FAULT_SOURCE_SWAP) {
+				wb_reap(t->wb);
 				continue;
 			}
 			if (c->dead)
@@ -1484,6 +1630,8 @@ static void *fault_thread_main(void *arg)
 			spins = 0;
 		}
 		fault_thread_reap(t);
+		wb_shrink(t->wb);
+		wb_compact_step(t->wb);
 
 		pthread_mutex_lock(&t->lock);
 		stop = t->stop;
@@ -1542,6 +1690,10 @@ int fault_thread_new(struct fault_thread **out, struct daemon *daemon, unsigned 
 	if (!t->page || !t->zero_page || !t->compressed || !t->evict_msg || !t->retries)
 		goto fail;
 	memset(t->zero_page, 0, UZ_PAGE_SIZE);
+	r = wb_new(&t->wb, t, daemon);
+	if (r < 0)
+		goto fail;
+	t->swap_source = (struct fault_source){NULL, FAULT_SOURCE_SWAP};
 
 	t->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
 	t->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -1588,6 +1740,16 @@ void fault_thread_adopt(struct fault_thread *t, struct client *client)
 	fault_thread_kick(t);
 }
 
+void fault_thread_kick_assign(struct fault_thread *t)
+{
+	fault_thread_kick(t);
+}
+
+uint64_t fault_thread_heartbeat(const struct fault_thread *t)
+{
+	return __atomic_load_n(&t->heartbeat, __ATOMIC_RELAXED);
+}
+
 void fault_thread_drain(struct fault_thread *t, uint64_t deadline_usec)
 {
 	pthread_mutex_lock(&t->lock);
@@ -1630,11 +1792,14 @@ struct fault_thread *fault_thread_free(struct fault_thread *t)
 		uz_list_add_tail(&t->dead, &c->thread_link);
 	}
 	fault_thread_reap(t);
+	t->wb = wb_free(t->wb); /* after the clients: completions only free slots */
 	if (t->epoll_fd >= 0)
 		close(t->epoll_fd);
 	if (t->event_fd >= 0)
 		close(t->event_fd);
 	compressor_free(t->compressor);
+	for (unsigned i = 0; i < t->nr_compressors; i++)
+		compressor_free(t->compressors[i].compressor);
 	free(t->page);
 	free(t->zero_page);
 	free(t->compressed);
@@ -1643,4 +1808,67 @@ struct fault_thread *fault_thread_free(struct fault_thread *t)
 	pthread_mutex_destroy(&t->lock);
 	free(t);
 	return NULL;
+}
+
+/* ---------------------------------------------------------------------------
+ * For the writeback tier (writeback.c), on the fault thread
+ */
+
+void fault_client_stat(struct client *c, enum uz_stat which, int64_t delta)
+{
+	client_stat(c, which, delta);
+}
+
+void fault_client_resident_add(struct client *c, int64_t delta)
+{
+	client_resident_add(c, delta);
+}
+
+static struct client *client_in_list(struct uz_list *head, uint64_t key)
+{
+	for (struct uz_list *i = head->next; i != head; i = i->next) {
+		struct client *c = uz_container_of(i, struct client, thread_link);
+
+		if (c->key == key)
+			return c;
+	}
+	return NULL;
+}
+
+struct client *fault_thread_client(struct fault_thread *t, uint64_t key, bool dead_ok)
+{
+	struct client *c = client_in_list(&t->clients, key);
+
+	if (!c && dead_ok)
+		c = client_in_list(&t->dead, key);
+	return c;
+}
+
+struct client *fault_thread_client_after(struct fault_thread *t, uint64_t key)
+{
+	struct client *best = NULL;
+
+	for (struct uz_list *i = t->clients.next; i != &t->clients; i = i->next) {
+		struct client *c = uz_container_of(i, struct client, thread_link);
+
+		if (c->key >= key && (!best || c->key < best->key))
+			best = c;
+	}
+	return best;
+}
+
+void fault_client_resume(struct fault_thread *t, struct client *c)
+{
+	if (!c->dead)
+		client_run_requests(t, c);
+}
+
+void fault_thread_want_retry(struct fault_thread *t)
+{
+	t->want_retry = true;
+}
+
+struct wb *fault_thread_wb(struct fault_thread *t)
+{
+	return t->wb;
 }

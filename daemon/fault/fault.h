@@ -24,6 +24,16 @@ struct fault_thread *fault_thread_free(struct fault_thread *thread);
 /* Hand a client over after its handshake (main thread).  Never fails. */
 void fault_thread_adopt(struct fault_thread *thread, struct client *client);
 /*
+ * Tell the thread that some of its clients have a new assignment in
+ * client.assign (main thread: cgroup re-check, reload, shrink).
+ */
+void fault_thread_kick_assign(struct fault_thread *thread);
+/*
+ * A counter the thread bumps on every loop iteration, and at least every
+ * 500 ms when idle: it stops moving only when the thread is stuck.
+ */
+uint64_t fault_thread_heartbeat(const struct fault_thread *thread);
+/*
  * Ask the thread to give every page of every client back (SHUTDOWN) and to
  * exit once all its clients are gone or deadline_usec (CLOCK_MONOTONIC)
  * passes.  fault_thread_join() waits for that.

@@ -1,0 +1,902 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The writeback tier: what a fault thread does with the swap file.
+ *
+ * Each fault thread has a struct wb: an LRU ring of the pages it stored
+ * (references (client key, vpn), so a pop always names one of this
+ * thread's clients — the ownership rule of daemon/fault holds: nothing
+ * but the owning thread touches a client's index), a swap_io (its io_uring
+ * ring, whose eventfd is in the thread's epoll), a few write batches and a
+ * table of reads in flight.
+ *
+ * The shrinker.  When the pool holds more than WB_START_PERCENT of its
+ * limit (d->policy.pool_max, the global limit until per-group LRUs exist),
+ * or a shrink was asked (fault_thread_request_shrink), the thread walks
+ * its LRU from the head, second chance as lru.h describes: an entry is
+ * stored with its referenced bit set; the first pass clears it and rotates
+ * the reference (second_chance_rotations); the second pass takes it.  A
+ * taken entry's compressed bytes are copied into a batch (swap_io_write
+ * copies them again into aligned buffers, so the staging area is reused
+ * at once), the entry becomes PAGE_WRITEBACK — still in the pool, so a
+ * fault on it is served from the pool and the write result is then
+ * ignored — and when the batch completes each entry becomes PAGE_ON_DISK
+ * with its slot, and the pool object is freed.  Written bytes are the
+ * compressed bytes (granule padded).  A requested shrink is bounded by
+ * lru_shrinker_count(): disk swapins since the last count are subtracted,
+ * and the count is scaled by the compression ratio.
+ *
+ * Accepting stores.  Over the pool limit new stores are refused
+ * (pool_limit_hit; reject_reclaim_fail too when the swap file is full)
+ * until usage falls below the accept threshold (WB_ACCEPT_PERCENT of the
+ * limit): the refused page goes back to the client from the ring, as any
+ * store failure, and stays resident.  With writeback off (no swap file,
+ * or policy.writeback false) this is all that happens: pages stay
+ * resident, never lost.
+ *
+ * Reads.  A fault on an ON_DISK page takes a read context, marks the
+ * entry (PE_REFERENCED means "read in flight" on an ON_DISK entry: it has
+ * no other use there) and submits swap_io_read; the faulting thread stays
+ * parked in the kernel while the fault thread serves others.  On
+ * completion the bytes are decompressed into the context's page and put
+ * in with UFFDIO_COPY (EAGAIN: kept, retried from the thread's retry
+ * pass), the slot is freed, disk_swapins counted and the disk latency
+ * recorded apart from pool faults.  A read error never hands wrong data:
+ * the page is poisoned (UFFDIO_POISON), so the access ends in SIGBUS; the
+ * entry becomes NEVER (a later MADV_DONTNEED makes it zeros, as for any
+ * poisoned page), io_errors counted.
+ *
+ * Freeing.  An entry freed while its I/O is in flight (munmap, DONTNEED,
+ * exit, unregister) marks the write item or read context cancelled; the
+ * completion frees the slot (docs/SWAP.md: a slot is never freed under
+ * its own I/O).  An entry freed while idle on disk frees its slot at once.
+ *
+ * Failures.  swap_io_write refusing a batch (-ENOSPC: the file is full)
+ * leaves every entry STORED and backs the shrinker off for WB_BACKOFF_MS;
+ * a failed write puts that entry back STORED (and on the LRU) and backs
+ * off too.  Both are counted.
+ *
+ * Compaction.  Exclusive loads free pool objects at random, leaving
+ * chunks sparse.  Every WB_COMPACT_PERIOD_MS, when the pool maps more than
+ * WB_COMPACT_RATIO_PCT of its live bytes, the thread marks sparse chunks
+ * (pool_compact_begin) and walks its clients' indexes, a bounded number
+ * of entries per loop iteration, migrating the objects that
+ * pool_handle_evacuating() flags.
+ *
+ * Locks: none of its own but the shrink request (an atomic).  The LRU,
+ * pool, swap and stats are thread-safe objects; everything else belongs
+ * to the thread.  Nothing here logs on the fault path (the one read-error
+ * message is logged once per daemon).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+
+#include "client/client.h"
+#include "compress/compress.h"
+#include "daemon.h"
+#include "fault/fault.h"
+#include "fault/writeback.h"
+#include "group/group.h"
+#include "lru/lru.h"
+#include "pool/pool.h"
+#include "swap/swapfile.h"
+#include "uffd-compat.h"
+#include "util.h"
+
+#define WB_BATCH_MAX	     64	 /* objects per swap_io_write */
+#define WB_BATCHES	     4	 /* write batches in flight per thread */
+#define WB_READS	     64	 /* disk reads in flight per thread */
+#define WB_START_PERCENT     90	 /* writeback starts above this much of the pool limit */
+#define WB_TARGET_PERCENT    80	 /* ... and writes back down to this */
+#define WB_ACCEPT_PERCENT    90	 /* refused stores resume below this (accept threshold) */
+#define WB_BACKOFF_MS	     50	 /* after a full file or a write error */
+#define WB_COMPACT_PERIOD_MS 1000
+#define WB_COMPACT_RATIO_PCT 120
+#define WB_COMPACT_MIN_FILL  50
+#define WB_COMPACT_STEP	     4096 /* entries looked at per loop iteration */
+#define VPN_MASK	     ((1ULL << PAGE_INDEX_VPN_BITS) - 1)
+
+struct wb_item {
+	uint64_t key, vpn;
+	pool_handle_t handle;
+	unsigned len;
+	bool cancelled;
+};
+
+struct wb_batch {
+	struct wb *wb;
+	bool busy;
+	unsigned count;
+	uint64_t bytes;
+	struct wb_item items[WB_BATCH_MAX];
+	struct swap_object objs[WB_BATCH_MAX];
+};
+
+struct wb_read {
+	struct wb *wb;
+	bool busy;	/* context taken */
+	bool inflight;	/* I/O submitted, not completed */
+	bool ready;	/* completed, page to install */
+	bool failed;	/* read or decompress error: poison */
+	bool cancelled; /* the entry went away: free the slot, install nothing */
+	bool from_fault;
+	uint64_t key, vpn, slot;
+	unsigned algo, len;
+	uint64_t start_ns;
+	uint8_t *buf;  /* compressed bytes (4 KiB) */
+	uint8_t *page; /* decompressed page (4 KiB, page aligned) */
+};
+
+struct wb {
+	struct fault_thread *thread;
+	struct daemon *daemon;
+	struct lru *lru;
+	struct swap_io *io; /* NULL without a swap file */
+	struct compressor *decomp;
+	uint8_t *staging; /* WB_BATCH_MAX pages of compressed bytes */
+	struct wb_batch batches[WB_BATCHES];
+	unsigned batches_busy;
+	uint64_t inflight_bytes; /* compressed bytes in batches in flight */
+	struct wb_read reads[WB_READS];
+	unsigned reads_busy;
+	uint64_t backoff_until; /* usec: shrinker sits out until then */
+	bool swap_full;
+	bool attach_failed;
+	bool want; /* the last shrinker run still had work: poll again soon */
+	uint64_t shrink_request; /* atomic: bytes asked by fault_thread_request_shrink */
+	/* compaction */
+	bool compacting;
+	uint64_t compact_next;	   /* usec */
+	uint64_t compact_key;	   /* client being walked */
+	uint64_t compact_vpn;	   /* next vpn of it */
+	uint64_t compact_migrated; /* objects moved (for the summary) */
+};
+
+static bool read_error_logged;
+
+static uint64_t pool_usage_bytes(struct daemon *d)
+{
+	int64_t v = stats_read(d->stats, UZ_STAT_compressed_bytes);
+
+	return v > 0 ? (uint64_t)v : 0;
+}
+
+int wb_new(struct wb **out, struct fault_thread *thread, struct daemon *d)
+{
+	struct wb *wb = calloc(1, sizeof(*wb));
+	int r;
+
+	if (!wb)
+		return -ENOMEM;
+	wb->thread = thread;
+	wb->daemon = d;
+	r = lru_new(&wb->lru);
+	if (r < 0)
+		goto fail;
+	r = compressor_new(&wb->decomp, d->policy.algo, d->policy.level);
+	if (r < 0)
+		goto fail;
+	for (unsigned i = 0; i < WB_BATCHES; i++)
+		wb->batches[i].wb = wb;
+	for (unsigned i = 0; i < WB_READS; i++)
+		wb->reads[i].wb = wb;
+	wb->compact_next = uz_now_usec() + WB_COMPACT_PERIOD_MS * 1000;
+	*out = wb;
+	return 0;
+fail:
+	wb_free(wb);
+	return r;
+}
+
+int wb_attach(struct wb *wb)
+{
+	struct swap *swap = __atomic_load_n(&wb->daemon->swap, __ATOMIC_ACQUIRE);
+	int r;
+
+	if (wb->io || !swap || wb->attach_failed)
+		return -1;
+	wb->attach_failed = true; /* tried once */
+	wb->staging = aligned_alloc(UZ_PAGE_SIZE, (size_t)WB_BATCH_MAX * UZ_PAGE_SIZE);
+	if (!wb->staging)
+		return -1;
+	for (unsigned i = 0; i < WB_READS; i++) {
+		wb->reads[i].buf = aligned_alloc(UZ_PAGE_SIZE, UZ_PAGE_SIZE);
+		wb->reads[i].page = aligned_alloc(UZ_PAGE_SIZE, UZ_PAGE_SIZE);
+		if (!wb->reads[i].buf || !wb->reads[i].page)
+			return -1;
+	}
+	r = swap_io_new(&wb->io, swap);
+	if (r < 0)
+		return -1;
+	wb->attach_failed = false;
+	return swap_io_fd(wb->io);
+}
+
+struct wb *wb_free(struct wb *wb)
+{
+	if (!wb)
+		return NULL;
+	/* Completions run here: every client is gone, so they only free slots. */
+	wb->io = swap_io_free(wb->io);
+	for (unsigned i = 0; i < WB_READS; i++) {
+		struct wb_read *rd = &wb->reads[i];
+
+		if (rd->busy && wb->daemon->swap)
+			(void)swap_slot_free(wb->daemon->swap, rd->slot);
+		free(rd->buf);
+		free(rd->page);
+	}
+	free(wb->staging);
+	compressor_free(wb->decomp);
+	lru_free(wb->lru);
+	free(wb);
+	return NULL;
+}
+
+int wb_fd(const struct wb *wb)
+{
+	return wb->io ? swap_io_fd(wb->io) : -1;
+}
+
+void wb_reap(struct wb *wb)
+{
+	if (wb->io)
+		(void)swap_io_reap(wb->io);
+}
+
+void wb_lru_push(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t *entry)
+{
+	if (!pe_queued(*entry) && lru_push(wb->lru, c->key << PAGE_INDEX_VPN_BITS | vpn) == 0)
+		*entry |= PE_QUEUED;
+}
+
+/* ---------------------------------------------------------------------------
+ * Reads
+ */
+
+static struct wb_read *read_find(struct wb *wb, uint64_t key, uint64_t vpn)
+{
+	for (unsigned i = 0; i < WB_READS; i++) {
+		struct wb_read *rd = &wb->reads[i];
+
+		if (rd->busy && !rd->cancelled && rd->key == key && rd->vpn == vpn)
+			return rd;
+	}
+	return NULL;
+}
+
+static void read_put(struct wb_read *rd)
+{
+	rd->busy = rd->inflight = rd->ready = rd->failed = rd->cancelled = false;
+	rd->wb->reads_busy--;
+}
+
+/* Put a completed read into the client.  -EAGAIN: keep it, retry later. */
+static int read_install(struct wb *wb, struct wb_read *rd)
+{
+	struct daemon *d = wb->daemon;
+	struct client *c = fault_thread_client(wb->thread, rd->key, true);
+	uint64_t addr = rd->vpn << UZ_PAGE_SHIFT;
+	page_entry_t e;
+	int r = 0;
+
+	if (!c) {
+		/* Cannot happen (the client's exit cancels), but never leak the slot. */
+		(void)swap_slot_free(d->swap, rd->slot);
+		read_put(rd);
+		return 0;
+	}
+	if (!c->gone) {
+		if (rd->failed) {
+			struct uffdio_poison poison = {.range = {addr, UZ_PAGE_SIZE}, .mode = 0};
+
+			r = ioctl(c->uffd, UFFDIO_POISON, &poison) == 0 ? 0 : -errno;
+		} else {
+			struct uffdio_copy copy = {
+			    .dst = addr, .src = (uint64_t)(uintptr_t)rd->page, .len = UZ_PAGE_SIZE};
+
+			r = ioctl(c->uffd, UFFDIO_COPY, &copy) == 0 ? 0 : -errno;
+		}
+		if (r == -EAGAIN) {
+			fault_thread_want_retry(wb->thread);
+			return -EAGAIN;
+		}
+		if (r == -EEXIST || r < 0) {
+			struct uffdio_range range = {.start = addr, .len = UZ_PAGE_SIZE};
+
+			(void)ioctl(c->uffd, UFFDIO_WAKE, &range);
+		}
+	} else {
+		r = -ESRCH;
+	}
+
+	e = page_index_get(c->index, rd->vpn);
+	(void)swap_slot_free(d->swap, rd->slot);
+	fault_client_stat(c, UZ_STAT_on_disk_pages, -1);
+	if (rd->failed) {
+		fault_client_stat(c, UZ_STAT_io_errors, 1);
+		if (!__atomic_exchange_n(&read_error_logged, true, __ATOMIC_RELAXED))
+			uz_log(LOG_ERR,
+			       "swap file read error: page 0x%" PRIx64
+			       " of pid %d poisoned (SIGBUS on access); further errors only "
+			       "counted (io_errors)",
+			       addr, (int)c->pid);
+		page_index_set(c->index, rd->vpn, pe_make(e, PAGE_NEVER, false, 0, 0, 0));
+	} else if (r == 0 || r == -EEXIST) {
+		page_index_set(c->index, rd->vpn, pe_make(e, PAGE_RESIDENT, true, 0, 0, 0));
+		fault_client_resident_add(c, 1);
+		fault_client_stat(c, UZ_STAT_disk_swapins, 1);
+		lru_note_disk_swapin(wb->lru);
+		if (rd->from_fault && d->disk_fault_latency)
+			latency_hist_record(d->disk_fault_latency, uz_now_nsec() - rd->start_ns);
+	} else {
+		/* The mapping (or the process) is gone: so is the page. */
+		page_index_set(c->index, rd->vpn, pe_make(e, PAGE_NEVER, false, 0, 0, 0));
+	}
+	read_put(rd);
+	fault_client_resume(wb->thread, c);
+	return 0;
+}
+
+static void read_done(int result, const void *data, size_t len, void *userdata)
+{
+	struct wb_read *rd = userdata;
+	struct wb *wb = rd->wb;
+
+	rd->inflight = false;
+	if (rd->cancelled) {
+		(void)swap_slot_free(wb->daemon->swap, rd->slot);
+		read_put(rd);
+		return;
+	}
+	if (result < 0) {
+		rd->failed = true;
+	} else if (rd->algo == COMPRESSOR_RAW) {
+		if (rd->len == UZ_PAGE_SIZE)
+			memcpy(rd->page, rd->buf, UZ_PAGE_SIZE);
+		else
+			rd->failed = true;
+	} else if (compressor_decompress(wb->decomp, rd->algo, rd->buf, rd->len, rd->page) < 0) {
+		rd->failed = true;
+	}
+	rd->ready = true;
+	(void)read_install(wb, rd);
+}
+
+int wb_fault(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t e)
+{
+	struct wb_read *rd = NULL;
+	int r;
+
+	if (pe_referenced(e))
+		return 0; /* read in flight: its UFFDIO_COPY wakes this fault too */
+	if (!wb->io)
+		return -EIO;
+	for (unsigned i = 0; i < WB_READS; i++)
+		if (!wb->reads[i].busy) {
+			rd = &wb->reads[i];
+			break;
+		}
+	if (!rd)
+		return -EAGAIN;
+	rd->busy = true;
+	rd->inflight = true;
+	rd->ready = rd->failed = rd->cancelled = false;
+	rd->key = c->key;
+	rd->vpn = vpn;
+	rd->slot = pe_payload(e);
+	rd->algo = pe_algo(e);
+	rd->len = pe_len(e);
+	rd->from_fault = true;
+	rd->start_ns = uz_now_nsec();
+	wb->reads_busy++;
+	r = swap_io_read(wb->io, rd->slot, rd->len, rd->buf, read_done, rd);
+	if (r < 0) {
+		read_put(rd);
+		return -EAGAIN;
+	}
+	page_index_set(c->index, vpn, e | PE_REFERENCED);
+	return 0;
+}
+
+bool wb_reads_pending(const struct wb *wb)
+{
+	return wb->reads_busy > 0;
+}
+
+void wb_wait(struct wb *wb)
+{
+	if (wb->io && swap_io_inflight(wb->io))
+		(void)swap_io_wait(wb->io);
+	(void)wb_retry(wb);
+}
+
+bool wb_retry(struct wb *wb)
+{
+	bool waiting = false;
+
+	for (unsigned i = 0; i < WB_READS; i++) {
+		struct wb_read *rd = &wb->reads[i];
+
+		if (rd->busy && rd->ready && read_install(wb, rd) == -EAGAIN)
+			waiting = true;
+	}
+	return waiting;
+}
+
+/* ---------------------------------------------------------------------------
+ * Entries going away or moving
+ */
+
+static struct wb_item *item_find(struct wb *wb, uint64_t key, uint64_t vpn)
+{
+	for (unsigned b = 0; b < WB_BATCHES; b++) {
+		struct wb_batch *batch = &wb->batches[b];
+
+		if (!batch->busy)
+			continue;
+		for (unsigned i = 0; i < batch->count; i++) {
+			struct wb_item *it = &batch->items[i];
+
+			if (!it->cancelled && it->key == key && it->vpn == vpn)
+				return it;
+		}
+	}
+	return NULL;
+}
+
+void wb_writeback_cancel(struct wb *wb, struct client *c, uint64_t vpn)
+{
+	struct wb_item *it = item_find(wb, c->key, vpn);
+
+	if (it)
+		it->cancelled = true;
+}
+
+void wb_entry_release(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t e)
+{
+	struct wb_read *rd;
+
+	switch (pe_state(e)) {
+	case PAGE_WRITEBACK:
+		wb_writeback_cancel(wb, c, vpn);
+		break;
+	case PAGE_ON_DISK:
+		fault_client_stat(c, UZ_STAT_on_disk_pages, -1);
+		rd = pe_referenced(e) ? read_find(wb, c->key, vpn) : NULL;
+		if (!rd) {
+			(void)swap_slot_free(wb->daemon->swap, pe_payload(e));
+		} else if (rd->inflight) {
+			rd->cancelled = true; /* read_done frees the slot */
+		} else {
+			(void)swap_slot_free(wb->daemon->swap, rd->slot);
+			read_put(rd);
+		}
+		break;
+	default:
+		break;
+	}
+}
+
+void wb_entry_moved(struct wb *wb, struct client *c, uint64_t old_vpn, uint64_t new_vpn,
+		    page_entry_t e)
+{
+	if (pe_state(e) == PAGE_WRITEBACK) {
+		struct wb_item *it = item_find(wb, c->key, old_vpn);
+
+		if (it)
+			it->vpn = new_vpn;
+	} else if (pe_state(e) == PAGE_ON_DISK && pe_referenced(e)) {
+		struct wb_read *rd = read_find(wb, c->key, old_vpn);
+
+		if (rd)
+			rd->vpn = new_vpn;
+	}
+}
+
+/* ---------------------------------------------------------------------------
+ * Accepting stores
+ */
+
+bool wb_pool_accepting(struct wb *wb, struct client *c)
+{
+	struct daemon *d = wb->daemon;
+	uint64_t limit = d->pool_max_size, usage;
+	unsigned accept = d->accept_threshold_percent ? d->accept_threshold_percent
+						      : WB_ACCEPT_PERCENT;
+	bool ok = true;
+
+	/* The cgroup's budget (PoolMax). */
+	if (c->policy.pool_max != UZ_UNLIMITED &&
+	    group_pool_bytes(c->group) + UZ_PAGE_SIZE > c->policy.pool_max)
+		ok = false;
+	/* The global limit, with hysteresis. */
+	if (ok && limit != UZ_UNLIMITED) {
+		usage = pool_usage_bytes(d);
+		if (__atomic_load_n(&d->pool_limit_hit, __ATOMIC_RELAXED)) {
+			if (usage < limit / 100 * accept)
+				__atomic_store_n(&d->pool_limit_hit, false, __ATOMIC_RELAXED);
+			else
+				ok = false;
+		} else if (usage + UZ_PAGE_SIZE > limit) {
+			__atomic_store_n(&d->pool_limit_hit, true, __ATOMIC_RELAXED);
+			ok = false;
+		}
+	}
+	if (ok)
+		return true;
+	fault_client_stat(c, UZ_STAT_pool_limit_hit, 1);
+	if (wb->io && c->policy.writeback && wb->swap_full)
+		fault_client_stat(c, UZ_STAT_reject_reclaim_fail, 1);
+	return false;
+}
+
+/* ---------------------------------------------------------------------------
+ * The shrinker
+ */
+
+struct pick_ctx {
+	struct wb *wb;
+	struct wb_batch *batch;
+	struct client *cached;
+};
+
+static enum lru_walk_status wb_pick(uint64_t ref, void *userdata)
+{
+	struct pick_ctx *ctx = userdata;
+	struct wb *wb = ctx->wb;
+	struct wb_batch *batch = ctx->batch;
+	uint64_t key = ref >> PAGE_INDEX_VPN_BITS, vpn = ref & VPN_MASK;
+	struct client *c = ctx->cached;
+	page_entry_t e;
+	unsigned n = batch->count, len;
+
+	if (n == WB_BATCH_MAX)
+		return LRU_STOP;
+	if (!c || c->key != key)
+		c = ctx->cached = fault_thread_client(wb->thread, key, false);
+	if (!c)
+		return LRU_REMOVED; /* its client left: the entry is gone */
+	e = page_index_get(c->index, vpn);
+	if (pe_state(e) != PAGE_STORED) {
+		if (pe_queued(e))
+			page_index_set(c->index, vpn, e & ~PE_QUEUED);
+		return LRU_REMOVED;
+	}
+	if (!c->policy.writeback)
+		return LRU_ROTATE;
+	if (pe_referenced(e)) {
+		page_index_set(c->index, vpn, e & ~PE_REFERENCED);
+		fault_client_stat(c, UZ_STAT_second_chance_rotations, 1);
+		return LRU_ROTATE;
+	}
+	len = pe_len(e);
+	if (pool_load(wb->daemon->pool, pe_payload(e), wb->staging + (size_t)n * UZ_PAGE_SIZE,
+		      len) < 0)
+		return LRU_ROTATE;
+	batch->items[n] = (struct wb_item){key, vpn, pe_payload(e), len, false};
+	batch->objs[n] = (struct swap_object){.data = wb->staging + (size_t)n * UZ_PAGE_SIZE,
+					      .len = len};
+	batch->count++;
+	batch->bytes += len;
+	page_index_set(c->index, vpn,
+		       pe_make(e & ~PE_QUEUED, PAGE_WRITEBACK, false, pe_algo(e), len,
+			       pe_payload(e)));
+	return LRU_REMOVED;
+}
+
+/* Back to STORED and onto the LRU (write refused or failed). */
+static void item_restore(struct wb *wb, struct client *c, struct wb_item *it)
+{
+	page_entry_t e = page_index_get(c->index, it->vpn);
+
+	e = pe_make(e, PAGE_STORED, true, pe_algo(e), pe_len(e), pe_payload(e));
+	wb_lru_push(wb, c, it->vpn, &e);
+	page_index_set(c->index, it->vpn, e);
+}
+
+static void batch_done(struct swap_object *objs, size_t count, int result, void *userdata)
+{
+	struct wb_batch *batch = userdata;
+	struct wb *wb = batch->wb;
+	struct daemon *d = wb->daemon;
+	bool errors = false;
+
+	for (size_t i = 0; i < count; i++) {
+		struct wb_item *it = &batch->items[i];
+		struct client *c;
+		page_entry_t e;
+
+		if (it->cancelled) {
+			if (objs[i].result == 0)
+				(void)swap_slot_free(d->swap, objs[i].slot);
+			continue;
+		}
+		c = fault_thread_client(wb->thread, it->key, true);
+		if (!c) {
+			if (objs[i].result == 0)
+				(void)swap_slot_free(d->swap, objs[i].slot);
+			continue;
+		}
+		if (objs[i].result < 0) {
+			fault_client_stat(c, UZ_STAT_io_errors, 1);
+			item_restore(wb, c, it);
+			errors = true;
+			continue;
+		}
+		e = page_index_get(c->index, it->vpn);
+		page_index_set(c->index, it->vpn,
+			       pe_make(e, PAGE_ON_DISK, false, pe_algo(e), it->len, objs[i].slot));
+		pool_release(d->pool, it->handle);
+		fault_client_stat(c, UZ_STAT_stored_pages, -1);
+		fault_client_stat(c, UZ_STAT_compressed_bytes, -(int64_t)it->len);
+		fault_client_stat(c, UZ_STAT_on_disk_pages, 1);
+		fault_client_stat(c, UZ_STAT_zswpwb, 1);
+		fault_client_stat(c, UZ_STAT_written_back_pages, 1);
+	}
+	(void)result;
+	if (errors)
+		wb->backoff_until = uz_now_usec() + WB_BACKOFF_MS * 1000;
+	wb->inflight_bytes -= batch->bytes;
+	batch->busy = false;
+	wb->batches_busy--;
+	fault_thread_want_retry(wb->thread); /* the shrinker may go on */
+}
+
+/* Build and submit one batch.  Returns the compressed bytes submitted (0: nothing). */
+static uint64_t wb_submit_batch(struct wb *wb, uint64_t nr_to_scan)
+{
+	struct wb_batch *batch = NULL;
+	struct pick_ctx ctx = {.wb = wb};
+	struct lru_walk_result res;
+	int r;
+
+	for (unsigned i = 0; i < WB_BATCHES; i++)
+		if (!wb->batches[i].busy) {
+			batch = &wb->batches[i];
+			break;
+		}
+	if (!batch)
+		return 0;
+	batch->count = 0;
+	batch->bytes = 0;
+	ctx.batch = batch;
+	(void)lru_walk(wb->lru, nr_to_scan, wb_pick, &ctx, &res);
+	if (!batch->count)
+		return 0;
+
+	r = swap_io_write(wb->io, batch->objs, batch->count, batch_done, batch);
+	if (r < 0) {
+		/* Full (or the ring refused): everything stays in the pool. */
+		for (unsigned i = 0; i < batch->count; i++) {
+			struct client *c =
+			    fault_thread_client(wb->thread, batch->items[i].key, false);
+
+			if (c)
+				item_restore(wb, c, &batch->items[i]);
+		}
+		if (r == -ENOSPC)
+			wb->swap_full = true;
+		wb->backoff_until = uz_now_usec() + WB_BACKOFF_MS * 1000;
+		return 0;
+	}
+	wb->swap_full = false;
+	batch->busy = true;
+	wb->batches_busy++;
+	wb->inflight_bytes += batch->bytes;
+	stats_add(wb->daemon->stats, UZ_STAT_writeback_batches, 1);
+	return batch->bytes;
+}
+
+/* Compressed bytes to write back now: the global pool and the groups of this thread's clients. */
+static uint64_t wb_excess(struct wb *wb)
+{
+	struct daemon *d = wb->daemon;
+	uint64_t limit = d->pool_max_size, usage, excess = 0;
+
+	if (limit != UZ_UNLIMITED) {
+		usage = pool_usage_bytes(d);
+		usage = usage > wb->inflight_bytes ? usage - wb->inflight_bytes : 0;
+		if (usage > limit / 100 * WB_START_PERCENT)
+			excess = usage - limit / 100 * WB_TARGET_PERCENT;
+	}
+	for (struct client *c = fault_thread_client_after(wb->thread, 0); c;
+	     c = fault_thread_client_after(wb->thread, c->key + 1)) {
+		uint64_t max = c->policy.pool_max, bytes;
+
+		if (max == UZ_UNLIMITED || !c->policy.writeback)
+			continue;
+		bytes = group_pool_bytes(c->group);
+		bytes = bytes > wb->inflight_bytes ? bytes - wb->inflight_bytes : 0;
+		if (bytes > max / 100 * WB_START_PERCENT)
+			excess = uz_max(excess, bytes - max / 100 * WB_TARGET_PERCENT);
+	}
+	return excess;
+}
+
+void wb_shrink(struct wb *wb)
+{
+	struct daemon *d = wb->daemon;
+	uint64_t target, asked;
+
+	if (!wb->io || wb->batches_busy >= WB_BATCHES)
+		return;
+	if (uz_now_usec() < wb->backoff_until)
+		return;
+	target = wb_excess(wb);
+	asked = __atomic_exchange_n(&wb->shrink_request, 0, __ATOMIC_RELAXED);
+	if (asked) {
+		/* A requested shrink takes no more than the shrinker count allows. */
+		int64_t stored = stats_read(d->stats, UZ_STAT_stored_pages) -
+				 stats_read(d->stats, UZ_STAT_same_filled_pages);
+		struct pool_usage pu;
+		uint64_t freeable;
+
+		pool_get_usage(d->pool, &pu);
+		freeable = lru_shrinker_count(wb->lru, stored > 0 ? (uint64_t)stored : 0,
+					      pu.total_size / UZ_PAGE_SIZE);
+		target = uz_max(target, uz_min(asked, freeable * UZ_PAGE_SIZE));
+	}
+	wb->want = target > 0;
+	while (target && wb->batches_busy < WB_BATCHES) {
+		uint64_t done = wb_submit_batch(wb, 4 * WB_BATCH_MAX);
+
+		if (!done)
+			break;
+		target = done >= target ? 0 : target - done;
+	}
+}
+
+int wb_timeout(const struct wb *wb)
+{
+	if (wb->compacting)
+		return 0;
+	if (wb->io && wb->want)
+		return WB_BACKOFF_MS;
+	return -1;
+}
+
+void fault_thread_request_shrink(struct fault_thread *thread, struct uz_group *group,
+				 uint64_t bytes)
+{
+	struct wb *wb = fault_thread_wb(thread);
+
+	(void)group;
+	__atomic_fetch_add(&wb->shrink_request, bytes, __ATOMIC_RELAXED);
+	fault_thread_kick_assign(thread);
+}
+
+/* ---------------------------------------------------------------------------
+ * Compaction
+ */
+
+struct compact_ctx {
+	struct wb *wb;
+	struct client *client;
+	unsigned budget;
+	uint64_t last;
+};
+
+static int compact_one(uint64_t vpn, page_entry_t *entry, void *userdata)
+{
+	struct compact_ctx *ctx = userdata;
+	struct pool *pool = ctx->wb->daemon->pool;
+	pool_handle_t handle;
+
+	ctx->last = vpn;
+	if (pe_state(*entry) == PAGE_STORED && pool_handle_evacuating(pool, pe_payload(*entry)) &&
+	    pool_migrate(pool, pe_payload(*entry), pe_len(*entry), &handle) == 0) {
+		*entry = pe_make(*entry, PAGE_STORED, pe_referenced(*entry), pe_algo(*entry),
+				 pe_len(*entry), handle);
+		ctx->wb->compact_migrated++;
+	}
+	return --ctx->budget ? 0 : 1;
+}
+
+void wb_compact_step(struct wb *wb)
+{
+	struct compact_ctx ctx = {.wb = wb, .budget = WB_COMPACT_STEP};
+
+	if (!wb->compacting) {
+		struct pool_usage pu;
+		uint64_t now = uz_now_usec();
+
+		if (now < wb->compact_next)
+			return;
+		wb->compact_next = now + WB_COMPACT_PERIOD_MS * 1000;
+		pool_get_usage(wb->daemon->pool, &pu);
+		if (pu.total_size <= (1ULL << 20) ||
+		    pu.total_size * 100 <= pu.stored_bytes * WB_COMPACT_RATIO_PCT)
+			return;
+		if (pool_compact_begin(wb->daemon->pool, WB_COMPACT_MIN_FILL) <= 0)
+			return;
+		wb->compacting = true;
+		wb->compact_key = 0;
+		wb->compact_vpn = 0;
+	}
+	/* Clients in key order: the next one at or after compact_key. */
+	for (;;) {
+		struct client *c = fault_thread_client(wb->thread, wb->compact_key, false);
+		int r;
+
+		if (!c) {
+			c = fault_thread_client_after(wb->thread, wb->compact_key);
+			if (!c) {
+				wb->compacting = false;
+				return;
+			}
+			wb->compact_key = c->key;
+			wb->compact_vpn = 0;
+		}
+		ctx.client = c;
+		r = page_index_walk(c->index, wb->compact_vpn, VPN_MASK, compact_one, &ctx);
+		if (r > 0) {
+			wb->compact_vpn = ctx.last + 1;
+			return;
+		}
+		wb->compact_key = c->key + 1;
+		wb->compact_vpn = 0;
+		if (!ctx.budget)
+			return;
+	}
+}
+
+/* ---------------------------------------------------------------------------
+ * Opening the swap file (main thread)
+ */
+
+/*
+ * UZSWAP_TEST_INJECT=KIND:PERCENT[:COUNT] (KIND write, read, short-write,
+ * short-read): fault injection of the swap file backend, for the
+ * integration tests only.  Never set it in production.
+ */
+static void writeback_test_injection(struct swap *swap)
+{
+	const char *spec = getenv("UZSWAP_TEST_INJECT");
+	char kind[32];
+	unsigned percent = 0, what = 0;
+	unsigned long long count = 0;
+
+	if (!spec || sscanf(spec, "%31[a-z-]:%u:%llu", kind, &percent, &count) < 2)
+		return;
+	if (!strcmp(kind, "write"))
+		what = SWAP_FAIL_WRITE;
+	else if (!strcmp(kind, "read"))
+		what = SWAP_FAIL_READ;
+	else if (!strcmp(kind, "short-write"))
+		what = SWAP_SHORT_WRITE;
+	else if (!strcmp(kind, "short-read"))
+		what = SWAP_SHORT_READ;
+	if (!what)
+		return;
+	uz_log(LOG_WARNING, "UZSWAP_TEST_INJECT=%s: swap file fault injection on (tests only)",
+	       spec);
+	swap_set_fault_injection(swap, what, percent, count);
+}
+
+int writeback_open(struct daemon *d)
+{
+	struct swap_config config = {.path = d->swap_file, .size = d->swap_size};
+	struct swap_info info;
+	struct swap *swap;
+	int r;
+
+	if (!d->swap_size || !d->swap_file || !d->swap_file[0] || d->swap)
+		return 0;
+	r = swap_new(&swap, &config);
+	if (r < 0) {
+		uz_log(LOG_ERR, "swap file \"%s\": %s; writeback off", d->swap_file, strerror(-r));
+		return r;
+	}
+	writeback_test_injection(swap);
+	swap_get_info(swap, &info);
+	uz_log(LOG_INFO, "swap file \"%s\": %" PRIu64 " MiB, %s I/O", d->swap_file,
+	       info.file_size >> 20, info.direct_io ? "direct" : "buffered");
+	__atomic_store_n(&d->swap, swap, __ATOMIC_RELEASE);
+	for (unsigned i = 0; i < d->nr_fault_threads; i++)
+		fault_thread_kick_assign(d->fault_threads[i]);
+	return 0;
+}

@@ -1,0 +1,109 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The writeback tier of a fault thread: its LRU of stored pages, its
+ * swap_io, the shrinker that writes stale compressed pages to the swap
+ * file, and the reads that bring them back on a fault.  See writeback.c.
+ *
+ * Everything here runs on the fault thread that owns the struct wb, over
+ * that thread's clients only (a thread owns its clients' indexes), except
+ * fault_thread_request_shrink(), which any thread may call.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "index/index.h"
+#include "stats/stats.h"
+
+struct daemon;
+struct client;
+struct fault_thread;
+struct wb;
+
+int wb_new(struct wb **out, struct fault_thread *thread, struct daemon *daemon);
+/* Waits for the I/O in flight (every client must be gone already). */
+struct wb *wb_free(struct wb *wb);
+
+/*
+ * On the thread: once the swap file is open (writeback_open), create the
+ * swap_io.  Returns its eventfd when just attached (add it to epoll), else -1.
+ */
+int wb_attach(struct wb *wb);
+/* The eventfd to poll for completions, -1 without a swap file. */
+int wb_fd(const struct wb *wb);
+/* Completions are waiting: run them. */
+void wb_reap(struct wb *wb);
+
+/* A page was stored: queue it on the thread's LRU (sets PE_QUEUED). */
+void wb_lru_push(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t *entry);
+
+/*
+ * A fault on an ON_DISK page: start the read (the faulting thread stays
+ * parked until it completes).  0 (started, or already reading), -EAGAIN
+ * (no read context free: retry later).
+ */
+int wb_fault(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t e);
+/*
+ * Give-back walks (UNREGISTER, FORK_PREPARE, SHUTDOWN, HOT): like
+ * wb_fault; the caller waits for the page (-EBUSY from its walk) and is
+ * resumed (client_run_requests) when the read landed.
+ */
+static inline int wb_restore(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t e)
+{
+	return wb_fault(wb, c, vpn, e);
+}
+/* Reads in flight or waiting to be installed. */
+bool wb_reads_pending(const struct wb *wb);
+/* Block for at least one completion (best-effort restore of a dying client). */
+void wb_wait(struct wb *wb);
+/* Retry installs that hit EAGAIN; true when some still wait. */
+bool wb_retry(struct wb *wb);
+
+/*
+ * An ON_DISK or WRITEBACK entry goes away (REMOVE, UNMAP, exit): free the
+ * slot, or leave that to the completion of the I/O in flight.  For
+ * WRITEBACK the caller still frees the pool object (as for STORED).
+ */
+void wb_entry_release(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t e);
+/* A WRITEBACK entry was served from the pool: the write result is ignored. */
+void wb_writeback_cancel(struct wb *wb, struct client *c, uint64_t vpn);
+/* REMAP moved an entry from old_vpn to new_vpn: I/O in flight follows. */
+void wb_entry_moved(struct wb *wb, struct client *c, uint64_t old_vpn, uint64_t new_vpn,
+		    page_entry_t e);
+
+/*
+ * May a page of this client be stored?  The global pool limit with its
+ * accept threshold: over the limit stores are refused (and counted) until
+ * usage falls below the threshold.
+ */
+bool wb_pool_accepting(struct wb *wb, struct client *c);
+
+/* Run the shrinker if the pool is over its writeback threshold or a shrink was asked. */
+void wb_shrink(struct wb *wb);
+/* Milliseconds the thread's epoll may sleep at most (-1: no limit). */
+int wb_timeout(const struct wb *wb);
+
+/* Pool compaction, a bounded step per loop iteration (see writeback.c). */
+void wb_compact_step(struct wb *wb);
+
+/*
+ * Ask a fault thread to write back about `bytes` of compressed data of its
+ * clients (uzswapctl shrink).  group is unused until per-group LRUs exist
+ * (NULL: any).  Any thread.
+ */
+struct uz_group;
+void fault_thread_request_shrink(struct fault_thread *thread, struct uz_group *group,
+				 uint64_t bytes);
+
+/* --- provided by fault.c for writeback.c (fault thread only) --- */
+void fault_client_stat(struct client *c, enum uz_stat which, int64_t delta);
+void fault_client_resident_add(struct client *c, int64_t delta);
+/* The client of an LRU key on this thread (dead ones too when dead_ok), or NULL. */
+struct client *fault_thread_client(struct fault_thread *t, uint64_t key, bool dead_ok);
+/* The client with the smallest key >= key (compaction walks clients in key order). */
+struct client *fault_thread_client_after(struct fault_thread *t, uint64_t key);
+/* A page came back from disk: let the client's waiting requests go on. */
+void fault_client_resume(struct fault_thread *t, struct client *c);
+void fault_thread_want_retry(struct fault_thread *t);
+struct wb *fault_thread_wb(struct fault_thread *t);

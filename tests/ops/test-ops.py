@@ -1,0 +1,381 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""Operator-interface tests against the real uzswapd, real clients, real cgroups.
+
+usage: test-ops.py UZSWAPD UZSWAPCTL LIBUZSWAP WORKLOAD
+
+  notify      NOTIFY_SOCKET: READY=1 once clients are accepted, STATUS=,
+              WATCHDOG=1 with WATCHDOG_USEC/WATCHDOG_PID, STOPPING=1 on SIGTERM
+  activation  a listening SEQPACKET socket passed as fd 3 (LISTEN_FDS/LISTEN_PID)
+  cgroups     two memory cgroups with different ResidentMax side by side;
+              statistics consistency (per-cgroup sums == global);
+              uzswapctl status/clients/stats (table, JSON, Prometheus)
+  reload      good config (new budget applies) and bad (refused, old kept,
+              FILE:LINE: KEY in the error); non-root refused for reload/shrink
+
+Every daemon, client and cgroup is cleaned up, also on failure.  Needs root
+(cgroups, setuid to nobody): exit 77 otherwise.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+UZSWAPD, UZSWAPCTL, LIBUZSWAP, WORKLOAD = sys.argv[1:5]
+procs = []
+cgroups = []
+
+
+class Fail(Exception):
+    pass
+
+
+def log(msg):
+    print(f"# {msg}", flush=True)
+
+
+def check(cond, what):
+    if not cond:
+        raise Fail(what)
+    log(f"ok: {what}")
+
+
+def cgroup_root():
+    for root in ("/sys/fs/cgroup/memory", "/sys/fs/cgroup"):
+        if os.path.exists(os.path.join(root, "cgroup.procs")) and (
+            root.endswith("memory")
+            or "memory" in open(os.path.join(root, "cgroup.controllers")).read()
+        ):
+            return root
+    return None
+
+
+def make_cgroup(name):
+    root = cgroup_root()
+    path = os.path.join(root, name)
+    os.makedirs(path, exist_ok=True)
+    cgroups.append(path)
+    return "/" + name, path
+
+
+def spawn(argv, env=None, cgroup_dir=None, pass_fds=(), **kw):
+    def pre():
+        if cgroup_dir:
+            with open(os.path.join(cgroup_dir, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+    p = subprocess.Popen(argv, env=env, preexec_fn=pre, pass_fds=pass_fds,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    procs.append(p)
+    return p
+
+
+def ctl(tmp, *args, user=None, check_rc=0):
+    argv = [UZSWAPCTL, "--socket", os.path.join(tmp, "control.sock"), *args]
+    kw = {}
+    if user is not None:
+        kw = {"user": user, "group": user, "extra_groups": []}
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=20, **kw)
+    if check_rc is not None and r.returncode != check_rc:
+        raise Fail(f"uzswapctl {' '.join(args)}: rc {r.returncode} (want {check_rc}): "
+                   f"{r.stdout}{r.stderr}")
+    return r
+
+
+def write_config(tmp, budgets, extra_main=""):
+    os.makedirs(os.path.join(tmp, "cgroup.d"), exist_ok=True)
+    with open(os.path.join(tmp, "uzswapd.conf"), "w") as f:
+        f.write("[Daemon]\nLogLevel=info\n" + extra_main + "[Defaults]\nResidentMax=32M\n")
+    for name, text in budgets.items():
+        with open(os.path.join(tmp, "cgroup.d", name + ".conf"), "w") as f:
+            f.write(text)
+
+
+def start_daemon(tmp, extra_env=None, extra_args=(), pass_fds=()):
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("LISTEN_FDS", None)
+    env.update(extra_env or {})
+    argv = [UZSWAPD, "--config", os.path.join(tmp, "uzswapd.conf"),
+            "--socket", os.path.join(tmp, "d.sock"),
+            "--control-socket", os.path.join(tmp, "control.sock"), *extra_args]
+    return spawn(argv, env=env, pass_fds=pass_fds)
+
+
+def wait_for(pred, timeout, what):
+    end = time.time() + timeout
+    while time.time() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise Fail(f"timed out: {what}")
+
+
+def wait_socket(path, timeout=10):
+    def ok():
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            s.close()
+            return True
+        except OSError:
+            return False
+    wait_for(ok, timeout, f"{path} accepts")
+
+
+def workload(tmp, size, cgroup_dir=None, hold=0, sock=None):
+    env = dict(os.environ, UZSWAP_SOCKET=sock or os.path.join(tmp, "d.sock"),
+               LD_PRELOAD=LIBUZSWAP)
+    return spawn([WORKLOAD, "--size", size, "--passes", "2", "--hold", str(hold)],
+                 env=env, cgroup_dir=cgroup_dir)
+
+
+def finish(p, timeout=90):
+    out, err = p.communicate(timeout=timeout)
+    if p.returncode != 0 or "verified" not in out:
+        raise Fail(f"client failed rc={p.returncode}: {out}{err}")
+    return out
+
+
+def stop_daemon(d, timeout=20):
+    d.send_signal(signal.SIGTERM)
+    d.communicate(timeout=timeout)
+    return d.returncode
+
+
+# --- tests -------------------------------------------------------------------
+
+def t_notify(tmp):
+    write_config(tmp, {})
+    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ns_path = os.path.join(tmp, "notify.sock")
+    ns.bind(ns_path)
+    ns.settimeout(0.2)
+    msgs = []
+
+    def recv_until(pred, timeout, what):
+        end = time.time() + timeout
+        while time.time() < end:
+            try:
+                msgs.append(ns.recv(4096).decode())
+            except socket.timeout:
+                pass
+            if any(pred(m) for m in msgs):
+                return
+        raise Fail(f"no {what} from uzswapd; got {msgs}")
+
+    # WATCHDOG_PID must be the daemon's pid: sh sets it to its own, then execs.
+    env = dict(os.environ, NOTIFY_SOCKET=ns_path, WATCHDOG_USEC="1000000")
+    argv = ["sh", "-c", 'WATCHDOG_PID=$$ exec "$@"', "sh", UZSWAPD,
+            "--config", os.path.join(tmp, "uzswapd.conf"),
+            "--socket", os.path.join(tmp, "d.sock"),
+            "--control-socket", os.path.join(tmp, "control.sock")]
+    d = spawn(argv, env=env)
+    recv_until(lambda m: "READY=1" in m, 10, "READY=1")
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    c.connect(os.path.join(tmp, "d.sock"))  # accepted right after READY
+    c.close()
+    check(True, "READY=1 sent and the client socket accepts right after it")
+    recv_until(lambda m: m.startswith("STATUS=") and "client" in m, 6, "STATUS=")
+    check(True, "STATUS= summary sent")
+    n0 = sum("WATCHDOG=1" in m for m in msgs)
+    recv_until(lambda m: sum("WATCHDOG=1" in x for x in msgs) >= n0 + 2, 5, "WATCHDOG=1 pings")
+    check(True, "WATCHDOG=1 pings with WATCHDOG_USEC/WATCHDOG_PID")
+    d.send_signal(signal.SIGTERM)
+    recv_until(lambda m: "STOPPING=1" in m, 10, "STOPPING=1")
+    d.communicate(timeout=20)
+    check(d.returncode == 0, "STOPPING=1 on SIGTERM and exit 0")
+    ns.close()
+
+
+def t_activation(tmp):
+    write_config(tmp, {})
+    path = os.path.join(tmp, "act.sock")
+    ls = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ls.bind(path)
+    ls.listen(16)
+    fd = ls.fileno()
+    # The wrapper moves the socket to fd 3 and sets LISTEN_PID to its own pid before exec.
+    env = dict(os.environ, LISTEN_FDS="1")
+    move = "" if fd == 3 else f"exec 3<&{fd} {fd}<&-; "
+    argv = ["sh", "-c", move + 'LISTEN_PID=$$ exec "$@"', "sh", UZSWAPD,
+            "--config", os.path.join(tmp, "uzswapd.conf"),
+            "--socket", os.path.join(tmp, "unused.sock"), "--resident-max", "4M",
+            "--control-socket", os.path.join(tmp, "control.sock")]
+    d = spawn(argv, env=env, pass_fds=(fd,))
+    ls.close()
+    wait_socket(os.path.join(tmp, "control.sock"))
+    check(not os.path.exists(os.path.join(tmp, "unused.sock")),
+          "socket activation: uzswapd did not bind its own socket")
+    finish(workload(tmp, "16M", sock=path))
+    st = json.loads(ctl(tmp, "stats", "--json").stdout)
+    check(st["global"]["counters"]["zswpin"] > 0, "a client works through the passed socket")
+    check(stop_daemon(d) == 0, "activated daemon exits 0")
+
+
+def sums_match(st):
+    g = st["global"]
+    for kind in ("counters", "gauges"):
+        for k, v in g[kind].items():
+            total = sum(c[kind][k] for c in st["cgroups"])
+            if total != v:
+                raise Fail(f"{kind} {k}: per-cgroup sum {total} != global {v}")
+    return True
+
+
+def t_cgroups(tmp):
+    if not cgroup_root():
+        print("# no memory cgroup hierarchy: skipping cgroups")
+        return
+    name_a, dir_a = make_cgroup(f"uzops-a-{os.getpid()}")
+    name_b, dir_b = make_cgroup(f"uzops-b-{os.getpid()}")
+    write_config(tmp, {
+        "a": f"[Match]\nCgroup={name_a}\n[Limits]\nResidentMax=4M\n",
+        "b": f"[Match]\nCgroup={name_b}\n[Limits]\nResidentMax=12M\nCompressor=zstd:3\n",
+    })
+    d = start_daemon(tmp)
+    wait_socket(os.path.join(tmp, "control.sock"))
+    pa = workload(tmp, "32M", dir_a, hold=3)
+    pb = workload(tmp, "32M", dir_b, hold=3)
+    peak = {name_a: 0, name_b: 0}
+    while pa.poll() is None or pb.poll() is None:
+        for name in (name_a, name_b):
+            r = ctl(tmp, "stats", "--json", "--cgroup", name, check_rc=None)
+            if r.returncode == 0:
+                blk = json.loads(r.stdout)["cgroups"][0]
+                peak[name] = max(peak[name], blk["gauges"]["resident_pages"] * 4096)
+        time.sleep(0.1)
+    finish(pa)
+    finish(pb)
+    log(f"peak resident: {peak}")
+    # a batch in flight may overshoot by less than one eviction batch (2 MiB)
+    check(0 < peak[name_a] <= 4 * 2**20 + 2 * 2**20, f"{name_a} stays within 4M")
+    check(4 * 2**20 + 2 * 2**20 < peak[name_b] <= 12 * 2**20 + 2 * 2**20,
+          f"{name_b} stays within 12M (and above the other's budget)")
+
+    # statistics consistency and uzswapctl output, with clients connected
+    pa = workload(tmp, "16M", dir_a, hold=30)
+    pb = workload(tmp, "16M", dir_b, hold=30)
+    wait_for(lambda: len(json.loads(ctl(tmp, "clients", "--json").stdout)["clients"]) == 2
+             and all(p.stdout.readable() for p in (pa, pb)), 20, "two clients")
+    time.sleep(4)  # both have written and verified and now hold
+    st = json.loads(ctl(tmp, "stats", "--json").stdout)
+    check(sums_match(st), "per-cgroup sums equal the global figures (JSON)")
+    cl = json.loads(ctl(tmp, "clients", "--json").stdout)["clients"]
+    check({c["cgroup"] for c in cl} == {name_a, name_b}, "clients shows each client's cgroup")
+    check(all(c["resident_max"] in (4 * 2**20, 12 * 2**20) for c in cl),
+          "clients shows each client's budget")
+    status = json.loads(ctl(tmp, "status", "--json").stdout)
+    check(status["clients"] == 2 and "uptime_sec" in status, "status --json")
+    text = ctl(tmp, "status").stdout
+    check("clients" in text, "status table")
+    text = ctl(tmp, "clients").stdout
+    check("PID" in text.upper() and name_a in text, "clients table")
+    text = ctl(tmp, "stats").stdout
+    check("compression ratio" in text and f"cgroup {name_b}" in text, "stats table")
+    prom = ctl(tmp, "stats", "--format=prometheus").stdout
+    check("# TYPE uzswap_zswpout_total counter" in prom and
+          f'uzswap_stored_pages{{cgroup="{name_a}"}}' in prom, "stats --format=prometheus")
+    for line in prom.splitlines():
+        if line and not line.startswith("#"):
+            float(line.rsplit(" ", 1)[1])
+
+    # move the client of a into b: it gets b's budget
+    with open(os.path.join(dir_b, "cgroup.procs"), "w") as f:
+        f.write(str(pa.pid))
+    wait_for(lambda: any(c["pid"] == pa.pid and c["cgroup"] == name_b for c in
+                         json.loads(ctl(tmp, "clients", "--json").stdout)["clients"]),
+             10, "moved process matched again")
+    check(True, "a process moved to another cgroup is matched again")
+    st = json.loads(ctl(tmp, "stats", "--json").stdout)
+    check(sums_match(st), "sums still match after the move")
+
+    # shrink as root
+    r = json.loads(ctl(tmp, "shrink", "--cgroup", name_b, "--bytes", "1M", "--json").stdout)
+    check(r["requested_bytes"] == 2**20, "shrink as root accepted")
+    # non-root refused for changes, allowed to read
+    ctl(tmp, "status", user=65534)
+    r = ctl(tmp, "shrink", "--cgroup", name_b, "--bytes", "1M", user=65534, check_rc=4)
+    r = ctl(tmp, "reload", user=65534, check_rc=4)
+    check(True, "non-root uzswapctl refused for reload and shrink (exit 4), allowed status")
+    for p in (pa, pb):
+        p.kill()
+        p.communicate(timeout=10)
+    check(stop_daemon(d) == 0, "daemon exits 0")
+
+
+def t_reload(tmp):
+    if not cgroup_root():
+        return
+    name, cdir = make_cgroup(f"uzops-r-{os.getpid()}")
+    write_config(tmp, {"r": f"[Match]\nCgroup={name}\n[Limits]\nResidentMax=8M\n"})
+    d = start_daemon(tmp)
+    wait_socket(os.path.join(tmp, "control.sock"))
+    p = workload(tmp, "16M", cdir, hold=30)
+
+    def budget():
+        cl = json.loads(ctl(tmp, "clients", "--json").stdout)["clients"]
+        return cl[0]["resident_max"] if cl else None
+    wait_for(lambda: budget() == 8 * 2**20, 10, "budget 8M")
+    write_config(tmp, {"r": f"[Match]\nCgroup={name}\n[Limits]\nResidentMax=6M\n"})
+    ctl(tmp, "reload")
+    wait_for(lambda: budget() == 6 * 2**20, 5, "budget 6M after reload")
+    check(True, "reload with a good config: the new budget applies")
+    bad = os.path.join(tmp, "cgroup.d", "r.conf")
+    with open(bad, "w") as f:
+        f.write(f"[Match]\nCgroup={name}\n[Limits]\nResidentMax=12Q\n")
+    r = ctl(tmp, "reload", check_rc=1)
+    msg = r.stdout + r.stderr
+    check(f"{bad}:4" in msg and "ResidentMax" in msg, f"bad reload names file:line:key ({msg.strip()})")
+    check(budget() == 6 * 2**20, "bad reload refused, old config kept")
+    os.kill(d.pid, signal.SIGHUP)
+    time.sleep(0.5)
+    check(d.poll() is None and budget() == 6 * 2**20, "SIGHUP with a bad config: still running, old kept")
+    p.kill()
+    p.communicate(timeout=10)
+    check(stop_daemon(d) == 0, "daemon exits 0")
+
+
+def main():
+    if os.geteuid() != 0:
+        print("# needs root")
+        return 77
+    rc = 0
+    for t in (t_notify, t_activation, t_cgroups, t_reload):
+        tmp = tempfile.mkdtemp(prefix="uzops-")
+        os.chmod(tmp, 0o755)
+        log(f"--- {t.__name__}")
+        try:
+            t(tmp)
+        except (Fail, subprocess.TimeoutExpired, OSError, ValueError, KeyError) as e:
+            print(f"not ok: {t.__name__}: {e}", flush=True)
+            traceback.print_exc()
+            rc = 1
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    try:
+                        p.communicate(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        pass
+            procs.clear()
+            for c in reversed(cgroups):
+                for _ in range(50):
+                    try:
+                        os.rmdir(c)
+                        break
+                    except OSError:
+                        time.sleep(0.1)
+            cgroups.clear()
+            subprocess.run(["rm", "-rf", tmp])
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
