@@ -191,6 +191,22 @@ int daemon_client_resolve(struct daemon *d, pid_t pid, struct uz_group **group,
 			limits = &info->limits;
 		}
 	}
+	/*
+	 * On a hybrid host a process has two paths: the memory controller's
+	 * (v1) and the v2 one.  The memory controller's path is tried first:
+	 * if a cgroup.d file other than one for "/" matches it, it is the
+	 * client's cgroup.  Otherwise the v2 path is, if a file matches it.
+	 * Limits (ResidentMax=80%) always come from the memory controller's
+	 * cgroup: the v2 one has no memory files on such a host.
+	 */
+	if (d->config && info && path == info->path && info->v2_path[0] &&
+	    strcmp(info->v2_path, info->path)) {
+		const char *by_memory = config_match_cgroup(d->config, info->path);
+		const char *by_v2 = config_match_cgroup(d->config, info->v2_path);
+
+		if ((!by_memory || !strcmp(by_memory, "/")) && by_v2)
+			path = info->v2_path;
+	}
 	if (d->config) {
 		matched = config_match_cgroup(d->config, path) != NULL;
 		r = config_policy_for_cgroup(d->config, path, limits, &p);

@@ -154,6 +154,7 @@ struct fault_thread {
 	} compressors[FAULT_COMPRESSORS_MAX]; /* by the (algo, level) clients' policies ask for */
 	unsigned nr_compressors;
 	uint64_t heartbeat; /* atomic: bumped once per loop iteration (watchdog) */
+	unsigned test_stall_ms; /* test only: UZSWAP_TEST_STALL_FAULT_THREAD, see below */
 	uint8_t *page; /* page-aligned buffers, one page each */
 	uint8_t *zero_page;
 	uint8_t *compressed;
@@ -1524,6 +1525,19 @@ static void fault_thread_adopt_inbox(struct fault_thread *t)
 		client_take_assign(t, uz_container_of(i, struct client, thread_link));
 	}
 
+	/*
+	 * Test only (tests/ops, the watchdog test): with
+	 * UZSWAP_TEST_STALL_FAULT_THREAD=MS set when the daemon starts, the
+	 * thread that adopts the first client sleeps MS milliseconds once,
+	 * like a thread stuck in a system call: the heartbeat stops.
+	 */
+	if (t->test_stall_ms && !uz_list_empty(&inbox)) {
+		unsigned ms = t->test_stall_ms;
+
+		t->test_stall_ms = 0;
+		(void)usleep(ms * 1000U);
+	}
+
 	while (!uz_list_empty(&inbox)) {
 		struct client *c = uz_container_of(inbox.next, struct client, thread_link);
 		struct epoll_event ev_uffd = {.events = EPOLLIN, .data.ptr = &c->source_uffd};
@@ -1672,6 +1686,12 @@ int fault_thread_new(struct fault_thread **out, struct daemon *daemon, unsigned 
 	t->daemon = daemon;
 	t->index = index;
 	t->epoll_fd = -1;
+	{
+		const char *stall = getenv("UZSWAP_TEST_STALL_FAULT_THREAD");
+
+		if (stall)
+			t->test_stall_ms = (unsigned)strtoul(stall, NULL, 10) % 600001U;
+	}
 	t->event_fd = -1;
 	pthread_mutex_init(&t->lock, NULL);
 	uz_list_init(&t->inbox);

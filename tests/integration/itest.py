@@ -27,6 +27,7 @@ ITEST_BINDIR, EXAMPLE_WORKLOAD, EXAMPLE_API.  Exit status: 0 pass, 1 fail,
 
 import ctypes
 import hashlib
+import json
 import os
 import random
 import re
@@ -178,7 +179,11 @@ class Harness:
         self.daemon = None
         self.tmp = tempfile.mkdtemp(prefix=f"uzswap-itest-{test}-")
         self.socket = os.path.join(self.tmp, "uzswapd.sock")
+        self.control = os.path.join(self.tmp, "control.sock")
         self.uzswapd = self._path("UZSWAPD")
+        # uzswapctl reads the daemon's statistics (stats --json); without it
+        # the harness falls back to the SIGUSR1 text summary.
+        self.uzswapctl = os.environ.get("UZSWAPCTL") or None
         self.libuzswap = self._path("LIBUZSWAP")
         self.bindir = self._path("ITEST_BINDIR")
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -226,7 +231,8 @@ class Harness:
     def start_daemon(self, budget="16M", low=None, threads=2, extra=()):
         if low is None:
             low = f"{max(1, int(budget[:-1]) * 3 // 4)}{budget[-1]}"
-        argv = [self.uzswapd, "--socket", self.socket, "--foreground",
+        argv = [self.uzswapd, "--socket", self.socket, "--control-socket", self.control,
+                "--foreground",
                 "--resident-max", budget, "--resident-low", low,
                 "--fault-threads", str(threads), "--log-level", "info", *extra]
         self.daemon = self.spawn("uzswapd", argv, preload=False)
@@ -282,16 +288,40 @@ class Harness:
         self.daemon_alive()
         return parse_stats(text), text
 
+    def ctl_stats(self):
+        """`uzswapctl --socket CONTROL stats --json`: the global counters and
+        gauges in one dict (plus "clients" from `status`), and the raw reply."""
+        self.daemon_alive()
+        out = {}
+        for args in (("stats",), ("status",)):
+            r = subprocess.run([self.uzswapctl, "--socket", self.control, *args, "--json"],
+                               capture_output=True, text=True, timeout=20)
+            if r.returncode != 0:
+                raise TestFailure(f"uzswapctl {args[0]} --json failed ({r.returncode}): "
+                                  f"{r.stdout}{r.stderr}")
+            out[args[0]] = json.loads(r.stdout)
+        g = out["stats"]["global"]
+        stats = {**g.get("counters", {}), **g.get("gauges", {}),
+                 "clients": out["status"].get("clients", 0)}
+        if isinstance(g.get("pool"), dict) and "pool_total_size" in g["pool"]:
+            stats["pool_total_size"] = g["pool"]["pool_total_size"]
+        return stats, json.dumps(out, indent=1)
+
+    def stats(self):
+        """The daemon's statistics: uzswapctl JSON, else the SIGUSR1 summary."""
+        return self.ctl_stats() if self.uzswapctl else self.daemon_stats()
+
     def wait_daemon_empty(self, timeout=15):
         """After every client exited: the daemon's stored_pages must return to 0."""
         end = time.monotonic() + timeout
         while True:
-            stats, text = self.daemon_stats()
+            stats, text = self.stats()
             if "stored_pages" not in stats:
                 print(text)
-                raise TestFailure("the daemon's SIGUSR1 summary has no stored_pages counter")
+                raise TestFailure("the daemon's statistics have no stored_pages")
             if stats["stored_pages"] == 0:
-                log(f"daemon holds no pages: {self._brief(stats)}")
+                source = "uzswapctl stats --json" if self.uzswapctl else "SIGUSR1 summary"
+                log(f"daemon holds no pages ({source}): {self._brief(stats)}")
                 return stats
             if time.monotonic() > end:
                 print(text)
@@ -599,7 +629,7 @@ def _debian_program(h, name, argv, budget, outputs, timeout, extra_env=None):
     t0 = time.monotonic()
     _, managed = run("uzswap", True)
     log(f"{name} under uzswap took {time.monotonic() - t0:.1f} s")
-    stats, _ = h.daemon_stats()
+    stats, _ = h.stats()
     log(f"daemon after {name}: {h._brief(stats)}")
     if reference != managed:
         raise TestFailure(f"{name}: output under uzswap differs from the reference run")

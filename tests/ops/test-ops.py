@@ -2,20 +2,30 @@
 # SPDX-License-Identifier: MIT
 """Operator-interface tests against the real uzswapd, real clients, real cgroups.
 
-usage: test-ops.py UZSWAPD UZSWAPCTL LIBUZSWAP WORKLOAD
+usage: test-ops.py UZSWAPD UZSWAPCTL LIBUZSWAP WORKLOAD [TEST...]
 
   notify      NOTIFY_SOCKET: READY=1 once clients are accepted, STATUS=,
               WATCHDOG=1 with WATCHDOG_USEC/WATCHDOG_PID, STOPPING=1 on SIGTERM
-  activation  a listening SEQPACKET socket passed as fd 3 (LISTEN_FDS/LISTEN_PID)
+  watchdog    with UZSWAP_TEST_STALL_FAULT_THREAD (test-only hook: a fault
+              thread sleeps when it adopts its first client) WATCHDOG=1 pings
+              stop while the thread is stuck and resume after
+  activation  a listening SEQPACKET socket passed as fd 3 (LISTEN_FDS/LISTEN_PID);
+              then the client socket and a control socket named "control"
+              (LISTEN_FDS=2, LISTEN_FDNAMES) as uzswapd-control.socket passes it
   cgroups     two memory cgroups with different ResidentMax side by side;
               statistics consistency (per-cgroup sums == global);
               uzswapctl status/clients/stats (table, JSON, Prometheus)
+  matching    hybrid host: a client in a v1 memory cgroup and a v2 cgroup is
+              matched by the memory path when a file names it, else by the
+              v2 path; ResidentMax=80% of a real v1 memory.limit_in_bytes
+              shows as the resolved budget in `uzswapctl clients --json`
   reload      good config (new budget applies) and bad (refused, old kept,
               FILE:LINE: KEY in the error); non-root refused for reload/shrink
 
 Every daemon, client and cgroup is cleaned up, also on failure.  Needs root
 (cgroups, setuid to nobody): exit 77 otherwise.
 """
+import fcntl
 import json
 import os
 import signal
@@ -55,8 +65,16 @@ def cgroup_root():
     return None
 
 
-def make_cgroup(name):
-    root = cgroup_root()
+def v2_root():
+    """The cgroup v2 hierarchy when it is not the memory one (hybrid host)."""
+    for root in ("/sys/fs/cgroup/unified",):
+        if os.path.exists(os.path.join(root, "cgroup.procs")) and root != cgroup_root():
+            return root
+    return None
+
+
+def make_cgroup(name, root=None):
+    root = root or cgroup_root()
     path = os.path.join(root, name)
     os.makedirs(path, exist_ok=True)
     cgroups.append(path)
@@ -65,8 +83,8 @@ def make_cgroup(name):
 
 def spawn(argv, env=None, cgroup_dir=None, pass_fds=(), **kw):
     def pre():
-        if cgroup_dir:
-            with open(os.path.join(cgroup_dir, "cgroup.procs"), "w") as f:
+        for d in ([cgroup_dir] if isinstance(cgroup_dir, str) else cgroup_dir or []):
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
                 f.write(str(os.getpid()))
     p = subprocess.Popen(argv, env=env, preexec_fn=pre, pass_fds=pass_fds,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
@@ -193,6 +211,54 @@ def t_notify(tmp):
     ns.close()
 
 
+def notify_socket(tmp):
+    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ns_path = os.path.join(tmp, "notify.sock")
+    ns.bind(ns_path)
+    ns.settimeout(0.1)
+    return ns, ns_path
+
+
+def t_watchdog_stall(tmp):
+    """A stuck fault thread stops the WATCHDOG=1 pings; they resume after."""
+    write_config(tmp, {})
+    ns, ns_path = notify_socket(tmp)
+    pings = []  # arrival times of WATCHDOG=1
+
+    def pump(seconds):
+        end = time.time() + seconds
+        while time.time() < end:
+            try:
+                m = ns.recv(4096).decode()
+            except socket.timeout:
+                continue
+            if "WATCHDOG=1" in m:
+                pings.append(time.time())
+
+    stall = 6.0
+    # WATCHDOG_USEC=1 s: pings every 0.5 s; a heartbeat older than 2 s is stuck.
+    env = dict(os.environ, NOTIFY_SOCKET=ns_path, WATCHDOG_USEC="1000000",
+               UZSWAP_TEST_STALL_FAULT_THREAD=str(int(stall * 1000)))
+    argv = ["sh", "-c", 'WATCHDOG_PID=$$ exec "$@"', "sh", UZSWAPD,
+            "--config", os.path.join(tmp, "uzswapd.conf"),
+            "--socket", os.path.join(tmp, "d.sock"), "--resident-max", "4M",
+            "--control-socket", os.path.join(tmp, "control.sock")]
+    d = spawn(argv, env=env)
+    pump(2.0)
+    check(len(pings) >= 2, f"pings before the stall ({len(pings)})")
+    t0 = time.time()
+    p = workload(tmp, "8M")  # its fault thread sleeps `stall` s on adopting it
+    pump(stall + 3.0)
+    during = [t for t in pings if t0 + 2.6 < t < t0 + stall - 0.2]
+    after = [t for t in pings if t > t0 + stall]
+    log(f"pings relative to the stall: {[round(t - t0, 1) for t in pings if t > t0]}")
+    check(not during, "no WATCHDOG=1 while a fault thread is stuck")
+    check(len(after) >= 2, "WATCHDOG=1 pings resume once the thread moves again")
+    finish(p)
+    check(stop_daemon(d) == 0, "daemon exits 0")
+    ns.close()
+
+
 def t_activation(tmp):
     write_config(tmp, {})
     path = os.path.join(tmp, "act.sock")
@@ -216,6 +282,107 @@ def t_activation(tmp):
     st = json.loads(ctl(tmp, "stats", "--json").stdout)
     check(st["global"]["counters"]["zswpin"] > 0, "a client works through the passed socket")
     check(stop_daemon(d) == 0, "activated daemon exits 0")
+    check(os.path.exists(path), "the passed client socket is not unlinked on exit")
+
+    # Both sockets, as uzswapd.socket + uzswapd-control.socket pass them:
+    # fd 3 the client socket ("uzswapd.socket"), fd 4 the control socket
+    # ("control").  The daemon must take the control socket from fd 4 and
+    # not create its own at --control-socket.
+    os.unlink(path)
+    ls = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ls.bind(path)
+    ls.listen(16)
+    cpath = os.path.join(tmp, "act-control.sock")
+    cs = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    cs.bind(cpath)
+    cs.listen(16)
+    env = dict(os.environ, LISTEN_FDS="2", LISTEN_FDNAMES="uzswapd.socket:control")
+    # Park both above fd 4 first, so moving them to 3 and 4 never closes
+    # one (bash: dash takes single-digit fds only).
+    high = [fcntl.fcntl(s.fileno(), fcntl.F_DUPFD_CLOEXEC, 10) for s in (ls, cs)]
+    script = (f"exec 3<&{high[0]} 4<&{high[1]} {high[0]}<&- {high[1]}<&-; "
+              'LISTEN_PID=$$ exec "$@"')
+    argv = ["bash", "-c", script, "bash", UZSWAPD,
+            "--config", os.path.join(tmp, "uzswapd.conf"),
+            "--socket", os.path.join(tmp, "unused.sock"), "--resident-max", "4M",
+            "--control-socket", os.path.join(tmp, "unused-control.sock")]
+    d = spawn(argv, env=env, pass_fds=high)
+    for fd in high:
+        os.close(fd)
+    ls.close()
+    cs.close()
+    wait_socket(cpath)
+    r = subprocess.run([UZSWAPCTL, "--socket", cpath, "status", "--json"],
+                       capture_output=True, text=True, timeout=20)
+    check(r.returncode == 0 and json.loads(r.stdout)["pid"] == d.pid,
+          "uzswapctl reaches the daemon through the passed control socket (LISTEN_FDNAMES)")
+    check(not os.path.exists(os.path.join(tmp, "unused-control.sock")) and
+          not os.path.exists(os.path.join(tmp, "unused.sock")),
+          "with both sockets passed uzswapd binds neither itself")
+    finish(workload(tmp, "16M", sock=path))
+    r = subprocess.run([UZSWAPCTL, "--socket", cpath, "stats", "--json"],
+                       capture_output=True, text=True, timeout=20)
+    check(json.loads(r.stdout)["global"]["counters"]["zswpin"] > 0,
+          "a client works through the passed client socket")
+    check(stop_daemon(d) == 0, "activated daemon exits 0")
+    check(os.path.exists(cpath), "the passed control socket is not unlinked on exit")
+
+
+def t_matching(tmp):
+    """Hybrid host: which path a client is matched by; budgets from v1 limits."""
+    v2 = v2_root()
+    if not cgroup_root() or not cgroup_root().endswith("memory") or not v2:
+        print("# not a hybrid cgroup host (v1 memory + v2): skipping matching")
+        return
+    pid = os.getpid()
+    name_m, dir_m = make_cgroup(f"uzops-m-{pid}")        # v1 memory, named by a file
+    name_n, dir_n = make_cgroup(f"uzops-n-{pid}")        # v1 memory, no file
+    name_s, dir_s = make_cgroup(f"uzops-s-{pid}")        # v1 memory, soft limit
+    name_v, dir_v = make_cgroup(f"uzops-v-{pid}", v2)    # v2, named by a file
+    with open(os.path.join(dir_m, "memory.limit_in_bytes"), "w") as f:
+        f.write(str(64 * 2**20))
+    with open(os.path.join(dir_s, "memory.limit_in_bytes"), "w") as f:
+        f.write(str(256 * 2**20))
+    with open(os.path.join(dir_s, "memory.soft_limit_in_bytes"), "w") as f:
+        f.write(str(32 * 2**20))
+    write_config(tmp, {
+        "m": f"[Match]\nCgroup={name_m}\n[Limits]\nResidentMax=80%\n",
+        "s": f"[Match]\nCgroup={name_s}\n[Limits]\nResidentMax=80%\n",
+        "v": f"[Match]\nCgroup={name_v}\n[Limits]\nResidentMax=6M\n",
+        "root": "[Match]\nCgroup=/\n[Limits]\nCompressor=lz4\n",
+    })
+    d = start_daemon(tmp)
+    wait_socket(os.path.join(tmp, "control.sock"))
+    pm = workload(tmp, "16M", [dir_m, dir_v], hold=30)  # both named: memory path wins
+    pv = workload(tmp, "16M", [dir_n, dir_v], hold=30)  # memory path unnamed: v2 path
+    ps = workload(tmp, "16M", [dir_s], hold=30)
+
+    def clients():
+        return {c["pid"]: c for c in json.loads(ctl(tmp, "clients", "--json").stdout)["clients"]}
+    wait_for(lambda: len(clients()) == 3, 20, "three clients")
+    cl = clients()
+    want_m = (64 * 2**20 * 80 // 100) & ~4095
+    want_s = (32 * 2**20 * 80 // 100) & ~4095
+    log(f"clients: {[(c['pid'], c['cgroup'], c['resident_max']) for c in cl.values()]}")
+    check(cl[pm.pid]["cgroup"] == name_m and cl[pm.pid]["resident_max"] == want_m,
+          f"v1 memory path matched first; ResidentMax=80% of memory.limit_in_bytes 64M = {want_m}")
+    check(cl[pv.pid]["cgroup"] == name_v and cl[pv.pid]["resident_max"] == 6 * 2**20,
+          "memory path named by no file (only Cgroup=/): matched by the v2 path, its budget")
+    check(cl[ps.pid]["cgroup"] == name_s and cl[ps.pid]["resident_max"] == want_s,
+          f"ResidentMax=80% of the v1 soft limit 32M (memory.high's v1 twin) = {want_s}")
+    st = json.loads(ctl(tmp, "stats", "--json").stdout)
+    check({name_m, name_v, name_s} <= {c["cgroup"] for c in st["cgroups"]} and sums_match(st),
+          "stats JSON has a block per matched cgroup (v1 and v2 paths), sums match")
+    # Raise the v1 limit: the budget follows on the next recheck.
+    with open(os.path.join(dir_m, "memory.limit_in_bytes"), "w") as f:
+        f.write(str(128 * 2**20))
+    want_m2 = (128 * 2**20 * 80 // 100) & ~4095
+    wait_for(lambda: clients()[pm.pid]["resident_max"] == want_m2, 10, "budget follows the limit")
+    check(True, f"the budget follows a changed memory.limit_in_bytes ({want_m2})")
+    for p in (pm, pv, ps):
+        p.kill()
+        p.communicate(timeout=10)
+    check(stop_daemon(d) == 0, "daemon exits 0")
 
 
 def sums_match(st):
@@ -346,7 +513,11 @@ def main():
         print("# needs root")
         return 77
     rc = 0
-    for t in (t_notify, t_activation, t_cgroups, t_reload):
+    tests = (t_notify, t_watchdog_stall, t_activation, t_matching, t_cgroups, t_reload)
+    only = sys.argv[5:]  # optional: names of the tests to run ("matching")
+    for t in tests:
+        if only and t.__name__[2:] not in only:
+            continue
         tmp = tempfile.mkdtemp(prefix="uzops-")
         os.chmod(tmp, 0o755)
         log(f"--- {t.__name__}")

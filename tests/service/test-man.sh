@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: MIT
 # Every config key of the parser's key table (daemon/config/config.c) is in
 # uzswapd.conf(5); every flag of `uzswapd --help` is in uzswapd(8) and every
-# flag and command of `uzswapctl --help` in uzswapctl(8); the example config
-# files pass `uzswapctl config-check`.
+# flag and command of `uzswapctl --help` in uzswapctl(8), each command's
+# options in its own paragraph, every statistic in its STATISTICS section;
+# the example config files pass `uzswapctl config-check`.
 # usage: test-man.sh SRCDIR UZSWAPD UZSWAPCTL
 set -u
 src=$1 uzswapd=$2 uzswapctl=$3
@@ -27,6 +28,53 @@ for f in $(timeout 10 "$uzswapctl" --help | grep -o -- '--[a-z][a-z-]*' | sort -
 	plain "$src/man/uzswapctl.8" | grep -q -- "$f" ||
 		{ echo "not ok: uzswapctl $f missing from uzswapctl(8)"; fail=1; }
 done
+# Each command's own options (from its lines of `uzswapctl --help`) are in
+# that command's paragraph of uzswapctl(8); every statistic of UZ_STATS_LIST
+# is in its STATISTICS section, and every name listed there is a real one.
+python3 - "$src" "$(timeout 10 "$uzswapctl" --help)" <<'PY' || fail=1
+import re, subprocess, sys
+src = sys.argv[1]
+help_text = sys.argv[2]
+man = open(f"{src}/man/uzswapctl.8").read()
+plain = re.sub(r"\\f[BIRP]", "", man.replace("\\-", "-"))
+# paragraphs: ".TP\n.B command ..." up to the next .TP/.SH
+paras = {}
+for m in re.finditer(r"(?ms)^\.TP\n\.B ([a-z-]+)(.*?)(?=^\.TP|^\.SH)", plain):
+    paras.setdefault(m.group(1), m.group(0))
+bad = 0
+cmd = None
+for line in help_text.split("Options:")[0].splitlines():
+    m = re.match(r"  ([a-z][a-z-]*)\b", line)
+    if m:
+        cmd = m.group(1)
+        if cmd not in paras:
+            print(f"not ok: command {cmd} has no paragraph in uzswapctl(8)")
+            bad = 1
+            continue
+    if not cmd or cmd not in paras:
+        continue
+    for opt in re.findall(r"--[a-z][a-z-]*", line):
+        if opt not in paras[cmd]:
+            print(f"not ok: uzswapctl {cmd} {opt} missing from its paragraph in uzswapctl(8)")
+            bad = 1
+stats_h = open(f"{src}/daemon/stats/stats.h").read()
+names = set(re.findall(r"X\((\w+), (?:COUNTER|GAUGE),", stats_h))
+section = plain.split(".SH STATISTICS", 1)[1].split(".SH", 1)[0] if ".SH STATISTICS" in plain else ""
+listed = set(re.findall(r"(?m)^\.B ([a-z_0-9]+)$", section))
+derived = {"compression_ratio", "pool_total_size", "fault_latency_ns"}
+for n in sorted(names - listed):
+    print(f"not ok: statistic {n} missing from STATISTICS in uzswapctl(8)")
+    bad = 1
+for n in sorted(listed - names - derived):
+    print(f"not ok: uzswapctl(8) lists {n}, which is no statistic")
+    bad = 1
+if not bad and len(paras) >= 7 and listed:
+    print(f"ok: every command and its options, {len(names)} statistics in uzswapctl(8)")
+elif not bad:
+    print("not ok: uzswapctl(8) has no command paragraphs or no STATISTICS section")
+    bad = 1
+sys.exit(bad)
+PY
 for f in "$src/examples/config/uzswapd.conf" "$src"/examples/config/cgroup.d/*.conf; do
 	timeout 10 "$uzswapctl" config-check "$f" >/dev/null ||
 		{ echo "not ok: $f fails config-check"; fail=1; }
