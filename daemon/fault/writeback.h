@@ -35,7 +35,7 @@ int wb_fd(const struct wb *wb);
 /* Completions are waiting: run them. */
 void wb_reap(struct wb *wb);
 
-/* A page was stored: queue it on the thread's LRU (sets PE_QUEUED). */
+/* A page was stored: queue it on the thread's LRU of its group (sets PE_QUEUED). */
 void wb_lru_push(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t *entry);
 
 /*
@@ -89,8 +89,8 @@ void wb_compact_step(struct wb *wb);
 
 /*
  * Ask a fault thread to write back about `bytes` of compressed data of its
- * clients (uzswapctl shrink).  group is unused until per-group LRUs exist
- * (NULL: any).  Any thread.
+ * clients of `group` (NULL: of every group) from its LRU of that group
+ * (uzswapctl shrink), bounded by the shrinker count.  Any thread.
  */
 struct uz_group;
 void fault_thread_request_shrink(struct fault_thread *thread, struct uz_group *group,
