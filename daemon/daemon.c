@@ -33,6 +33,7 @@
 #include "config/config.h"
 #include "daemon.h"
 #include "fault/fault.h"
+#include "fault/writeback.h"
 #include "group/group.h"
 #include "lru/lru.h"
 #include "pool/pool.h"
@@ -303,11 +304,15 @@ int daemon_shrink_group(struct daemon *d, struct uz_group *group, uint64_t bytes
 			uint64_t *queued)
 {
 	uint64_t pages = (bytes + UZ_PAGE_SIZE - 1) / UZ_PAGE_SIZE, total = 0, asked = 0;
-	unsigned n = 0;
+	unsigned n = 0, nr_owners = 0;
 	bool *kick = calloc(d->nr_fault_threads, sizeof(*kick));
+	bool *owner = calloc(d->nr_fault_threads, sizeof(*owner));
 
-	if (!kick)
+	if (!kick || !owner) {
+		free(kick);
+		free(owner);
 		return -ENOMEM;
+	}
 	pthread_mutex_lock(&d->clients_lock);
 	for (struct uz_list *i = d->clients.next; i != &d->clients; i = i->next) {
 		struct client *c = uz_container_of(i, struct client, link);
@@ -316,6 +321,11 @@ int daemon_shrink_group(struct daemon *d, struct uz_group *group, uint64_t bytes
 			continue;
 		total += (uint64_t)uz_max(stats_read(c->stats, UZ_STAT_resident_pages), 0);
 		n++;
+		for (unsigned t = 0; t < d->nr_fault_threads; t++)
+			if (d->fault_threads[t] == c->owner && !owner[t]) {
+				owner[t] = true;
+				nr_owners++;
+			}
 	}
 	for (struct uz_list *i = d->clients.next; i != &d->clients && total; i = i->next) {
 		struct client *c = uz_container_of(i, struct client, link);
@@ -348,7 +358,16 @@ int daemon_shrink_group(struct daemon *d, struct uz_group *group, uint64_t bytes
 	for (unsigned t = 0; t < d->nr_fault_threads; t++)
 		if (kick[t])
 			fault_thread_kick_assign(d->fault_threads[t]);
+	/*
+	 * And write back up to `bytes` of the group's stored pages (split over
+	 * the threads that own its clients; each takes from its LRU of the
+	 * group, bounded by the shrinker count).
+	 */
+	for (unsigned t = 0; t < d->nr_fault_threads && d->swap; t++)
+		if (owner[t])
+			fault_thread_request_shrink(d->fault_threads[t], group, bytes / nr_owners);
 	free(kick);
+	free(owner);
 	(void)n;
 	*queued = asked * UZ_PAGE_SIZE;
 	return 0;
