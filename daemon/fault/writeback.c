@@ -381,6 +381,8 @@ static int read_install(struct wb *wb, struct wb_read *rd)
 	}
 
 	e = page_index_get(c->index, rd->vpn);
+	fault_client_stat(c, UZ_STAT_swap_bytes_on_disk,
+			  -(int64_t)swap_slot_disk_bytes(d->swap, rd->slot));
 	(void)swap_slot_free(d->swap, rd->slot);
 	fault_client_stat(c, UZ_STAT_on_disk_pages, -1);
 	if (rd->failed) {
@@ -538,6 +540,8 @@ void wb_entry_release(struct wb *wb, struct client *c, uint64_t vpn, page_entry_
 		break;
 	case PAGE_ON_DISK:
 		fault_client_stat(c, UZ_STAT_on_disk_pages, -1);
+		fault_client_stat(c, UZ_STAT_swap_bytes_on_disk,
+				  -(int64_t)swap_slot_disk_bytes(wb->daemon->swap, pe_payload(e)));
 		rd = pe_referenced(e) ? read_find(wb, c->key, vpn) : NULL;
 		if (!rd) {
 			(void)swap_slot_free(wb->daemon->swap, pe_payload(e));
@@ -715,6 +719,8 @@ static void batch_done(struct swap_object *objs, size_t count, int result, void 
 		fault_client_stat(c, UZ_STAT_stored_pages, -1);
 		fault_client_stat(c, UZ_STAT_compressed_bytes, -(int64_t)it->len);
 		fault_client_stat(c, UZ_STAT_on_disk_pages, 1);
+		fault_client_stat(c, UZ_STAT_swap_bytes_on_disk,
+				  (int64_t)swap_slot_disk_bytes(d->swap, objs[i].slot));
 		fault_client_stat(c, UZ_STAT_zswpwb, 1);
 		fault_client_stat(c, UZ_STAT_written_back_pages, 1);
 	}

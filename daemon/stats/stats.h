@@ -20,6 +20,7 @@
 	X(compressed_bytes, GAUGE, "bytes of compressed data held in the pool")                    \
 	X(resident_pages, GAUGE, "registered pages mapped in clients, as the daemon counts them")  \
 	X(on_disk_pages, GAUGE, "pages written back and held in the swap file")                    \
+	X(swap_bytes_on_disk, GAUGE, "bytes of the swap file held by written-back pages (whole granules)") \
 	X(zswpout, COUNTER, "pages stored into the pool")                                          \
 	X(zswpin, COUNTER, "pages faulted back from the pool")                                     \
 	X(zswpwb, COUNTER, "pages written back from the pool to the swap file")                    \
