@@ -457,5 +457,33 @@ void daemon_print_summary(struct daemon *d, FILE *f)
 			latency_hist_percentile(d->fault_latency, 99) / 1000.0);
 	else
 		fprintf(f, "  pool faults   %12d\n", 0);
+	if (d->swap) {
+		struct swap_stats ss;
+		char on_disk[32];
+
+		swap_get_stats(d->swap, &ss);
+		format_size(on_disk, sizeof(on_disk), (double)v[UZ_STAT_swap_bytes_on_disk]);
+		fprintf(f,
+			"  writeback     %12" PRId64 " pages (zswpwb) in %" PRId64
+			" batches, rotations %" PRId64 ", io errors %" PRId64 "\n",
+			v[UZ_STAT_zswpwb], v[UZ_STAT_writeback_batches],
+			v[UZ_STAT_second_chance_rotations], v[UZ_STAT_io_errors]);
+		fprintf(f, "  on disk       %12" PRId64 " pages (%s), %.0f bytes/page\n",
+			v[UZ_STAT_on_disk_pages], on_disk,
+			v[UZ_STAT_on_disk_pages] > 0
+			    ? (double)v[UZ_STAT_swap_bytes_on_disk] / (double)v[UZ_STAT_on_disk_pages]
+			    : 0.0);
+		samples = d->disk_fault_latency ? latency_hist_count(d->disk_fault_latency) : 0;
+		if (samples)
+			fprintf(f,
+				"  disk swapins  %12" PRId64 "   latency p50 %.1f us, p99 %.1f us\n",
+				v[UZ_STAT_disk_swapins],
+				latency_hist_percentile(d->disk_fault_latency, 50) / 1000.0,
+				latency_hist_percentile(d->disk_fault_latency, 99) / 1000.0);
+		else
+			fprintf(f, "  disk swapins  %12" PRId64 "\n", v[UZ_STAT_disk_swapins]);
+		fprintf(f, "  swap file     %12" PRIu64 " bytes written, %" PRIu64 " read\n",
+			ss.bytes_written, ss.bytes_read);
+	}
 	fflush(f);
 }
