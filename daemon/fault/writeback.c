@@ -183,7 +183,6 @@ struct wb {
 	uint64_t compact_next;	   /* usec */
 	uint64_t compact_key;	   /* client being walked */
 	uint64_t compact_vpn;	   /* next vpn of it */
-	uint64_t compact_migrated; /* objects moved (for the summary) */
 };
 
 static bool read_error_logged;
@@ -951,7 +950,7 @@ static int compact_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 	    pool_migrate(pool, pe_payload(*entry), pe_len(*entry), &handle) == 0) {
 		*entry = pe_make(*entry, PAGE_STORED, pe_referenced(*entry), pe_algo(*entry),
 				 pe_len(*entry), handle);
-		ctx->wb->compact_migrated++;
+		fault_client_stat(ctx->client, UZ_STAT_compacted_objects, 1);
 	}
 	return --ctx->budget ? 0 : 1;
 }

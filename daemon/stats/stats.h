@@ -32,6 +32,7 @@
 	X(evict_failed_pages, COUNTER, "victims the agent could not move (gone, shared)")          \
 	X(second_chance_rotations, COUNTER, "shrinker found an entry referenced and rotated it")   \
 	X(writeback_batches, COUNTER, "writeback submissions to the swap file")                    \
+	X(compacted_objects, COUNTER, "pool objects moved by compaction out of sparse chunks")     \
 	X(io_errors, COUNTER, "swap file reads or writes that failed")                             \
 	X(reject_compress_fail, COUNTER, "stores refused: the compressor failed")                  \
 	X(reject_compress_poor, COUNTER, "pages that compressed above the poor threshold")         \
