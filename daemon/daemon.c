@@ -457,6 +457,11 @@ void daemon_print_summary(struct daemon *d, FILE *f)
 			latency_hist_percentile(d->fault_latency, 99) / 1000.0);
 	else
 		fprintf(f, "  pool faults   %12d\n", 0);
+	fprintf(f, "  compaction    %12" PRId64 " objects moved, pool/compressed %.2f\n",
+		v[UZ_STAT_compacted_objects],
+		v[UZ_STAT_compressed_bytes] > 0
+		    ? (double)usage.total_size / (double)v[UZ_STAT_compressed_bytes]
+		    : 0.0);
 	if (d->swap) {
 		struct swap_stats ss;
 		char on_disk[32];
