@@ -15,9 +15,11 @@
  *   readerr SIZE   fill A; wait until pages are on disk; read every page
  *                  with a SIGBUS handler (sigsetjmp): exactly one page may
  *                  fail (the injected read error), every other verifies.
- *   compact SIZE   fill A; SECONDS(4) of random reads and rewrites (pages
- *                  fault back from the pool and are evicted again, leaving
- *                  the pool sparse); STEP settled; verify all of A.
+ *   compact SIZE   fill A; 4 s of random reads and rewrites (pages fault
+ *                  back from the pool and are evicted again), then
+ *                  MADV_DONTNEED of three pages in four at random (the
+ *                  pool is left sparse); STEP settled; verify all of A
+ *                  (dropped pages read as zeros).
  *   hold SIZE      fill A; STEP filled; STEP shrunk; verify all of A.
  *
  * usage: itest-wb MODE SIZE
@@ -142,6 +144,14 @@ int main(int argc, char **argv)
 			} else {
 				it_page_verify(page, p, gen[p], "random access");
 			}
+		}
+		/* Drop three pages in four, scattered: their pool objects go at random. */
+		for (uint64_t p = 0; p < pages; p++) {
+			if (it_rand(&state) % 4 == 0)
+				continue;
+			if (madvise(a + p * it_page_size, it_page_size, MADV_DONTNEED) < 0)
+				it_fail("madvise");
+			gen[p] = 0;
 		}
 		step("settled");
 		for (uint64_t p = 0; p < pages; p++)
