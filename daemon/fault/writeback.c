@@ -576,7 +576,7 @@ void wb_entry_moved(struct wb *wb, struct client *c, uint64_t old_vpn, uint64_t 
  * Accepting stores
  */
 
-bool wb_pool_accepting(struct wb *wb, struct client *c)
+bool wb_pool_open(struct wb *wb, struct client *c)
 {
 	struct daemon *d = wb->daemon;
 	uint64_t limit = d->pool_max_size, usage;
@@ -601,7 +601,12 @@ bool wb_pool_accepting(struct wb *wb, struct client *c)
 			ok = false;
 		}
 	}
-	if (ok)
+	return ok;
+}
+
+bool wb_pool_accepting(struct wb *wb, struct client *c)
+{
+	if (wb_pool_open(wb, c))
 		return true;
 	fault_client_stat(c, UZ_STAT_pool_limit_hit, 1);
 	if (wb->io && c->policy.writeback && wb->swap_full)

@@ -78,6 +78,11 @@ void wb_entry_moved(struct wb *wb, struct client *c, uint64_t old_vpn, uint64_t 
  * usage falls below the threshold.
  */
 bool wb_pool_accepting(struct wb *wb, struct client *c);
+/*
+ * The same test without counting a refusal: would a store be accepted now?
+ * Eviction asks first, so pages are not moved out only to be sent back.
+ */
+bool wb_pool_open(struct wb *wb, struct client *c);
 
 /* Run the shrinker if the pool is over its writeback threshold or a shrink was asked. */
 void wb_shrink(struct wb *wb);
