@@ -112,7 +112,7 @@ struct daemon {
 	unsigned next_fault_thread; /* round robin; main thread only */
 
 	struct pool *pool;
-	struct lru *lru; /* one for the whole daemon until per-cgroup LRUs exist */
+	struct lru *lru; /* unused: the LRUs are per (fault thread, cgroup), fault/writeback.c */
 	struct stats *stats;
 	struct latency_hist *fault_latency; /* faults served from the pool: load + UFFDIO_COPY */
 
