@@ -94,6 +94,7 @@
 #define WB_BATCH_MAX	     64	 /* objects per swap_io_write */
 #define WB_BATCHES	     4	 /* write batches in flight per thread */
 #define WB_READS	     64	 /* disk reads in flight per thread */
+#define WB_READAHEAD	     8	 /* pages read ahead of a sequential disk fault */
 #define WB_START_PERCENT     90	 /* writeback starts above this much of the pool limit */
 #define WB_TARGET_PERCENT    80	 /* ... and writes back down to this */
 #define WB_ACCEPT_PERCENT    90	 /* refused stores resume below this (accept threshold) */
@@ -172,6 +173,8 @@ struct wb {
 	struct wb_read reads[WB_READS];
 	unsigned reads_busy;
 	uint64_t backoff_until; /* usec: shrinker sits out until then */
+	uint64_t readahead_key;	 /* client of the last disk fault */
+	uint64_t readahead_next; /* the vpn a sequential next disk fault would have */
 	bool swap_full;
 	bool attach_failed;
 	bool want; /* the last shrinker run still had work: poll again soon */
@@ -394,10 +397,12 @@ static int read_install(struct wb *wb, struct wb_read *rd)
 			       addr, (int)c->pid);
 		page_index_set(c->index, rd->vpn, pe_make(e, PAGE_NEVER, false, 0, 0, 0));
 	} else if (r == 0 || r == -EEXIST) {
-		page_index_set(c->index, rd->vpn, pe_make(e, PAGE_RESIDENT, true, 0, 0, 0));
+		/* A page read ahead is not referenced yet: the first to go if unused. */
+		page_index_set(c->index, rd->vpn,
+			       pe_make(e, PAGE_RESIDENT, rd->from_fault, 0, 0, 0));
 		fault_client_resident_add(c, 1);
 		fault_client_stat(c, UZ_STAT_disk_swapins, 1);
-		{
+		if (rd->from_fault) {
 			struct wb_lru *wl = wb_lru_of(wb, c->group);
 
 			if (wl)
@@ -439,15 +444,13 @@ static void read_done(int result, const void *data, size_t len, void *userdata)
 	(void)read_install(wb, rd);
 }
 
-int wb_fault(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t e)
+/* Start the read of an ON_DISK entry.  -EAGAIN: no context free, or the ring refused. */
+static int read_start(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t e,
+		      bool from_fault)
 {
 	struct wb_read *rd = NULL;
 	int r;
 
-	if (pe_referenced(e))
-		return 0; /* read in flight: its UFFDIO_COPY wakes this fault too */
-	if (!wb->io)
-		return -EIO;
 	for (unsigned i = 0; i < WB_READS; i++)
 		if (!wb->reads[i].busy) {
 			rd = &wb->reads[i];
@@ -463,7 +466,7 @@ int wb_fault(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t e)
 	rd->slot = pe_payload(e);
 	rd->algo = pe_algo(e);
 	rd->len = pe_len(e);
-	rd->from_fault = true;
+	rd->from_fault = from_fault;
 	rd->start_ns = uz_now_nsec();
 	wb->reads_busy++;
 	r = swap_io_read(wb->io, rd->slot, rd->len, rd->buf, read_done, rd);
@@ -472,6 +475,40 @@ int wb_fault(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t e)
 		return -EAGAIN;
 	}
 	page_index_set(c->index, vpn, e | PE_REFERENCED);
+	return 0;
+}
+
+int wb_fault(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t e)
+{
+	unsigned n = 0;
+	int r;
+
+	if (pe_referenced(e))
+		return 0; /* read in flight: its UFFDIO_COPY wakes this fault too */
+	if (!wb->io)
+		return -EIO;
+	r = read_start(wb, c, vpn, e, true);
+	if (r < 0)
+		return r;
+	/*
+	 * Readahead, when disk faults of this client come in address order
+	 * (the kernel's swap readahead, without its hit-rate heuristics): the
+	 * next ON_DISK pages are read and installed too, so a sequential pass
+	 * does not wait for one disk read per page.  Never more than half the
+	 * read contexts, so faults always find one.
+	 */
+	if (wb->readahead_key == c->key && vpn == wb->readahead_next) {
+		while (n < WB_READAHEAD && wb->reads_busy < WB_READS / 2) {
+			page_entry_t next = page_index_get(c->index, vpn + n + 1);
+
+			if (pe_state(next) != PAGE_ON_DISK || pe_referenced(next) ||
+			    read_start(wb, c, vpn + n + 1, next, false) < 0)
+				break;
+			n++;
+		}
+	}
+	wb->readahead_key = c->key;
+	wb->readahead_next = vpn + n + 1;
 	return 0;
 }
 
