@@ -44,7 +44,9 @@
  * completion the bytes are decompressed into the context's page and put
  * in with UFFDIO_COPY (EAGAIN: kept, retried from the thread's retry
  * pass), the slot is freed, disk_swapins counted and the disk latency
- * recorded apart from pool faults.  A read error never hands wrong data:
+ * recorded apart from pool faults.  Disk faults of a client in address
+ * order also read the next WB_READAHEAD ON_DISK pages (readahead,
+ * installed unreferenced).  A read error never hands wrong data:
  * the page is poisoned (UFFDIO_POISON), so the access ends in SIGBUS; the
  * entry becomes NEVER (a later MADV_DONTNEED makes it zeros, as for any
  * poisoned page), io_errors counted.
@@ -91,14 +93,14 @@
 #include "uffd-compat.h"
 #include "util.h"
 
-#define WB_BATCH_MAX	     64	 /* objects per swap_io_write */
-#define WB_BATCHES	     4	 /* write batches in flight per thread */
-#define WB_READS	     64	 /* disk reads in flight per thread */
-#define WB_READAHEAD	     8	 /* pages read ahead of a sequential disk fault */
-#define WB_START_PERCENT     90	 /* writeback starts above this much of the pool limit */
-#define WB_TARGET_PERCENT    80	 /* ... and writes back down to this */
-#define WB_ACCEPT_PERCENT    90	 /* refused stores resume below this (accept threshold) */
-#define WB_BACKOFF_MS	     50	 /* after a full file or a write error */
+#define WB_BATCH_MAX	     64 /* objects per swap_io_write */
+#define WB_BATCHES	     4	/* write batches in flight per thread */
+#define WB_READS	     64 /* disk reads in flight per thread */
+#define WB_READAHEAD	     8	/* pages read ahead of a sequential disk fault */
+#define WB_START_PERCENT     90 /* writeback starts above this much of the pool limit */
+#define WB_TARGET_PERCENT    80 /* ... and writes back down to this */
+#define WB_ACCEPT_PERCENT    90 /* refused stores resume below this (accept threshold) */
+#define WB_BACKOFF_MS	     50 /* after a full file or a write error */
 #define WB_COMPACT_PERIOD_MS 1000
 #define WB_COMPACT_RATIO_PCT 120
 #define WB_COMPACT_MIN_FILL  50
@@ -164,7 +166,7 @@ struct wb {
 	struct daemon *daemon;
 	struct wb_lru *lrus; /* one per group of this thread's clients */
 	struct wb_lru *last; /* the one used last (lookup cache) */
-	struct swap_io *io; /* NULL without a swap file */
+	struct swap_io *io;  /* NULL without a swap file */
 	struct compressor *decomp;
 	uint8_t *staging; /* WB_BATCH_MAX pages of compressed bytes */
 	struct wb_batch batches[WB_BATCHES];
@@ -172,20 +174,20 @@ struct wb {
 	uint64_t inflight_bytes; /* compressed bytes in batches in flight */
 	struct wb_read reads[WB_READS];
 	unsigned reads_busy;
-	uint64_t backoff_until; /* usec: shrinker sits out until then */
+	uint64_t backoff_until;	 /* usec: shrinker sits out until then */
 	uint64_t readahead_key;	 /* client of the last disk fault */
 	uint64_t readahead_next; /* the vpn a sequential next disk fault would have */
 	bool swap_full;
 	bool attach_failed;
-	bool want; /* the last shrinker run still had work: poll again soon */
+	bool want;		       /* the last shrinker run still had work: poll again soon */
 	pthread_mutex_t requests_lock; /* guards requests, nr_requests (any thread) */
 	struct wb_request requests[WB_REQUESTS];
 	unsigned nr_requests;
 	/* compaction */
 	bool compacting;
-	uint64_t compact_next;	   /* usec */
-	uint64_t compact_key;	   /* client being walked */
-	uint64_t compact_vpn;	   /* next vpn of it */
+	uint64_t compact_next; /* usec */
+	uint64_t compact_key;  /* client being walked */
+	uint64_t compact_vpn;  /* next vpn of it */
 };
 
 static bool read_error_logged;
@@ -617,8 +619,8 @@ bool wb_pool_open(struct wb *wb, struct client *c)
 {
 	struct daemon *d = wb->daemon;
 	uint64_t limit = d->pool_max_size, usage;
-	unsigned accept = d->accept_threshold_percent ? d->accept_threshold_percent
-						      : WB_ACCEPT_PERCENT;
+	unsigned accept =
+	    d->accept_threshold_percent ? d->accept_threshold_percent : WB_ACCEPT_PERCENT;
 	bool ok = true;
 
 	/* The cgroup's budget (PoolMax). */
@@ -704,13 +706,13 @@ static enum lru_walk_status wb_pick(uint64_t ref, void *userdata)
 		      len) < 0)
 		return LRU_ROTATE;
 	batch->items[n] = (struct wb_item){key, vpn, pe_payload(e), len, false};
-	batch->objs[n] = (struct swap_object){.data = wb->staging + (size_t)n * UZ_PAGE_SIZE,
-					      .len = len};
+	batch->objs[n] =
+	    (struct swap_object){.data = wb->staging + (size_t)n * UZ_PAGE_SIZE, .len = len};
 	batch->count++;
 	batch->bytes += len;
-	page_index_set(c->index, vpn,
-		       pe_make(e & ~PE_QUEUED, PAGE_WRITEBACK, false, pe_algo(e), len,
-			       pe_payload(e)));
+	page_index_set(
+	    c->index, vpn,
+	    pe_make(e & ~PE_QUEUED, PAGE_WRITEBACK, false, pe_algo(e), len, pe_payload(e)));
 	return LRU_REMOVED;
 }
 
@@ -849,7 +851,8 @@ static uint64_t wb_group_excess(struct wb *wb, struct wb_lru *wl)
 	     c = fault_thread_client_after(wb->thread, c->key + 1))
 		if (c->group == wl->group && c->policy.writeback &&
 		    c->policy.pool_max != UZ_UNLIMITED)
-			max = max == UZ_UNLIMITED ? c->policy.pool_max : uz_max(max, c->policy.pool_max);
+			max = max == UZ_UNLIMITED ? c->policy.pool_max
+						  : uz_max(max, c->policy.pool_max);
 	if (max == UZ_UNLIMITED)
 		return 0;
 	bytes = group_pool_bytes(wl->group);
@@ -910,9 +913,9 @@ void wb_shrink(struct wb *wb)
 	for (struct wb_lru *wl = wb->lrus; wl; wl = wl->next)
 		total_length += lru_length(wl->lru);
 	for (struct wb_lru *wl = wb->lrus; wl; wl = wl->next) {
-		uint64_t share = total_length ? (uint64_t)((double)global * lru_length(wl->lru) /
-							     total_length)
-					      : 0;
+		uint64_t share =
+		    total_length ? (uint64_t)((double)global * lru_length(wl->lru) / total_length)
+				 : 0;
 
 		/* A group over its own PoolMax writes back its own pages. */
 		wl->target = uz_max(share, wb_group_excess(wb, wl)) + wl->pending;
@@ -924,7 +927,8 @@ void wb_shrink(struct wb *wb)
 			scanned += run;
 			if (wl->pending) {
 				wl->pending = done >= wl->pending ? 0 : wl->pending - done;
-				wl->scan_budget = run >= wl->scan_budget ? 0 : wl->scan_budget - run;
+				wl->scan_budget =
+				    run >= wl->scan_budget ? 0 : wl->scan_budget - run;
 				if (!wl->scan_budget)
 					wl->pending = 0; /* nothing more to take */
 			}
