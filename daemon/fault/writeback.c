@@ -151,7 +151,8 @@ struct wb_lru {
 	struct lru *lru;
 	uint64_t pending;
 	uint64_t scan_budget;
-	uint64_t target; /* this shrinker run */
+	uint64_t target;   /* this shrinker run */
+	uint64_t pool_max; /* this shrinker run: the group's PoolMax (UZ_UNLIMITED: none) */
 };
 
 #define WB_REQUESTS 16 /* shrink requests queued per thread */
@@ -290,16 +291,24 @@ void wb_reap(struct wb *wb)
 		(void)swap_io_reap(wb->io);
 }
 
+/* The LRU of a group on this thread, or NULL. */
+static struct wb_lru *wb_lru_find(struct wb *wb, struct uz_group *group)
+{
+	if (wb->last && wb->last->group == group)
+		return wb->last;
+	for (struct wb_lru *wl = wb->lrus; wl; wl = wl->next)
+		if (wl->group == group)
+			return wb->last = wl;
+	return NULL;
+}
+
 /* The LRU of a group on this thread, created on first use (NULL: out of memory). */
 static struct wb_lru *wb_lru_of(struct wb *wb, struct uz_group *group)
 {
-	struct wb_lru *wl;
+	struct wb_lru *wl = wb_lru_find(wb, group);
 
-	if (wb->last && wb->last->group == group)
-		return wb->last;
-	for (wl = wb->lrus; wl; wl = wl->next)
-		if (wl->group == group)
-			return wb->last = wl;
+	if (wl)
+		return wl;
 	wl = calloc(1, sizeof(*wl));
 	if (!wl)
 		return NULL;
@@ -840,19 +849,14 @@ static uint64_t wb_global_excess(struct wb *wb)
 
 /*
  * Compressed bytes of the group of wl over its PoolMax threshold (0:
- * none, or writeback is off for it).  The budget is the one of this
- * thread's clients of the group (a client's policy is its own copy).
+ * none, or writeback is off for it).  The budget (wl->pool_max) is the
+ * largest PoolMax of this thread's clients of the group with writeback
+ * on (a client's policy is its own copy), gathered by wb_shrink().
  */
 static uint64_t wb_group_excess(struct wb *wb, struct wb_lru *wl)
 {
-	uint64_t max = UZ_UNLIMITED, bytes;
+	uint64_t max = wl->pool_max, bytes;
 
-	for (struct client *c = fault_thread_client_after(wb->thread, 0); c;
-	     c = fault_thread_client_after(wb->thread, c->key + 1))
-		if (c->group == wl->group && c->policy.writeback &&
-		    c->policy.pool_max != UZ_UNLIMITED)
-			max = max == UZ_UNLIMITED ? c->policy.pool_max
-						  : uz_max(max, c->policy.pool_max);
 	if (max == UZ_UNLIMITED)
 		return 0;
 	bytes = group_pool_bytes(wl->group);
@@ -908,6 +912,20 @@ void wb_shrink(struct wb *wb)
 	if (uz_now_usec() < wb->backoff_until)
 		return;
 	wb_take_requests(wb);
+	/* The groups' budgets: one pass over the clients (the LRU lookup is cached). */
+	for (struct wb_lru *wl = wb->lrus; wl; wl = wl->next)
+		wl->pool_max = UZ_UNLIMITED;
+	for (struct client *c = fault_thread_client_after(wb->thread, 0); c;
+	     c = fault_thread_client_after(wb->thread, c->key + 1)) {
+		struct wb_lru *wl;
+
+		if (!c->policy.writeback || c->policy.pool_max == UZ_UNLIMITED ||
+		    !(wl = wb_lru_find(wb, c->group)))
+			continue;
+		wl->pool_max = wl->pool_max == UZ_UNLIMITED
+				   ? c->policy.pool_max
+				   : uz_max(wl->pool_max, c->policy.pool_max);
+	}
 	/* Global pressure: every LRU of this thread, in proportion of its length. */
 	global = wb_global_excess(wb);
 	for (struct wb_lru *wl = wb->lrus; wl; wl = wl->next)
