@@ -250,7 +250,6 @@ def t_shrink(e):
         return done
     e.wait(settled, 10, "shrink settles")
     after = e.stats(name)
-    written = after["compressed_bytes"] - before["compressed_bytes"]
     log(f"after shrink: zswpwb {after['zswpwb']}, on disk {after['on_disk_pages']} pages "
         f"{after['swap_bytes_on_disk']} bytes, pool bytes {before['compressed_bytes']} -> "
         f"{after['compressed_bytes']}")
@@ -262,7 +261,6 @@ def t_shrink(e):
     e.go_on(p)
     e.finish(p)
     need(e.stats(name)["disk_swapins"] > 0, "the written-back pages came back verified")
-    del written
 
 
 def t_pool_limit(e):
