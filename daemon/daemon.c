@@ -33,6 +33,7 @@
 #include "config/config.h"
 #include "daemon.h"
 #include "fault/fault.h"
+#include "fault/writeback.h"
 #include "group/group.h"
 #include "lru/lru.h"
 #include "pool/pool.h"
@@ -319,11 +320,15 @@ int daemon_shrink_group(struct daemon *d, struct uz_group *group, uint64_t bytes
 			uint64_t *queued)
 {
 	uint64_t pages = (bytes + UZ_PAGE_SIZE - 1) / UZ_PAGE_SIZE, total = 0, asked = 0;
-	unsigned n = 0;
+	unsigned n = 0, nr_owners = 0;
 	bool *kick = calloc(d->nr_fault_threads, sizeof(*kick));
+	bool *owner = calloc(d->nr_fault_threads, sizeof(*owner));
 
-	if (!kick)
+	if (!kick || !owner) {
+		free(kick);
+		free(owner);
 		return -ENOMEM;
+	}
 	pthread_mutex_lock(&d->clients_lock);
 	for (struct uz_list *i = d->clients.next; i != &d->clients; i = i->next) {
 		struct client *c = uz_container_of(i, struct client, link);
@@ -332,6 +337,11 @@ int daemon_shrink_group(struct daemon *d, struct uz_group *group, uint64_t bytes
 			continue;
 		total += (uint64_t)uz_max(stats_read(c->stats, UZ_STAT_resident_pages), 0);
 		n++;
+		for (unsigned t = 0; t < d->nr_fault_threads; t++)
+			if (d->fault_threads[t] == c->owner && !owner[t]) {
+				owner[t] = true;
+				nr_owners++;
+			}
 	}
 	for (struct uz_list *i = d->clients.next; i != &d->clients && total; i = i->next) {
 		struct client *c = uz_container_of(i, struct client, link);
@@ -364,7 +374,16 @@ int daemon_shrink_group(struct daemon *d, struct uz_group *group, uint64_t bytes
 	for (unsigned t = 0; t < d->nr_fault_threads; t++)
 		if (kick[t])
 			fault_thread_kick_assign(d->fault_threads[t]);
+	/*
+	 * And write back up to `bytes` of the group's stored pages (split over
+	 * the threads that own its clients; each takes from its LRU of the
+	 * group, bounded by the shrinker count).
+	 */
+	for (unsigned t = 0; t < d->nr_fault_threads && d->swap; t++)
+		if (owner[t])
+			fault_thread_request_shrink(d->fault_threads[t], group, bytes / nr_owners);
 	free(kick);
+	free(owner);
 	(void)n;
 	*queued = asked * UZ_PAGE_SIZE;
 	return 0;
@@ -454,5 +473,38 @@ void daemon_print_summary(struct daemon *d, FILE *f)
 			latency_hist_percentile(d->fault_latency, 99) / 1000.0);
 	else
 		fprintf(f, "  pool faults   %12d\n", 0);
+	fprintf(f, "  compaction    %12" PRId64 " objects moved, pool/compressed %.2f\n",
+		v[UZ_STAT_compacted_objects],
+		v[UZ_STAT_compressed_bytes] > 0
+		    ? (double)usage.total_size / (double)v[UZ_STAT_compressed_bytes]
+		    : 0.0);
+	if (d->swap) {
+		struct swap_stats ss;
+		char on_disk[32];
+
+		swap_get_stats(d->swap, &ss);
+		format_size(on_disk, sizeof(on_disk), (double)v[UZ_STAT_swap_bytes_on_disk]);
+		fprintf(f,
+			"  writeback     %12" PRId64 " pages (zswpwb) in %" PRId64
+			" batches, rotations %" PRId64 ", io errors %" PRId64 "\n",
+			v[UZ_STAT_zswpwb], v[UZ_STAT_writeback_batches],
+			v[UZ_STAT_second_chance_rotations], v[UZ_STAT_io_errors]);
+		fprintf(f, "  on disk       %12" PRId64 " pages (%s), %.0f bytes/page\n",
+			v[UZ_STAT_on_disk_pages], on_disk,
+			v[UZ_STAT_on_disk_pages] > 0
+			    ? (double)v[UZ_STAT_swap_bytes_on_disk] / (double)v[UZ_STAT_on_disk_pages]
+			    : 0.0);
+		samples = d->disk_fault_latency ? latency_hist_count(d->disk_fault_latency) : 0;
+		if (samples)
+			fprintf(f,
+				"  disk swapins  %12" PRId64 "   latency p50 %.1f us, p99 %.1f us\n",
+				v[UZ_STAT_disk_swapins],
+				latency_hist_percentile(d->disk_fault_latency, 50) / 1000.0,
+				latency_hist_percentile(d->disk_fault_latency, 99) / 1000.0);
+		else
+			fprintf(f, "  disk swapins  %12" PRId64 "\n", v[UZ_STAT_disk_swapins]);
+		fprintf(f, "  swap file     %12" PRIu64 " bytes written, %" PRIu64 " read\n",
+			ss.bytes_written, ss.bytes_read);
+	}
 	fflush(f);
 }

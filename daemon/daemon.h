@@ -112,7 +112,7 @@ struct daemon {
 	unsigned next_fault_thread; /* round robin; main thread only */
 
 	struct pool *pool;
-	struct lru *lru; /* one for the whole daemon until per-cgroup LRUs exist */
+	struct lru *lru; /* unused: the LRUs are per (fault thread, cgroup), fault/writeback.c */
 	struct stats *stats;
 	struct latency_hist *fault_latency; /* faults served from the pool: load + UFFDIO_COPY */
 
@@ -186,8 +186,10 @@ int daemon_client_resolve(struct daemon *daemon, pid_t pid, struct uz_group **gr
 unsigned daemon_reassign_clients(struct daemon *daemon, bool force);
 /*
  * Evict up to `bytes` of resident memory of the clients of `group` now
- * (spread in proportion of their resident pages).  The eviction itself is
- * done by the fault threads, asynchronously.  *queued: bytes asked for.
+ * (spread in proportion of their resident pages), and, with a swap file,
+ * write back up to `bytes` of the group's stored pages (second chance,
+ * bounded by the shrinker count).  Both are done by the fault threads,
+ * asynchronously.  *queued: resident bytes asked to be evicted.
  */
 int daemon_shrink_group(struct daemon *daemon, struct uz_group *group, uint64_t bytes,
 			uint64_t *queued);

@@ -686,6 +686,9 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 							     (uint64_t)UZ_EVICT_BATCH_MAX));
 	if (!want_pressure && !cold)
 		return;
+	/* The pool refuses stores (limits, writeback.c): moving pages out would be for nothing. */
+	if (!wb_pool_open(t->wb, c))
+		return;
 
 	if (cold) {
 		ctx.want = UZ_EVICT_BATCH_MAX;

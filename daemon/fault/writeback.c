@@ -2,19 +2,22 @@
 /*
  * The writeback tier: what a fault thread does with the swap file.
  *
- * Each fault thread has a struct wb: an LRU ring of the pages it stored
- * (references (client key, vpn), so a pop always names one of this
- * thread's clients — the ownership rule of daemon/fault holds: nothing
- * but the owning thread touches a client's index), a swap_io (its io_uring
- * ring, whose eventfd is in the thread's epoll), a few write batches and a
- * table of reads in flight.
+ * Each fault thread has a struct wb: one LRU ring per group (cgroup) of
+ * its clients (references (client key, vpn), so a pop always names one
+ * of this thread's clients — the ownership rule of daemon/fault holds:
+ * nothing but the owning thread touches a client's index), a swap_io (its
+ * io_uring ring, whose eventfd is in the thread's epoll), a few write
+ * batches and a table of reads in flight.
  *
- * The shrinker.  When the pool holds more than WB_START_PERCENT of its
- * limit (d->policy.pool_max, the global limit until per-group LRUs exist),
- * or a shrink was asked (fault_thread_request_shrink), the thread walks
- * its LRU from the head, second chance as lru.h describes: an entry is
- * stored with its referenced bit set; the first pass clears it and rotates
- * the reference (second_chance_rotations); the second pass takes it.  A
+ * The shrinker.  A group whose pool bytes exceed WB_START_PERCENT of its
+ * PoolMax writes back from its own LRU (never another group's pages);
+ * when the whole pool exceeds WB_START_PERCENT of [Pool] MaxSize, every
+ * LRU of the thread gives its share, in proportion of its length; a
+ * shrink asked for a group (fault_thread_request_shrink, uzswapctl
+ * shrink) walks that group's LRU.  Each walk is second chance as lru.h
+ * describes: an entry is stored with its referenced bit set; the first
+ * pass clears it and rotates the reference (second_chance_rotations); the
+ * second pass takes it.  A
  * taken entry's compressed bytes are copied into a batch (swap_io_write
  * copies them again into aligned buffers, so the staging area is reused
  * at once), the entry becomes PAGE_WRITEBACK — still in the pool, so a
@@ -22,8 +25,9 @@
  * ignored — and when the batch completes each entry becomes PAGE_ON_DISK
  * with its slot, and the pool object is freed.  Written bytes are the
  * compressed bytes (granule padded).  A requested shrink is bounded by
- * lru_shrinker_count(): disk swapins since the last count are subtracted,
- * and the count is scaled by the compression ratio.
+ * lru_shrinker_count() of the group's LRU: disk swapins since the last
+ * count are subtracted, and the count is scaled by the compression ratio;
+ * it gives up after twice round the ring.
  *
  * Accepting stores.  Over the pool limit new stores are refused
  * (pool_limit_hit; reject_reclaim_fail too when the swap file is full)
@@ -40,7 +44,9 @@
  * completion the bytes are decompressed into the context's page and put
  * in with UFFDIO_COPY (EAGAIN: kept, retried from the thread's retry
  * pass), the slot is freed, disk_swapins counted and the disk latency
- * recorded apart from pool faults.  A read error never hands wrong data:
+ * recorded apart from pool faults.  Disk faults of a client in address
+ * order also read the next WB_READAHEAD ON_DISK pages (readahead,
+ * installed unreferenced).  A read error never hands wrong data:
  * the page is poisoned (UFFDIO_POISON), so the access ends in SIGBUS; the
  * entry becomes NEVER (a later MADV_DONTNEED makes it zeros, as for any
  * poisoned page), io_errors counted.
@@ -68,6 +74,7 @@
  * message is logged once per daemon).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,13 +93,14 @@
 #include "uffd-compat.h"
 #include "util.h"
 
-#define WB_BATCH_MAX	     64	 /* objects per swap_io_write */
-#define WB_BATCHES	     4	 /* write batches in flight per thread */
-#define WB_READS	     64	 /* disk reads in flight per thread */
-#define WB_START_PERCENT     90	 /* writeback starts above this much of the pool limit */
-#define WB_TARGET_PERCENT    80	 /* ... and writes back down to this */
-#define WB_ACCEPT_PERCENT    90	 /* refused stores resume below this (accept threshold) */
-#define WB_BACKOFF_MS	     50	 /* after a full file or a write error */
+#define WB_BATCH_MAX	     64 /* objects per swap_io_write */
+#define WB_BATCHES	     4	/* write batches in flight per thread */
+#define WB_READS	     64 /* disk reads in flight per thread */
+#define WB_READAHEAD	     8	/* pages read ahead of a sequential disk fault */
+#define WB_START_PERCENT     90 /* writeback starts above this much of the pool limit */
+#define WB_TARGET_PERCENT    80 /* ... and writes back down to this */
+#define WB_ACCEPT_PERCENT    90 /* refused stores resume below this (accept threshold) */
+#define WB_BACKOFF_MS	     50 /* after a full file or a write error */
 #define WB_COMPACT_PERIOD_MS 1000
 #define WB_COMPACT_RATIO_PCT 120
 #define WB_COMPACT_MIN_FILL  50
@@ -130,11 +138,36 @@ struct wb_read {
 	uint8_t *page; /* decompressed page (4 KiB, page aligned) */
 };
 
+/*
+ * The LRU of one group on this thread.  Created on the first store of a
+ * page of that group, kept until the thread ends (groups are bounded by
+ * GROUPS_MAX and never leave the registry).  pending: bytes of a shrink
+ * request (uzswapctl shrink) still to write back; scan_budget bounds how
+ * far the request may walk before it gives up (all referenced twice).
+ */
+struct wb_lru {
+	struct wb_lru *next;
+	struct uz_group *group; /* a reference */
+	struct lru *lru;
+	uint64_t pending;
+	uint64_t scan_budget;
+	uint64_t target;   /* this shrinker run */
+	uint64_t pool_max; /* this shrinker run: the group's PoolMax (UZ_UNLIMITED: none) */
+};
+
+#define WB_REQUESTS 16 /* shrink requests queued per thread */
+
+struct wb_request {
+	struct uz_group *group; /* a reference; NULL: any */
+	uint64_t bytes;
+};
+
 struct wb {
 	struct fault_thread *thread;
 	struct daemon *daemon;
-	struct lru *lru;
-	struct swap_io *io; /* NULL without a swap file */
+	struct wb_lru *lrus; /* one per group of this thread's clients */
+	struct wb_lru *last; /* the one used last (lookup cache) */
+	struct swap_io *io;  /* NULL without a swap file */
 	struct compressor *decomp;
 	uint8_t *staging; /* WB_BATCH_MAX pages of compressed bytes */
 	struct wb_batch batches[WB_BATCHES];
@@ -142,17 +175,20 @@ struct wb {
 	uint64_t inflight_bytes; /* compressed bytes in batches in flight */
 	struct wb_read reads[WB_READS];
 	unsigned reads_busy;
-	uint64_t backoff_until; /* usec: shrinker sits out until then */
+	uint64_t backoff_until;	 /* usec: shrinker sits out until then */
+	uint64_t readahead_key;	 /* client of the last disk fault */
+	uint64_t readahead_next; /* the vpn a sequential next disk fault would have */
 	bool swap_full;
 	bool attach_failed;
-	bool want; /* the last shrinker run still had work: poll again soon */
-	uint64_t shrink_request; /* atomic: bytes asked by fault_thread_request_shrink */
+	bool want;		       /* the last shrinker run still had work: poll again soon */
+	pthread_mutex_t requests_lock; /* guards requests, nr_requests (any thread) */
+	struct wb_request requests[WB_REQUESTS];
+	unsigned nr_requests;
 	/* compaction */
 	bool compacting;
-	uint64_t compact_next;	   /* usec */
-	uint64_t compact_key;	   /* client being walked */
-	uint64_t compact_vpn;	   /* next vpn of it */
-	uint64_t compact_migrated; /* objects moved (for the summary) */
+	uint64_t compact_next; /* usec */
+	uint64_t compact_key;  /* client being walked */
+	uint64_t compact_vpn;  /* next vpn of it */
 };
 
 static bool read_error_logged;
@@ -173,9 +209,7 @@ int wb_new(struct wb **out, struct fault_thread *thread, struct daemon *d)
 		return -ENOMEM;
 	wb->thread = thread;
 	wb->daemon = d;
-	r = lru_new(&wb->lru);
-	if (r < 0)
-		goto fail;
+	pthread_mutex_init(&wb->requests_lock, NULL);
 	r = compressor_new(&wb->decomp, d->policy.algo, d->policy.level);
 	if (r < 0)
 		goto fail;
@@ -231,7 +265,17 @@ struct wb *wb_free(struct wb *wb)
 	}
 	free(wb->staging);
 	compressor_free(wb->decomp);
-	lru_free(wb->lru);
+	while (wb->lrus) {
+		struct wb_lru *wl = wb->lrus;
+
+		wb->lrus = wl->next;
+		lru_free(wl->lru);
+		group_unref(wl->group);
+		free(wl);
+	}
+	for (unsigned i = 0; i < wb->nr_requests; i++)
+		group_unref(wb->requests[i].group);
+	pthread_mutex_destroy(&wb->requests_lock);
 	free(wb);
 	return NULL;
 }
@@ -247,9 +291,45 @@ void wb_reap(struct wb *wb)
 		(void)swap_io_reap(wb->io);
 }
 
+/* The LRU of a group on this thread, or NULL. */
+static struct wb_lru *wb_lru_find(struct wb *wb, struct uz_group *group)
+{
+	if (wb->last && wb->last->group == group)
+		return wb->last;
+	for (struct wb_lru *wl = wb->lrus; wl; wl = wl->next)
+		if (wl->group == group)
+			return wb->last = wl;
+	return NULL;
+}
+
+/* The LRU of a group on this thread, created on first use (NULL: out of memory). */
+static struct wb_lru *wb_lru_of(struct wb *wb, struct uz_group *group)
+{
+	struct wb_lru *wl = wb_lru_find(wb, group);
+
+	if (wl)
+		return wl;
+	wl = calloc(1, sizeof(*wl));
+	if (!wl)
+		return NULL;
+	if (lru_new(&wl->lru) < 0) {
+		free(wl);
+		return NULL;
+	}
+	wl->group = group_ref(group);
+	wl->next = wb->lrus;
+	wb->lrus = wl;
+	return wb->last = wl;
+}
+
 void wb_lru_push(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t *entry)
 {
-	if (!pe_queued(*entry) && lru_push(wb->lru, c->key << PAGE_INDEX_VPN_BITS | vpn) == 0)
+	struct wb_lru *wl;
+
+	if (pe_queued(*entry))
+		return;
+	wl = wb_lru_of(wb, c->group);
+	if (wl && lru_push(wl->lru, c->key << PAGE_INDEX_VPN_BITS | vpn) == 0)
 		*entry |= PE_QUEUED;
 }
 
@@ -314,6 +394,8 @@ static int read_install(struct wb *wb, struct wb_read *rd)
 	}
 
 	e = page_index_get(c->index, rd->vpn);
+	fault_client_stat(c, UZ_STAT_swap_bytes_on_disk,
+			  -(int64_t)swap_slot_disk_bytes(d->swap, rd->slot));
 	(void)swap_slot_free(d->swap, rd->slot);
 	fault_client_stat(c, UZ_STAT_on_disk_pages, -1);
 	if (rd->failed) {
@@ -326,10 +408,17 @@ static int read_install(struct wb *wb, struct wb_read *rd)
 			       addr, (int)c->pid);
 		page_index_set(c->index, rd->vpn, pe_make(e, PAGE_NEVER, false, 0, 0, 0));
 	} else if (r == 0 || r == -EEXIST) {
-		page_index_set(c->index, rd->vpn, pe_make(e, PAGE_RESIDENT, true, 0, 0, 0));
+		/* A page read ahead is not referenced yet: the first to go if unused. */
+		page_index_set(c->index, rd->vpn,
+			       pe_make(e, PAGE_RESIDENT, rd->from_fault, 0, 0, 0));
 		fault_client_resident_add(c, 1);
 		fault_client_stat(c, UZ_STAT_disk_swapins, 1);
-		lru_note_disk_swapin(wb->lru);
+		if (rd->from_fault) {
+			struct wb_lru *wl = wb_lru_of(wb, c->group);
+
+			if (wl)
+				lru_note_disk_swapin(wl->lru);
+		}
 		if (rd->from_fault && d->disk_fault_latency)
 			latency_hist_record(d->disk_fault_latency, uz_now_nsec() - rd->start_ns);
 	} else {
@@ -366,15 +455,13 @@ static void read_done(int result, const void *data, size_t len, void *userdata)
 	(void)read_install(wb, rd);
 }
 
-int wb_fault(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t e)
+/* Start the read of an ON_DISK entry.  -EAGAIN: no context free, or the ring refused. */
+static int read_start(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t e,
+		      bool from_fault)
 {
 	struct wb_read *rd = NULL;
 	int r;
 
-	if (pe_referenced(e))
-		return 0; /* read in flight: its UFFDIO_COPY wakes this fault too */
-	if (!wb->io)
-		return -EIO;
 	for (unsigned i = 0; i < WB_READS; i++)
 		if (!wb->reads[i].busy) {
 			rd = &wb->reads[i];
@@ -390,7 +477,7 @@ int wb_fault(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t e)
 	rd->slot = pe_payload(e);
 	rd->algo = pe_algo(e);
 	rd->len = pe_len(e);
-	rd->from_fault = true;
+	rd->from_fault = from_fault;
 	rd->start_ns = uz_now_nsec();
 	wb->reads_busy++;
 	r = swap_io_read(wb->io, rd->slot, rd->len, rd->buf, read_done, rd);
@@ -399,6 +486,40 @@ int wb_fault(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t e)
 		return -EAGAIN;
 	}
 	page_index_set(c->index, vpn, e | PE_REFERENCED);
+	return 0;
+}
+
+int wb_fault(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t e)
+{
+	unsigned n = 0;
+	int r;
+
+	if (pe_referenced(e))
+		return 0; /* read in flight: its UFFDIO_COPY wakes this fault too */
+	if (!wb->io)
+		return -EIO;
+	r = read_start(wb, c, vpn, e, true);
+	if (r < 0)
+		return r;
+	/*
+	 * Readahead, when disk faults of this client come in address order
+	 * (the kernel's swap readahead, without its hit-rate heuristics): the
+	 * next ON_DISK pages are read and installed too, so a sequential pass
+	 * does not wait for one disk read per page.  Never more than half the
+	 * read contexts, so faults always find one.
+	 */
+	if (wb->readahead_key == c->key && vpn == wb->readahead_next) {
+		while (n < WB_READAHEAD && wb->reads_busy < WB_READS / 2) {
+			page_entry_t next = page_index_get(c->index, vpn + n + 1);
+
+			if (pe_state(next) != PAGE_ON_DISK || pe_referenced(next) ||
+			    read_start(wb, c, vpn + n + 1, next, false) < 0)
+				break;
+			n++;
+		}
+	}
+	wb->readahead_key = c->key;
+	wb->readahead_next = vpn + n + 1;
 	return 0;
 }
 
@@ -466,6 +587,8 @@ void wb_entry_release(struct wb *wb, struct client *c, uint64_t vpn, page_entry_
 		break;
 	case PAGE_ON_DISK:
 		fault_client_stat(c, UZ_STAT_on_disk_pages, -1);
+		fault_client_stat(c, UZ_STAT_swap_bytes_on_disk,
+				  -(int64_t)swap_slot_disk_bytes(wb->daemon->swap, pe_payload(e)));
 		rd = pe_referenced(e) ? read_find(wb, c->key, vpn) : NULL;
 		if (!rd) {
 			(void)swap_slot_free(wb->daemon->swap, pe_payload(e));
@@ -501,12 +624,12 @@ void wb_entry_moved(struct wb *wb, struct client *c, uint64_t old_vpn, uint64_t 
  * Accepting stores
  */
 
-bool wb_pool_accepting(struct wb *wb, struct client *c)
+bool wb_pool_open(struct wb *wb, struct client *c)
 {
 	struct daemon *d = wb->daemon;
 	uint64_t limit = d->pool_max_size, usage;
-	unsigned accept = d->accept_threshold_percent ? d->accept_threshold_percent
-						      : WB_ACCEPT_PERCENT;
+	unsigned accept =
+	    d->accept_threshold_percent ? d->accept_threshold_percent : WB_ACCEPT_PERCENT;
 	bool ok = true;
 
 	/* The cgroup's budget (PoolMax). */
@@ -526,7 +649,12 @@ bool wb_pool_accepting(struct wb *wb, struct client *c)
 			ok = false;
 		}
 	}
-	if (ok)
+	return ok;
+}
+
+bool wb_pool_accepting(struct wb *wb, struct client *c)
+{
+	if (wb_pool_open(wb, c))
 		return true;
 	fault_client_stat(c, UZ_STAT_pool_limit_hit, 1);
 	if (wb->io && c->policy.writeback && wb->swap_full)
@@ -540,6 +668,7 @@ bool wb_pool_accepting(struct wb *wb, struct client *c)
 
 struct pick_ctx {
 	struct wb *wb;
+	struct wb_lru *wl;
 	struct wb_batch *batch;
 	struct client *cached;
 };
@@ -566,6 +695,14 @@ static enum lru_walk_status wb_pick(uint64_t ref, void *userdata)
 			page_index_set(c->index, vpn, e & ~PE_QUEUED);
 		return LRU_REMOVED;
 	}
+	if (c->group != ctx->wl->group) {
+		/* The client moved to another cgroup: its pages follow it there. */
+		page_index_set(c->index, vpn, e & ~PE_QUEUED);
+		e &= ~PE_QUEUED;
+		wb_lru_push(wb, c, vpn, &e);
+		page_index_set(c->index, vpn, e);
+		return LRU_REMOVED;
+	}
 	if (!c->policy.writeback)
 		return LRU_ROTATE;
 	if (pe_referenced(e)) {
@@ -578,13 +715,13 @@ static enum lru_walk_status wb_pick(uint64_t ref, void *userdata)
 		      len) < 0)
 		return LRU_ROTATE;
 	batch->items[n] = (struct wb_item){key, vpn, pe_payload(e), len, false};
-	batch->objs[n] = (struct swap_object){.data = wb->staging + (size_t)n * UZ_PAGE_SIZE,
-					      .len = len};
+	batch->objs[n] =
+	    (struct swap_object){.data = wb->staging + (size_t)n * UZ_PAGE_SIZE, .len = len};
 	batch->count++;
 	batch->bytes += len;
-	page_index_set(c->index, vpn,
-		       pe_make(e & ~PE_QUEUED, PAGE_WRITEBACK, false, pe_algo(e), len,
-			       pe_payload(e)));
+	page_index_set(
+	    c->index, vpn,
+	    pe_make(e & ~PE_QUEUED, PAGE_WRITEBACK, false, pe_algo(e), len, pe_payload(e)));
 	return LRU_REMOVED;
 }
 
@@ -634,6 +771,8 @@ static void batch_done(struct swap_object *objs, size_t count, int result, void 
 		fault_client_stat(c, UZ_STAT_stored_pages, -1);
 		fault_client_stat(c, UZ_STAT_compressed_bytes, -(int64_t)it->len);
 		fault_client_stat(c, UZ_STAT_on_disk_pages, 1);
+		fault_client_stat(c, UZ_STAT_swap_bytes_on_disk,
+				  (int64_t)swap_slot_disk_bytes(d->swap, objs[i].slot));
 		fault_client_stat(c, UZ_STAT_zswpwb, 1);
 		fault_client_stat(c, UZ_STAT_written_back_pages, 1);
 	}
@@ -647,10 +786,11 @@ static void batch_done(struct swap_object *objs, size_t count, int result, void 
 }
 
 /* Build and submit one batch.  Returns the compressed bytes submitted (0: nothing). */
-static uint64_t wb_submit_batch(struct wb *wb, uint64_t nr_to_scan)
+static uint64_t wb_submit_batch(struct wb *wb, struct wb_lru *wl, uint64_t nr_to_scan,
+				uint64_t *scanned)
 {
 	struct wb_batch *batch = NULL;
-	struct pick_ctx ctx = {.wb = wb};
+	struct pick_ctx ctx = {.wb = wb, .wl = wl};
 	struct lru_walk_result res;
 	int r;
 
@@ -664,7 +804,8 @@ static uint64_t wb_submit_batch(struct wb *wb, uint64_t nr_to_scan)
 	batch->count = 0;
 	batch->bytes = 0;
 	ctx.batch = batch;
-	(void)lru_walk(wb->lru, nr_to_scan, wb_pick, &ctx, &res);
+	(void)lru_walk(wl->lru, nr_to_scan, wb_pick, &ctx, &res);
+	*scanned += res.scanned;
 	if (!batch->count)
 		return 0;
 
@@ -691,63 +832,132 @@ static uint64_t wb_submit_batch(struct wb *wb, uint64_t nr_to_scan)
 	return batch->bytes;
 }
 
-/* Compressed bytes to write back now: the global pool and the groups of this thread's clients. */
-static uint64_t wb_excess(struct wb *wb)
+/* Compressed bytes over the global pool's writeback threshold (0: none). */
+static uint64_t wb_global_excess(struct wb *wb)
 {
 	struct daemon *d = wb->daemon;
-	uint64_t limit = d->pool_max_size, usage, excess = 0;
+	uint64_t limit = d->pool_max_size, usage;
 
-	if (limit != UZ_UNLIMITED) {
-		usage = pool_usage_bytes(d);
-		usage = usage > wb->inflight_bytes ? usage - wb->inflight_bytes : 0;
-		if (usage > limit / 100 * WB_START_PERCENT)
-			excess = usage - limit / 100 * WB_TARGET_PERCENT;
-	}
-	for (struct client *c = fault_thread_client_after(wb->thread, 0); c;
-	     c = fault_thread_client_after(wb->thread, c->key + 1)) {
-		uint64_t max = c->policy.pool_max, bytes;
-
-		if (max == UZ_UNLIMITED || !c->policy.writeback)
-			continue;
-		bytes = group_pool_bytes(c->group);
-		bytes = bytes > wb->inflight_bytes ? bytes - wb->inflight_bytes : 0;
-		if (bytes > max / 100 * WB_START_PERCENT)
-			excess = uz_max(excess, bytes - max / 100 * WB_TARGET_PERCENT);
-	}
-	return excess;
+	if (limit == UZ_UNLIMITED)
+		return 0;
+	usage = pool_usage_bytes(d);
+	usage = usage > wb->inflight_bytes ? usage - wb->inflight_bytes : 0;
+	if (usage <= limit / 100 * WB_START_PERCENT)
+		return 0;
+	return usage - limit / 100 * WB_TARGET_PERCENT;
 }
+
+/*
+ * Compressed bytes of the group of wl over its PoolMax threshold (0:
+ * none, or writeback is off for it).  The budget (wl->pool_max) is the
+ * largest PoolMax of this thread's clients of the group with writeback
+ * on (a client's policy is its own copy), gathered by wb_shrink().
+ */
+static uint64_t wb_group_excess(struct wb *wb, struct wb_lru *wl)
+{
+	uint64_t max = wl->pool_max, bytes;
+
+	if (max == UZ_UNLIMITED)
+		return 0;
+	bytes = group_pool_bytes(wl->group);
+	bytes = bytes > wb->inflight_bytes ? bytes - wb->inflight_bytes : 0;
+	if (bytes <= max / 100 * WB_START_PERCENT)
+		return 0;
+	return bytes - max / 100 * WB_TARGET_PERCENT;
+}
+
+/* Take the queued shrink requests into the LRUs' pending counts, bounded by the shrinker count. */
+static void wb_take_requests(struct wb *wb)
+{
+	struct wb_request requests[WB_REQUESTS];
+	unsigned n;
+
+	pthread_mutex_lock(&wb->requests_lock);
+	n = wb->nr_requests;
+	memcpy(requests, wb->requests, n * sizeof(requests[0]));
+	wb->nr_requests = 0;
+	pthread_mutex_unlock(&wb->requests_lock);
+
+	for (unsigned i = 0; i < n; i++) {
+		for (struct wb_lru *wl = wb->lrus; wl; wl = wl->next) {
+			struct stats *gs = wl->group->stats;
+			int64_t stored, bytes;
+			uint64_t freeable;
+
+			if (requests[i].group && requests[i].group != wl->group)
+				continue;
+			stored = stats_read(gs, UZ_STAT_stored_pages) -
+				 stats_read(gs, UZ_STAT_same_filled_pages);
+			bytes = stats_read(gs, UZ_STAT_compressed_bytes);
+			freeable = lru_shrinker_count(
+			    wl->lru, stored > 0 ? (uint64_t)stored : 0,
+			    bytes > 0 ? ((uint64_t)bytes + UZ_PAGE_SIZE - 1) / UZ_PAGE_SIZE : 0);
+			wl->pending += uz_min(requests[i].bytes, freeable * UZ_PAGE_SIZE);
+			/* Twice round the ring: the first pass may only clear referenced bits. */
+			wl->scan_budget = 2 * lru_length(wl->lru) + WB_BATCH_MAX;
+		}
+		group_unref(requests[i].group);
+	}
+}
+
+#define WB_SCAN_PER_RUN 8192 /* LRU entries one shrinker run may look at */
 
 void wb_shrink(struct wb *wb)
 {
-	struct daemon *d = wb->daemon;
-	uint64_t target, asked;
+	uint64_t global, total_length = 0, scanned = 0;
+	bool want = false;
 
 	if (!wb->io || wb->batches_busy >= WB_BATCHES)
 		return;
 	if (uz_now_usec() < wb->backoff_until)
 		return;
-	target = wb_excess(wb);
-	asked = __atomic_exchange_n(&wb->shrink_request, 0, __ATOMIC_RELAXED);
-	if (asked) {
-		/* A requested shrink takes no more than the shrinker count allows. */
-		int64_t stored = stats_read(d->stats, UZ_STAT_stored_pages) -
-				 stats_read(d->stats, UZ_STAT_same_filled_pages);
-		struct pool_usage pu;
-		uint64_t freeable;
+	wb_take_requests(wb);
+	/* The groups' budgets: one pass over the clients (the LRU lookup is cached). */
+	for (struct wb_lru *wl = wb->lrus; wl; wl = wl->next)
+		wl->pool_max = UZ_UNLIMITED;
+	for (struct client *c = fault_thread_client_after(wb->thread, 0); c;
+	     c = fault_thread_client_after(wb->thread, c->key + 1)) {
+		struct wb_lru *wl;
 
-		pool_get_usage(d->pool, &pu);
-		freeable = lru_shrinker_count(wb->lru, stored > 0 ? (uint64_t)stored : 0,
-					      pu.total_size / UZ_PAGE_SIZE);
-		target = uz_max(target, uz_min(asked, freeable * UZ_PAGE_SIZE));
+		if (!c->policy.writeback || c->policy.pool_max == UZ_UNLIMITED ||
+		    !(wl = wb_lru_find(wb, c->group)))
+			continue;
+		wl->pool_max = wl->pool_max == UZ_UNLIMITED
+				   ? c->policy.pool_max
+				   : uz_max(wl->pool_max, c->policy.pool_max);
 	}
-	wb->want = target > 0;
-	while (target && wb->batches_busy < WB_BATCHES) {
-		uint64_t done = wb_submit_batch(wb, 4 * WB_BATCH_MAX);
+	/* Global pressure: every LRU of this thread, in proportion of its length. */
+	global = wb_global_excess(wb);
+	for (struct wb_lru *wl = wb->lrus; wl; wl = wl->next)
+		total_length += lru_length(wl->lru);
+	for (struct wb_lru *wl = wb->lrus; wl; wl = wl->next) {
+		uint64_t share =
+		    total_length ? (uint64_t)((double)global * lru_length(wl->lru) / total_length)
+				 : 0;
 
-		if (!done)
-			break;
-		target = done >= target ? 0 : target - done;
+		/* A group over its own PoolMax writes back its own pages. */
+		wl->target = uz_max(share, wb_group_excess(wb, wl)) + wl->pending;
 	}
+	for (struct wb_lru *wl = wb->lrus; wl; wl = wl->next) {
+		while (wl->target && wb->batches_busy < WB_BATCHES && scanned < WB_SCAN_PER_RUN) {
+			uint64_t run = 0, done = wb_submit_batch(wb, wl, 4 * WB_BATCH_MAX, &run);
+
+			scanned += run;
+			if (wl->pending) {
+				wl->pending = done >= wl->pending ? 0 : wl->pending - done;
+				wl->scan_budget =
+				    run >= wl->scan_budget ? 0 : wl->scan_budget - run;
+				if (!wl->scan_budget)
+					wl->pending = 0; /* nothing more to take */
+			}
+			wl->target = done >= wl->target ? 0 : wl->target - done;
+			if (!done && !run)
+				break; /* empty, or the batch was refused */
+		}
+		if (wl->target)
+			want = true;
+	}
+	wb->want = want;
 }
 
 int wb_timeout(const struct wb *wb)
@@ -764,8 +974,21 @@ void fault_thread_request_shrink(struct fault_thread *thread, struct uz_group *g
 {
 	struct wb *wb = fault_thread_wb(thread);
 
-	(void)group;
-	__atomic_fetch_add(&wb->shrink_request, bytes, __ATOMIC_RELAXED);
+	pthread_mutex_lock(&wb->requests_lock);
+	if (wb->nr_requests < WB_REQUESTS) {
+		wb->requests[wb->nr_requests++] =
+		    (struct wb_request){group ? group_ref(group) : NULL, bytes};
+	} else {
+		/* Full: widen the last request (any group keeps its own bound). */
+		struct wb_request *last = &wb->requests[WB_REQUESTS - 1];
+
+		if (last->group != group) {
+			group_unref(last->group);
+			last->group = NULL;
+		}
+		last->bytes += bytes;
+	}
+	pthread_mutex_unlock(&wb->requests_lock);
 	fault_thread_kick_assign(thread);
 }
 
@@ -791,7 +1014,7 @@ static int compact_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 	    pool_migrate(pool, pe_payload(*entry), pe_len(*entry), &handle) == 0) {
 		*entry = pe_make(*entry, PAGE_STORED, pe_referenced(*entry), pe_algo(*entry),
 				 pe_len(*entry), handle);
-		ctx->wb->compact_migrated++;
+		fault_client_stat(ctx->client, UZ_STAT_compacted_objects, 1);
 	}
 	return --ctx->budget ? 0 : 1;
 }

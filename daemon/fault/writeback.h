@@ -35,7 +35,7 @@ int wb_fd(const struct wb *wb);
 /* Completions are waiting: run them. */
 void wb_reap(struct wb *wb);
 
-/* A page was stored: queue it on the thread's LRU (sets PE_QUEUED). */
+/* A page was stored: queue it on the thread's LRU of its group (sets PE_QUEUED). */
 void wb_lru_push(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t *entry);
 
 /*
@@ -78,6 +78,11 @@ void wb_entry_moved(struct wb *wb, struct client *c, uint64_t old_vpn, uint64_t 
  * usage falls below the threshold.
  */
 bool wb_pool_accepting(struct wb *wb, struct client *c);
+/*
+ * The same test without counting a refusal: would a store be accepted now?
+ * Eviction asks first, so pages are not moved out only to be sent back.
+ */
+bool wb_pool_open(struct wb *wb, struct client *c);
 
 /* Run the shrinker if the pool is over its writeback threshold or a shrink was asked. */
 void wb_shrink(struct wb *wb);
@@ -89,8 +94,8 @@ void wb_compact_step(struct wb *wb);
 
 /*
  * Ask a fault thread to write back about `bytes` of compressed data of its
- * clients (uzswapctl shrink).  group is unused until per-group LRUs exist
- * (NULL: any).  Any thread.
+ * clients of `group` (NULL: of every group) from its LRU of that group
+ * (uzswapctl shrink), bounded by the shrinker count.  Any thread.
  */
 struct uz_group;
 void fault_thread_request_shrink(struct fault_thread *thread, struct uz_group *group,

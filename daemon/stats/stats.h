@@ -20,6 +20,7 @@
 	X(compressed_bytes, GAUGE, "bytes of compressed data held in the pool")                    \
 	X(resident_pages, GAUGE, "registered pages mapped in clients, as the daemon counts them")  \
 	X(on_disk_pages, GAUGE, "pages written back and held in the swap file")                    \
+	X(swap_bytes_on_disk, GAUGE, "bytes of the swap file held by written-back pages (whole granules)") \
 	X(zswpout, COUNTER, "pages stored into the pool")                                          \
 	X(zswpin, COUNTER, "pages faulted back from the pool")                                     \
 	X(zswpwb, COUNTER, "pages written back from the pool to the swap file")                    \
@@ -31,6 +32,7 @@
 	X(evict_failed_pages, COUNTER, "victims the agent could not move (gone, shared)")          \
 	X(second_chance_rotations, COUNTER, "shrinker found an entry referenced and rotated it")   \
 	X(writeback_batches, COUNTER, "writeback submissions to the swap file")                    \
+	X(compacted_objects, COUNTER, "pool objects moved by compaction out of sparse chunks")     \
 	X(io_errors, COUNTER, "swap file reads or writes that failed")                             \
 	X(reject_compress_fail, COUNTER, "stores refused: the compressor failed")                  \
 	X(reject_compress_poor, COUNTER, "pages that compressed above the poor threshold")         \
