@@ -707,13 +707,17 @@ static int op_shrink(void *userdata, const char *cgroup, uint64_t bytes, json_ob
 	if (r < 0)
 		return r;
 	/*
-	 * Eviction runs on the fault threads: what is reported is what they
-	 * were asked to evict (bounded by what is resident).  Pages go to the
-	 * pool; writing back to the swap file is the writeback tier's job.
+	 * Both halves run on the fault threads, after this reply: eviction of
+	 * resident pages into the pool (reported: what the threads were asked
+	 * to evict, bounded by what is resident) and, when a swap file is
+	 * open, writeback of the group's stored pages (bounded by `bytes` and
+	 * the shrinker count).  Their effect shows in the group's statistics
+	 * (zswpout, zswpwb); the reply says what was asked, not what was done.
 	 */
 	json_set(out, "requested_bytes", control_json_u64(bytes));
 	json_set(out, "reclaimed_bytes", control_json_u64(queued));
-	json_set(out, "written_back_bytes", control_json_u64(0));
+	json_set(out, "writeback_requested_bytes",
+		 control_json_u64(m->daemon->swap ? bytes : 0));
 	json_set(out, "asynchronous", json_object_new_boolean(true));
 	uz_log(LOG_INFO, "shrink of \"%s\": %" PRIu64 " bytes asked, %" PRIu64 " queued", cgroup,
 	       bytes, queued);

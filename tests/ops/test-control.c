@@ -129,7 +129,7 @@ static int fake_shrink(void *userdata, const char *cgroup, uint64_t bytes, json_
 	__atomic_store_n(&shrink_bytes, bytes, __ATOMIC_SEQ_CST);
 	json_object_object_add(out, "requested_bytes", control_json_u64(bytes));
 	json_object_object_add(out, "reclaimed_bytes", control_json_u64(bytes / 2));
-	json_object_object_add(out, "written_back_bytes", control_json_u64(0));
+	json_object_object_add(out, "writeback_requested_bytes", control_json_u64(0));
 	return 0;
 }
 
