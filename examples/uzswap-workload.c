@@ -122,6 +122,9 @@ int main(int argc, char **argv)
 	unsigned char *region;
 	struct timespec start;
 
+	/* Line by line even into a pipe: whoever watches us sees each step as it happens. */
+	setvbuf(stdout, NULL, _IOLBF, 0);
+
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--size") && i + 1 < argc) {
 			size = parse_size(argv[++i]);

@@ -424,11 +424,30 @@ def t_cgroups(tmp):
 
     def settled(name, budget):
         v = resident(name)
+        if os.environ.get("UZOPS_DEBUG"):
+            log(f"{name}: {v} {ctl(tmp, 'clients', '--json', check_rc=None).stdout}")
+
         return v is not None and v[1] > 0 and 0 < v[0] <= budget
 
+    # Sample only once each workload has written and verified everything
+    # (it prints "verified" and then holds its memory).
+    # (Blocking reads: the workload's own run is short, meson's timeout bounds it.)
+    for p in (pa, pb):
+        for line in p.stdout:
+            if os.environ.get("UZOPS_DEBUG"):
+                log(f"workload {p.pid}: {line.rstrip()}")
+            if line.startswith("verified"):
+                break
+        else:
+            raise Fail(f"workload ended before verifying: rc {p.wait()}")
     seen = {}
     for name, budget in ((name_a, 4 * 2**20), (name_b, 12 * 2**20)):
-        wait_for(lambda: settled(name, budget), 60, f"{name} back under {budget >> 20}M")
+        try:
+            wait_for(lambda: settled(name, budget), 60, f"{name} back under {budget >> 20}M")
+        except Fail:
+            log(f"{name}: {resident(name)}; clients: "
+                f"{ctl(tmp, 'clients', '--json', check_rc=None).stdout}")
+            raise
         # stays there: ten samples over a second, all within the budget
         samples = []
         for _ in range(10):
@@ -439,8 +458,9 @@ def t_cgroups(tmp):
               f"{name} holds within its {budget >> 20}M budget: {max(samples)} bytes at most")
     check(max(seen[name_b]) > 4 * 2**20,
           f"{name_b} uses its own 12M budget, not {name_a}'s 4M ({max(seen[name_b])} bytes)")
-    finish(pa)
-    finish(pb)
+    for p in (pa, pb):  # their "verified" lines were read above
+        out, err = p.communicate(timeout=90)
+        check(p.returncode == 0, f"workload exits 0 after verifying ({err.strip()[-200:]})")
 
     # statistics consistency and uzswapctl output, with clients connected
     pa = workload(tmp, "16M", dir_a, hold=30)
