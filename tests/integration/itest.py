@@ -235,6 +235,10 @@ class Harness:
                 "--foreground",
                 "--resident-max", budget, "--resident-low", low,
                 "--fault-threads", str(threads), "--log-level", "info", *extra]
+        if "--config" not in extra:
+            # A swap file of the test's own, removed with its temp dir, not
+            # the host's default one (which another daemon may hold).
+            argv += ["--swap-file", os.path.join(self.tmp, "swapfile"), "--swap-size", "64M"]
         self.daemon = self.spawn("uzswapd", argv, preload=False)
         self.wait_daemon_ready(self.daemon)
         return self.daemon

@@ -107,7 +107,9 @@ def ctl(tmp, *args, user=None, check_rc=0):
 def write_config(tmp, budgets, extra_main=""):
     os.makedirs(os.path.join(tmp, "cgroup.d"), exist_ok=True)
     with open(os.path.join(tmp, "uzswapd.conf"), "w") as f:
-        f.write("[Daemon]\nLogLevel=info\n" + extra_main + "[Defaults]\nResidentMax=32M\n")
+        # The test's own swap file, not the host's default one.
+        f.write("[Daemon]\nLogLevel=info\n" + extra_main + "[Defaults]\nResidentMax=32M\n"
+                f"[Swap]\nFile={tmp}/swapfile\nSize=64M\n")
     for name, text in budgets.items():
         with open(os.path.join(tmp, "cgroup.d", name + ".conf"), "w") as f:
             f.write(text)

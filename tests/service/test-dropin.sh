@@ -52,6 +52,7 @@ done < <(grep '^Environment=' "$dropin")
 printf 'drop-in environment: %s\n' "${envs[*]}"
 
 "$uzswapd" --socket "$tmp/d.sock" --control-socket "$tmp/c.sock" --resident-max 4M \
+    --swap-file "$tmp/swapfile" --swap-size 16M \
     --foreground 2>"$tmp/daemon.log" &
 daemon_pid=$!
 for _ in $(seq 100); do [ -S "$tmp/d.sock" ] && break; sleep 0.1; done
