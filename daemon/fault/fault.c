@@ -674,6 +674,64 @@ static int victim_pick(uint64_t vpn, page_entry_t *entry, void *userdata)
 	return ctx->count >= ctx->want ? 1 : 0;
 }
 
+/*
+ * Written pages are referenced pages.  A range the client registered in WP
+ * mode with UFFD_FEATURE_WP_ASYNC (libclient/ranges.c) lets one
+ * PAGEMAP_SCAN on its pagemap return the pages written since the last scan
+ * and write-protect them again, with no fault delivered to anyone.  Each
+ * such RESIDENT page gets its referenced bit, so the CLOCK keeps pages the
+ * program keeps writing instead of evicting every resident page in turn.
+ * Reads of present pages stay invisible (nothing in the kernel reports
+ * them short of unmapping the page).  A client whose ranges are not
+ * WP-async (old kernel, WP refused) gets -EPERM and is not scanned again.
+ */
+#define FAULT_SCAN_VEC 256 /* page_region runs per PAGEMAP_SCAN call */
+
+static void client_scan_written(struct client *c)
+{
+	struct page_region vec[FAULT_SCAN_VEC];
+
+	if (c->scan_written_off || c->pagemap_fd < 0 ||
+	    !(c->uffd_features & UFFD_FEATURE_WP_ASYNC))
+		return;
+	for (unsigned i = 0; i < c->nr_regions; i++) {
+		uint64_t start = c->regions[i].start, end = c->regions[i].end;
+
+		while (start < end) {
+			struct pm_scan_arg arg = {
+			    .size = sizeof(arg),
+			    .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+			    .start = start,
+			    .end = end,
+			    .vec = (uint64_t)(uintptr_t)vec,
+			    .vec_len = FAULT_SCAN_VEC,
+			    /* present pages only: a hole would get a WP marker, and a
+			     * marker makes UFFDIO_ZEROPAGE fail with EEXIST */
+			    .category_mask = PAGE_IS_WRITTEN | PAGE_IS_PRESENT,
+			    .return_mask = PAGE_IS_WRITTEN,
+			};
+			long n = ioctl(c->pagemap_fd, PAGEMAP_SCAN, &arg);
+
+			if (n < 0) {
+				if (errno == EPERM || errno == EINVAL || errno == ENOTTY)
+					c->scan_written_off = true;
+				return; /* ESRCH and friends: the process is going */
+			}
+			for (long j = 0; j < n; j++)
+				for (uint64_t vpn = vec[j].start >> UZ_PAGE_SHIFT;
+				     vpn < vec[j].end >> UZ_PAGE_SHIFT; vpn++) {
+					page_entry_t e = page_index_get(c->index, vpn);
+
+					if (pe_state(e) == PAGE_RESIDENT && !pe_referenced(e))
+						page_index_set(c->index, vpn, e | PE_REFERENCED);
+				}
+			if (arg.walk_end <= start)
+				break;
+			start = arg.walk_end;
+		}
+	}
+}
+
 static void client_reclaim(struct fault_thread *t, struct client *c)
 {
 	struct victim_ctx ctx = {.client = c, .addrs = t->evict_msg->addrs};
@@ -700,6 +758,7 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 		ctx.ignore_referenced = false;
 	}
 	if (ctx.count < want_pressure) {
+		client_scan_written(c);
 		ctx.want = (unsigned)want_pressure;
 		/* From the hand to the end, then twice round: a full sweep clears every bit. */
 		for (int pass = 0; pass < 3 && ctx.count < ctx.want; pass++) {
