@@ -145,6 +145,7 @@ struct client {
 	uint64_t cold_start, cold_end; /* vpns of a COLD hint still to evict; empty when equal */
 	unsigned fork_pause;	       /* FORK_PREPAREs not yet matched by FORK_DONE */
 	bool scan_written_off;	       /* PAGEMAP_SCAN refused: the CLOCK sees faults only */
+	uint64_t grace_until;	       /* usec: a fork child is not reclaimed before (0: none) */
 
 	/* requests */
 	struct client_request *requests; /* ring of UZ_CLIENT_REQUESTS_MAX */

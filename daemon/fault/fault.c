@@ -104,6 +104,8 @@ enum {
 #define FAULT_COMPRESSORS_MAX 8	  /* distinct (algo, level) pairs a thread keeps */
 #define FAULT_IDLE_TICK_MS    500 /* wake at least this often: the heartbeat ticks */
 #define FAULT_SPIN_USEC_MIN   4	  /* the spin never shrinks below this once armed */
+#define FAULT_FORK_GRACE_MS   1000 /* a fork child's pages stay resident this long */
+#define FAULT_RESTORE_RUN     64   /* pages given back with one UFFDIO_COPY */
 
 /*
  * A RESIDENT entry has no use for the len field; it counts down the CLOCK
@@ -158,6 +160,7 @@ struct fault_thread {
 	uint8_t *page; /* page-aligned buffers, one page each */
 	uint8_t *zero_page;
 	uint8_t *compressed;
+	uint8_t *restore_buf; /* FAULT_RESTORE_RUN pages: a run being given back */
 	struct uz_msg_evict *evict_msg;
 	struct fault_retry *retries;
 	unsigned nr_retries;
@@ -168,6 +171,7 @@ struct fault_thread {
 	unsigned spin_usec;	/* the current budget, FAULT_SPIN_USEC_MIN..spin_max_usec */
 	unsigned spin_max_usec; /* 0: never spin */
 	bool spin_armed;	/* the last wake-up had work: spin before the next sleep */
+	uint64_t grace_until;	/* usec: the earliest client grace_until to act on (0: none) */
 };
 
 /* ---------------------------------------------------------------------------
@@ -396,30 +400,52 @@ static int fault_zero_fill(struct fault_thread *t, struct client *c, uint64_t vp
  * Other errors: the mapping is gone (ENOENT) or the process (ESRCH);
  * nothing changed.
  */
-static int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vpn, page_entry_t e,
-			   page_entry_t *new_entry)
+/* The bytes of a stored or same-filled entry into dst.  < 0: they are lost (poisoned). */
+static int fault_decode_page(struct fault_thread *t, struct client *c, page_entry_t e, uint8_t *dst)
 {
-	struct daemon *d = c->daemon;
-	uint64_t addr = vpn << UZ_PAGE_SHIFT;
-	bool poisoned = false;
+	unsigned algo = pe_algo(e), len = pe_len(e);
 	int r;
 
 	if (pe_state(e) == PAGE_SAME_FILLED) {
-		page_fill_word(t->page, pattern_word(pe_payload(e)));
-	} else {
-		unsigned algo = pe_algo(e), len = pe_len(e);
-
-		if (algo == COMPRESSOR_RAW) {
-			r = pool_load(d->pool, pe_payload(e), t->page, len);
-		} else {
-			r = pool_load(d->pool, pe_payload(e), t->compressed, len);
-			if (r == 0)
-				r = compressor_decompress(t->compressor, algo, t->compressed, len,
-							  t->page);
-		}
-		if (r < 0)
-			poisoned = true;
+		page_fill_word(dst, pattern_word(pe_payload(e)));
+		return 0;
 	}
+	if (algo == COMPRESSOR_RAW)
+		return pool_load(c->daemon->pool, pe_payload(e), dst, len);
+	r = pool_load(c->daemon->pool, pe_payload(e), t->compressed, len);
+	if (r == 0)
+		r = compressor_decompress(t->compressor, algo, t->compressed, len, dst);
+	return r;
+}
+
+/*
+ * The bookkeeping of a stored or same-filled page that is back in the
+ * client: pool object freed, statistics moved.  Returns the RESIDENT entry
+ * (referenced) for the caller to store.
+ */
+static page_entry_t fault_page_loaded(struct fault_thread *t, struct client *c, uint64_t vpn,
+				      page_entry_t e)
+{
+	if (pe_state(e) == PAGE_WRITEBACK)
+		wb_writeback_cancel(t->wb, c, vpn); /* served from the pool: the write is moot */
+	if (pe_state(e) != PAGE_SAME_FILLED) {
+		pool_release(c->daemon->pool, pe_payload(e));
+		client_stat(c, UZ_STAT_compressed_bytes, -(int64_t)pe_len(e));
+	} else {
+		client_stat(c, UZ_STAT_same_filled_pages, -1);
+	}
+	client_stat(c, UZ_STAT_stored_pages, -1);
+	client_stat(c, UZ_STAT_zswpin, 1);
+	client_resident_add(c, 1);
+	return pe_make(e, PAGE_RESIDENT, true, 0, 0, 0);
+}
+
+static int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vpn, page_entry_t e,
+			   page_entry_t *new_entry)
+{
+	uint64_t addr = vpn << UZ_PAGE_SHIFT;
+	bool poisoned = fault_decode_page(t, c, e, t->page) < 0;
+	int r;
 
 	if (uz_unlikely(poisoned)) {
 		struct uffdio_poison poison = {.range = {addr, UZ_PAGE_SIZE}, .mode = 0};
@@ -442,18 +468,7 @@ static int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vp
 		return r;
 	}
 
-	if (pe_state(e) == PAGE_WRITEBACK)
-		wb_writeback_cancel(t->wb, c, vpn); /* served from the pool: the write is moot */
-	if (pe_state(e) != PAGE_SAME_FILLED) {
-		pool_release(d->pool, pe_payload(e));
-		client_stat(c, UZ_STAT_compressed_bytes, -(int64_t)pe_len(e));
-	} else {
-		client_stat(c, UZ_STAT_same_filled_pages, -1);
-	}
-	client_stat(c, UZ_STAT_stored_pages, -1);
-	client_stat(c, UZ_STAT_zswpin, 1);
-	client_resident_add(c, 1);
-	*new_entry = pe_make(e, PAGE_RESIDENT, true, 0, 0, 0);
+	*new_entry = fault_page_loaded(t, c, vpn, e);
 	return 0;
 }
 
@@ -624,10 +639,21 @@ static void client_remap(struct client *c, uint64_t from, uint64_t to, uint64_t 
  * Eviction
  */
 
-static bool client_may_evict(const struct client *c)
+static bool client_may_evict(struct client *c)
 {
 	if (c->dead || c->batch_state != BATCH_IDLE || c->fork_pause || c->shutdown_sent)
 		return false;
+	/*
+	 * A fork child joins with all its memory present (the parent gave
+	 * every page back before the fork): most children exit or exec soon,
+	 * and evicting them meanwhile costs both sides for nothing.  Their
+	 * budget applies after FAULT_FORK_GRACE_MS (the thread wakes for it).
+	 */
+	if (c->grace_until) {
+		if (uz_now_usec() < c->grace_until)
+			return false;
+		c->grace_until = 0;
+	}
 	/* A request that gives pages back is waiting: do not take more away. */
 	if (c->nr_requests) {
 		uint32_t type = c->requests[c->requests_head].type;
@@ -986,13 +1012,91 @@ struct restore_ctx {
 	uint64_t stopped_at;
 	bool disk_pending; /* reads from the swap file started: wait for them */
 	uint64_t disk_first;
+	/* a run of consecutive stored pages decoded into thread->restore_buf */
+	uint64_t run_first;
+	unsigned run_len;
+	page_entry_t run_entries[FAULT_RESTORE_RUN];
 };
+
+/*
+ * Give the decoded run back with one UFFDIO_COPY (a fork of a large
+ * process gives back every page: one ioctl per page was most of its cost).
+ * Pages after a partial copy go one at a time, with the single-page rules
+ * (EEXIST wakes, a vanished mapping is left to its UNMAP event).  Returns
+ * 1 with ctx->error set when the walk must stop (EAGAIN, ESRCH), else 0.
+ */
+static int restore_run_flush(struct restore_ctx *ctx)
+{
+	struct fault_thread *t = ctx->thread;
+	struct client *c = ctx->client;
+	unsigned n = ctx->run_len, done;
+	struct uffdio_copy copy = {
+	    .dst = ctx->run_first << UZ_PAGE_SHIFT,
+	    .src = (uint64_t)(uintptr_t)t->restore_buf,
+	    .len = (uint64_t)n * UZ_PAGE_SIZE,
+	    .mode = 0,
+	};
+	int r = 0;
+
+	if (!n)
+		return 0;
+	ctx->run_len = 0;
+	if (ioctl(c->uffd, UFFDIO_COPY, &copy) < 0)
+		r = -errno;
+	done = r == 0 ? n : copy.copy > 0 ? (unsigned)(copy.copy / UZ_PAGE_SIZE) : 0;
+	for (unsigned i = 0; i < done; i++) {
+		uint64_t vpn = ctx->run_first + i;
+
+		page_index_set(c->index, vpn, fault_page_loaded(t, c, vpn, ctx->run_entries[i]));
+	}
+	if (done == n)
+		return 0;
+	if (r == -EAGAIN || r == -ESRCH) {
+		ctx->error = r;
+		ctx->stopped_at = ctx->run_first + done;
+		return 1;
+	}
+	for (unsigned i = done; i < n; i++) {
+		uint64_t vpn = ctx->run_first + i;
+		page_entry_t new_entry;
+
+		r = fault_load_page(t, c, vpn, ctx->run_entries[i], &new_entry);
+		if (r == 0) {
+			page_index_set(c->index, vpn, new_entry);
+		} else if (r == -EAGAIN || r == -ESRCH) {
+			ctx->error = r;
+			ctx->stopped_at = vpn;
+			return 1;
+		}
+	}
+	return 0;
+}
 
 static int restore_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 {
 	struct restore_ctx *ctx = userdata;
 	page_entry_t new_entry;
 	int r;
+
+	if (pe_state(*entry) == PAGE_STORED || pe_state(*entry) == PAGE_WRITEBACK ||
+	    pe_state(*entry) == PAGE_SAME_FILLED) {
+		if (ctx->run_len &&
+		    (vpn != ctx->run_first + ctx->run_len || ctx->run_len == FAULT_RESTORE_RUN) &&
+		    restore_run_flush(ctx))
+			return 1;
+		if (fault_decode_page(ctx->thread, ctx->client, *entry,
+				      ctx->thread->restore_buf +
+					  (size_t)ctx->run_len * UZ_PAGE_SIZE) == 0) {
+			if (!ctx->run_len)
+				ctx->run_first = vpn;
+			ctx->run_entries[ctx->run_len++] = *entry;
+			return 0;
+		}
+		/* Undecodable: alone, by the single-page path (it poisons). */
+	}
+	/* Whatever is not appended to the run goes after it, in address order. */
+	if (restore_run_flush(ctx))
+		return 1;
 
 	switch (pe_state(*entry)) {
 	case PAGE_RESIDENT:
@@ -1057,6 +1161,7 @@ static int client_restore_range(struct fault_thread *t, struct client *c, uint64
 	if (*cursor > last)
 		return 0;
 	page_index_walk(c->index, *cursor, last, restore_one, &ctx);
+	(void)restore_run_flush(&ctx); /* the tail run (empty when the walk stopped) */
 	if (ctx.disk_pending && (!ctx.error || ctx.disk_first < ctx.stopped_at)) {
 		ctx.error = -EBUSY;
 		ctx.stopped_at = ctx.disk_first;
@@ -1598,6 +1703,11 @@ static void fault_thread_adopt_inbox(struct fault_thread *t)
 		uz_list_del(&c->thread_link);
 		uz_list_add_tail(&t->clients, &c->thread_link);
 		c->thread = t;
+		if (c->hello_flags & UZ_HELLO_FORK_CHILD) {
+			c->grace_until = uz_now_usec() + FAULT_FORK_GRACE_MS * 1000ULL;
+			if (!t->grace_until || c->grace_until < t->grace_until)
+				t->grace_until = c->grace_until;
+		}
 		(void)fault_compressor(t, c->policy.algo, c->policy.level, true);
 		c->source_uffd = (struct fault_source){c, FAULT_SOURCE_UFFD};
 		c->source_socket = (struct fault_source){c, FAULT_SOURCE_SOCKET};
@@ -1612,6 +1722,25 @@ static void fault_thread_adopt_inbox(struct fault_thread *t)
 				client_kill(t, c, true);
 			else
 				client_run_requests(t, c);
+		}
+	}
+}
+
+/* A fork child's grace period ended: reclaim it, and find the next one to wait for. */
+static void fault_thread_grace_end(struct fault_thread *t)
+{
+	t->grace_until = 0;
+	for (struct uz_list *i = t->clients.next, *next; i != &t->clients; i = next) {
+		struct client *c = uz_container_of(i, struct client, thread_link);
+
+		next = i->next;
+		if (!c->grace_until)
+			continue;
+		if (uz_now_usec() >= c->grace_until) {
+			c->grace_until = 0;
+			client_reclaim(t, c);
+		} else if (!t->grace_until || c->grace_until < t->grace_until) {
+			t->grace_until = c->grace_until;
 		}
 	}
 }
@@ -1682,6 +1811,15 @@ static void *fault_thread_main(void *arg)
 			if (n >= 0 && n < timeout)
 				timeout = n;
 		}
+		if (t->grace_until) {
+			uint64_t now = uz_now_usec();
+			int left = now >= t->grace_until
+				       ? 0
+				       : (int)((t->grace_until - now) / 1000 + 1);
+
+			if (left < timeout)
+				timeout = left;
+		}
 		if (t->want_retry)
 			timeout = spins < FAULT_SPIN_POLLS ? 0 : 1;
 		if (t->draining) {
@@ -1730,6 +1868,8 @@ static void *fault_thread_main(void *arg)
 		} else {
 			spins = 0;
 		}
+		if (t->grace_until && uz_now_usec() >= t->grace_until)
+			fault_thread_grace_end(t);
 		fault_thread_reap(t);
 		wb_shrink(t->wb);
 		wb_compact_step(t->wb);
@@ -1786,9 +1926,11 @@ int fault_thread_new(struct fault_thread **out, struct daemon *daemon, unsigned 
 	t->page = aligned_alloc(UZ_PAGE_SIZE, UZ_PAGE_SIZE);
 	t->zero_page = aligned_alloc(UZ_PAGE_SIZE, UZ_PAGE_SIZE);
 	t->compressed = aligned_alloc(UZ_PAGE_SIZE, UZ_PAGE_SIZE);
+	t->restore_buf = aligned_alloc(UZ_PAGE_SIZE, FAULT_RESTORE_RUN * UZ_PAGE_SIZE);
 	t->evict_msg = calloc(1, evict_size);
 	t->retries = calloc(FAULT_RETRY_MAX, sizeof(*t->retries));
-	if (!t->page || !t->zero_page || !t->compressed || !t->evict_msg || !t->retries)
+	if (!t->page || !t->zero_page || !t->compressed || !t->restore_buf || !t->evict_msg ||
+	    !t->retries)
 		goto fail;
 	memset(t->zero_page, 0, UZ_PAGE_SIZE);
 	t->spin_max_usec = daemon->fault_spin_usec;
@@ -1906,6 +2048,7 @@ struct fault_thread *fault_thread_free(struct fault_thread *t)
 	free(t->page);
 	free(t->zero_page);
 	free(t->compressed);
+	free(t->restore_buf);
 	free(t->evict_msg);
 	free(t->retries);
 	pthread_mutex_destroy(&t->lock);
