@@ -711,51 +711,78 @@ static int victim_pick(uint64_t vpn, page_entry_t *entry, void *userdata)
  * them short of unmapping the page).  A client whose ranges are not
  * WP-async (old kernel, WP refused) gets -EPERM and is not scanned again.
  */
-#define FAULT_SCAN_VEC 256 /* page_region runs per PAGEMAP_SCAN call */
+#define FAULT_SCAN_VEC	 256  /* page_region runs per PAGEMAP_SCAN call */
+#define FAULT_SCAN_AHEAD 8192 /* pages of registered memory scanned ahead of the hand */
 
-static void client_scan_written(struct client *c)
+/* One PAGEMAP_SCAN over [start, end).  false: stop scanning. */
+static bool client_scan_range(struct client *c, uint64_t start, uint64_t end)
 {
 	struct page_region vec[FAULT_SCAN_VEC];
+
+	while (start < end) {
+		struct pm_scan_arg arg = {
+		    .size = sizeof(arg),
+		    .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+		    .start = start,
+		    .end = end,
+		    .vec = (uint64_t)(uintptr_t)vec,
+		    .vec_len = FAULT_SCAN_VEC,
+		    /* present pages only: a hole would get a WP marker, and a
+		     * marker makes UFFDIO_ZEROPAGE fail with EEXIST */
+		    .category_mask = PAGE_IS_WRITTEN | PAGE_IS_PRESENT,
+		    .return_mask = PAGE_IS_WRITTEN,
+		};
+		long n = ioctl(c->pagemap_fd, PAGEMAP_SCAN, &arg);
+
+		if (n < 0) {
+			if (errno == EPERM || errno == EINVAL || errno == ENOTTY)
+				c->scan_written_off = true;
+			return false; /* ESRCH and friends: the process is going */
+		}
+		for (long j = 0; j < n; j++)
+			for (uint64_t vpn = vec[j].start >> UZ_PAGE_SHIFT;
+			     vpn < vec[j].end >> UZ_PAGE_SHIFT; vpn++) {
+				page_entry_t e = page_index_get(c->index, vpn);
+
+				if (pe_state(e) == PAGE_RESIDENT && !pe_referenced(e))
+					page_index_set(c->index, vpn, e | PE_REFERENCED);
+			}
+		if (arg.walk_end <= start)
+			break;
+		start = arg.walk_end;
+	}
+	return true;
+}
+
+/*
+ * Scan the FAULT_SCAN_AHEAD registered pages the hand is about to visit
+ * (wrapping): a page's bit then says "written since the hand last passed",
+ * as in a hardware-assisted CLOCK, and each sweep pays for a window, not
+ * for the whole address space (scanning everything before every batch
+ * cost more than the refaults it saved).
+ */
+static void client_scan_written(struct client *c)
+{
+	uint64_t from = c->clock_hand << UZ_PAGE_SHIFT, budget = FAULT_SCAN_AHEAD;
 
 	if (c->scan_written_off || c->pagemap_fd < 0 ||
 	    !(c->uffd_features & UFFD_FEATURE_WP_ASYNC))
 		return;
-	for (unsigned i = 0; i < c->nr_regions; i++) {
-		uint64_t start = c->regions[i].start, end = c->regions[i].end;
+	for (int pass = 0; pass < 2; pass++)
+		for (unsigned i = 0; i < c->nr_regions && budget; i++) {
+			uint64_t start = c->regions[i].start, end = c->regions[i].end;
 
-		while (start < end) {
-			struct pm_scan_arg arg = {
-			    .size = sizeof(arg),
-			    .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-			    .start = start,
-			    .end = end,
-			    .vec = (uint64_t)(uintptr_t)vec,
-			    .vec_len = FAULT_SCAN_VEC,
-			    /* present pages only: a hole would get a WP marker, and a
-			     * marker makes UFFDIO_ZEROPAGE fail with EEXIST */
-			    .category_mask = PAGE_IS_WRITTEN | PAGE_IS_PRESENT,
-			    .return_mask = PAGE_IS_WRITTEN,
-			};
-			long n = ioctl(c->pagemap_fd, PAGEMAP_SCAN, &arg);
-
-			if (n < 0) {
-				if (errno == EPERM || errno == EINVAL || errno == ENOTTY)
-					c->scan_written_off = true;
-				return; /* ESRCH and friends: the process is going */
-			}
-			for (long j = 0; j < n; j++)
-				for (uint64_t vpn = vec[j].start >> UZ_PAGE_SHIFT;
-				     vpn < vec[j].end >> UZ_PAGE_SHIFT; vpn++) {
-					page_entry_t e = page_index_get(c->index, vpn);
-
-					if (pe_state(e) == PAGE_RESIDENT && !pe_referenced(e))
-						page_index_set(c->index, vpn, e | PE_REFERENCED);
-				}
-			if (arg.walk_end <= start)
-				break;
-			start = arg.walk_end;
+			if (pass == 0)
+				start = uz_max(start, from);
+			else
+				end = uz_min(end, from);
+			if (start >= end)
+				continue;
+			end = uz_min(end, start + budget * UZ_PAGE_SIZE);
+			budget -= (end - start) >> UZ_PAGE_SHIFT;
+			if (!client_scan_range(c, start, end))
+				return;
 		}
-	}
 }
 
 static void client_reclaim(struct fault_thread *t, struct client *c)
