@@ -81,6 +81,26 @@ int uz_log_parse_level(const char *name)
 	return -EINVAL;
 }
 
+/*
+ * How long a fault thread may spin before sleeping (daemon/fault/fault.c,
+ * fault_thread_wait): UZSWAPD_FAULT_SPIN_USEC, 0 to 10000; 0 turns
+ * spinning off (a host where a core cannot be spared).
+ */
+static unsigned daemon_fault_spin_usec(void)
+{
+	const char *value = getenv("UZSWAPD_FAULT_SPIN_USEC");
+	char *end;
+	unsigned long n;
+
+	if (!value || !*value)
+		return UZ_FAULT_SPIN_USEC_DEFAULT;
+	errno = 0;
+	n = strtoul(value, &end, 10);
+	if (errno || *end || n > 10000)
+		return UZ_FAULT_SPIN_USEC_DEFAULT;
+	return (unsigned)n;
+}
+
 int daemon_new(struct daemon **out, const struct uz_policy *policy, unsigned nr_fault_threads)
 {
 	struct daemon *d;
@@ -97,6 +117,7 @@ int daemon_new(struct daemon **out, const struct uz_policy *policy, unsigned nr_
 	d->max_clients_per_user = UZ_CLIENTS_PER_UID_MAX;
 	d->max_regions_per_client = UZ_CLIENT_REGIONS_MAX;
 	d->started_usec = uz_now_usec();
+	d->fault_spin_usec = daemon_fault_spin_usec();
 	group_registry_init(&d->groups);
 	pthread_mutex_init(&d->clients_lock, NULL);
 	uz_list_init(&d->clients);

@@ -96,6 +96,7 @@ struct group_registry {
 #define UZ_USER_ADDR_MAX	 (1ULL << 47)  /* end of the 47-bit user address space */
 #define UZ_HELLO_TIMEOUT_USEC	 (5ULL * 1000 * 1000)
 #define UZ_DRAIN_TIMEOUT_USEC	 (10ULL * 1000 * 1000)
+#define UZ_FAULT_SPIN_USEC_DEFAULT 0 /* off: no gain measured on a loaded 2-vCPU VM (bench/hotcold/README.md) */
 
 /* Command-line options that override the config's [Defaults] (main.c). */
 struct policy_override {
@@ -109,6 +110,7 @@ struct daemon {
 	struct uz_policy policy; /* built-in default policy: a client before it is resolved */
 	unsigned nr_fault_threads;
 	struct fault_thread **fault_threads;
+	unsigned fault_spin_usec; /* ceiling of a fault thread's adaptive spin, 0: never spin */
 	unsigned next_fault_thread; /* round robin; main thread only */
 
 	struct pool *pool;

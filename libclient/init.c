@@ -49,7 +49,8 @@
 	(UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |         \
 	 UFFD_FEATURE_MOVE)
 #define UZ_FEATURES_OPTIONAL                                                                       \
-	(UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EXACT_ADDRESS | UFFD_FEATURE_POISON)
+	(UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EXACT_ADDRESS | UFFD_FEATURE_POISON |               \
+	 UFFD_FEATURE_WP_ASYNC)
 
 struct uz_client uz_client = {
     .uffd = -1,

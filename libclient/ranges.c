@@ -173,6 +173,14 @@ void uz_range_remember_locked(uint64_t start, uint64_t len)
 	atomic_store(&range_count, count + 1);
 }
 
+/*
+ * MISSING faults go to the daemon.  With UFFD_FEATURE_WP_ASYNC the range is
+ * registered in WP mode too: the kernel resolves write-protect faults by
+ * itself (no message), and the daemon learns which pages were written since
+ * its last look with PAGEMAP_SCAN on our pagemap — its only view of
+ * accesses to present pages (daemon/fault/fault.c, CLOCK).  Where WP mode
+ * is refused the range is registered for MISSING faults alone.
+ */
 static int uffd_register(uint64_t start, uint64_t len)
 {
 	struct uffdio_register reg = {
@@ -180,6 +188,12 @@ static int uffd_register(uint64_t start, uint64_t len)
 	    .mode = UFFDIO_REGISTER_MODE_MISSING,
 	};
 
+	if (uz_client.uffd_features & UFFD_FEATURE_WP_ASYNC) {
+		reg.mode |= UFFDIO_REGISTER_MODE_WP;
+		if (ioctl(uz_client.uffd, UFFDIO_REGISTER, &reg) == 0)
+			return 0;
+		reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+	}
 	return ioctl(uz_client.uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
 }
 

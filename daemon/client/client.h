@@ -144,6 +144,8 @@ struct client {
 	uint64_t reclaim_rescan_at;    /* a sweep found nothing: wait until resident reaches this */
 	uint64_t cold_start, cold_end; /* vpns of a COLD hint still to evict; empty when equal */
 	unsigned fork_pause;	       /* FORK_PREPAREs not yet matched by FORK_DONE */
+	bool scan_written_off;	       /* PAGEMAP_SCAN refused: the CLOCK sees faults only */
+	uint64_t grace_until;	       /* usec: a fork child is not reclaimed before (0: none) */
 
 	/* requests */
 	struct client_request *requests; /* ring of UZ_CLIENT_REQUESTS_MAX */

@@ -103,6 +103,9 @@ enum {
 #define VPN_MAX		     ((1ULL << PAGE_INDEX_VPN_BITS) - 1)
 #define FAULT_COMPRESSORS_MAX 8	  /* distinct (algo, level) pairs a thread keeps */
 #define FAULT_IDLE_TICK_MS    500 /* wake at least this often: the heartbeat ticks */
+#define FAULT_SPIN_USEC_MIN   4	  /* the spin never shrinks below this once armed */
+#define FAULT_FORK_GRACE_MS   1000 /* a fork child's pages stay resident this long */
+#define FAULT_RESTORE_RUN     64   /* pages given back with one UFFDIO_COPY */
 
 /*
  * A RESIDENT entry has no use for the len field; it counts down the CLOCK
@@ -158,11 +161,18 @@ struct fault_thread {
 	uint8_t *page; /* page-aligned buffers, one page each */
 	uint8_t *zero_page;
 	uint8_t *compressed;
+	uint8_t *restore_buf; /* FAULT_RESTORE_RUN pages: a run being given back */
 	struct uz_msg_evict *evict_msg;
 	struct fault_retry *retries;
 	unsigned nr_retries;
 	bool want_retry; /* something returned EAGAIN: poll without sleeping */
 	struct wb *wb;	 /* writeback tier: LRU, swap_io, reads (writeback.c) */
+
+	/* adaptive spinning before sleeping (fault_thread_wait) */
+	unsigned spin_usec;	/* the current budget, FAULT_SPIN_USEC_MIN..spin_max_usec */
+	unsigned spin_max_usec; /* 0: never spin */
+	bool spin_armed;	/* the last wake-up had work: spin before the next sleep */
+	uint64_t grace_until;	/* usec: the earliest client grace_until to act on (0: none) */
 };
 
 /* ---------------------------------------------------------------------------
@@ -391,30 +401,52 @@ static int fault_zero_fill(struct fault_thread *t, struct client *c, uint64_t vp
  * Other errors: the mapping is gone (ENOENT) or the process (ESRCH);
  * nothing changed.
  */
-static int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vpn, page_entry_t e,
-			   page_entry_t *new_entry)
+/* The bytes of a stored or same-filled entry into dst.  < 0: they are lost (poisoned). */
+static int fault_decode_page(struct fault_thread *t, struct client *c, page_entry_t e, uint8_t *dst)
 {
-	struct daemon *d = c->daemon;
-	uint64_t addr = vpn << UZ_PAGE_SHIFT;
-	bool poisoned = false;
+	unsigned algo = pe_algo(e), len = pe_len(e);
 	int r;
 
 	if (pe_state(e) == PAGE_SAME_FILLED) {
-		page_fill_word(t->page, pattern_word(pe_payload(e)));
-	} else {
-		unsigned algo = pe_algo(e), len = pe_len(e);
-
-		if (algo == COMPRESSOR_RAW) {
-			r = pool_load(d->pool, pe_payload(e), t->page, len);
-		} else {
-			r = pool_load(d->pool, pe_payload(e), t->compressed, len);
-			if (r == 0)
-				r = compressor_decompress(t->compressor, algo, t->compressed, len,
-							  t->page);
-		}
-		if (r < 0)
-			poisoned = true;
+		page_fill_word(dst, pattern_word(pe_payload(e)));
+		return 0;
 	}
+	if (algo == COMPRESSOR_RAW)
+		return pool_load(c->daemon->pool, pe_payload(e), dst, len);
+	r = pool_load(c->daemon->pool, pe_payload(e), t->compressed, len);
+	if (r == 0)
+		r = compressor_decompress(t->compressor, algo, t->compressed, len, dst);
+	return r;
+}
+
+/*
+ * The bookkeeping of a stored or same-filled page that is back in the
+ * client: pool object freed, statistics moved.  Returns the RESIDENT entry
+ * (referenced) for the caller to store.
+ */
+static page_entry_t fault_page_loaded(struct fault_thread *t, struct client *c, uint64_t vpn,
+				      page_entry_t e)
+{
+	if (pe_state(e) == PAGE_WRITEBACK)
+		wb_writeback_cancel(t->wb, c, vpn); /* served from the pool: the write is moot */
+	if (pe_state(e) != PAGE_SAME_FILLED) {
+		pool_release(c->daemon->pool, pe_payload(e));
+		client_stat(c, UZ_STAT_compressed_bytes, -(int64_t)pe_len(e));
+	} else {
+		client_stat(c, UZ_STAT_same_filled_pages, -1);
+	}
+	client_stat(c, UZ_STAT_stored_pages, -1);
+	client_stat(c, UZ_STAT_zswpin, 1);
+	client_resident_add(c, 1);
+	return pe_make(e, PAGE_RESIDENT, true, 0, 0, 0);
+}
+
+static int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vpn, page_entry_t e,
+			   page_entry_t *new_entry)
+{
+	uint64_t addr = vpn << UZ_PAGE_SHIFT;
+	bool poisoned = fault_decode_page(t, c, e, t->page) < 0;
+	int r;
 
 	if (uz_unlikely(poisoned)) {
 		struct uffdio_poison poison = {.range = {addr, UZ_PAGE_SIZE}, .mode = 0};
@@ -437,18 +469,7 @@ static int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vp
 		return r;
 	}
 
-	if (pe_state(e) == PAGE_WRITEBACK)
-		wb_writeback_cancel(t->wb, c, vpn); /* served from the pool: the write is moot */
-	if (pe_state(e) != PAGE_SAME_FILLED) {
-		pool_release(d->pool, pe_payload(e));
-		client_stat(c, UZ_STAT_compressed_bytes, -(int64_t)pe_len(e));
-	} else {
-		client_stat(c, UZ_STAT_same_filled_pages, -1);
-	}
-	client_stat(c, UZ_STAT_stored_pages, -1);
-	client_stat(c, UZ_STAT_zswpin, 1);
-	client_resident_add(c, 1);
-	*new_entry = pe_make(e, PAGE_RESIDENT, true, 0, 0, 0);
+	*new_entry = fault_page_loaded(t, c, vpn, e);
 	return 0;
 }
 
@@ -619,10 +640,21 @@ static void client_remap(struct client *c, uint64_t from, uint64_t to, uint64_t 
  * Eviction
  */
 
-static bool client_may_evict(const struct client *c)
+static bool client_may_evict(struct client *c)
 {
 	if (c->dead || c->batch_state != BATCH_IDLE || c->fork_pause || c->shutdown_sent)
 		return false;
+	/*
+	 * A fork child joins with all its memory present (the parent gave
+	 * every page back before the fork): most children exit or exec soon,
+	 * and evicting them meanwhile costs both sides for nothing.  Their
+	 * budget applies after FAULT_FORK_GRACE_MS (the thread wakes for it).
+	 */
+	if (c->grace_until) {
+		if (uz_now_usec() < c->grace_until)
+			return false;
+		c->grace_until = 0;
+	}
 	/* A request that gives pages back is waiting: do not take more away. */
 	if (c->nr_requests) {
 		uint32_t type = c->requests[c->requests_head].type;
@@ -669,6 +701,91 @@ static int victim_pick(uint64_t vpn, page_entry_t *entry, void *userdata)
 	return ctx->count >= ctx->want ? 1 : 0;
 }
 
+/*
+ * Written pages are referenced pages.  A range the client registered in WP
+ * mode with UFFD_FEATURE_WP_ASYNC (libclient/ranges.c) lets one
+ * PAGEMAP_SCAN on its pagemap return the pages written since the last scan
+ * and write-protect them again, with no fault delivered to anyone.  Each
+ * such RESIDENT page gets its referenced bit, so the CLOCK keeps pages the
+ * program keeps writing instead of evicting every resident page in turn.
+ * Reads of present pages stay invisible (nothing in the kernel reports
+ * them short of unmapping the page).  A client whose ranges are not
+ * WP-async (old kernel, WP refused) gets -EPERM and is not scanned again.
+ */
+#define FAULT_SCAN_VEC	 256  /* page_region runs per PAGEMAP_SCAN call */
+#define FAULT_SCAN_AHEAD 8192 /* pages of registered memory scanned ahead of the hand */
+
+/* One PAGEMAP_SCAN over [start, end).  false: stop scanning. */
+static bool client_scan_range(struct client *c, uint64_t start, uint64_t end)
+{
+	struct page_region vec[FAULT_SCAN_VEC];
+
+	while (start < end) {
+		struct pm_scan_arg arg = {
+		    .size = sizeof(arg),
+		    .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+		    .start = start,
+		    .end = end,
+		    .vec = (uint64_t)(uintptr_t)vec,
+		    .vec_len = FAULT_SCAN_VEC,
+		    /* present pages only: a hole would get a WP marker, and a
+		     * marker makes UFFDIO_ZEROPAGE fail with EEXIST */
+		    .category_mask = PAGE_IS_WRITTEN | PAGE_IS_PRESENT,
+		    .return_mask = PAGE_IS_WRITTEN,
+		};
+		long n = ioctl(c->pagemap_fd, PAGEMAP_SCAN, &arg);
+
+		if (n < 0) {
+			if (errno == EPERM || errno == EINVAL || errno == ENOTTY)
+				c->scan_written_off = true;
+			return false; /* ESRCH and friends: the process is going */
+		}
+		for (long j = 0; j < n; j++)
+			for (uint64_t vpn = vec[j].start >> UZ_PAGE_SHIFT;
+			     vpn < vec[j].end >> UZ_PAGE_SHIFT; vpn++) {
+				page_entry_t e = page_index_get(c->index, vpn);
+
+				if (pe_state(e) == PAGE_RESIDENT && !pe_referenced(e))
+					page_index_set(c->index, vpn, e | PE_REFERENCED);
+			}
+		if (arg.walk_end <= start)
+			break;
+		start = arg.walk_end;
+	}
+	return true;
+}
+
+/*
+ * Scan the FAULT_SCAN_AHEAD registered pages the hand is about to visit
+ * (wrapping): a page's bit then says "written since the hand last passed",
+ * as in a hardware-assisted CLOCK, and each sweep pays for a window, not
+ * for the whole address space (scanning everything before every batch
+ * cost more than the refaults it saved).
+ */
+static void client_scan_written(struct client *c)
+{
+	uint64_t from = c->clock_hand << UZ_PAGE_SHIFT, budget = FAULT_SCAN_AHEAD;
+
+	if (c->scan_written_off || c->pagemap_fd < 0 ||
+	    !(c->uffd_features & UFFD_FEATURE_WP_ASYNC))
+		return;
+	for (int pass = 0; pass < 2; pass++)
+		for (unsigned i = 0; i < c->nr_regions && budget; i++) {
+			uint64_t start = c->regions[i].start, end = c->regions[i].end;
+
+			if (pass == 0)
+				start = uz_max(start, from);
+			else
+				end = uz_min(end, from);
+			if (start >= end)
+				continue;
+			end = uz_min(end, start + budget * UZ_PAGE_SIZE);
+			budget -= (end - start) >> UZ_PAGE_SHIFT;
+			if (!client_scan_range(c, start, end))
+				return;
+		}
+}
+
 static void client_reclaim(struct fault_thread *t, struct client *c)
 {
 	struct victim_ctx ctx = {.client = c, .addrs = t->evict_msg->addrs};
@@ -698,6 +815,7 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 		ctx.ignore_referenced = false;
 	}
 	if (ctx.count < want_pressure) {
+		client_scan_written(c);
 		ctx.want = (unsigned)want_pressure;
 		/* From the hand to the end, then twice round: a full sweep clears every bit. */
 		for (int pass = 0; pass < 3 && ctx.count < ctx.want; pass++) {
@@ -925,13 +1043,91 @@ struct restore_ctx {
 	uint64_t stopped_at;
 	bool disk_pending; /* reads from the swap file started: wait for them */
 	uint64_t disk_first;
+	/* a run of consecutive stored pages decoded into thread->restore_buf */
+	uint64_t run_first;
+	unsigned run_len;
+	page_entry_t run_entries[FAULT_RESTORE_RUN];
 };
+
+/*
+ * Give the decoded run back with one UFFDIO_COPY (a fork of a large
+ * process gives back every page: one ioctl per page was most of its cost).
+ * Pages after a partial copy go one at a time, with the single-page rules
+ * (EEXIST wakes, a vanished mapping is left to its UNMAP event).  Returns
+ * 1 with ctx->error set when the walk must stop (EAGAIN, ESRCH), else 0.
+ */
+static int restore_run_flush(struct restore_ctx *ctx)
+{
+	struct fault_thread *t = ctx->thread;
+	struct client *c = ctx->client;
+	unsigned n = ctx->run_len, done;
+	struct uffdio_copy copy = {
+	    .dst = ctx->run_first << UZ_PAGE_SHIFT,
+	    .src = (uint64_t)(uintptr_t)t->restore_buf,
+	    .len = (uint64_t)n * UZ_PAGE_SIZE,
+	    .mode = 0,
+	};
+	int r = 0;
+
+	if (!n)
+		return 0;
+	ctx->run_len = 0;
+	if (ioctl(c->uffd, UFFDIO_COPY, &copy) < 0)
+		r = -errno;
+	done = r == 0 ? n : copy.copy > 0 ? (unsigned)(copy.copy / UZ_PAGE_SIZE) : 0;
+	for (unsigned i = 0; i < done; i++) {
+		uint64_t vpn = ctx->run_first + i;
+
+		page_index_set(c->index, vpn, fault_page_loaded(t, c, vpn, ctx->run_entries[i]));
+	}
+	if (done == n)
+		return 0;
+	if (r == -EAGAIN || r == -ESRCH) {
+		ctx->error = r;
+		ctx->stopped_at = ctx->run_first + done;
+		return 1;
+	}
+	for (unsigned i = done; i < n; i++) {
+		uint64_t vpn = ctx->run_first + i;
+		page_entry_t new_entry;
+
+		r = fault_load_page(t, c, vpn, ctx->run_entries[i], &new_entry);
+		if (r == 0) {
+			page_index_set(c->index, vpn, new_entry);
+		} else if (r == -EAGAIN || r == -ESRCH) {
+			ctx->error = r;
+			ctx->stopped_at = vpn;
+			return 1;
+		}
+	}
+	return 0;
+}
 
 static int restore_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 {
 	struct restore_ctx *ctx = userdata;
 	page_entry_t new_entry;
 	int r;
+
+	if (pe_state(*entry) == PAGE_STORED || pe_state(*entry) == PAGE_WRITEBACK ||
+	    pe_state(*entry) == PAGE_SAME_FILLED) {
+		if (ctx->run_len &&
+		    (vpn != ctx->run_first + ctx->run_len || ctx->run_len == FAULT_RESTORE_RUN) &&
+		    restore_run_flush(ctx))
+			return 1;
+		if (fault_decode_page(ctx->thread, ctx->client, *entry,
+				      ctx->thread->restore_buf +
+					  (size_t)ctx->run_len * UZ_PAGE_SIZE) == 0) {
+			if (!ctx->run_len)
+				ctx->run_first = vpn;
+			ctx->run_entries[ctx->run_len++] = *entry;
+			return 0;
+		}
+		/* Undecodable: alone, by the single-page path (it poisons). */
+	}
+	/* Whatever is not appended to the run goes after it, in address order. */
+	if (restore_run_flush(ctx))
+		return 1;
 
 	switch (pe_state(*entry)) {
 	case PAGE_RESIDENT:
@@ -996,6 +1192,7 @@ static int client_restore_range(struct fault_thread *t, struct client *c, uint64
 	if (*cursor > last)
 		return 0;
 	page_index_walk(c->index, *cursor, last, restore_one, &ctx);
+	(void)restore_run_flush(&ctx); /* the tail run (empty when the walk stopped) */
 	if (ctx.disk_pending && (!ctx.error || ctx.disk_first < ctx.stopped_at)) {
 		ctx.error = -EBUSY;
 		ctx.stopped_at = ctx.disk_first;
@@ -1550,6 +1747,11 @@ static void fault_thread_adopt_inbox(struct fault_thread *t)
 		uz_list_del(&c->thread_link);
 		uz_list_add_tail(&t->clients, &c->thread_link);
 		c->thread = t;
+		if (c->hello_flags & UZ_HELLO_FORK_CHILD) {
+			c->grace_until = uz_now_usec() + FAULT_FORK_GRACE_MS * 1000ULL;
+			if (!t->grace_until || c->grace_until < t->grace_until)
+				t->grace_until = c->grace_until;
+		}
 		(void)fault_compressor(t, c->policy.algo, c->policy.level, true);
 		c->source_uffd = (struct fault_source){c, FAULT_SOURCE_UFFD};
 		c->source_socket = (struct fault_source){c, FAULT_SOURCE_SOCKET};
@@ -1568,10 +1770,64 @@ static void fault_thread_adopt_inbox(struct fault_thread *t)
 	}
 }
 
+/* A fork child's grace period ended: reclaim it, and find the next one to wait for. */
+static void fault_thread_grace_end(struct fault_thread *t)
+{
+	t->grace_until = 0;
+	for (struct uz_list *i = t->clients.next, *next; i != &t->clients; i = next) {
+		struct client *c = uz_container_of(i, struct client, thread_link);
+
+		next = i->next;
+		if (!c->grace_until)
+			continue;
+		if (uz_now_usec() >= c->grace_until) {
+			c->grace_until = 0;
+			client_reclaim(t, c);
+		} else if (!t->grace_until || c->grace_until < t->grace_until) {
+			t->grace_until = c->grace_until;
+		}
+	}
+}
+
 static void fault_thread_reap(struct fault_thread *t)
 {
 	while (!uz_list_empty(&t->dead))
 		client_destroy(t, uz_container_of(t->dead.next, struct client, thread_link));
+}
+
+/*
+ * Wait for events, spinning first when work just arrived.
+ *
+ * Waking a thread that sleeps in epoll_wait() costs ≈ 40 µs on the VMs
+ * this was measured on — more than serving a fault from the pool.  After a
+ * round that served something the next message usually follows soon (the
+ * faulting thread runs on, faults again; the agent answers EVICT), so the
+ * thread polls with a zero timeout for up to spin_usec before it sleeps.
+ * The budget adapts: a spin that found work doubles it (up to
+ * spin_max_usec), a spin that ran out halves it (down to
+ * FAULT_SPIN_USEC_MIN).  A wake-up that brought no work (the idle tick)
+ * does not arm the spin, so an idle daemon uses no CPU.
+ */
+static int fault_thread_wait(struct fault_thread *t, struct epoll_event *events, int max_events,
+			     int timeout)
+{
+	if (t->spin_armed && timeout != 0 && t->spin_max_usec) {
+		uint64_t deadline = uz_now_usec() + t->spin_usec;
+
+		t->spin_armed = false;
+		do {
+			int n = epoll_wait(t->epoll_fd, events, max_events, 0);
+
+			if (n != 0) {
+				t->spin_usec = uz_min(t->spin_usec * 2, t->spin_max_usec);
+				return n;
+			}
+			/* The faulting thread may be waiting for this CPU. */
+			sched_yield();
+		} while (uz_now_usec() < deadline);
+		t->spin_usec = uz_max(t->spin_usec / 2, (unsigned)FAULT_SPIN_USEC_MIN);
+	}
+	return epoll_wait(t->epoll_fd, events, max_events, timeout);
 }
 
 static void *fault_thread_main(void *arg)
@@ -1599,6 +1855,15 @@ static void *fault_thread_main(void *arg)
 			if (n >= 0 && n < timeout)
 				timeout = n;
 		}
+		if (t->grace_until) {
+			uint64_t now = uz_now_usec();
+			int left = now >= t->grace_until
+				       ? 0
+				       : (int)((t->grace_until - now) / 1000 + 1);
+
+			if (left < timeout)
+				timeout = left;
+		}
 		if (t->want_retry)
 			timeout = spins < FAULT_SPIN_POLLS ? 0 : 1;
 		if (t->draining) {
@@ -1608,7 +1873,7 @@ static void *fault_thread_main(void *arg)
 			if (left < timeout)
 				timeout = left;
 		}
-		n = epoll_wait(t->epoll_fd, events, UZ_ARRAY_SIZE(events), timeout);
+		n = fault_thread_wait(t, events, UZ_ARRAY_SIZE(events), timeout);
 		if (n < 0 && errno != EINTR)
 			break;
 		for (int i = 0; i < n; i++) {
@@ -1625,6 +1890,7 @@ static void *fault_thread_main(void *arg)
 			}
 			if (c->dead)
 				continue;
+			t->spin_armed = true;
 			if (src->kind == FAULT_SOURCE_UFFD) {
 				if (events[i].events & EPOLLERR)
 					client_kill(t, c, false);
@@ -1646,6 +1912,8 @@ static void *fault_thread_main(void *arg)
 		} else {
 			spins = 0;
 		}
+		if (t->grace_until && uz_now_usec() >= t->grace_until)
+			fault_thread_grace_end(t);
 		fault_thread_reap(t);
 		wb_shrink(t->wb);
 		wb_compact_step(t->wb);
@@ -1708,11 +1976,15 @@ int fault_thread_new(struct fault_thread **out, struct daemon *daemon, unsigned 
 	t->page = aligned_alloc(UZ_PAGE_SIZE, UZ_PAGE_SIZE);
 	t->zero_page = aligned_alloc(UZ_PAGE_SIZE, UZ_PAGE_SIZE);
 	t->compressed = aligned_alloc(UZ_PAGE_SIZE, UZ_PAGE_SIZE);
+	t->restore_buf = aligned_alloc(UZ_PAGE_SIZE, FAULT_RESTORE_RUN * UZ_PAGE_SIZE);
 	t->evict_msg = calloc(1, evict_size);
 	t->retries = calloc(FAULT_RETRY_MAX, sizeof(*t->retries));
-	if (!t->page || !t->zero_page || !t->compressed || !t->evict_msg || !t->retries)
+	if (!t->page || !t->zero_page || !t->compressed || !t->restore_buf || !t->evict_msg ||
+	    !t->retries)
 		goto fail;
 	memset(t->zero_page, 0, UZ_PAGE_SIZE);
+	t->spin_max_usec = daemon->fault_spin_usec;
+	t->spin_usec = uz_max(t->spin_max_usec / 2, (unsigned)FAULT_SPIN_USEC_MIN);
 	r = wb_new(&t->wb, t, daemon);
 	if (r < 0)
 		goto fail;
@@ -1826,6 +2098,7 @@ struct fault_thread *fault_thread_free(struct fault_thread *t)
 	free(t->page);
 	free(t->zero_page);
 	free(t->compressed);
+	free(t->restore_buf);
 	free(t->evict_msg);
 	free(t->retries);
 	pthread_mutex_destroy(&t->lock);
