@@ -152,7 +152,8 @@ ssize_t client_recv(int fd, void *buf, size_t cap, int *fds, unsigned *nfds, uns
 	return len;
 }
 
-static int fd_is_userfaultfd(int fd)
+/* 0 when the fd we hold is `want` (what /proc/self/fd/N links to), else -EBADF. */
+static int fd_target_is(int fd, const char *want)
 {
 	char path[64], target[64];
 	ssize_t n;
@@ -162,21 +163,20 @@ static int fd_is_userfaultfd(int fd)
 	if (n < 0)
 		return -errno;
 	target[n] = 0;
-	return strcmp(target, "anon_inode:[userfaultfd]") == 0 ? 0 : -EBADF;
+	return strcmp(target, want) == 0 ? 0 : -EBADF;
+}
+
+static int fd_is_userfaultfd(int fd)
+{
+	return fd_target_is(fd, "anon_inode:[userfaultfd]");
 }
 
 static int fd_is_pagemap_of(int fd, pid_t pid)
 {
-	char path[64], target[64], want[64];
-	ssize_t n;
+	char want[64];
 
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	n = readlink(path, target, sizeof(target) - 1);
-	if (n < 0)
-		return -errno;
-	target[n] = 0;
 	snprintf(want, sizeof(want), "/proc/%d/pagemap", (int)pid);
-	return strcmp(target, want) == 0 ? 0 : -EBADF;
+	return fd_target_is(fd, want);
 }
 
 static int ring_create(int *fd_out, uint8_t **ring_out)
