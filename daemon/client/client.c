@@ -465,8 +465,11 @@ static void handshake_complete(struct handshake *h)
 		r = 0;
 	}
 	pthread_mutex_unlock(&daemon->clients_lock);
-	if (r < 0)
+	if (r < 0) {
+		/* It owns the uffd, the ring, its /proc fds, index and group by now. */
+		client = client_free(client);
 		goto refuse;
+	}
 
 	client->sock_fd = h->fd;
 	r = send_hello_reply(h->fd, seq, 0, client);

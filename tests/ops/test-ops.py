@@ -547,12 +547,38 @@ def t_reload(tmp):
     check(stop_daemon(d) == 0, "daemon exits 0")
 
 
+def t_limits(tmp):
+    """Clients past MaxClients are refused, and a refusal costs the daemon
+    nothing: its open fds do not grow with the number refused (each
+    refused client had passed a uffd and a pagemap fd, and got a ring)."""
+    write_config(tmp, {}, extra_main="MaxClients=1\n")
+    d = start_daemon(tmp)
+    wait_socket(os.path.join(tmp, "control.sock"))
+    holder = workload(tmp, "4M", hold=60)
+    wait_for(lambda: len(json.loads(ctl(tmp, "clients", "--json").stdout)["clients"]) == 1,
+             20, "the first client joined")
+    fds_before = len(os.listdir(f"/proc/{d.pid}/fd"))
+    for _ in range(20):
+        p = workload(tmp, "2M")
+        out, err = p.communicate(timeout=60)
+        check(p.returncode == 0 and "verified" in out, "a refused client runs unmanaged, unharmed")
+    refusals = err.count("running unmanaged")
+    check(refusals == 1, f"the refused client says so once on stderr ({err.strip()})")
+    fds_after = len(os.listdir(f"/proc/{d.pid}/fd"))
+    check(fds_after <= fds_before + 2,
+          f"20 refused clients leave no fds behind in the daemon ({fds_before} -> {fds_after})")
+    holder.kill()
+    holder.communicate(timeout=10)
+    check(stop_daemon(d) == 0, "daemon exits 0")
+
+
 def main():
     if os.geteuid() != 0:
         print("# needs root")
         return 77
     rc = 0
-    tests = (t_notify, t_watchdog_stall, t_activation, t_matching, t_cgroups, t_reload)
+    tests = (t_notify, t_watchdog_stall, t_activation, t_matching, t_cgroups, t_reload,
+             t_limits)
     only = sys.argv[5:]  # optional: names of the tests to run ("matching")
     for t in tests:
         if only and t.__name__[2:] not in only:
