@@ -121,6 +121,7 @@ void uz_range_remember_locked(uint64_t start, uint64_t len);
 void uz_ranges_unregister_all_locked(void);
 void uz_ranges_clear_locked(void);
 void uz_ranges_reregister_locked(void);
+void uz_ranges_populate_locked(void);
 
 /* hooks-mmap.c */
 void *uz_mmap_managed(size_t len, size_t align);

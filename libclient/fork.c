@@ -38,13 +38,19 @@ static void fork_prepare(void)
 	if (fork_was_managed && !uz_is_agent()) {
 		struct uz_msg_header request = {0};
 		struct uz_msg_reply reply;
+		int r;
 
 		/*
-		 * Whatever the answer, fork goes on: on -ENOTCONN the agent is
-		 * leaving and the pages are back (SHUTDOWN) or lost (crash).
+		 * Whatever the answer, fork goes on.  If the daemon could not
+		 * give every page back (an error answer; it has paused
+		 * eviction on receipt all the same), fault them in ourselves
+		 * so the child does not inherit holes.  On -ENOTCONN the agent
+		 * is leaving and the pages are back (SHUTDOWN) or lost (crash).
 		 */
-		uz_conn_request(&request, sizeof(request), UZ_MSG_FORK_PREPARE, &reply,
-				sizeof(reply), UZ_MSG_REPLY);
+		r = uz_conn_request(&request, sizeof(request), UZ_MSG_FORK_PREPARE, &reply,
+				    sizeof(reply), UZ_MSG_REPLY);
+		if (r != -ENOTCONN && (r < 0 || reply.status < 0))
+			uz_ranges_populate_locked();
 	}
 	uz_blocks_lock();
 	uz_conn_lock();

@@ -302,3 +302,18 @@ void uz_ranges_reregister_locked(void)
 	}
 	atomic_store(&range_count, kept);
 }
+
+/*
+ * Fault every page of every range in (read faults: the daemon serves them
+ * like any other).  The fork path's fallback when the daemon could not
+ * give the pages back itself: a page must be present when the kernel
+ * copies the address space, or the child reads zeros there.
+ */
+void uz_ranges_populate_locked(void)
+{
+	size_t count = atomic_load(&range_count);
+
+	for (size_t i = 0; i < count; i++)
+		(void)madvise((void *)(uintptr_t)ranges[i].start, ranges[i].end - ranges[i].start,
+			      MADV_POPULATE_READ);
+}
