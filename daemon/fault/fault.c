@@ -1303,10 +1303,6 @@ static int stats_reply_send(struct client *c, uint32_t seq)
 	return client_send(c, &reply, sizeof(reply));
 }
 
-struct populate_ctx {
-	struct client *client;
-};
-
 static int populate_one(uint64_t vpn, void *userdata)
 {
 	struct client *c = userdata;

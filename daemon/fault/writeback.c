@@ -280,11 +280,6 @@ struct wb *wb_free(struct wb *wb)
 	return NULL;
 }
 
-int wb_fd(const struct wb *wb)
-{
-	return wb->io ? swap_io_fd(wb->io) : -1;
-}
-
 void wb_reap(struct wb *wb)
 {
 	if (wb->io)

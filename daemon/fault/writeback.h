@@ -30,8 +30,6 @@ struct wb *wb_free(struct wb *wb);
  * swap_io.  Returns its eventfd when just attached (add it to epoll), else -1.
  */
 int wb_attach(struct wb *wb);
-/* The eventfd to poll for completions, -1 without a swap file. */
-int wb_fd(const struct wb *wb);
 /* Completions are waiting: run them. */
 void wb_reap(struct wb *wb);
 
