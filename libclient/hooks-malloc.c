@@ -206,6 +206,16 @@ static void *big_alloc(size_t size, size_t align)
 	return p;
 }
 
+/*
+ * A steered allocation: a registered mapping when size is large enough
+ * (and we are not the agent), NULL when it is not or cannot be had; the
+ * caller then falls back to glibc.
+ */
+static inline void *steered_alloc(size_t size, size_t align)
+{
+	return uz_unlikely(steer(size)) ? big_alloc(size, align) : NULL;
+}
+
 /* glibc's own malloc_usable_size, for pointers that are not ours. */
 static size_t libc_usable_size(void *p)
 {
@@ -218,13 +228,9 @@ static size_t libc_usable_size(void *p)
 
 UZ_EXPORT void *malloc(size_t size)
 {
-	if (uz_unlikely(steer(size))) {
-		void *p = big_alloc(size, UZ_PAGE_SIZE);
+	void *p = steered_alloc(size, UZ_PAGE_SIZE);
 
-		if (p)
-			return p;
-	}
-	return __libc_malloc(size);
+	return p ? p : __libc_malloc(size);
 }
 
 UZ_EXPORT void free(void *p)
@@ -247,19 +253,15 @@ UZ_EXPORT void free(void *p)
 UZ_EXPORT void *calloc(size_t n, size_t size)
 {
 	size_t total;
+	void *p;
 
 	if (__builtin_mul_overflow(n, size, &total)) {
 		errno = ENOMEM;
 		return NULL;
 	}
-	if (uz_unlikely(steer(total))) {
-		/* A fresh mapping reads as zeros: no memset, no page touched. */
-		void *p = big_alloc(total, UZ_PAGE_SIZE);
-
-		if (p)
-			return p;
-	}
-	return __libc_calloc(n, size);
+	/* A fresh mapping reads as zeros: no memset, no page touched. */
+	p = steered_alloc(total, UZ_PAGE_SIZE);
+	return p ? p : __libc_calloc(n, size);
 }
 
 UZ_EXPORT void *realloc(void *p, size_t size)
@@ -273,9 +275,7 @@ UZ_EXPORT void *realloc(void *p, size_t size)
 	if (!len) {
 		size_t old;
 
-		if (!uz_unlikely(steer(size)))
-			return __libc_realloc(p, size);
-		q = big_alloc(size, UZ_PAGE_SIZE);
+		q = steered_alloc(size, UZ_PAGE_SIZE);
 		if (!q)
 			return __libc_realloc(p, size);
 		old = libc_usable_size(p);
@@ -341,13 +341,9 @@ UZ_EXPORT void *reallocarray(void *p, size_t n, size_t size)
 
 static void *aligned(size_t align, size_t size)
 {
-	if (uz_unlikely(steer(size))) {
-		void *p = big_alloc(size, align);
+	void *p = steered_alloc(size, align);
 
-		if (p)
-			return p;
-	}
-	return __libc_memalign(align, size);
+	return p ? p : __libc_memalign(align, size);
 }
 
 UZ_EXPORT int posix_memalign(void **out, size_t align, size_t size)
@@ -383,24 +379,16 @@ UZ_EXPORT void *memalign(size_t align, size_t size)
 
 UZ_EXPORT void *valloc(size_t size)
 {
-	if (uz_unlikely(steer(size))) {
-		void *p = big_alloc(size, UZ_PAGE_SIZE);
+	void *p = steered_alloc(size, UZ_PAGE_SIZE);
 
-		if (p)
-			return p;
-	}
-	return __libc_valloc(size);
+	return p ? p : __libc_valloc(size);
 }
 
 UZ_EXPORT void *pvalloc(size_t size)
 {
-	if (uz_unlikely(steer(size))) {
-		void *p = big_alloc(size, UZ_PAGE_SIZE);
+	void *p = steered_alloc(size, UZ_PAGE_SIZE);
 
-		if (p)
-			return p;
-	}
-	return __libc_pvalloc(size);
+	return p ? p : __libc_pvalloc(size);
 }
 
 UZ_EXPORT size_t malloc_usable_size(void *p)
