@@ -775,6 +775,19 @@ int client_pagemap_present(const struct client *client, uint64_t start, uint64_t
 	return 0;
 }
 
+int client_page_mapped(const struct client *client, uint64_t vpn)
+{
+	uint64_t word;
+	ssize_t got;
+
+	if (client->pagemap_fd < 0)
+		return -ENODEV;
+	got = pread(client->pagemap_fd, &word, sizeof(word), (off_t)(vpn * sizeof(word)));
+	if (got != sizeof(word))
+		return got < 0 ? -errno : -EIO;
+	return (word & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED)) ? 1 : 0;
+}
+
 int client_send(struct client *client, const void *msg, size_t size)
 {
 	ssize_t n = send(client->sock_fd, msg, size, MSG_DONTWAIT | MSG_NOSIGNAL);

@@ -195,6 +195,12 @@ int client_pagemap_present(const struct client *client, uint64_t start, uint64_t
 			   int (*fn)(uint64_t vpn, void *userdata), void *userdata);
 
 /*
+ * Is the client's page at vpn mapped (present, or swapped by the kernel)?
+ * 1 or 0, or -errno when the pagemap cannot say (-ENODEV: none).
+ */
+int client_page_mapped(const struct client *client, uint64_t vpn);
+
+/*
  * Receive one message with up to max_fds file descriptors, without
  * blocking.  Any fd beyond max_fds, a truncated message or truncated
  * control data is -EBADMSG (the fds received are closed).  Returns the

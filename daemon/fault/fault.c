@@ -498,8 +498,16 @@ static int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, 
 	case PAGE_NEVER:
 		return fault_zero_fill(t, c, vpn, write);
 	case PAGE_RESIDENT:
-		/* Dropped by the kernel (MADV_FREE), or a second fault on the same page. */
+		/*
+		 * A second fault on a page just served: EEXIST, and a wake.
+		 * A page that is really missing has been lost by someone
+		 * (MADV_FREE and DONTNEED raise REMOVE first, which frees the
+		 * entry): it reads zeros, counted so that it cannot go
+		 * unnoticed.
+		 */
 		r = fault_zero_one(t, c, addr, write);
+		if (r == 0)
+			client_stat(c, UZ_STAT_resident_missing_faults, 1);
 		if (r < 0 && r != -EAGAIN && r != -EEXIST)
 			uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
 		return r == -EAGAIN ? r : 0;
@@ -979,6 +987,7 @@ static int client_evict_done(struct fault_thread *t, struct client *c,
 		struct evict_slot *s = &c->slots[i];
 		int status = m->status[i];
 		page_entry_t e;
+		int mapped;
 
 		if (s->discarded) {
 			/* REMOVE/UNMAP came first: the page reads as zeros now. */
@@ -1014,8 +1023,18 @@ static int client_evict_done(struct fault_thread *t, struct client *c,
 
 		client_stat(c, UZ_STAT_evict_failed_pages, 1);
 		c->in_flight--;
-		if (status == -ENOENT) {
-			/* Not there to move: it was never populated or the kernel dropped it. */
+		/*
+		 * Not moved, says the agent.  Believe it only if the page is
+		 * still where it was: an entry that turns RESIDENT over a hole
+		 * would later be served zeros.  Absent pages are left
+		 * untracked (NEVER): a concurrent munmap, mremap or DONTNEED
+		 * took them, and its event is on its way; anything else would
+		 * be a loss, counted apart.
+		 */
+		mapped = client_page_mapped(c, s->vpn);
+		if (status == -ENOENT || mapped == 0) {
+			if (status != -ENOENT)
+				client_stat(c, UZ_STAT_evict_absent_pages, 1);
 			page_index_set(c->index, s->vpn, pe_make(e, PAGE_NEVER, false, 0, 0, 0));
 		} else {
 			page_index_set(c->index, s->vpn,
