@@ -63,8 +63,9 @@
  *
  * Compaction.  Exclusive loads free pool objects at random, leaving
  * chunks sparse.  Every WB_COMPACT_PERIOD_MS, when the pool maps more than
- * WB_COMPACT_RATIO_PCT of its live bytes, the thread marks sparse chunks
- * (pool_compact_begin) and walks its clients' indexes, a bounded number
+ * WB_COMPACT_RATIO_PCT of its live bytes, the thread marks the sparsest
+ * chunks under WB_COMPACT_MIN_FILL, as many as the rest of their class
+ * can absorb (pool_compact_begin), and walks its clients' indexes, a bounded number
  * of entries per loop iteration, migrating the objects that
  * pool_handle_evacuating() flags.
  *
@@ -103,7 +104,7 @@
 #define WB_BACKOFF_MS	     50 /* after a full file or a write error */
 #define WB_COMPACT_PERIOD_MS 1000
 #define WB_COMPACT_RATIO_PCT 120
-#define WB_COMPACT_MIN_FILL  50
+#define WB_COMPACT_MIN_FILL  85 /* chunks fuller than this are not evacuated */
 #define WB_COMPACT_STEP	     4096 /* entries looked at per loop iteration */
 #define VPN_MASK	     ((1ULL << PAGE_INDEX_VPN_BITS) - 1)
 

@@ -296,14 +296,22 @@ def t_space_reuse(e):
     e.start(resident_max="4M")
     p = e.client("reuse", "32M")
     e.expect_step(p, "filled")
-    last = [-1]
+    # Settled: the pool is below the shrinker's start threshold (90% of
+    # MaxSize=1M, writeback.c), so no more writeback is due, and the pages
+    # on disk have not changed for a second -- longer than a writeback
+    # back-off, so a pause between two batches is not taken for the end.
+    last = {"value": -1, "since": 0.0}
 
     def settled():
         s = e.stats()
-        done = s["on_disk_pages"] > 3000 and s["on_disk_pages"] == last[0]
-        last[0] = s["on_disk_pages"]
-        return s if done else None
-    s1 = e.wait(settled, 15, "first round on disk")
+        now = time.time()
+        if s["on_disk_pages"] != last["value"]:
+            last.update(value=s["on_disk_pages"], since=now)
+            return None
+        quiet = now - last["since"] >= 1.0
+        idle = s["compressed_bytes"] <= MiB * 9 // 10
+        return s if s["on_disk_pages"] > 3000 and quiet and idle else None
+    s1 = e.wait(settled, 20, "first round on disk")
     log(f"round 1: on disk {s1['on_disk_pages']} pages, {s1['swap_bytes_on_disk']} bytes")
     e.go_on(p)
     e.expect_step(p, "unmapped")
@@ -313,8 +321,8 @@ def t_space_reuse(e):
     need(s2["swap_bytes_on_disk"] == 0, "munmap freed every byte on disk")
     e.go_on(p)
     e.expect_step(p, "refilled")
-    last[0] = -1
-    s3 = e.wait(settled, 15, "second round on disk")
+    last.update(value=-1, since=0.0)
+    s3 = e.wait(settled, 20, "second round on disk")
     log(f"round 2: on disk {s3['on_disk_pages']} pages, {s3['swap_bytes_on_disk']} bytes, "
         f"reject_reclaim_fail {s3['reject_reclaim_fail']}")
     need(s3["on_disk_pages"] >= s1["on_disk_pages"] * 9 // 10,
