@@ -31,6 +31,7 @@
 #include "compress/compress.h"
 #include "index/index.h"
 #include "pool/pool.h"
+#include "store/store.h"
 #include "text-page.h"
 
 struct page_slot {
@@ -197,6 +198,7 @@ static int bench_mixed(size_t nr_pages)
 	uint8_t page[UZ_PAGE_SIZE];
 	struct compressor *c = NULL;
 	struct page_index *index = NULL;
+	struct store *store = NULL, *sparse_store = NULL;
 	struct page_index_usage index_usage;
 	struct pool_usage usage;
 	struct pool *pool = NULL;
@@ -205,7 +207,7 @@ static int bench_mixed(size_t nr_pages)
 	int round, marked, migrated = 0;
 
 	if (!slots || pool_new(&pool) < 0 || compressor_new(&c, COMPRESSOR_LZ4, 0) < 0 ||
-	    page_index_new(&index) < 0)
+	    store_new(&store) < 0 || page_index_new(&index, store) < 0)
 		return -ENOMEM;
 	for (round = 0; round < 6; round++) {
 		for (i = 0; i < nr_pages; i++) {
@@ -284,7 +286,7 @@ static int bench_mixed(size_t nr_pages)
 	page_index_free(index);
 
 	/* The same pages every 16th page of a region 16 times as large. */
-	if (page_index_new(&index) < 0)
+	if (store_new(&sparse_store) < 0 || page_index_new(&index, sparse_store) < 0)
 		return -ENOMEM;
 	for (i = 0; i < nr_pages; i++)
 		page_index_set(index, vpn_base + i * 16, (uint64_t)i + 1);
@@ -294,6 +296,8 @@ static int bench_mixed(size_t nr_pages)
 	    (double)index_usage.bytes / (double)stored,
 	    (double)index_usage.bytes / (double)stored + 8.0);
 	page_index_free(index);
+	store_free(sparse_store);
+	store_free(store);
 
 	for (i = 0; i < nr_pages; i++)
 		pool_release(pool, slots[i].handle);

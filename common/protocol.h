@@ -19,7 +19,7 @@
 #include <stdint.h>
 
 #define UZ_PROTO_MAGIC 0x77737a75u /* "uzsw" little-endian */
-#define UZ_PROTO_VERSION 1
+#define UZ_PROTO_VERSION 2
 #define UZ_MSG_SIZE_MAX 8192
 #define UZ_EVICT_BATCH_MAX 512 /* pages per eviction batch = graveyard and ring size */
 
@@ -51,6 +51,14 @@ struct uz_msg_header {
 
 #define UZ_HELLO_HAS_PAGEMAP (1u << 0) /* a pagemap fd follows the uffd */
 #define UZ_HELLO_FORK_CHILD (1u << 1)  /* this process is the child of a managed fork */
+/*
+ * Re-joining after the daemon was lost: the client kept its uffd, its
+ * store and its ring, and passes the store and the ring after the uffd
+ * (and pagemap): fds [uffd, pagemap?, store, ring].  The daemon takes its
+ * state back from them (docs/ARCHITECTURE.md, "State that outlives the
+ * daemon") or refuses, and the client then fails closed.
+ */
+#define UZ_HELLO_RESUME (1u << 2)
 
 struct uz_msg_hello {
 	struct uz_msg_header header;
@@ -62,12 +70,22 @@ struct uz_msg_hello {
 	char comm[16]; /* for display only */
 };
 
+#define UZ_HELLO_REPLY_RESUMED (1u << 0) /* the state of a UZ_HELLO_RESUME was taken back */
+
+/*
+ * SCM_RIGHTS on success of a fresh join: [ring, store].  The ring is
+ * UZ_RING_PAGES pages (data slots, then the agent's status page); the
+ * store is read-only for the client (common/store-layout.h), which keeps
+ * both for as long as it is managed.  A resumed join passes no fds.
+ */
 struct uz_msg_hello_reply {
 	struct uz_msg_header header;
 	int32_t status; /* 0 or -errno: refused (limits, bad hello) */
 	uint32_t batch_max; /* pages in the ring */
 	uint64_t ring_size; /* bytes of the ring memfd */
 	uint64_t client_id;
+	uint32_t flags; /* UZ_HELLO_REPLY_* */
+	uint32_t reserved;
 };
 
 #define UZ_REGISTER_POPULATED (1u << 0) /* pages may be present already (fork child, late join) */

@@ -41,11 +41,14 @@
  * range_lock can be waiting for it.
  *
  * Leaving: SHUTDOWN (every page is back) -> unregister all, SHUTDOWN_ACK,
- * close.  EOF or a socket error (the daemon died) -> first drop our uffd
- * reference by dup2()ing /dev/null over its number: the daemon's reference
- * died with it, so the kernel unregisters every range and wakes every
- * thread blocked on a fault or an event, including threads that hold
- * range_lock; then take range_lock and clean up.
+ * close.  EOF or a socket error (the daemon died) -> keep the uffd (evicted
+ * pages stay holes that wait for the next daemon), and reconnect: a new
+ * daemon on the same socket takes our state back from the store and ring
+ * we kept (UZ_HELLO_RESUME).  If none comes back in time, or it refuses,
+ * fail closed (failclosed.c): put back what we can, poison the rest, drop
+ * the uffd reference (the kernel then unregisters every range and wakes
+ * every thread blocked on a fault or an event, including threads that hold
+ * range_lock), then take range_lock and clean up.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -57,9 +60,11 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "client.h"
+#include "store-layout.h"
 #include "uffd-compat.h"
 #include "util.h"
 
@@ -206,6 +211,33 @@ static void agent_move_run(struct agent_batch *batch, uint32_t first, uint32_t n
 		agent_reconcile_run(batch, first, n);
 }
 
+/*
+ * Drop every slot of the batch, not only those counted as moved: a slot
+ * must never keep a page into the next batch (its move would fail with
+ * EEXIST), and by now every page that is in a slot has been copied to the
+ * ring.  The graveyard is unregistered around the MADV_DONTNEED so that
+ * the drop raises no REMOVE event: the agent never waits for the daemon
+ * (one that died mid-batch could not read the event, and the agent is the
+ * one that must find the next daemon), and the daemon's fills are not held
+ * off with EAGAIN while an event is pending.
+ */
+static void agent_graveyard_drop(uint32_t count)
+{
+	struct uffdio_range range = {
+	    .start = (uintptr_t)uz_client.graveyard,
+	    .len = (uint64_t)UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE,
+	};
+	struct uffdio_register reg = {.range = range, .mode = UFFDIO_REGISTER_MODE_MISSING};
+
+	if (ioctl(uz_client.uffd, UFFDIO_UNREGISTER, &range) < 0) {
+		/* Still registered: drop it the old way (one REMOVE event, read by the daemon). */
+		madvise(uz_client.graveyard, (size_t)count * UZ_PAGE_SIZE, MADV_DONTNEED);
+		return;
+	}
+	madvise(uz_client.graveyard, (size_t)count * UZ_PAGE_SIZE, MADV_DONTNEED);
+	(void)ioctl(uz_client.uffd, UFFDIO_REGISTER, &reg); /* failing: the next MOVE says EINVAL */
+}
+
 static bool victim_valid(uint64_t addr)
 {
 	uint64_t grave = (uintptr_t)uz_client.graveyard;
@@ -268,12 +300,20 @@ static void agent_evict(const struct uz_msg_evict *evict, size_t size)
 		       UZ_PAGE_SIZE);
 	}
 	/*
-	 * Drop every slot of the batch, not only those counted as moved: a
-	 * slot must never keep a page into the next batch (its move would
-	 * fail with EEXIST), and by now every page that is in a slot has been
-	 * copied to the ring.
+	 * The answer goes to the ring's status page first: a daemon started
+	 * after a crash learns from it which pages of the batch are in the
+	 * ring (the batch number last, once the statuses are there).
 	 */
-	madvise(uz_client.graveyard, (size_t)count * UZ_PAGE_SIZE, MADV_DONTNEED);
+	{
+		struct uz_ring_status *ring_status =
+		    (struct uz_ring_status *)((char *)uz_client.ring +
+					      (size_t)UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE);
+
+		ring_status->count = count;
+		memcpy(ring_status->status, batch.status, count * sizeof(int32_t));
+		__atomic_store_n(&ring_status->batch, evict->batch, __ATOMIC_RELEASE);
+	}
+	agent_graveyard_drop(count);
 
 	answer.done.batch = evict->batch;
 	answer.done.count = count;
@@ -282,28 +322,68 @@ static void agent_evict(const struct uz_msg_evict *evict, size_t size)
 		     UZ_MSG_EVICT_DONE);
 }
 
-/* The daemon is gone: drop our uffd reference without freeing its number. */
-static void agent_release_uffd(void)
-{
-	int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-
-	if (null < 0)
-		return; /* leave() closes it */
-	dup3(null, uz_client.uffd, O_CLOEXEC);
-	close(null);
-}
-
-static void agent_leave(bool daemon_alive)
+/* SHUTDOWN: every page is back; unregister everything, acknowledge, leave. */
+static void agent_leave(void)
 {
 	uz_conn_close_begin();
-	if (!daemon_alive)
-		agent_release_uffd();
 	uz_ranges_lock();
-	uz_client_leave(daemon_alive);
+	uz_client_leave(true);
 	uz_ranges_unlock();
-	if (!daemon_alive)
-		uz_notice("libuzswap: lost uzswapd at %s; running unmanaged",
-			  uz_client.socket_path);
+}
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/*
+ * The daemon is gone (its socket closed without SHUTDOWN: killed, crashed,
+ * OOM-killed, or handing over to its successor).  Keep the uffd -- every
+ * evicted page stays a hole that faults to whoever holds the uffd next, so
+ * application threads touching one simply wait -- and look for a new
+ * daemon on the same socket, resuming with our store and ring.  Gives up
+ * after UZSWAP_RECONNECT_TIMEOUT seconds (0: never) or when the new daemon
+ * refuses our state, and then fails closed.  Returns true when re-joined.
+ */
+static bool agent_reconnect(void)
+{
+	unsigned timeout_s = uz_client.reconnect_timeout_s;
+	uint64_t start = now_ms(), backoff_ms = 5;
+	const char *why = NULL;
+	int r;
+
+	uz_conn_suspend();
+	uz_notice("libuzswap: lost uzswapd at %s; waiting for it to come back (%s%u s), "
+		  "evicted pages wait with it",
+		  uz_client.socket_path, timeout_s ? "up to " : "no limit, ", timeout_s);
+	for (;;) {
+		r = uz_client_rejoin();
+		if (r == 0) {
+			uz_notice("libuzswap: re-joined uzswapd at %s after %llu ms",
+				  uz_client.socket_path, (unsigned long long)(now_ms() - start));
+			return true;
+		}
+		if (r != -ECONNREFUSED && r != -ENOENT && r != -ETIMEDOUT && r != -EAGAIN &&
+		    r != -EINTR) {
+			why = "the new uzswapd refused to take our pages back";
+			break;
+		}
+		if (timeout_s && now_ms() - start >= (uint64_t)timeout_s * 1000) {
+			why = "no uzswapd came back in time";
+			break;
+		}
+		usleep((useconds_t)(backoff_ms * 1000));
+		backoff_ms = uz_min(backoff_ms * 2, (uint64_t)250);
+	}
+	uz_fail_closed(why);
+	uz_conn_close_begin(); /* CLOSING: nobody waits for a daemon any more (fork) */
+	uz_ranges_lock();
+	uz_client_leave(false);
+	uz_ranges_unlock();
+	return false;
 }
 
 static bool header_valid(const struct uz_msg_header *header, size_t n)
@@ -341,7 +421,8 @@ static void *agent_main(void *arg)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0) {
-			agent_leave(false);
+			if (agent_reconnect())
+				continue;
 			goto out;
 		}
 		/* No message to a client carries descriptors after HELLO_REPLY. */
@@ -368,7 +449,7 @@ static void *agent_main(void *arg)
 				agent_evict((const struct uz_msg_evict *)&buf, n);
 			break;
 		case UZ_MSG_SHUTDOWN:
-			agent_leave(true);
+			agent_leave();
 			goto out;
 		default:
 			break;

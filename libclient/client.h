@@ -41,9 +41,10 @@
 #define UZ_EXPORT __attribute__((visibility("default")))
 
 enum uz_client_state {
-	UZ_CLIENT_OFF = 0, /* not managed: no daemon, refused, left or disabled */
-	UZ_CLIENT_MANAGED, /* joined: the agent runs, ranges may be registered */
-	UZ_CLIENT_CLOSING, /* the agent is leaving: new requests fail with -ENOTCONN */
+	UZ_CLIENT_OFF = 0,	/* not managed: no daemon, refused, left or disabled */
+	UZ_CLIENT_MANAGED,	/* joined: the agent runs, ranges may be registered */
+	UZ_CLIENT_CLOSING,	/* the agent is leaving: new requests fail with -ENOTCONN */
+	UZ_CLIENT_RECONNECTING, /* the daemon died: uffd, store and ring kept for the next one */
 };
 
 struct uz_client {
@@ -59,8 +60,11 @@ struct uz_client {
 	int sock;		/* SOCK_SEQPACKET to uzswapd */
 	uint64_t uffd_features; /* granted by UFFDIO_API */
 	void *graveyard;	/* UZ_EVICT_BATCH_MAX pages, kept across leave and fork */
-	void *ring;		/* the daemon's memfd, MAP_SHARED */
+	void *ring;		/* the daemon's memfd, MAP_SHARED: data slots, then status */
 	size_t ring_size;
+	int ring_fd;		/* kept for a re-join (the next daemon takes the ring back) */
+	int store_fd;		/* read-only: the daemon's store of our pages (common/store-layout.h) */
+	unsigned reconnect_timeout_s; /* UZSWAP_RECONNECT_TIMEOUT: 0 waits for ever */
 	uint32_t batch_max; /* pages per EVICT: min(ring pages, graveyard pages) */
 	uint64_t client_id;
 	pthread_t agent_thread;
@@ -87,6 +91,8 @@ static inline bool uz_is_agent(void)
 /* init.c */
 void uz_client_init(void);
 int uz_client_join(bool fork_child);
+/* Agent: connect again and resume with our uffd, store and ring.  0, or -errno. */
+int uz_client_rejoin(void);
 void uz_client_leave(bool daemon_alive);
 void uz_notice(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void *uz_raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
@@ -103,9 +109,23 @@ int uz_conn_request(void *msg, size_t size, uint16_t type, void *reply, size_t r
 void uz_conn_deliver(const struct uz_msg_header *header, const void *msg, size_t size);
 void uz_conn_close_begin(void);
 void uz_conn_close_finish(void);
+void uz_conn_suspend(void);
+void uz_conn_resume(int sock);
+/* Wait while the agent looks for a new daemon; true when managed again. */
+bool uz_conn_wait_managed(void);
 
 /* agent.c */
 int uz_agent_start(void);
+
+/* failclosed.c */
+/*
+ * No daemon came back (or it refused our state): put back every page the
+ * process itself can (same-filled pages, pages of the last batch still in
+ * the ring), poison the others so that touching one raises SIGBUS, then
+ * release the uffd.  Agent only, with range_lock not held; prints the
+ * notice first.
+ */
+void uz_fail_closed(const char *why);
 
 /* ranges.c */
 void uz_ranges_lock(void);

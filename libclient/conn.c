@@ -193,17 +193,13 @@ void uz_conn_deliver(const struct uz_msg_header *header, const void *msg, size_t
 	pthread_mutex_unlock(&request_lock);
 }
 
-/*
- * Agent, first step of leaving: refuse new requests, fail every waiter, make
- * blocked senders return.  After this no app thread waits for the agent,
- * so the agent may take range_lock.
- */
-void uz_conn_close_begin(void)
+/* Enter `state` (not MANAGED), fail every waiter and wake every thread waiting on us. */
+static void fail_waiters(enum uz_client_state state)
 {
 	struct uz_waiter *waiter;
 
 	pthread_mutex_lock(&request_lock);
-	atomic_store(&uz_client.state, UZ_CLIENT_CLOSING);
+	atomic_store(&uz_client.state, state);
 	for (waiter = waiters; waiter; waiter = waiter->next) {
 		if (!waiter->done) {
 			waiter->done = true;
@@ -212,6 +208,51 @@ void uz_conn_close_begin(void)
 	}
 	pthread_cond_broadcast(&request_cond);
 	pthread_mutex_unlock(&request_lock);
+}
+
+/*
+ * Agent, first step of leaving: refuse new requests, fail every waiter, make
+ * blocked senders return.  After this no app thread waits for the agent,
+ * so the agent may take range_lock.
+ */
+void uz_conn_close_begin(void)
+{
+	fail_waiters(UZ_CLIENT_CLOSING);
+}
+
+/*
+ * Agent: the daemon is gone.  Fail every waiter and refuse new requests as
+ * closing does, but the state is RECONNECTING: the uffd, the store and the
+ * ring are kept for the next daemon, and threads that need the daemon
+ * (fork) may wait for it with uz_conn_wait_managed().  The dead socket is
+ * closed once nobody sends on it.
+ */
+void uz_conn_suspend(void)
+{
+	fail_waiters(UZ_CLIENT_RECONNECTING);
+	uz_conn_close_finish();
+}
+
+/* Agent: re-joined on `sock`; requests go through again. */
+void uz_conn_resume(int sock)
+{
+	pthread_mutex_lock(&request_lock);
+	uz_client.sock = sock;
+	atomic_store(&uz_client.state, UZ_CLIENT_MANAGED);
+	pthread_cond_broadcast(&request_cond);
+	pthread_mutex_unlock(&request_lock);
+}
+
+bool uz_conn_wait_managed(void)
+{
+	bool managed;
+
+	pthread_mutex_lock(&request_lock);
+	while (atomic_load(&uz_client.state) == UZ_CLIENT_RECONNECTING)
+		pthread_cond_wait(&request_cond, &request_lock);
+	managed = atomic_load(&uz_client.state) == UZ_CLIENT_MANAGED;
+	pthread_mutex_unlock(&request_lock);
+	return managed;
 }
 
 /* Agent, last step of leaving: close the socket once nobody sends on it. */

@@ -34,6 +34,13 @@ static bool fork_was_managed; /* prepare -> parent/child, under range_lock */
 static void fork_prepare(void)
 {
 	uz_ranges_lock();
+	/*
+	 * The daemon died and the agent is looking for the next one: the
+	 * child must not inherit holes, and only a daemon can fill them.
+	 * Wait for the re-join (or for the agent to fail closed).
+	 */
+	if (atomic_load(&uz_client.state) == UZ_CLIENT_RECONNECTING && !uz_is_agent())
+		(void)uz_conn_wait_managed();
 	fork_was_managed = uz_client_managed();
 	if (fork_was_managed && !uz_is_agent()) {
 		struct uz_msg_header request = {0};
@@ -88,6 +95,12 @@ static void fork_child(void)
 	if (uz_client.ring)
 		uz_raw_munmap(uz_client.ring, uz_client.ring_size);
 	uz_client.ring = NULL;
+	/* The parent's ring and store: the child gets its own when it joins. */
+	if (uz_client.ring_fd >= 0)
+		close(uz_client.ring_fd);
+	if (uz_client.store_fd >= 0)
+		close(uz_client.store_fd);
+	uz_client.ring_fd = uz_client.store_fd = -1;
 
 	uz_ranges_lock();
 	if (was_managed && uz_client_join(true) == 0)

@@ -33,6 +33,7 @@
 
 #include "config.h"
 #include "client.h"
+#include "store-layout.h"
 #include "uffd-compat.h"
 #include "util.h"
 
@@ -43,6 +44,7 @@
 #define UZ_CONNECT_TIMEOUT_MS 1000
 #define UZ_HELLO_TIMEOUT_MS   5000
 #define UZ_MIN_REGION_DEFAULT (1UL << 20)
+#define UZ_RECONNECT_TIMEOUT_DEFAULT 60 /* seconds a client waits for a new daemon */
 
 /* Features the protocol cannot work without, and those it takes when offered. */
 #define UZ_FEATURES_REQUIRED                                                                       \
@@ -55,7 +57,10 @@
 struct uz_client uz_client = {
     .uffd = -1,
     .sock = -1,
+    .ring_fd = -1,
+    .store_fd = -1,
     .min_region = UZ_MIN_REGION_DEFAULT,
+    .reconnect_timeout_s = UZ_RECONNECT_TIMEOUT_DEFAULT,
 };
 
 void *uz_raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
@@ -142,6 +147,15 @@ static void read_environment(void)
 
 		if (size)
 			uz_client.min_region = (size + UZ_PAGE_SIZE - 1) & UZ_PAGE_MASK;
+	}
+
+	value = getenv("UZSWAP_RECONNECT_TIMEOUT");
+	if (value && *value) {
+		char *end;
+		unsigned long seconds = strtoul(value, &end, 10);
+
+		if (*end == 0 && seconds <= 86400UL * 365)
+			uz_client.reconnect_timeout_s = (unsigned)seconds;
 	}
 
 	value = getenv("UZSWAP_SOCKET");
@@ -299,7 +313,8 @@ fail:
 	return r;
 }
 
-static int hello_send(int sock, int uffd, int pagemap, bool fork_child)
+/* HELLO with fds [uffd, pagemap?, store?, ring?] (store and ring for a resume). */
+static int hello_send(int sock, int uffd, int pagemap, uint32_t flags, int store, int ring)
 {
 	struct uz_msg_hello hello = {
 	    .header =
@@ -314,11 +329,10 @@ static int hello_send(int sock, int uffd, int pagemap, bool fork_child)
 	    .graveyard_start = (uintptr_t)uz_client.graveyard,
 	    .graveyard_len = UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE,
 	    .page_size = UZ_PAGE_SIZE,
-	    .flags =
-		(pagemap >= 0 ? UZ_HELLO_HAS_PAGEMAP : 0) | (fork_child ? UZ_HELLO_FORK_CHILD : 0),
+	    .flags = flags | (pagemap >= 0 ? UZ_HELLO_HAS_PAGEMAP : 0),
 	};
 	union {
-		char buf[CMSG_SPACE(2 * sizeof(int))];
+		char buf[CMSG_SPACE(4 * sizeof(int))];
 		struct cmsghdr align;
 	} control = {0};
 	struct iovec iov = {.iov_base = &hello, .iov_len = sizeof(hello)};
@@ -327,10 +341,16 @@ static int hello_send(int sock, int uffd, int pagemap, bool fork_child)
 	    .msg_iovlen = 1,
 	    .msg_control = control.buf,
 	};
-	int fds[2] = {uffd, pagemap};
-	int nfds = pagemap >= 0 ? 2 : 1;
+	int fds[4], nfds = 0;
 	struct cmsghdr *cmsg;
 
+	fds[nfds++] = uffd;
+	if (pagemap >= 0)
+		fds[nfds++] = pagemap;
+	if (flags & UZ_HELLO_RESUME) {
+		fds[nfds++] = store;
+		fds[nfds++] = ring;
+	}
 	prctl(PR_GET_NAME, hello.comm);
 	msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
 	cmsg = CMSG_FIRSTHDR(&msg);
@@ -344,8 +364,12 @@ static int hello_send(int sock, int uffd, int pagemap, bool fork_child)
 	return 0;
 }
 
-/* Wait for HELLO_REPLY; on success *ring_fd is the ring memfd. */
-static int hello_receive(int sock, struct uz_msg_hello_reply *reply, int *ring_fd)
+/*
+ * Wait for HELLO_REPLY.  On success of a fresh join *ring_fd and *store_fd
+ * are the ring and the read-only store; a resumed join carries none (both
+ * -1, and UZ_HELLO_REPLY_RESUMED in reply->flags).
+ */
+static int hello_receive(int sock, struct uz_msg_hello_reply *reply, int *ring_fd, int *store_fd)
 {
 	union {
 		char buf[CMSG_SPACE(4 * sizeof(int))];
@@ -360,8 +384,9 @@ static int hello_receive(int sock, struct uz_msg_hello_reply *reply, int *ring_f
 	};
 	struct pollfd pfd = {.fd = sock, .events = POLLIN};
 	struct cmsghdr *cmsg;
+	int fds[2] = {-1, -1};
+	unsigned nfds = 0;
 	ssize_t n;
-	int fd = -1;
 
 	for (;;) {
 		int r = poll(&pfd, 1, UZ_HELLO_TIMEOUT_MS);
@@ -383,8 +408,8 @@ static int hello_receive(int sock, struct uz_msg_hello_reply *reply, int *ring_f
 			int received;
 
 			memcpy(&received, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
-			if (fd < 0)
-				fd = received;
+			if (nfds < 2)
+				fds[nfds++] = received;
 			else
 				close(received);
 		}
@@ -403,15 +428,16 @@ static int hello_receive(int sock, struct uz_msg_hello_reply *reply, int *ring_f
 		n = reply->status;
 		goto fail;
 	}
-	if (fd < 0) {
+	if ((reply->flags & UZ_HELLO_REPLY_RESUMED) ? nfds != 0 : nfds != 2) {
 		n = -EPROTO;
 		goto fail;
 	}
-	*ring_fd = fd;
+	*ring_fd = fds[0];
+	*store_fd = fds[1];
 	return 0;
 fail:
-	if (fd >= 0)
-		close(fd);
+	for (unsigned i = 0; i < nfds; i++)
+		close(fds[i]);
 	return (int)n;
 }
 
@@ -426,7 +452,7 @@ int uz_client_join(bool fork_child)
 	struct uz_msg_hello_reply reply = {0};
 	const char *reason = NULL;
 	uint64_t features = 0;
-	int uffd = -1, sock = -1, pagemap = -1, ring_fd = -1;
+	int uffd = -1, sock = -1, pagemap = -1, ring_fd = -1, store_fd = -1;
 	void *ring = MAP_FAILED;
 	int r;
 
@@ -461,21 +487,22 @@ int uz_client_join(bool fork_child)
 	r = socket_connect(uz_client.socket_path, &sock);
 	if (r < 0)
 		goto fail_unreachable;
-	r = hello_send(sock, uffd, pagemap, fork_child);
+	r = hello_send(sock, uffd, pagemap, fork_child ? UZ_HELLO_FORK_CHILD : 0, -1, -1);
 	if (r < 0)
 		goto fail_unreachable;
 	if (pagemap >= 0)
 		close(pagemap);
 	pagemap = -1;
 
-	r = hello_receive(sock, &reply, &ring_fd);
+	r = hello_receive(sock, &reply, &ring_fd, &store_fd);
 	if (r == -ETIMEDOUT || r == -ECONNRESET || r == -EPIPE)
 		goto fail_unreachable;
 	if (r < 0) {
 		reason = r == -EPROTO ? "bad HELLO_REPLY" : "refused";
 		goto fail_refused;
 	}
-	if (reply.batch_max == 0 || reply.ring_size < (uint64_t)reply.batch_max * UZ_PAGE_SIZE) {
+	if (reply.batch_max == 0 || reply.batch_max > UZ_EVICT_BATCH_MAX ||
+	    reply.ring_size != (uint64_t)UZ_RING_PAGES * UZ_PAGE_SIZE) {
 		r = -EPROTO;
 		reason = "bad HELLO_REPLY";
 		goto fail_refused;
@@ -486,8 +513,6 @@ int uz_client_join(bool fork_child)
 		reason = "cannot map the ring";
 		goto fail_refused;
 	}
-	close(ring_fd);
-	ring_fd = -1;
 
 	/* From here on the agent is the only reader of the socket. */
 	if (fcntl(sock, F_SETFL, fcntl(sock, F_GETFL) & ~O_NONBLOCK) < 0) {
@@ -499,6 +524,8 @@ int uz_client_join(bool fork_child)
 	uz_client.uffd = uffd;
 	uz_client.sock = sock;
 	uz_client.ring = ring;
+	uz_client.ring_fd = ring_fd;
+	uz_client.store_fd = store_fd;
 	uz_client.ring_size = reply.ring_size;
 	uz_client.batch_max = uz_min(reply.batch_max, (uint32_t)UZ_EVICT_BATCH_MAX);
 	uz_client.client_id = reply.client_id;
@@ -507,7 +534,7 @@ int uz_client_join(bool fork_child)
 	r = uz_agent_start();
 	if (r < 0) {
 		atomic_store(&uz_client.state, UZ_CLIENT_OFF);
-		uz_client.uffd = uz_client.sock = -1;
+		uz_client.uffd = uz_client.sock = uz_client.ring_fd = uz_client.store_fd = -1;
 		uz_client.ring = NULL;
 		reason = "cannot start the agent thread";
 		goto fail_refused;
@@ -533,6 +560,8 @@ fail:
 		uz_raw_munmap(ring, reply.ring_size);
 	if (ring_fd >= 0)
 		close(ring_fd);
+	if (store_fd >= 0)
+		close(store_fd);
 	if (pagemap >= 0)
 		close(pagemap);
 	if (sock >= 0)
@@ -540,6 +569,42 @@ fail:
 	if (uffd >= 0)
 		close(uffd); /* unregisters the graveyard */
 	return r;
+}
+
+/*
+ * The agent, after losing the daemon: connect to whichever daemon now
+ * listens on the socket and resume with what we kept (uffd, store, ring).
+ * 0 when resumed (the connection is live again); -ECONNREFUSED, -ENOENT,
+ * -ETIMEDOUT and friends when no daemon is there yet (try again); another
+ * status < 0 from a daemon that refused our state (fail closed).
+ */
+int uz_client_rejoin(void)
+{
+	struct uz_msg_hello_reply reply = {0};
+	int sock = -1, pagemap, ring_fd = -1, store_fd = -1, r;
+
+	r = socket_connect(uz_client.socket_path, &sock);
+	if (r < 0)
+		return r;
+	pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	r = hello_send(sock, uz_client.uffd, pagemap, UZ_HELLO_RESUME, uz_client.store_fd,
+		       uz_client.ring_fd);
+	if (pagemap >= 0)
+		close(pagemap);
+	if (r == 0)
+		r = hello_receive(sock, &reply, &ring_fd, &store_fd);
+	if (r == 0 && !(reply.flags & UZ_HELLO_REPLY_RESUMED))
+		r = -EPROTO;
+	if (r == 0 && fcntl(sock, F_SETFL, fcntl(sock, F_GETFL) & ~O_NONBLOCK) < 0)
+		r = -errno;
+	if (r < 0) {
+		close(sock);
+		/* A daemon that went away mid-handshake is one not there yet. */
+		return r == -ECONNRESET || r == -EPIPE ? -ECONNREFUSED : r;
+	}
+	uz_client.client_id = reply.client_id;
+	uz_conn_resume(sock);
+	return 0;
 }
 
 /*
@@ -571,6 +636,11 @@ void uz_client_leave(bool daemon_alive)
 	if (uz_client.ring)
 		uz_raw_munmap(uz_client.ring, uz_client.ring_size);
 	uz_client.ring = NULL;
+	if (uz_client.ring_fd >= 0)
+		close(uz_client.ring_fd);
+	if (uz_client.store_fd >= 0)
+		close(uz_client.store_fd);
+	uz_client.ring_fd = uz_client.store_fd = -1;
 	atomic_store(&uz_client.state, UZ_CLIENT_OFF);
 }
 

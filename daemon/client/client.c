@@ -52,7 +52,7 @@
 #define CLIENT_REQUIRED_FEATURES                                                                   \
 	(UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |         \
 	 UFFD_FEATURE_MOVE)
-#define CLIENT_KNOWN_HELLO_FLAGS (UZ_HELLO_HAS_PAGEMAP | UZ_HELLO_FORK_CHILD)
+#define CLIENT_KNOWN_HELLO_FLAGS (UZ_HELLO_HAS_PAGEMAP | UZ_HELLO_FORK_CHILD | UZ_HELLO_RESUME)
 #define CLIENT_KEY_MASK		 ((1ULL << (64 - PAGE_INDEX_VPN_BITS)) - 1)
 
 /* ---------------------------------------------------------------------------
@@ -179,20 +179,21 @@ static int fd_is_pagemap_of(int fd, pid_t pid)
 	return fd_target_is(fd, want);
 }
 
+#define RING_SIZE ((size_t)UZ_RING_PAGES * UZ_PAGE_SIZE)
+
 static int ring_create(int *fd_out, uint8_t **ring_out)
 {
-	size_t size = (size_t)UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE;
 	int fd, r;
 	void *ring;
 
 	fd = memfd_create("uzswap-ring", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd < 0)
 		return -errno;
-	if (ftruncate(fd, (off_t)size) < 0)
+	if (ftruncate(fd, (off_t)RING_SIZE) < 0)
 		goto fail_errno;
 	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
 		goto fail_errno;
-	ring = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	ring = mmap(NULL, RING_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (ring == MAP_FAILED)
 		goto fail_errno;
 	*fd_out = fd;
@@ -203,6 +204,55 @@ fail_errno:
 	r = -errno;
 	close(fd);
 	return r;
+}
+
+/*
+ * Map the ring a resuming client kept: it must be a ring we made (our
+ * memfd name, owned by us, its size sealed).  The fd stays the caller's.
+ */
+static int ring_take(int fd, uint8_t **ring_out)
+{
+	struct stat st;
+	int seals;
+	void *ring;
+
+	if (fd_target_is(fd, "/memfd:uzswap-ring (deleted)") < 0 || fstat(fd, &st) < 0 ||
+	    st.st_uid != geteuid() || (size_t)st.st_size != RING_SIZE)
+		return -EPERM;
+	seals = fcntl(fd, F_GET_SEALS);
+	if (seals < 0 || (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW))
+		return -EPERM;
+	ring = mmap(NULL, RING_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (ring == MAP_FAILED)
+		return -errno;
+	*ring_out = ring;
+	return 0;
+}
+
+/* Field 22 of /proc/PID/stat: the start time, which a recycled pid does not share. */
+static int proc_starttime(int proc_fd, uint64_t *out)
+{
+	char buf[1024], *p;
+	ssize_t n;
+	int fd = openat(proc_fd, "stat", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -EIO;
+	buf[n] = 0;
+	p = strrchr(buf, ')'); /* comm may hold spaces and parentheses */
+	if (!p)
+		return -EIO;
+	p++;
+	for (int field = 3; field < 22 && p; field++) /* p is before field 3 */
+		p = strchr(p + 1, ' ');
+	if (!p)
+		return -EIO;
+	*out = strtoull(p + 1, NULL, 10);
+	return 0;
 }
 
 static unsigned clients_of_uid_locked(struct daemon *daemon, uid_t uid)
@@ -220,31 +270,44 @@ static int send_hello_reply(int fd, uint32_t seq, int status, const struct clien
 	struct uz_msg_hello_reply reply = {0};
 	union {
 		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int))];
+		char buf[CMSG_SPACE(2 * sizeof(int))];
 	} control;
 	struct iovec iov = {.iov_base = &reply, .iov_len = sizeof(reply)};
 	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+	int store_fd = -1, r = 0;
 
 	uz_msg_header_init(&reply.header, UZ_MSG_HELLO_REPLY, sizeof(reply), seq);
 	reply.status = status;
 	if (status == 0) {
-		struct cmsghdr *cmsg;
-
 		reply.batch_max = UZ_EVICT_BATCH_MAX;
-		reply.ring_size = (uint64_t)UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE;
+		reply.ring_size = RING_SIZE;
 		reply.client_id = client->id;
+		reply.flags = client->resume ? UZ_HELLO_REPLY_RESUMED : 0;
+	}
+	if (status == 0 && !client->resume) {
+		/* A fresh client gets its ring and a read-only descriptor of its store. */
+		struct cmsghdr *cmsg;
+		int fds[2];
+
+		store_fd = store_open_readonly(client->store);
+		if (store_fd < 0)
+			return store_fd;
+		fds[0] = client->ring_fd;
+		fds[1] = store_fd;
 		memset(&control, 0, sizeof(control));
 		msg.msg_control = control.buf;
 		msg.msg_controllen = sizeof(control.buf);
 		cmsg = CMSG_FIRSTHDR(&msg);
 		cmsg->cmsg_level = SOL_SOCKET;
 		cmsg->cmsg_type = SCM_RIGHTS;
-		cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(cmsg), &client->ring_fd, sizeof(int));
+		cmsg->cmsg_len = CMSG_LEN(sizeof(fds));
+		memcpy(CMSG_DATA(cmsg), fds, sizeof(fds));
 	}
 	if (sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
-		return -errno;
-	return 0;
+		r = -errno;
+	if (store_fd >= 0)
+		close(store_fd);
+	return r;
 }
 
 /*
@@ -258,6 +321,7 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 	struct ucred cred;
 	socklen_t cred_len = sizeof(cred);
 	char path[64];
+	uint64_t starttime = 0;
 	int r;
 
 	if (hello->page_size != UZ_PAGE_SIZE || sysconf(_SC_PAGESIZE) != (long)UZ_PAGE_SIZE) {
@@ -268,7 +332,8 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 		*why = "unknown HELLO flags";
 		return -EINVAL;
 	}
-	if (nfds != ((hello->flags & UZ_HELLO_HAS_PAGEMAP) ? 2u : 1u)) {
+	if (nfds != 1u + !!(hello->flags & UZ_HELLO_HAS_PAGEMAP) +
+			(hello->flags & UZ_HELLO_RESUME ? 2u : 0u)) {
 		*why = "wrong number of file descriptors";
 		return -EBADF;
 	}
@@ -363,25 +428,72 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 		*why = "out of memory";
 		goto fail;
 	}
-	r = page_index_new(&client->index);
-	if (r < 0) {
-		*why = "cannot create the page index";
-		goto fail;
-	}
 	r = stats_new(&client->stats);
 	if (r < 0) {
 		*why = "cannot create statistics";
 		goto fail;
 	}
-	r = ring_create(&client->ring_fd, &client->ring);
+	r = proc_starttime(client->proc_fd, &starttime);
 	if (r < 0) {
-		*why = "cannot create the ring";
+		*why = "cannot read the peer's start time";
 		goto fail;
 	}
+	if (hello->flags & UZ_HELLO_RESUME) {
+		/* fds: uffd, [pagemap], store, ring -- the store and ring stay the caller's */
+		int store_fd = fds[nfds - 2], ring_fd = fds[nfds - 1];
+		struct uz_store_header *sh;
 
-	/* fds are taken over from here on */
+		client->resume = true;
+		r = store_recover(&client->store, store_fd, NULL);
+		if (r < 0) {
+			*why = "the store passed to resume is not one of ours or is damaged";
+			goto fail;
+		}
+		sh = store_header(client->store);
+		if (sh->owner_pid != (uint32_t)client->pid || sh->owner_starttime != starttime) {
+			r = -EPERM;
+			*why = "the store passed to resume belongs to another process";
+			goto fail;
+		}
+		r = page_index_recover(&client->index, client->store);
+		if (r < 0) {
+			*why = "the page index in the store is damaged";
+			goto fail;
+		}
+		r = ring_take(ring_fd, &client->ring);
+		if (r < 0) {
+			*why = "the ring passed to resume is not one of ours";
+			goto fail;
+		}
+	} else {
+		r = store_new(&client->store);
+		if (r < 0) {
+			*why = "cannot create the store";
+			goto fail;
+		}
+		store_header(client->store)->owner_pid = (uint32_t)client->pid;
+		store_header(client->store)->owner_starttime = starttime;
+		r = page_index_new(&client->index, client->store);
+		if (r < 0) {
+			*why = "cannot create the page index";
+			goto fail;
+		}
+		r = ring_create(&client->ring_fd, &client->ring);
+		if (r < 0) {
+			*why = "cannot create the ring";
+			goto fail;
+		}
+	}
+
+	/* fds are taken over from here on (a resume's store and ring: closed, we mapped them) */
 	client->uffd = fds[0];
 	fds[0] = -1;
+	if (client->resume) {
+		close(fds[nfds - 2]);
+		close(fds[nfds - 1]);
+		fds[nfds - 2] = fds[nfds - 1] = -1;
+		nfds -= 2;
+	}
 	if (nfds > 1) {
 		if (fd_is_pagemap_of(fds[1], client->pid) == 0) {
 			client->pagemap_fd = fds[1];
@@ -413,7 +525,7 @@ static void handshake_complete(struct handshake *h)
 		struct uz_msg_hello hello;
 		uint8_t raw[UZ_MSG_SIZE_MAX];
 	} buf;
-	int fds[2] = {-1, -1};
+	int fds[4] = {-1, -1, -1, -1};
 	unsigned nfds = 0;
 	struct client *client = NULL;
 	const char *why = "malformed HELLO";
@@ -421,7 +533,7 @@ static void handshake_complete(struct handshake *h)
 	ssize_t len;
 	int r;
 
-	len = client_recv(h->fd, &buf, sizeof(buf), fds, &nfds, 2);
+	len = client_recv(h->fd, &buf, sizeof(buf), fds, &nfds, 4);
 	if (len == -EAGAIN || len == -EINTR)
 		return;
 	if (len <= 0) {
@@ -486,11 +598,13 @@ static void handshake_complete(struct handshake *h)
 		return;
 	}
 	/* The ring fd went to the client; ours is no longer needed. */
-	close(client->ring_fd);
+	if (client->ring_fd >= 0)
+		close(client->ring_fd);
 	client->ring_fd = -1;
 
-	uz_log(LOG_INFO, "client %" PRIu64 " joined: pid %d uid %d comm \"%s\"%s", client->id,
-	       (int)client->pid, (int)client->uid, client->comm,
+	uz_log(LOG_INFO, "client %" PRIu64 " %s: pid %d uid %d comm \"%s\"%s", client->id,
+	       client->resume ? "resumed after a daemon restart" : "joined", (int)client->pid,
+	       (int)client->uid, client->comm,
 	       (client->hello_flags & UZ_HELLO_FORK_CHILD) ? " (fork child)" : "");
 	h->fd = -1; /* the client owns the socket now */
 	fault_thread_adopt(client->owner, client);
@@ -560,7 +674,7 @@ struct client *client_free(struct client *client)
 	if (!client)
 		return NULL;
 	if (client->ring)
-		munmap(client->ring, (size_t)UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE);
+		munmap(client->ring, RING_SIZE);
 	if (client->ring_fd >= 0)
 		close(client->ring_fd);
 	if (client->sock_fd >= 0)
@@ -572,6 +686,7 @@ struct client *client_free(struct client *client)
 	if (client->proc_fd >= 0)
 		close(client->proc_fd);
 	page_index_free(client->index);
+	store_free(client->store);
 	stats_free(client->stats);
 	group_unref(client->group);
 	group_unref(client->assigned_group);
@@ -740,6 +855,67 @@ int client_check_anon_range(const struct client *client, uint64_t start, uint64_
 	}
 	fclose(f);
 	return r;
+}
+
+/* Does a VmFlags line of smaps hold the two-letter flag? */
+static bool vmflags_has(const char *flags, const char *flag)
+{
+	for (const char *p = flags; (p = strstr(p, flag)); p += 2)
+		if ((p == flags || p[-1] == ' ') && (p[2] == ' ' || p[2] == '\n' || p[2] == 0))
+			return true;
+	return false;
+}
+
+int client_regions_from_kernel(struct client *client)
+{
+	_cleanup_free_ char *line = NULL;
+	size_t line_cap = 0;
+	unsigned long lo = 0, hi = 0;
+	bool anon = false;
+	FILE *f;
+	int fd;
+
+	fd = openat(client->proc_fd, "smaps", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? -ESRCH : -errno;
+	f = fdopen(fd, "re");
+	if (!f) {
+		int r = -errno;
+
+		close(fd);
+		return r;
+	}
+	client_region_remove(client, 0, UZ_USER_ADDR_MAX);
+	while (getline(&line, &line_cap, f) > 0) {
+		unsigned long a, b, inode;
+		char perms[5];
+		int consumed = 0;
+
+		if (strncmp(line, "VmFlags:", 8) == 0) {
+			/* The flags of the VMA whose header came last. */
+			if (anon && vmflags_has(line + 8, "um") && hi > lo &&
+			    !(lo < client->graveyard_end && hi > client->graveyard_start))
+				(void)client_region_add(client, lo, hi);
+			anon = false;
+			continue;
+		}
+		if (sscanf(line, "%lx-%lx %4s %*x %*x:%*x %lu%n", &a, &b, perms, &inode, &consumed) !=
+		    4)
+			continue; /* a "Key: value" line */
+		{
+			char *name = line + consumed;
+
+			while (*name == ' ' || *name == '\t')
+				name++;
+			name[strcspn(name, "\n")] = 0;
+			lo = a;
+			hi = b;
+			anon = perms[0] == 'r' && perms[1] == 'w' && perms[3] == 'p' && inode == 0 &&
+			       maps_name_is_anonymous(name);
+		}
+	}
+	fclose(f);
+	return 0;
 }
 
 #define PAGEMAP_PRESENT (1ULL << 63)

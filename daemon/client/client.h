@@ -19,6 +19,8 @@
 #include "group/group.h"
 #include "index/index.h"
 #include "protocol.h"
+#include "store/store.h"
+#include "util.h"
 
 struct sd_event;
 struct fault_thread;
@@ -112,7 +114,8 @@ struct client {
 	int pagemap_fd; /* -1 when none */
 	int proc_fd;	/* O_PATH of /proc/PID: pins the process identity */
 	int ring_fd;
-	uint8_t *ring; /* UZ_EVICT_BATCH_MAX pages, shared with the client */
+	uint8_t *ring; /* UZ_RING_PAGES pages shared with the client: data slots, then status */
+	bool resume;   /* HELLO with UZ_HELLO_RESUME: recover from the store on adoption */
 	uint64_t graveyard_start, graveyard_end;
 
 	/* --- thread-owned --- */
@@ -124,7 +127,8 @@ struct client {
 	struct uz_list thread_link;
 	struct fault_thread *thread;
 	struct fault_source source_uffd, source_socket;
-	struct page_index *index;
+	struct store *store;	  /* the memfd the client holds: index cells, journal, batch */
+	struct page_index *index; /* on store's cells */
 
 	struct client_region *regions; /* sorted, disjoint */
 	unsigned nr_regions, regions_capacity;
@@ -210,6 +214,21 @@ ssize_t client_recv(int fd, void *buf, size_t cap, int *fds, unsigned *nfds, uns
 
 /* Send a whole message without blocking; -EAGAIN when the socket is full. */
 int client_send(struct client *client, const void *msg, size_t size);
+
+/* The agent's status page, after the ring's data slots. */
+static inline struct uz_ring_status *client_ring_status(const struct client *client)
+{
+	return (struct uz_ring_status *)(client->ring + (size_t)UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE);
+}
+
+/*
+ * The registered regions as the kernel has them: every VMA of the client
+ * registered with a userfaultfd for MISSING faults (smaps VmFlags "um"),
+ * less the graveyard.  Used after a daemon restart, when the regions the
+ * previous daemon accepted are known only to the kernel.  Replaces the
+ * client's regions; -errno (-ESRCH: gone).
+ */
+int client_regions_from_kernel(struct client *client);
 
 static inline bool client_in_graveyard(const struct client *client, uint64_t addr)
 {

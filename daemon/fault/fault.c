@@ -61,6 +61,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,7 +92,6 @@ enum {
 	FAULT_SOURCE_SWAP, /* the swap_io eventfd of the writeback tier */
 };
 
-#define FAULT_UFFD_BATCH     64	  /* uffd messages per read */
 #define FAULT_UFFD_ROUNDS    8	  /* reads per wake-up before looking at others */
 #define FAULT_SOCKET_ROUNDS  64	  /* socket messages per wake-up */
 #define FAULT_RETRY_MAX	     8192 /* faults waiting on EAGAIN, per thread */
@@ -274,6 +274,12 @@ static void entry_lru_push(struct client *c, uint64_t vpn, page_entry_t *entry)
  */
 static void entry_release(struct client *c, uint64_t vpn, page_entry_t entry)
 {
+	/*
+	 * Replaying a killed daemon's journal (client_recover): nothing is
+	 * counted yet, and what the entry names belonged to that daemon.
+	 */
+	if (c->resume)
+		return;
 	switch (pe_state(entry)) {
 	case PAGE_RESIDENT:
 		client_resident_add(c, -1);
@@ -408,7 +414,7 @@ static int fault_decode_page(struct fault_thread *t, struct client *c, page_entr
 	int r;
 
 	if (pe_state(e) == PAGE_SAME_FILLED) {
-		page_fill_word(dst, pattern_word(pe_payload(e)));
+		page_fill_word(dst, pe_fill_word(pe_payload(e)));
 		return 0;
 	}
 	if (algo == COMPRESSOR_RAW)
@@ -527,6 +533,23 @@ static int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, 
 			latency_hist_record(c->daemon->fault_latency, uz_now_nsec() - start_ns);
 		}
 		return 0;
+	case PAGE_LOST: {
+		/* Its bytes were not recovered after a daemon restart: SIGBUS, never zeros. */
+		struct uffdio_poison poison = {.range = {addr, UZ_PAGE_SIZE}, .mode = 0};
+
+		r = ioctl(c->uffd, UFFDIO_POISON, &poison) == 0 ? 0 : -errno;
+		if (r == -EAGAIN)
+			return r;
+		if (r == -EINVAL || r == -ENOTTY || r == -EOPNOTSUPP) {
+			/* No poison in this kernel: the process must not read zeros instead. */
+			kill(c->pid, SIGKILL);
+			return 0;
+		}
+		if (r < 0)
+			uffd_wake(c->uffd, addr, UZ_PAGE_SIZE); /* EEXIST: mapped after all */
+		page_index_set(c->index, vpn, pe_make(e, PAGE_NEVER, false, 0, 0, 0));
+		return 0;
+	}
 	case PAGE_ON_DISK:
 		/* Parked until the read lands (writeback.c); -EAGAIN: no read context free. */
 		r = wb_fault(t->wb, c, vpn, e);
@@ -621,8 +644,10 @@ static void client_remap(struct client *c, uint64_t from, uint64_t to, uint64_t 
 
 		if (old)
 			entry_release(c, vpn, old);
-		if (pe_state(entry) == PAGE_IN_FLIGHT)
+		if (pe_state(entry) == PAGE_IN_FLIGHT) {
 			c->slots[pe_payload(entry) % UZ_EVICT_BATCH_MAX].vpn = vpn;
+			store_batch(c->store)->vpn[pe_payload(entry) % UZ_EVICT_BATCH_MAX] = vpn;
+		}
 		wb_entry_moved(c->thread->wb, c, ctx.first + ctx.items[i].offset, vpn, entry);
 		if (page_index_set(c->index, vpn, entry) < 0)
 			entry_release(c, vpn, entry); /* out of memory: the page is lost */
@@ -843,6 +868,19 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 	}
 	c->reclaim_rescan_at = 0;
 
+	/*
+	 * The batch record in the store first: a daemon started after a crash
+	 * must know which page each IN_FLIGHT slot is (client_recover).  The
+	 * id goes last, so a record is whole once its id is new.
+	 */
+	{
+		struct uz_store_batch *record = store_batch(c->store);
+
+		record->count = ctx.count;
+		for (unsigned i = 0; i < ctx.count; i++)
+			record->vpn[i] = c->slots[i].vpn;
+		__atomic_store_n(&record->id, c->batch_id + 1, __ATOMIC_RELEASE);
+	}
 	size = offsetof(struct uz_msg_evict, addrs) + ctx.count * sizeof(uint64_t);
 	uz_msg_header_init(&t->evict_msg->header, UZ_MSG_EVICT, (uint32_t)size, 0);
 	t->evict_msg->batch = c->batch_id + 1;
@@ -881,7 +919,7 @@ static int fault_store_page(struct fault_thread *t, struct client *c, uint64_t v
 	pool_handle_t handle;
 	int len, r;
 
-	if (page_same_filled(page, &word) && pattern_intern(word, &pattern) == 0) {
+	if (page_same_filled(page, &word) && pe_fill_encode(word, &pattern)) {
 		e = pe_make(e, PAGE_SAME_FILLED, true, 0, 0, pattern);
 		page_index_set(c->index, vpn, e);
 		client_stat(c, UZ_STAT_stored_pages, 1);
@@ -1567,12 +1605,57 @@ static void client_handle_socket(struct fault_thread *t, struct client *c)
 	client_run_requests(t, c);
 }
 
+/* One message from a client's uffd (read now, or left in the journal by a killed daemon). */
+static void client_handle_uffd_msg(struct fault_thread *t, struct client *c,
+				   const struct uffd_msg *m)
+{
+	switch (m->event) {
+	case UFFD_EVENT_PAGEFAULT: {
+		uint64_t addr = m->arg.pagefault.address & UZ_PAGE_MASK;
+		bool write = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
+
+		c->faults++;
+		if (fault_serve(t, c, addr, write) == -EAGAIN)
+			fault_retry_add(t, c, addr, write);
+		break;
+	}
+	case UFFD_EVENT_REMOVE:
+		if (m->arg.remove.start >= c->graveyard_start &&
+		    m->arg.remove.end <= c->graveyard_end)
+			break; /* the agent dropping its graveyard */
+		client_forget_range(c, m->arg.remove.start, m->arg.remove.end);
+		break;
+	case UFFD_EVENT_UNMAP:
+		client_forget_range(c, m->arg.remove.start, m->arg.remove.end);
+		client_region_remove(c, m->arg.remove.start & UZ_PAGE_MASK,
+				     (m->arg.remove.end + UZ_PAGE_SIZE - 1) & UZ_PAGE_MASK);
+		break;
+	case UFFD_EVENT_REMAP:
+		client_remap(c, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
+		break;
+	case UFFD_EVENT_FORK:
+		/* Not requested by the protocol; a child's uffd we never serve. */
+		close((int)m->arg.fork.ufd);
+		break;
+	default:
+		break;
+	}
+}
+
+/*
+ * Read the client's uffd straight into the journal of its store, and zero
+ * each message once it is applied: a message this daemon read but did not
+ * apply before being killed is still there for the next one
+ * (client_recover).  The store may move while a message is handled (an
+ * index cell allocation grows it), so each message is copied out first and
+ * the journal is looked up again to zero it.
+ */
 static void client_handle_uffd(struct fault_thread *t, struct client *c)
 {
-	struct uffd_msg msgs[FAULT_UFFD_BATCH];
+	const size_t capacity = UZ_STORE_JOURNAL_MSGS * sizeof(struct uffd_msg);
 
 	for (int round = 0; round < FAULT_UFFD_ROUNDS && !c->dead; round++) {
-		ssize_t n = read(c->uffd, msgs, sizeof(msgs));
+		ssize_t n = read(c->uffd, store_journal(c->store), capacity);
 
 		if (n < 0) {
 			if (errno == EAGAIN)
@@ -1582,48 +1665,17 @@ static void client_handle_uffd(struct fault_thread *t, struct client *c)
 			client_kill(t, c, true);
 			return;
 		}
-		if (n == 0 || n % sizeof(msgs[0])) {
+		if (n == 0 || n % sizeof(struct uffd_msg)) {
 			client_kill(t, c, true);
 			return;
 		}
-		for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]) && !c->dead; i++) {
-			const struct uffd_msg *m = &msgs[i];
+		for (size_t i = 0; i < (size_t)n / sizeof(struct uffd_msg) && !c->dead; i++) {
+			struct uffd_msg m = ((struct uffd_msg *)store_journal(c->store))[i];
 
-			switch (m->event) {
-			case UFFD_EVENT_PAGEFAULT: {
-				uint64_t addr = m->arg.pagefault.address & UZ_PAGE_MASK;
-				bool write = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
-
-				c->faults++;
-				if (fault_serve(t, c, addr, write) == -EAGAIN)
-					fault_retry_add(t, c, addr, write);
-				break;
-			}
-			case UFFD_EVENT_REMOVE:
-				if (m->arg.remove.start >= c->graveyard_start &&
-				    m->arg.remove.end <= c->graveyard_end)
-					break; /* the agent dropping its graveyard */
-				client_forget_range(c, m->arg.remove.start, m->arg.remove.end);
-				break;
-			case UFFD_EVENT_UNMAP:
-				client_forget_range(c, m->arg.remove.start, m->arg.remove.end);
-				client_region_remove(c, m->arg.remove.start & UZ_PAGE_MASK,
-						     (m->arg.remove.end + UZ_PAGE_SIZE - 1) &
-							 UZ_PAGE_MASK);
-				break;
-			case UFFD_EVENT_REMAP:
-				client_remap(c, m->arg.remap.from, m->arg.remap.to,
-					     m->arg.remap.len);
-				break;
-			case UFFD_EVENT_FORK:
-				/* Not requested by the protocol; a child's uffd we never serve. */
-				close((int)m->arg.fork.ufd);
-				break;
-			default:
-				break;
-			}
+			client_handle_uffd_msg(t, c, &m);
+			memset((struct uffd_msg *)store_journal(c->store) + i, 0, sizeof(m));
 		}
-		if ((size_t)n < sizeof(msgs))
+		if ((size_t)n < capacity)
 			break;
 	}
 }
@@ -1699,6 +1751,193 @@ static void client_take_assign(struct fault_thread *t, struct client *c)
 		client_reclaim(t, c);
 }
 
+/* ---------------------------------------------------------------------------
+ * Taking a client back after a daemon restart
+ */
+
+struct recover_ctx {
+	struct fault_thread *thread;
+	struct client *client;
+	/* a window of the client's pagemap, read 512 pages at a time */
+	uint64_t window_start;
+	unsigned window_len;
+	uint64_t window[512];
+	/* IN_FLIGHT entries of the batch the previous daemon had out */
+	uint64_t in_flight_vpns[UZ_EVICT_BATCH_MAX];
+	unsigned nr_in_flight;
+	uint64_t recovered, lost;
+};
+
+/* Is the client's page at vpn mapped?  Unknown counts as mapped (never lose a page). */
+static bool recover_page_mapped(struct recover_ctx *ctx, uint64_t vpn)
+{
+	struct client *c = ctx->client;
+
+	if (vpn < ctx->window_start || vpn >= ctx->window_start + ctx->window_len) {
+		ssize_t got = -1;
+
+		ctx->window_start = vpn;
+		ctx->window_len = 0;
+		if (c->pagemap_fd >= 0)
+			got = pread(c->pagemap_fd, ctx->window, sizeof(ctx->window),
+				    (off_t)(vpn * sizeof(uint64_t)));
+		if (got < (ssize_t)sizeof(uint64_t))
+			return true;
+		ctx->window_len = (unsigned)(got / sizeof(uint64_t));
+	}
+	return ctx->window[vpn - ctx->window_start] & ((1ULL << 63) | (1ULL << 62));
+}
+
+/*
+ * One entry of the recovered index, checked against the page tables: a page
+ * that is mapped was put back (or never left), whatever its entry says;
+ * evicted bytes the new daemon cannot reach become LOST (poisoned on
+ * fault).  The LRU of the new daemon is empty, so every queued bit goes.
+ */
+static int recover_one(uint64_t vpn, page_entry_t *entry, void *userdata)
+{
+	struct recover_ctx *ctx = userdata;
+	struct client *c = ctx->client;
+	page_entry_t e = *entry & ~PE_QUEUED;
+	bool mapped = recover_page_mapped(ctx, vpn);
+
+	if (pe_state(e) == PAGE_IN_FLIGHT) {
+		/* Decided after the walk, from the batch record and the ring's status page. */
+		if (ctx->nr_in_flight < UZ_EVICT_BATCH_MAX)
+			ctx->in_flight_vpns[ctx->nr_in_flight++] = vpn;
+		*entry = e;
+		return 0;
+	}
+	if (mapped) {
+		/* Put back (or never taken): whatever the entry says, the page is there. */
+		*entry = pe_make(e, PAGE_RESIDENT, false, 0, 0, 0);
+		client_resident_add(c, 1);
+		return 0;
+	}
+	switch (pe_state(e)) {
+	case PAGE_RESIDENT:
+		e = 0; /* gone: dropped by the kernel (MADV_FREE) or unmapped */
+		break;
+	case PAGE_SAME_FILLED:
+		client_stat(c, UZ_STAT_stored_pages, 1);
+		client_stat(c, UZ_STAT_same_filled_pages, 1);
+		ctx->recovered++;
+		break;
+	case PAGE_STORED:
+	case PAGE_WRITEBACK:
+	case PAGE_ON_DISK:
+		/* The pool and the swap slots of the previous daemon are not reachable. */
+		e = pe_make(e, PAGE_LOST, false, 0, 0, 0);
+		ctx->lost++;
+		break;
+	default:
+		break;
+	}
+	*entry = e;
+	return 0;
+}
+
+/*
+ * The victims of the batch the previous daemon had out.  The agent always
+ * finishes a batch before it re-joins, so its status page in the ring is
+ * final: a page it moved is in ring slot i and is stored now (or put back
+ * from there when the pool refuses it); a page it did not move is where it
+ * was, or gone (a concurrent munmap).
+ */
+static void recover_in_flight(struct recover_ctx *ctx)
+{
+	struct fault_thread *t = ctx->thread;
+	struct client *c = ctx->client;
+	const struct uz_store_batch *record = store_batch(c->store);
+	const struct uz_ring_status *status = client_ring_status(c);
+	uint32_t record_id = __atomic_load_n(&record->id, __ATOMIC_ACQUIRE);
+	uint32_t status_batch = __atomic_load_n(&status->batch, __ATOMIC_ACQUIRE);
+	bool answered = record_id && status_batch == record_id && status->count == record->count &&
+			record->count <= UZ_EVICT_BATCH_MAX;
+
+	c->batch_id = uz_max(record_id, status_batch);
+	for (unsigned j = 0; j < ctx->nr_in_flight; j++) {
+		uint64_t vpn = ctx->in_flight_vpns[j];
+		page_entry_t e = page_index_get(c->index, vpn);
+		uint64_t i = pe_payload(e);
+		bool moved = answered && i < record->count && record->vpn[i] == vpn &&
+			     status->status[i] == 0;
+
+		if (moved && !recover_page_mapped(ctx, vpn)) {
+			const uint8_t *bytes = c->ring + (size_t)i * UZ_PAGE_SIZE;
+
+			if (fault_store_page(t, c, vpn, pe_make(e, PAGE_NEVER, false, 0, 0, 0),
+					     bytes) == 0) {
+				ctx->recovered++;
+				continue;
+			}
+			/* Not storable now: it goes back from the ring, as after EVICT_DONE. */
+			c->slots[i] = (struct evict_slot){.vpn = vpn, .state = EVICT_SLOT_INSTALL};
+			page_index_set(c->index, vpn, pe_make(e, PAGE_IN_FLIGHT, false, 0, 0, i));
+			c->batch_state = BATCH_LANDING;
+			c->batch_count = uz_max(c->batch_count, (uint32_t)i + 1);
+			c->batch_pending_installs++;
+			c->in_flight++;
+			continue;
+		}
+		if (recover_page_mapped(ctx, vpn)) {
+			page_index_set(c->index, vpn, pe_make(e, PAGE_RESIDENT, false, 0, 0, 0));
+			client_resident_add(c, 1);
+		} else {
+			/* Neither moved nor here: a munmap or DONTNEED took it. */
+			page_index_set(c->index, vpn, 0);
+		}
+	}
+}
+
+/*
+ * A client that re-joined with UZ_HELLO_RESUME: its store holds the index
+ * the previous daemon left (checked by page_index_recover at the
+ * handshake).  Before any new uffd message is read: apply the messages the
+ * previous daemon read but did not apply (the journal), take the
+ * registered regions from the kernel, check every entry against the page
+ * tables, settle the batch in flight, and wake every thread waiting on a
+ * fault whose message died with the previous daemon.
+ */
+static void client_recover(struct fault_thread *t, struct client *c)
+{
+	struct recover_ctx *ctx = calloc(1, sizeof(*ctx));
+	struct uffd_msg *journal = store_journal(c->store);
+
+	if (!ctx) {
+		client_kill(t, c, false);
+		return;
+	}
+	ctx->thread = t;
+	ctx->client = c;
+	for (unsigned i = 0; i < UZ_STORE_JOURNAL_MSGS && !c->dead; i++) {
+		struct uffd_msg m = journal[i];
+
+		if (m.event == UFFD_EVENT_PAGEFAULT || m.event == 0)
+			continue; /* faults are refaulted after the wake below */
+		client_handle_uffd_msg(t, c, &m);
+		journal = store_journal(c->store);
+	}
+	memset(store_journal(c->store), 0, UZ_STORE_JOURNAL_MSGS * sizeof(struct uffd_msg));
+
+	if (client_regions_from_kernel(c) < 0) {
+		free(ctx);
+		client_kill(t, c, false);
+		return;
+	}
+	page_index_walk(c->index, 0, VPN_MAX, recover_one, ctx);
+	recover_in_flight(ctx);
+	client_stat(c, UZ_STAT_recovered_clients, 1);
+	client_stat(c, UZ_STAT_recovered_pages, (int64_t)ctx->recovered);
+	client_stat(c, UZ_STAT_lost_pages, (int64_t)ctx->lost);
+	for (unsigned i = 0; i < c->nr_regions; i++)
+		uffd_wake(c->uffd, c->regions[i].start, c->regions[i].end - c->regions[i].start);
+	c->resume = false;
+	free(ctx);
+	if (c->batch_state == BATCH_LANDING)
+		client_batch_install(t, c);
+}
+
 static void fault_thread_adopt_inbox(struct fault_thread *t)
 {
 	struct uz_list inbox;
@@ -1768,6 +2007,11 @@ static void fault_thread_adopt_inbox(struct fault_thread *t)
 				t->grace_until = c->grace_until;
 		}
 		(void)fault_compressor(t, c->policy.algo, c->policy.level, true);
+		if (c->resume) {
+			client_recover(t, c);
+			if (c->dead)
+				continue;
+		}
 		c->source_uffd = (struct fault_source){c, FAULT_SOURCE_UFFD};
 		c->source_socket = (struct fault_source){c, FAULT_SOURCE_SOCKET};
 		if (epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, c->uffd, &ev_uffd) < 0 ||

@@ -1,25 +1,38 @@
 // SPDX-License-Identifier: MIT
 /*
  * The page index: a radix tree from a 36-bit virtual page number to a
- * 64-bit page entry.
+ * 64-bit page entry, built on the cells of the client's store (a memfd the
+ * client holds, daemon/store), so that it outlives the daemon.
  *
  * Each level consumes 6 bits of the vpn: five levels of interior nodes
- * (64 child pointers each) above leaves of 64 entries.  Small leaves keep
- * a sparse mapping cheap: a terabyte region with a page stored here and
- * there pays about one leaf and one or two nodes per stored page, not a
- * flat array, while a dense region costs 8 bytes per page plus one pointer
- * per 64 pages.
+ * (64 child cell numbers each) above leaves of 64 entries.  Small leaves
+ * keep a sparse mapping cheap: a terabyte region with a page stored here
+ * and there pays about one leaf and one or two nodes per stored page, not
+ * a flat array, while a dense region costs 8 bytes per page plus one cell
+ * number per 64 pages.
  *
  * Every node and leaf carries a 64-bit occupancy bitmap: for a node, which
- * children exist; for a leaf, which entries are non-zero.  The bitmap is
- * the leaf's non-zero count (by popcount), tells set when a leaf or node
- * has become empty and must be freed, and lets a walk jump to the next
- * occupied slot with one count-trailing-zeros instead of scanning zeros.
+ * children exist; for a leaf, which entries are non-zero.  The bitmap tells
+ * when a leaf or node has become empty and must be freed, and lets a walk
+ * jump to the next occupied slot with one count-trailing-zeros instead of
+ * scanning zeros.  The slots are the truth and the bitmaps a summary of
+ * them: recovery recomputes the bitmaps.
  *
- * The walk does not hold pointers into the tree across its callback: it
- * finds the next non-zero entry from the root, calls back with a copy, and
- * stores the result with page_index_set().  The callback may therefore set
- * or clear any entry of the same index, and empty leaves go at once.
+ * Crash safety (a daemon killed at any instruction leaves a tree the next
+ * one can use): a cell is zeroed by the store before it is linked, and
+ * linked with one aligned store of its number into its parent's slot (or
+ * the header's root); an entry is one aligned 64-bit store.  An empty cell
+ * is unlinked before it goes back to the free list, which lives in daemon
+ * memory.  So after a crash the tree holds every entry written, at worst
+ * with an empty cell or a stale occupancy bit, and cells it no longer
+ * reaches are simply free (page_index_recover()).
+ *
+ * Cells move when the store grows (a cell allocation may remap it), so no
+ * pointer to a cell is kept across an allocation.  The walk does not hold
+ * pointers into the tree across its callback: it finds the next non-zero
+ * entry from the root, calls back with a copy, and stores the result with
+ * page_index_set().  The callback may therefore set or clear any entry of
+ * the same index, and empty leaves go at once.
  *
  * No locking: an index belongs to the one fault thread that serves its
  * client.
@@ -30,29 +43,20 @@
 
 #include "util.h"
 #include "index/index.h"
+#include "store/store.h"
 
-#define INDEX_BITS   6
-#define INDEX_FANOUT (1U << INDEX_BITS)
+#define INDEX_BITS   UZ_STORE_CELL_BITS
+#define INDEX_FANOUT UZ_STORE_CELL_FANOUT
 #define INDEX_MASK   (INDEX_FANOUT - 1)
 /* Interior levels above the leaves: 36 bits = 6 levels of 6 bits, one of them leaves. */
-#define INDEX_NODE_LEVELS (PAGE_INDEX_VPN_BITS / INDEX_BITS - 1)
+#define INDEX_NODE_LEVELS (UZ_STORE_LEVELS - 1)
 #define INDEX_VPN_MAX	  ((1ULL << PAGE_INDEX_VPN_BITS) - 1)
 
-_Static_assert(PAGE_INDEX_VPN_BITS % INDEX_BITS == 0, "vpn bits must split into levels");
-
-struct index_leaf {
-	uint64_t present; /* bit i: entries[i] != 0 */
-	page_entry_t entries[INDEX_FANOUT];
-};
-
-struct index_node {
-	uint64_t present; /* bit i: child[i] != NULL */
-	void *child[INDEX_FANOUT];
-};
+_Static_assert(PAGE_INDEX_VPN_BITS == UZ_STORE_VPN_BITS, "index and store agree on vpn bits");
 
 struct page_index {
-	struct index_node *root; /* NULL while the index is empty */
-	uint64_t bytes;
+	struct store *store;
+	uint64_t nodes;
 	uint64_t leaves;
 	uint64_t entries;
 };
@@ -68,163 +72,152 @@ static unsigned slot_at(uint64_t vpn, unsigned level)
 	return (unsigned)(vpn >> level_shift(level)) & INDEX_MASK;
 }
 
-int page_index_new(struct page_index **out)
+static inline struct uz_store_cell *cell_at(const struct page_index *index, uint32_t cell)
+{
+	return store_cell(index->store, cell);
+}
+
+static inline uint32_t index_root(const struct page_index *index)
+{
+	return store_header(index->store)->index_root;
+}
+
+static inline void index_set_root(struct page_index *index, uint32_t cell)
+{
+	__atomic_store_n(&store_header(index->store)->index_root, cell, __ATOMIC_RELEASE);
+}
+
+/* Link a child (one aligned store: a crash sees it or not). */
+static inline void cell_link(struct uz_store_cell *parent, unsigned slot, uint32_t child)
+{
+	__atomic_store_n(&parent->slot[slot], (uint64_t)child, __ATOMIC_RELEASE);
+	if (child)
+		parent->present |= 1ULL << slot;
+	else
+		parent->present &= ~(1ULL << slot);
+}
+
+int page_index_new(struct page_index **out, struct store *store)
 {
 	struct page_index *index;
 
 	index = calloc(1, sizeof(*index));
 	if (!index)
 		return -ENOMEM;
-	index->bytes = sizeof(*index);
+	index->store = store;
 	*out = index;
 	return 0;
 }
 
-/* Frees a node of `level` (>= 1) and everything under it. */
-static void node_free(struct index_node *node, unsigned level)
-{
-	uint64_t present = node->present;
-
-	while (present) {
-		unsigned slot = (unsigned)__builtin_ctzll(present);
-
-		present &= present - 1;
-		if (level == 1)
-			free(node->child[slot]);
-		else
-			node_free(node->child[slot], level - 1);
-	}
-	free(node);
-}
-
 struct page_index *page_index_free(struct page_index *index)
 {
-	if (!index)
-		return NULL;
-	if (index->root)
-		node_free(index->root, INDEX_NODE_LEVELS);
 	free(index);
 	return NULL;
 }
 
 page_entry_t page_index_get(const struct page_index *index, uint64_t vpn)
 {
-	const struct index_node *node = index->root;
-	const struct index_leaf *leaf;
+	uint32_t cell = index_root(index);
 	unsigned level;
 
-	if (vpn > INDEX_VPN_MAX || !node)
+	if (vpn > INDEX_VPN_MAX || !cell)
 		return 0;
-	for (level = INDEX_NODE_LEVELS; level > 1; level--) {
-		node = node->child[slot_at(vpn, level)];
-		if (!node)
+	for (level = INDEX_NODE_LEVELS; level >= 1; level--) {
+		cell = (uint32_t)cell_at(index, cell)->slot[slot_at(vpn, level)];
+		if (!cell)
 			return 0;
 	}
-	leaf = node->child[slot_at(vpn, 1)];
-	return leaf ? leaf->entries[slot_at(vpn, 0)] : 0;
+	return cell_at(index, cell)->slot[slot_at(vpn, 0)];
 }
 
 /*
- * Clears the entry of vpn under node (of `level`); returns true when the
- * node became empty (the caller frees it and drops its pointer).
+ * Clears the entry of vpn under `cell` (of `level`); returns true when the
+ * cell became empty (the caller unlinks and frees it).
  */
-static bool node_clear(struct page_index *index, struct index_node *node, unsigned level,
-		       uint64_t vpn)
+static bool node_clear(struct page_index *index, uint32_t cell, unsigned level, uint64_t vpn)
 {
+	struct uz_store_cell *node = cell_at(index, cell);
 	unsigned slot = slot_at(vpn, level);
-	bool child_empty;
+	uint32_t child;
 
-	if (!(node->present & (1ULL << slot)))
-		return false;
-	if (level == 1) {
-		struct index_leaf *leaf = node->child[slot];
-		unsigned entry_slot = slot_at(vpn, 0);
-
-		if (!(leaf->present & (1ULL << entry_slot)))
+	if (level == 0) {
+		if (!node->slot[slot])
 			return false;
-		leaf->entries[entry_slot] = 0;
-		leaf->present &= ~(1ULL << entry_slot);
-		index->entries--;
-		child_empty = leaf->present == 0;
-		if (child_empty) {
-			free(leaf);
-			index->bytes -= sizeof(*leaf);
-			index->leaves--;
-		}
-	} else {
-		child_empty = node_clear(index, node->child[slot], level - 1, vpn);
-		if (child_empty) {
-			free(node->child[slot]);
-			index->bytes -= sizeof(struct index_node);
-		}
-	}
-	if (child_empty) {
-		node->child[slot] = NULL;
+		__atomic_store_n(&node->slot[slot], 0, __ATOMIC_RELEASE);
 		node->present &= ~(1ULL << slot);
+		index->entries--;
+		return node->present == 0;
 	}
+	child = (uint32_t)node->slot[slot];
+	if (!child || !node_clear(index, child, level - 1, vpn))
+		return false;
+	cell_link(node, slot, 0); /* unlinked before it is freed */
+	store_cell_free(index->store, child);
+	if (level == 1)
+		index->leaves--;
+	else
+		index->nodes--;
 	return node->present == 0;
 }
 
 int page_index_set(struct page_index *index, uint64_t vpn, page_entry_t entry)
 {
-	struct index_node *node;
-	struct index_leaf *leaf;
+	uint32_t cell, child;
 	unsigned level, slot;
+	int r;
 
 	if (vpn > INDEX_VPN_MAX)
 		return -ERANGE;
 
 	if (entry == 0) {
-		if (index->root && node_clear(index, index->root, INDEX_NODE_LEVELS, vpn)) {
-			free(index->root);
-			index->root = NULL;
-			index->bytes -= sizeof(struct index_node);
+		cell = index_root(index);
+		if (cell && node_clear(index, cell, INDEX_NODE_LEVELS, vpn)) {
+			index_set_root(index, 0);
+			store_cell_free(index->store, cell);
+			index->nodes--;
 		}
 		return 0;
 	}
 
 	/*
 	 * Allocate the missing path top-down.  A failure part way leaves empty
-	 * nodes behind; they are harmless (reachable, freed with the index) and
-	 * rare, so they are not unwound.
+	 * nodes behind; they are harmless (reachable, freed with the store) and
+	 * rare, so they are not unwound.  An allocation may move the store: the
+	 * parent is looked up again by number after each one.
 	 */
-	if (!index->root) {
-		index->root = calloc(1, sizeof(*index->root));
-		if (!index->root)
-			return -ENOMEM;
-		index->bytes += sizeof(*index->root);
+	cell = index_root(index);
+	if (!cell) {
+		r = store_cell_alloc(index->store, &cell);
+		if (r < 0)
+			return r;
+		index->nodes++;
+		index_set_root(index, cell);
 	}
-	node = index->root;
-	for (level = INDEX_NODE_LEVELS; level > 1; level--) {
+	for (level = INDEX_NODE_LEVELS; level >= 1; level--) {
 		slot = slot_at(vpn, level);
-		if (!node->child[slot]) {
-			struct index_node *child = calloc(1, sizeof(*child));
-
-			if (!child)
-				return -ENOMEM;
-			index->bytes += sizeof(*child);
-			node->child[slot] = child;
-			node->present |= 1ULL << slot;
+		child = (uint32_t)cell_at(index, cell)->slot[slot];
+		if (!child) {
+			r = store_cell_alloc(index->store, &child);
+			if (r < 0)
+				return r;
+			if (level == 1)
+				index->leaves++;
+			else
+				index->nodes++;
+			cell_link(cell_at(index, cell), slot, child);
 		}
-		node = node->child[slot];
+		cell = child;
 	}
-	slot = slot_at(vpn, 1);
-	leaf = node->child[slot];
-	if (!leaf) {
-		leaf = calloc(1, sizeof(*leaf));
-		if (!leaf)
-			return -ENOMEM;
-		index->bytes += sizeof(*leaf);
-		index->leaves++;
-		node->child[slot] = leaf;
-		node->present |= 1ULL << slot;
+	{
+		struct uz_store_cell *leaf = cell_at(index, cell);
+
+		slot = slot_at(vpn, 0);
+		if (!(leaf->present & (1ULL << slot))) {
+			leaf->present |= 1ULL << slot;
+			index->entries++;
+		}
+		__atomic_store_n(&leaf->slot[slot], entry, __ATOMIC_RELEASE);
 	}
-	slot = slot_at(vpn, 0);
-	if (!(leaf->present & (1ULL << slot))) {
-		leaf->present |= 1ULL << slot;
-		index->entries++;
-	}
-	leaf->entries[slot] = entry;
 	return 0;
 }
 
@@ -235,12 +228,13 @@ static uint64_t bits_from(uint64_t present, unsigned from)
 }
 
 /*
- * The first vpn >= from under node (of `level`) with a non-zero entry;
+ * The first vpn >= from under `cell` (of `level`) with a non-zero entry;
  * false when there is none.
  */
-static bool node_find_next(const struct index_node *node, unsigned level, uint64_t from,
-			   uint64_t *found)
+static bool node_find_next(const struct page_index *index, uint32_t cell, unsigned level,
+			   uint64_t from, uint64_t *found)
 {
+	const struct uz_store_cell *node = cell_at(index, cell);
 	unsigned shift = level_shift(level);
 	uint64_t candidates = bits_from(node->present, slot_at(from, level));
 
@@ -251,10 +245,11 @@ static bool node_find_next(const struct index_node *node, unsigned level, uint64
 					  ? from
 					  : (from & ~((1ULL << (shift + INDEX_BITS)) - 1)) |
 						((uint64_t)slot << shift);
+		uint32_t child = (uint32_t)node->slot[slot];
 
 		candidates &= candidates - 1;
 		if (level == 1) {
-			const struct index_leaf *leaf = node->child[slot];
+			const struct uz_store_cell *leaf = cell_at(index, child);
 			uint64_t entries = bits_from(leaf->present, slot_at(child_from, 0));
 
 			if (entries) {
@@ -262,7 +257,7 @@ static bool node_find_next(const struct index_node *node, unsigned level, uint64
 					 (unsigned)__builtin_ctzll(entries);
 				return true;
 			}
-		} else if (node_find_next(node->child[slot], level - 1, child_from, found)) {
+		} else if (node_find_next(index, child, level - 1, child_from, found)) {
 			return true;
 		}
 	}
@@ -277,10 +272,11 @@ int page_index_walk(struct page_index *index, uint64_t first, uint64_t last, pag
 
 	if (last > INDEX_VPN_MAX)
 		last = INDEX_VPN_MAX;
-	while (cursor <= last && index->root) {
+	while (cursor <= last && index_root(index)) {
 		page_entry_t entry, old;
 
-		if (!node_find_next(index->root, INDEX_NODE_LEVELS, cursor, &vpn) || vpn > last)
+		if (!node_find_next(index, index_root(index), INDEX_NODE_LEVELS, cursor, &vpn) ||
+		    vpn > last)
 			break;
 		old = entry = page_index_get(index, vpn);
 		r = fn(vpn, &entry, userdata);
@@ -301,7 +297,79 @@ int page_index_walk(struct page_index *index, uint64_t first, uint64_t last, pag
 
 void page_index_get_usage(const struct page_index *index, struct page_index_usage *usage)
 {
-	usage->bytes = index->bytes;
+	usage->bytes = (index->nodes + index->leaves) * sizeof(struct uz_store_cell);
 	usage->leaves = index->leaves;
 	usage->entries = index->entries;
+}
+
+/* --- recovery ------------------------------------------------------------- */
+
+struct recover_ctx {
+	struct page_index *index;
+	uint64_t *used; /* bit n: cell n is reached */
+	uint32_t bump;
+};
+
+/* Check the subtree at `cell` (of `level`), mark its cells, rebuild its bits. */
+static int recover_cell(struct recover_ctx *ctx, uint32_t cell, unsigned level)
+{
+	struct uz_store_cell *node;
+	uint64_t present = 0;
+
+	if (cell == 0 || cell >= ctx->bump || (ctx->used[cell / 64] & (1ULL << (cell % 64))))
+		return -EBADMSG;
+	ctx->used[cell / 64] |= 1ULL << (cell % 64);
+	node = cell_at(ctx->index, cell);
+	for (unsigned slot = 0; slot < INDEX_FANOUT; slot++) {
+		uint64_t value = node->slot[slot];
+		int r;
+
+		if (!value)
+			continue;
+		present |= 1ULL << slot;
+		if (level == 0) {
+			ctx->index->entries++;
+			continue;
+		}
+		if (value > UINT32_MAX)
+			return -EBADMSG;
+		r = recover_cell(ctx, (uint32_t)value, level - 1);
+		if (r < 0)
+			return r;
+	}
+	node->present = present;
+	if (level == 0)
+		ctx->index->leaves++;
+	else
+		ctx->index->nodes++;
+	return 0;
+}
+
+int page_index_recover(struct page_index **out, struct store *store)
+{
+	struct page_index *index;
+	struct recover_ctx ctx;
+	uint32_t root;
+	int r;
+
+	r = page_index_new(&index, store);
+	if (r < 0)
+		return r;
+	ctx = (struct recover_ctx){.index = index, .bump = store_cells_bump(store)};
+	ctx.used = calloc((ctx.bump + 63) / 64, sizeof(uint64_t));
+	if (!ctx.used) {
+		page_index_free(index);
+		return -ENOMEM;
+	}
+	root = index_root(index);
+	r = root ? recover_cell(&ctx, root, INDEX_NODE_LEVELS) : 0;
+	if (r == 0)
+		r = store_cells_rebuild(store, ctx.used);
+	free(ctx.used);
+	if (r < 0) {
+		page_index_free(index);
+		return r;
+	}
+	*out = index;
+	return 0;
 }

@@ -41,7 +41,10 @@
 	X(reject_alloc_fail, COUNTER, "stores refused: no pool memory could be had")               \
 	X(reject_reclaim_fail, COUNTER, "stores refused: the pool was full and nothing could be written back") \
 	X(pool_limit_hit, COUNTER, "stores refused because a pool limit was reached")              \
-	X(decompress_fail, COUNTER, "loads whose data did not decompress: the page was poisoned")
+	X(decompress_fail, COUNTER, "loads whose data did not decompress: the page was poisoned")  \
+	X(recovered_clients, COUNTER, "clients that re-joined after a daemon restart with their state") \
+	X(recovered_pages, COUNTER, "evicted pages taken back from a re-joining client's state")     \
+	X(lost_pages, COUNTER, "evicted pages whose bytes could not be recovered: poisoned, SIGBUS on touch")
 
 enum uz_stat {
 #define UZ_STAT_ENUM(name, kind, help) UZ_STAT_##name,

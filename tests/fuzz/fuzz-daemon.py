@@ -48,7 +48,7 @@ SEED = int(sys.argv[6]) if len(sys.argv) > 6 else int(
 FD_GROWTH_MAX = 4          # fds the daemon may open lazily after warm-up
 RSS_GROWTH_MAX = 32 << 20  # bytes of VmRSS growth tolerated (allocator slack)
 
-MAGIC, VERSION = 0x77737A75, 1
+MAGIC, VERSION = 0x77737A75, 2
 (HELLO, HELLO_REPLY, REGISTER, UNREGISTER, REPLY, EVICT, EVICT_DONE, FORK_PREPARE,
  FORK_DONE, SHUTDOWN, SHUTDOWN_ACK, STATS, STATS_REPLY, HINT, MSG_MAX) = range(1, 16)
 PAGE = 4096

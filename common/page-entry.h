@@ -1,0 +1,102 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The page entry: what uzswapd knows about one page of a client, in one
+ * 64-bit word.  Entries live in the client's store (common/store-layout.h), a
+ * memfd the client holds, so both sides read this layout: the daemon
+ * serves faults from it, and the client library reads it (read-only) when
+ * no daemon came back, to put back what it can and poison the rest
+ * (docs/RELIABILITY.md).
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+enum page_state {
+	PAGE_NEVER = 0,	      /* never touched or dropped: reads as zeros */
+	PAGE_RESIDENT = 1,    /* mapped in the client (served by us, or present at registration) */
+	PAGE_IN_FLIGHT = 2,   /* chosen as a victim; eviction batch not completed */
+	PAGE_STORED = 3,      /* compressed in the pool: payload = pool handle */
+	PAGE_SAME_FILLED = 4, /* payload = the 32-bit fill pattern (see pe_fill_word) */
+	PAGE_ON_DISK = 5,     /* payload = swap slot; len/algo describe the bytes on disk */
+	PAGE_WRITEBACK = 6,   /* in the pool and being written: payload = pool handle */
+	PAGE_LOST = 7,	      /* its bytes could not be recovered: a fault poisons it (SIGBUS) */
+};
+
+/*
+ * page_entry_t layout (bit numbers):
+ *   0..2   state
+ *   3      referenced (stored: second chance; resident: CLOCK reference)
+ *   4      queued: an LRU ring reference names this page (cleared only by
+ *          whoever pops that reference, so a page is never queued twice)
+ *   5..6   algo (enum compressor_algo) for stored/on-disk; free otherwise
+ *   7..19  len: compressed length 0..4096 (stored/on-disk); free otherwise
+ *   20..63 payload (44 bits): pool handle, swap slot, fill pattern, or
+ *          for IN_FLIGHT the slot in the eviction batch
+ * The all-zero entry is PAGE_NEVER with nothing queued.
+ */
+typedef uint64_t page_entry_t;
+
+#define PE_STATE_MASK	 0x7ULL
+#define PE_REFERENCED	 (1ULL << 3)
+#define PE_QUEUED	 (1ULL << 4)
+#define PE_ALGO_SHIFT	 5
+#define PE_ALGO_MASK	 (0x3ULL << PE_ALGO_SHIFT)
+#define PE_LEN_SHIFT	 7
+#define PE_LEN_MASK	 (0x1fffULL << PE_LEN_SHIFT)
+#define PE_PAYLOAD_SHIFT 20
+#define PE_PAYLOAD_BITS	 44
+#define PE_PAYLOAD_MAX	 ((1ULL << PE_PAYLOAD_BITS) - 1)
+
+static inline enum page_state pe_state(page_entry_t e)
+{
+	return (enum page_state)(e & PE_STATE_MASK);
+}
+static inline bool pe_referenced(page_entry_t e)
+{
+	return e & PE_REFERENCED;
+}
+static inline bool pe_queued(page_entry_t e)
+{
+	return e & PE_QUEUED;
+}
+static inline unsigned pe_algo(page_entry_t e)
+{
+	return (unsigned)((e & PE_ALGO_MASK) >> PE_ALGO_SHIFT);
+}
+static inline unsigned pe_len(page_entry_t e)
+{
+	return (unsigned)((e & PE_LEN_MASK) >> PE_LEN_SHIFT);
+}
+static inline uint64_t pe_payload(page_entry_t e)
+{
+	return e >> PE_PAYLOAD_SHIFT;
+}
+/* Build an entry; the queued bit of `old` is carried over (see above). */
+static inline page_entry_t pe_make(page_entry_t old, enum page_state state, bool referenced,
+				   unsigned algo, unsigned len, uint64_t payload)
+{
+	return (old & PE_QUEUED) | (uint64_t)state | (referenced ? PE_REFERENCED : 0) |
+	       ((uint64_t)algo << PE_ALGO_SHIFT & PE_ALGO_MASK) |
+	       ((uint64_t)len << PE_LEN_SHIFT & PE_LEN_MASK) | (payload << PE_PAYLOAD_SHIFT);
+}
+
+/*
+ * Same-filled pages: a page that is one 64-bit word repeated is recorded
+ * in its entry alone when that word is itself a 32-bit pattern repeated
+ * (zero, all ones, a repeated byte, short or int: nearly every same-filled
+ * page); the payload is the pattern.  Other fill words are compressed like
+ * any page (to a few dozen bytes).  The entry needs no table to be read,
+ * which is what lets the client library restore such pages by itself.
+ */
+static inline bool pe_fill_encode(uint64_t word, uint64_t *payload)
+{
+	if ((word >> 32) != (word & 0xffffffffULL))
+		return false;
+	*payload = word & 0xffffffffULL;
+	return true;
+}
+static inline uint64_t pe_fill_word(uint64_t payload)
+{
+	return (payload & 0xffffffffULL) | (payload << 32);
+}
