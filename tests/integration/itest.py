@@ -229,18 +229,18 @@ class Harness:
 
     # --- the daemon ---------------------------------------------------------
 
-    def start_daemon(self, budget="16M", low=None, threads=2, extra=()):
+    def start_daemon(self, budget="16M", low=None, threads=2, extra=(), name="uzswapd"):
         if low is None:
             low = f"{max(1, int(budget[:-1]) * 3 // 4)}{budget[-1]}"
         argv = [self.uzswapd, "--socket", self.socket, "--control-socket", self.control,
                 "--foreground",
                 "--resident-max", budget, "--resident-low", low,
                 "--fault-threads", str(threads), "--log-level", "info", *extra]
-        if "--config" not in extra:
+        if "--config" not in extra and "--swap-size" not in extra:
             # A swap file of the test's own, removed with its temp dir, not
             # the host's default one (which another daemon may hold).
             argv += ["--swap-file", os.path.join(self.tmp, "swapfile"), "--swap-size", "64M"]
-        self.daemon = self.spawn("uzswapd", argv, preload=False)
+        self.daemon = self.spawn(name, argv, preload=False)
         self.wait_daemon_ready(self.daemon)
         return self.daemon
 
@@ -536,6 +536,94 @@ def t_evict_move_short(h):
              extra_env=inject)
     h.wait_daemon_empty()
     h.stop_daemon(require_activity=True)
+
+
+def _restart_config(h, pool_max="48M", swap="768M"):
+    """A config with a small pool and a swap file of the test's own: pages end up
+    in the pool and on disk."""
+    path = os.path.join(h.tmp, "uzswapd.conf")
+    with open(path, "w") as f:
+        f.write(f"[Pool]\nMaxSize={pool_max}\n[Swap]\nFile={h.tmp}/swapfile\nSize={swap}\n")
+    return ["--config", path, "--cgroup-dir", os.path.join(h.tmp, "cgroup.d")]
+
+
+def t_daemon_killed_restart(h):
+    """SIGKILL of uzswapd while 4 clients (2 threads each) hold evicted pages in the pool
+    and on disk, twice; a new uzswapd on the same socket each time.  Every client
+    re-joins by itself, and every page of every pass verifies: nothing lost, nothing
+    poisoned, no page read as zeros."""
+    os.makedirs(os.path.join(h.tmp, "cgroup.d"), exist_ok=True)
+    extra = _restart_config(h)
+    h.start_daemon(budget="16M", extra=extra, name="uzswapd-1")
+    clients = [h.spawn(f"client{i}", [h.bin("itest-loop"), "112M", "2", "30", "yes"])
+               for i in range(4)]
+    for c in clients:
+        c.wait_for_output("READY", 90)
+    stats, _ = h.stats()
+    held = stats["stored_pages"] + stats.get("on_disk_pages", 0)
+    log(f"before the first kill: stored {stats['stored_pages']}, on disk "
+        f"{stats.get('on_disk_pages', 0)}, zswpwb {stats.get('zswpwb', 0)}")
+    if held < 100000 or stats.get("on_disk_pages", 0) == 0:
+        raise TestFailure(f"the clients hold {held} evicted pages ({stats.get('on_disk_pages', 0)} "
+                          "on disk): fewer than 100000, or none on disk; the test would prove little")
+    recovered = 0
+    for round_ in (1, 2):
+        log(f"SIGKILL to uzswapd (round {round_})")
+        h.daemon.kill()
+        h.daemon.wait(10)
+        time.sleep(0.5)
+        for c in clients:
+            if not c.alive():
+                c.report()
+                raise TestFailure(f"{c.name} exited ({c.popen.returncode}) with no daemon")
+        h.start_daemon(budget="16M", extra=extra, name=f"uzswapd-{round_ + 1}")
+        end = time.monotonic() + 60
+        while True:
+            stats, _ = h.stats()
+            if stats.get("recovered_clients", 0) >= 4:
+                break
+            if time.monotonic() > end:
+                raise TestFailure(f"only {stats.get('recovered_clients', 0)} of 4 clients "
+                                  "re-joined the new daemon within 60 s")
+            time.sleep(0.2)
+        recovered += stats.get("recovered_pages", 0)
+        log(f"round {round_}: 4 clients re-joined, {stats.get('recovered_pages', 0)} pages "
+            f"taken back, {stats.get('lost_pages', 0)} lost")
+        if stats.get("lost_pages", 0):
+            raise TestFailure(f"{stats['lost_pages']} pages were lost across the restart")
+        time.sleep(3)
+    for c in clients:
+        rc = c.wait(120)
+        c.report()
+        if rc != 0:
+            raise TestFailure(f"{c.name} exited with {rc} after the restarts")
+    stats, _ = h.stats()
+    for key in ("lost_pages", "resident_missing_faults", "decompress_fail"):
+        if stats.get(key, 0):
+            raise TestFailure(f"{key} = {stats[key]} after the restarts")
+    h.wait_daemon_empty()
+    h.stop_daemon()
+
+
+def t_daemon_never_returns(h):
+    """SIGKILL of uzswapd and no new one: after UZSWAP_RECONNECT_TIMEOUT (2 s here) the
+    client fails closed -- a notice, then SIGBUS on the first evicted page it touches,
+    never a page read as zeros."""
+    h.start_daemon(budget="8M", extra=("--swap-size", "0"))
+    client = h.spawn("client", [h.bin("itest-loop"), "48M", "2", "20", "yes"],
+                     extra_env={"UZSWAP_RECONNECT_TIMEOUT": "2"})
+    client.wait_for_output("READY", 60)
+    h.daemon.kill()
+    h.daemon.wait(10)
+    rc = client.wait(60)
+    client.report()
+    if re.search(r"page reads as zeros|corrupt|FAIL", client.stdout() + client.stderr()):
+        raise TestFailure("the client read a lost page as zeros or corrupt data")
+    if "poisoned" not in client.stderr() or "lost uzswapd" not in client.stderr():
+        raise TestFailure("the client did not say it lost the daemon and failed closed")
+    if rc != -signal.SIGBUS:
+        raise TestFailure(f"the client exited with {rc}, expected death by SIGBUS on a "
+                          "lost page")
 
 
 def t_client_killed(h):
