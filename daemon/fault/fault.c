@@ -587,41 +587,41 @@ static void client_forget_range(struct client *c, uint64_t start, uint64_t end)
 	page_index_walk(c->index, first, last, forget_one, c);
 }
 
-struct remap_item {
-	uint64_t offset; /* pages from the start of the old range */
-	page_entry_t entry;
-};
-
 struct remap_ctx {
-	uint64_t first;
-	struct remap_item *items;
-	size_t nr, capacity;
-	bool failed;
+	struct client *client;
+	uint64_t from_vpn, to_vpn;
 };
 
-static int remap_collect(uint64_t vpn, page_entry_t *entry, void *userdata)
+/*
+ * Move one entry to its new address.  The source and destination of a
+ * move never overlap (the kernel maps the destination elsewhere, or
+ * unmaps what was there first), so entries can move one by one during the
+ * walk of the source: nothing is collected, nothing allocated.
+ */
+static int remap_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 {
 	struct remap_ctx *ctx = userdata;
+	struct client *c = ctx->client;
+	uint64_t to = ctx->to_vpn + (vpn - ctx->from_vpn);
+	page_entry_t old = page_index_get(c->index, to);
 
-	if (ctx->nr == ctx->capacity) {
-		size_t cap = ctx->capacity ? ctx->capacity * 2 : 256;
-		struct remap_item *items = realloc(ctx->items, cap * sizeof(*items));
-
-		if (!items) {
-			ctx->failed = true;
-			return 1;
-		}
-		ctx->items = items;
-		ctx->capacity = cap;
+	if (old)
+		entry_release(c, to, old);
+	if (pe_state(*entry) == PAGE_IN_FLIGHT) {
+		c->slots[pe_payload(*entry) % UZ_EVICT_BATCH_MAX].vpn = to;
+		store_batch(c->store)->vpn[pe_payload(*entry) % UZ_EVICT_BATCH_MAX] = to;
 	}
-	ctx->items[ctx->nr++] = (struct remap_item){vpn - ctx->first, *entry};
+	wb_entry_moved(c->thread->wb, c, vpn, to, *entry);
+	if (page_index_set(c->index, to, *entry) < 0)
+		entry_release(c, to, *entry); /* out of memory: the page is lost */
 	*entry = 0;
 	return 0;
 }
 
 static void client_remap(struct client *c, uint64_t from, uint64_t to, uint64_t len)
 {
-	struct remap_ctx ctx = {.first = from >> UZ_PAGE_SHIFT};
+	struct remap_ctx ctx = {.client = c, .from_vpn = from >> UZ_PAGE_SHIFT,
+				.to_vpn = to >> UZ_PAGE_SHIFT};
 	struct client_region parts[64];
 	unsigned nr_parts = 0;
 
@@ -630,29 +630,11 @@ static void client_remap(struct client *c, uint64_t from, uint64_t to, uint64_t 
 	    ((to + len - 1) >> UZ_PAGE_SHIFT) > VPN_MAX)
 		return;
 	len = (len + UZ_PAGE_SIZE - 1) & UZ_PAGE_MASK;
+	if (from < to + len && to < from + len)
+		return; /* overlapping ranges: not something mremap produces */
 
 	page_index_walk(c->index, from >> UZ_PAGE_SHIFT, ((from + len) >> UZ_PAGE_SHIFT) - 1,
-			remap_collect, &ctx);
-	/* On allocation failure the entries collected move, the rest are freed. */
-	if (ctx.failed)
-		client_forget_range(c, from, from + len);
-
-	for (size_t i = 0; i < ctx.nr; i++) {
-		uint64_t vpn = (to >> UZ_PAGE_SHIFT) + ctx.items[i].offset;
-		page_entry_t entry = ctx.items[i].entry;
-		page_entry_t old = page_index_get(c->index, vpn);
-
-		if (old)
-			entry_release(c, vpn, old);
-		if (pe_state(entry) == PAGE_IN_FLIGHT) {
-			c->slots[pe_payload(entry) % UZ_EVICT_BATCH_MAX].vpn = vpn;
-			store_batch(c->store)->vpn[pe_payload(entry) % UZ_EVICT_BATCH_MAX] = vpn;
-		}
-		wb_entry_moved(c->thread->wb, c, ctx.first + ctx.items[i].offset, vpn, entry);
-		if (page_index_set(c->index, vpn, entry) < 0)
-			entry_release(c, vpn, entry); /* out of memory: the page is lost */
-	}
-	free(ctx.items);
+			remap_one, &ctx);
 
 	/* The registered regions follow the mapping. */
 	for (const struct client_region *r = client_region_find(c, from);
@@ -1198,6 +1180,8 @@ static int restore_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 		ctx->stopped_at = vpn;
 		return 1;
 	case PAGE_ON_DISK:
+		if (ctx->skip_in_flight)
+			return 0; /* best effort: never wait for the disk (see above) */
 		/* Read back asynchronously; the walk waits for it (-EBUSY) and resumes. */
 		r = wb_restore(ctx->thread->wb, ctx->client, vpn, *entry);
 		if (r == -EAGAIN) {
@@ -1264,7 +1248,13 @@ static int client_restore_range(struct fault_thread *t, struct client *c, uint64
 	return 0;
 }
 
-/* Give back what can be given without waiting on the client (it misbehaved or left). */
+/*
+ * Give back what can be given without waiting on the client (it misbehaved,
+ * or the daemon is stopping and it did not acknowledge in time) nor on the
+ * disk: pages on disk stay where they are, in the client's store, for the
+ * next daemon it re-joins -- waiting for their reads here would stall
+ * every other client of this thread.
+ */
 static void client_restore_best_effort(struct fault_thread *t, struct client *c)
 {
 	uint64_t cursor = 0;
@@ -1277,10 +1267,6 @@ static void client_restore_best_effort(struct fault_thread *t, struct client *c)
 		r = client_restore_range(t, c, &cursor, VPN_MAX, false, true);
 		if (r == 0 && c->batch_state != BATCH_LANDING)
 			return;
-		if (r == -EBUSY && wb_reads_pending(t->wb)) {
-			wb_wait(t->wb); /* pages coming back from the swap file */
-			continue;
-		}
 		if (r < 0 && r != -EAGAIN)
 			return;
 		sched_yield();

@@ -519,18 +519,6 @@ int wb_fault(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t e)
 	return 0;
 }
 
-bool wb_reads_pending(const struct wb *wb)
-{
-	return wb->reads_busy > 0;
-}
-
-void wb_wait(struct wb *wb)
-{
-	if (wb->io && swap_io_inflight(wb->io))
-		(void)swap_io_wait(wb->io);
-	(void)wb_retry(wb);
-}
-
 bool wb_retry(struct wb *wb)
 {
 	bool waiting = false;

@@ -51,10 +51,6 @@ static inline int wb_restore(struct wb *wb, struct client *c, uint64_t vpn, page
 {
 	return wb_fault(wb, c, vpn, e);
 }
-/* Reads in flight or waiting to be installed. */
-bool wb_reads_pending(const struct wb *wb);
-/* Block for at least one completion (best-effort restore of a dying client). */
-void wb_wait(struct wb *wb);
 /* Retry installs that hit EAGAIN; true when some still wait. */
 bool wb_retry(struct wb *wb);
 

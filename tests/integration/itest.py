@@ -626,6 +626,55 @@ def t_daemon_never_returns(h):
                           "lost page")
 
 
+def t_chaos(h):
+    """Chaos: 3 clients (3 threads each, mremap, MADV_DONTNEED, munmap+mmap and fork
+    under them; budgets far below their footprint, writeback on) while uzswapd is
+    SIGKILLed at random moments and started again, at least CHAOS_KILLS times (10)
+    within CHAOS_SECONDS (100).  Every page every client reads verifies; after the
+    clients exit, the pool and the swap accounting are back to zero."""
+    kills_wanted = int(os.environ.get("CHAOS_KILLS", "10"))
+    seconds = int(os.environ.get("CHAOS_SECONDS", "100"))
+    rng = random.Random(int(os.environ.get("CHAOS_SEED", str(os.getpid()))))
+    os.makedirs(os.path.join(h.tmp, "cgroup.d"), exist_ok=True)
+    extra = _restart_config(h, pool_max="16M", swap="512M")
+    h.start_daemon(budget="8M", extra=extra, name="uzswapd-0")
+    client_seconds = seconds - 15
+    clients = [h.spawn(f"chaos{i}", [h.bin("itest-chaos"), "40M", "3", str(client_seconds),
+                                     "yes", str(rng.randrange(1 << 30))])
+               for i in range(3)]
+    for c in clients:
+        c.wait_for_output("READY", 60)
+    kills = 0
+    end = time.monotonic() + client_seconds - 5
+    while time.monotonic() < end or kills < kills_wanted:
+        if time.monotonic() > end + 30:
+            raise TestFailure(f"only {kills} of {kills_wanted} kills in time")
+        time.sleep(rng.uniform(0.1, 2.0 * client_seconds / max(kills_wanted, 1) * 0.8))
+        for c in clients:
+            if not c.alive() and c.popen.returncode != 0:
+                c.report()
+                raise TestFailure(f"{c.name} failed ({c.popen.returncode}) after {kills} kills")
+        h.daemon.kill()
+        h.daemon.wait(10)
+        kills += 1
+        time.sleep(rng.uniform(0.0, 0.8))
+        h.start_daemon(budget="8M", extra=extra, name=f"uzswapd-{kills}")
+        if all(not c.alive() for c in clients):
+            break
+    log(f"{kills} kills of uzswapd")
+    for c in clients:
+        rc = c.wait(client_seconds + 120)
+        c.report()
+        if rc != 0:
+            raise TestFailure(f"{c.name} exited with {rc} after {kills} kills of the daemon")
+    stats = h.wait_daemon_empty(timeout=30)
+    for key in ("on_disk_pages", "swap_bytes_on_disk", "compressed_bytes", "pool_total_size",
+                "resident_missing_faults"):
+        if stats.get(key, 0):
+            raise TestFailure(f"{key} = {stats[key]} after every client exited")
+    h.stop_daemon()
+
+
 def t_client_killed(h):
     """clients SIGKILLed in the middle of faults (and of their first fill): the daemon
     survives, serves another client correctly, and holds no page afterwards."""
