@@ -29,11 +29,16 @@
  *
  * EBUSY means the page is not exclusive: after a fork every anonymous page
  * loses PageAnonExclusive until it is written, even once the child has
- * exited, so a page only read since a fork could never be evicted.  The
- * agent breaks COW with madvise(MADV_POPULATE_WRITE) on that one page -- a
- * write fault that changes no byte, cannot race with an application write
- * and, unlike a store, fails with an errno instead of SIGSEGV if the page
- * was made read-only meanwhile -- and retries the move once.
+ * exited, so a page only read since a fork could never be evicted.  When
+ * the page is mapped by this process alone (pagemap bit 56: the fork child
+ * has exited or got its own copy), the agent breaks COW with
+ * madvise(MADV_POPULATE_WRITE) on that one page -- a write fault that
+ * changes no byte (the kernel reuses a page nobody else maps, no copy),
+ * cannot race with an application write and, unlike a store, fails with an
+ * errno instead of SIGSEGV if the page was made read-only meanwhile -- and
+ * retries the move once.  A page still shared with a live fork child or
+ * parent is left alone and reported EBUSY: breaking COW there would copy
+ * it, and both processes would then compress the same bytes.
  *
  * The agent never takes a library lock while working on an EVICT, never
  * allocates, and runs with every signal blocked.  It takes range_lock only
@@ -118,6 +123,7 @@ static int agent_ioctl_move(struct uffdio_move *move)
 /* pagemap flags of one of our own pages (bit 63 present, bit 62 swapped). */
 #define PM_PRESENT (1ULL << 63)
 #define PM_SWAPPED (1ULL << 62)
+#define PM_EXCLUSIVE (1ULL << 56) /* mapped by this process only */
 
 static bool page_mapped(uint64_t addr, bool *known)
 {
@@ -129,6 +135,18 @@ static bool page_mapped(uint64_t addr, bool *known)
 		return false;
 	}
 	return word & (PM_PRESENT | PM_SWAPPED);
+}
+
+/* Is our page at addr mapped by this process alone (pagemap bit 56)?  Unknown: no. */
+static bool page_exclusive(uint64_t addr)
+{
+	uint64_t word = 0;
+
+	if (agent_pagemap < 0 ||
+	    pread(agent_pagemap, &word, sizeof(word), (off_t)(addr / UZ_PAGE_SIZE * 8)) !=
+		sizeof(word))
+		return false;
+	return (word & PM_PRESENT) && (word & PM_EXCLUSIVE);
 }
 
 /*
@@ -196,7 +214,7 @@ static void agent_move_run(struct agent_batch *batch, uint32_t first, uint32_t n
 			sched_yield();
 			continue;
 		}
-		if (error == EBUSY && !unshared &&
+		if (error == EBUSY && !unshared && page_exclusive(batch->addrs[i]) &&
 		    madvise((void *)(uintptr_t)batch->addrs[i], UZ_PAGE_SIZE,
 			    MADV_POPULATE_WRITE) == 0) {
 			unshared = true;

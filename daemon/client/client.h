@@ -146,6 +146,7 @@ struct client {
 	struct evict_slot slots[UZ_EVICT_BATCH_MAX];
 	uint64_t clock_hand;	       /* next vpn the CLOCK looks at */
 	uint64_t reclaim_rescan_at;    /* a sweep found nothing: wait until resident reaches this */
+	uint64_t reclaim_retry_usec;   /* ... or until this time */
 	uint64_t cold_start, cold_end; /* vpns of a COLD hint still to evict; empty when equal */
 	unsigned fork_pause;	       /* FORK_PREPAREs not yet matched by FORK_DONE */
 	bool scan_written_off;	       /* PAGEMAP_SCAN refused: the CLOCK sees faults only */

@@ -99,7 +99,9 @@ enum {
 #define FAULT_ZERO_WINDOW    512  /* pages: the aligned 2 MiB window of a zero fill */
 #define FAULT_FORK_PAUSE_MAX 1024 /* FORK_PREPAREs outstanding per client */
 #define FAULT_EVICT_BACKOFF  256  /* CLOCK visits a page the agent could not move sits out */
+#define FAULT_SHARED_MARK    0x1fff /* backoff value: shared with a fork relative (see below) */
 #define FAULT_RECLAIM_RESCAN 64	  /* after a fruitless sweep, wait for this many new pages */
+#define FAULT_RECLAIM_RETRY_MS 200 /* ... or this long (shared pages become free by writes) */
 #define VPN_MAX		     ((1ULL << PAGE_INDEX_VPN_BITS) - 1)
 #define FAULT_COMPRESSORS_MAX 8	  /* distinct (algo, level) pairs a thread keeps */
 #define FAULT_IDLE_TICK_MS    500 /* wake at least this often: the heartbeat ticks */
@@ -117,6 +119,43 @@ enum {
 static inline unsigned resident_backoff(page_entry_t e)
 {
 	return pe_len(e);
+}
+
+/*
+ * A page the agent left because it is shared copy-on-write with a fork
+ * parent or child (EBUSY) sits out until the client's pagemap says this
+ * process alone maps it (bit 56: the relative wrote its copy or exited);
+ * then it is a victim like any other.  Its bytes are never compressed
+ * twice, and it does not wait a fixed number of sweeps once it is free.
+ */
+struct pagemap_window {
+	uint64_t start;
+	unsigned len;
+	uint64_t words[512];
+};
+
+#define PAGEMAP_PRESENT_BIT   (1ULL << 63)
+#define PAGEMAP_SWAPPED_BIT   (1ULL << 62)
+#define PAGEMAP_EXCLUSIVE_BIT (1ULL << 56)
+
+/* The pagemap word of the client's vpn, read 512 pages at a time; false: unknown. */
+static bool pagemap_word(const struct client *c, struct pagemap_window *w, uint64_t vpn,
+			 uint64_t *word)
+{
+	if (vpn < w->start || vpn >= w->start + w->len) {
+		ssize_t got = -1;
+
+		w->start = vpn;
+		w->len = 0;
+		if (c->pagemap_fd >= 0)
+			got = pread(c->pagemap_fd, w->words, sizeof(w->words),
+				    (off_t)(vpn * sizeof(uint64_t)));
+		if (got < (ssize_t)sizeof(uint64_t))
+			return false;
+		w->len = (unsigned)(got / sizeof(uint64_t));
+	}
+	*word = w->words[vpn - w->start];
+	return true;
 }
 
 /* A positive outcome of a request step: the answer was already sent (or none is due). */
@@ -173,6 +212,7 @@ struct fault_thread {
 	unsigned spin_max_usec; /* 0: never spin */
 	bool spin_armed;	/* the last wake-up had work: spin before the next sleep */
 	uint64_t grace_until;	/* usec: the earliest client grace_until to act on (0: none) */
+	uint64_t reclaim_tick_usec; /* next sweep of every client, events or not */
 };
 
 /* ---------------------------------------------------------------------------
@@ -682,6 +722,7 @@ static bool client_may_evict(struct client *c)
 
 struct victim_ctx {
 	struct client *client;
+	struct pagemap_window pagemap;
 	uint64_t *addrs;
 	unsigned count;
 	unsigned want;
@@ -700,6 +741,14 @@ static int victim_pick(uint64_t vpn, page_entry_t *entry, void *userdata)
 	if (!client_region_find(c, vpn << UZ_PAGE_SHIFT))
 		return 0; /* only pages of registered ranges leave */
 	ctx->last_vpn = vpn;
+	if (resident_backoff(*entry) == FAULT_SHARED_MARK) {
+		uint64_t word;
+
+		if (!pagemap_word(c, &ctx->pagemap, vpn, &word) ||
+		    !(word & PAGEMAP_EXCLUSIVE_BIT))
+			return 0; /* still shared */
+		*entry = pe_make(*entry, PAGE_RESIDENT, pe_referenced(*entry), 0, 0, 0);
+	}
 	if (resident_backoff(*entry)) {
 		*entry = pe_make(*entry, PAGE_RESIDENT, pe_referenced(*entry), 0,
 				 resident_backoff(*entry) - 1, 0);
@@ -811,6 +860,8 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 
 	if (!client_may_evict(c))
 		return;
+	if (c->reclaim_rescan_at && uz_now_usec() >= c->reclaim_retry_usec)
+		c->reclaim_rescan_at = 0; /* a fork relative may have written its copies meanwhile */
 	if (c->resident > c->high_pages && c->resident >= c->reclaim_rescan_at)
 		want_pressure = uz_min(c->resident - c->low_pages, (uint64_t)UZ_EVICT_BATCH_MAX);
 	if (c->shrink_pages && c->resident >= c->reclaim_rescan_at)
@@ -845,6 +896,7 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 	if (!ctx.count) {
 		/* Nothing evictable now: do not sweep again on every fault. */
 		c->reclaim_rescan_at = c->resident + FAULT_RECLAIM_RESCAN;
+		c->reclaim_retry_usec = uz_now_usec() + FAULT_RECLAIM_RETRY_MS * 1000ULL;
 		c->shrink_pages = 0;
 		return;
 	}
@@ -1042,6 +1094,8 @@ static int client_evict_done(struct fault_thread *t, struct client *c,
 		}
 
 		client_stat(c, UZ_STAT_evict_failed_pages, 1);
+		if (status == -EBUSY)
+			client_stat(c, UZ_STAT_evict_shared_pages, 1);
 		c->in_flight--;
 		/*
 		 * Not moved, says the agent.  Believe it only if the page is
@@ -1058,7 +1112,10 @@ static int client_evict_done(struct fault_thread *t, struct client *c,
 			page_index_set(c->index, s->vpn, pe_make(e, PAGE_NEVER, false, 0, 0, 0));
 		} else {
 			page_index_set(c->index, s->vpn,
-				       pe_make(e, PAGE_RESIDENT, false, 0, FAULT_EVICT_BACKOFF, 0));
+				       pe_make(e, PAGE_RESIDENT, false, 0,
+					       status == -EBUSY ? FAULT_SHARED_MARK
+								: FAULT_EVICT_BACKOFF,
+					       0));
 			client_resident_add(c, 1);
 		}
 		s->state = EVICT_SLOT_EMPTY;
@@ -1744,10 +1801,7 @@ static void client_take_assign(struct fault_thread *t, struct client *c)
 struct recover_ctx {
 	struct fault_thread *thread;
 	struct client *client;
-	/* a window of the client's pagemap, read 512 pages at a time */
-	uint64_t window_start;
-	unsigned window_len;
-	uint64_t window[512];
+	struct pagemap_window pagemap;
 	/* IN_FLIGHT entries of the batch the previous daemon had out */
 	uint64_t in_flight_vpns[UZ_EVICT_BATCH_MAX];
 	unsigned nr_in_flight;
@@ -1757,21 +1811,11 @@ struct recover_ctx {
 /* Is the client's page at vpn mapped?  Unknown counts as mapped (never lose a page). */
 static bool recover_page_mapped(struct recover_ctx *ctx, uint64_t vpn)
 {
-	struct client *c = ctx->client;
+	uint64_t word;
 
-	if (vpn < ctx->window_start || vpn >= ctx->window_start + ctx->window_len) {
-		ssize_t got = -1;
-
-		ctx->window_start = vpn;
-		ctx->window_len = 0;
-		if (c->pagemap_fd >= 0)
-			got = pread(c->pagemap_fd, ctx->window, sizeof(ctx->window),
-				    (off_t)(vpn * sizeof(uint64_t)));
-		if (got < (ssize_t)sizeof(uint64_t))
-			return true;
-		ctx->window_len = (unsigned)(got / sizeof(uint64_t));
-	}
-	return ctx->window[vpn - ctx->window_start] & ((1ULL << 63) | (1ULL << 62));
+	if (!pagemap_word(ctx->client, &ctx->pagemap, vpn, &word))
+		return true;
+	return word & (PAGEMAP_PRESENT_BIT | PAGEMAP_SWAPPED_BIT);
 }
 
 /*
@@ -2159,6 +2203,21 @@ static void *fault_thread_main(void *arg)
 		}
 		if (t->grace_until && uz_now_usec() >= t->grace_until)
 			fault_thread_grace_end(t);
+		if (uz_now_usec() >= t->reclaim_tick_usec) {
+			/*
+			 * Clients with no events still get their sweep: one whose
+			 * pages were all shared with a fork relative frees up as
+			 * the relative writes, without a fault of its own.
+			 */
+			t->reclaim_tick_usec = uz_now_usec() + FAULT_RECLAIM_RETRY_MS * 1000ULL;
+			for (struct uz_list *i = t->clients.next, *next; i != &t->clients; i = next) {
+				struct client *c = uz_container_of(i, struct client, thread_link);
+
+				next = i->next;
+				if (!c->dead)
+					client_reclaim(t, c);
+			}
+		}
 		fault_thread_reap(t);
 		wb_shrink(t->wb);
 		wb_compact_step(t->wb);

@@ -30,6 +30,7 @@
 	X(inflight_faults, COUNTER, "faults on pages in flight, served once the eviction landed")  \
 	X(evict_requests, COUNTER, "eviction batches sent to client agents")                       \
 	X(evict_failed_pages, COUNTER, "victims the agent could not move (gone, shared)")          \
+	X(evict_shared_pages, COUNTER, "victims left resident: shared copy-on-write with a fork parent or child (never compressed twice)") \
 	X(evict_absent_pages, COUNTER, "victims reported not moved that were absent from the client: left untracked") \
 	X(resident_missing_faults, COUNTER, "faults on pages counted resident: served zeros; a lost page, never expected") \
 	X(second_chance_rotations, COUNTER, "shrinker found an entry referenced and rotated it")   \
