@@ -122,7 +122,7 @@ int daemon_new(struct daemon **out, const struct uz_policy *policy, unsigned nr_
 	pthread_mutex_init(&d->clients_lock, NULL);
 	uz_list_init(&d->clients);
 
-	r = pool_new(&d->pool);
+	r = pool_new(&d->pool, NULL); /* one arena for every client until pools are per family */
 	if (r < 0)
 		goto fail;
 	r = lru_new(&d->lru);

@@ -66,8 +66,9 @@
  * WB_COMPACT_RATIO_PCT of its live bytes, the thread marks the sparsest
  * chunks under WB_COMPACT_MIN_FILL, as many as the rest of their class
  * can absorb (pool_compact_begin), and walks its clients' indexes, a bounded number
- * of entries per loop iteration, migrating the objects that
- * pool_handle_evacuating() flags.
+ * of entries per loop iteration, copying out the objects that
+ * pool_handle_evacuating() flags (pool_migrate_copy, then the entry is
+ * switched to the copy and the original released).
  *
  * Locks: none of its own but the shrink request (an atomic).  The LRU,
  * pool, swap and stats are thread-safe objects; everything else belongs
@@ -995,9 +996,13 @@ static int compact_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 
 	ctx->last = vpn;
 	if (pe_state(*entry) == PAGE_STORED && pool_handle_evacuating(pool, pe_payload(*entry)) &&
-	    pool_migrate(pool, pe_payload(*entry), pe_len(*entry), &handle) == 0) {
+	    pool_migrate_copy(pool, pe_payload(*entry), pe_len(*entry), &handle) == 0) {
+		pool_handle_t old = pe_payload(*entry);
+
+		/* The entry names the copy before the original goes (pool.h: the order). */
 		*entry = pe_make(*entry, PAGE_STORED, pe_referenced(*entry), pe_algo(*entry),
 				 pe_len(*entry), handle);
+		pool_release(pool, old);
 		fault_client_stat(ctx->client, UZ_STAT_compacted_objects, 1);
 	}
 	return --ctx->budget ? 0 : 1;

@@ -1,149 +1,332 @@
 // SPDX-License-Identifier: MIT
 /*
  * The compressed-object pool: a size-class allocator in the manner of
- * zsmalloc, built on anonymous mmap.
+ * zsmalloc, built on a memfd (the arena) that outlives the daemon.
  *
- * An object of 1..4096 bytes is rounded up to a multiple of
- * POOL_CLASS_GRAIN and goes to that size class.  A class hands out slots in
- * chunks: one mmap each, all of the class's slots of one size, no object
- * spanning two chunks.  The chunk size of a class is picked once, between
- * 64 and 128 KiB in whole pages, to leave the smallest tail unused; with a
- * fine grain and a small tail the pool stays within a few percent of the
- * compressed bytes it holds.  A chunk whose last object goes is unmapped at
- * once, so memory goes back to the system as the pool shrinks.
+ * Layout.  The arena is cut into frames of POOL_FRAME_SIZE (128 KiB) at
+ * offset frame * POOL_FRAME_SIZE.  Frame 0 holds the arena header (struct
+ * arena_header: magic, layout version, frame size and class geometry, the
+ * random 128-bit family token, creation time, and a check over all of it);
+ * it is written once, at creation.  Every other frame in use holds one chunk
+ * of one size class: a 16-byte frame header (magic, its own frame number,
+ * class size, slot count, a check binding them to the token), then two bytes
+ * of metadata per slot (reference count, 0 = free; slack = class size minus
+ * the exact length), then the slots, from a 32-byte boundary.  Everything
+ * recovery needs is there; nothing else about an object is kept anywhere.
+ * Unused frames are holes of the file.
  *
- * Fragmentation is kept down two ways.  Allocation takes a slot from the
- * fullest chunk that still has room: partially used chunks sit in fullness
- * groups (quarters), searched from the fullest, so sparse chunks are left to
- * drain.  And compaction: pool_compact_begin() marks the sparsest chunks of
- * each class for evacuation, as many as the rest of the class can absorb, and
- * takes them off the allocation lists; owners ask pool_handle_evacuating()
- * as they meet their handles and move the objects with pool_migrate().  The
- * pool keeps no back-references, so only the owner of a handle can move it.
+ * Allocation.  An object of 1..4096 bytes is rounded up to a multiple of
+ * POOL_CLASS_GRAIN and goes to that class.  The chunk of a class covers the
+ * first 64..128 KiB of its frame, in whole pages, picked once to leave the
+ * smallest fraction unused (header and tail); the rest of the frame is never
+ * touched.  A slot is taken from the fullest chunk with room: partially used
+ * chunks sit in fullness groups (quarters), searched from the fullest, so
+ * sparse chunks drain.  Free slots are chained through their own first two
+ * bytes (a volatile chain, rebuilt by recovery); slots never used are handed
+ * out from a bump index.  A chunk's frame is the lowest free frame, so the
+ * file stays compact; when none is free the file doubles (ftruncate) and so
+ * does the mapping (mremap MREMAP_MAYMOVE): no pointer into the arena lives
+ * across a call that can allocate a frame, addresses are computed from the
+ * current base and the frame number.  A new chunk's pages are populated in
+ * one MADV_POPULATE_WRITE instead of a page fault each at first write (the
+ * MAP_POPULATE of the old anonymous chunks nearly doubled two-thread store
+ * throughput), and a failure to get them is a clean -ENOMEM rather than a
+ * SIGBUS later.  A frame whose last object goes is punched out
+ * (FALLOC_FL_PUNCH_HOLE) and its number reused.
  *
- * A handle is (chunk id + 1, class, slot) packed in 44 bits; chunk ids are
- * per class and recycled.  Free slots are chained through their own first
- * two bytes; slots never used yet are handed out from a bump index, so a
- * fresh chunk is not touched before it is written.  One byte per slot
- * records how much shorter than the class size the object is (0xff: free),
- * which gives the exact compressed length on release and lets loads and
- * releases check the handle they are given.
+ * Handles are (frame + 1, class, slot) in 44 bits: they mean the same after
+ * a recovery.  Loads and releases check the frame (in range, holding a chunk
+ * of the handle's class), the slot (allocated) and, where given, the length.
  *
- * Locking: one mutex per class guards its chunk table, its fullness lists
- * and every chunk's slot bookkeeping.  Object bytes are copied outside the
- * lock: a live object cannot move or vanish under its owner, who is the only
- * one allowed to release or migrate it.  New chunks are mapped with the class
- * lock held (it keeps two threads from mapping two chunks for one object);
- * empty chunks are unmapped after the lock is dropped.
+ * Reference counts (fork sharing) are the arena's one byte per slot;
+ * pool_ref() adds one, pool_release() drops one and frees at 0.  A shared
+ * object counts once in the usage.  Compaction, as before: the sparsest
+ * chunks of a class are marked for evacuation, as many as the rest of the
+ * class can absorb, and owners copy their objects out; a chunk holding a
+ * shared object is never marked (its other referrer's handle would dangle),
+ * and a shared object is never copied.
  *
- * Chunks are mapped with MAP_POPULATE: one system call fills all their pages
- * instead of a page fault per page at first write, and the faults of one
- * thread no longer queue behind another thread's mmap on the kernel's
- * mmap lock (store throughput with two threads nearly doubled with it).
+ * Write ordering.  A kill at any instruction leaves program order of the
+ * stores before it in the page cache (a killed thread's executed stores are
+ * not lost; a machine crash loses the memfd anyway), so the order of writes
+ * below is the order a later recovery can find them in; the compiler is
+ * kept from reordering them by signal fences (persist_point()).  The rule:
+ * a slot's refcount goes above 0 only once its bytes are in place, and is
+ * the last thing that becomes true about an object; it goes to 0 only after
+ * nobody refers to the object, and is the first thing that changes.
+ *  - Arena creation: size, header fields and check, then the magic.  Killed
+ *    before the magic: not an arena, and nothing was ever stored in it.
+ *  - Chunk set-up on a free frame: (1) frame magic cleared, (2) metadata
+ *    zeroed, (3) frame number, class, slot count, check, (4) magic.  A frame
+ *    without the magic holds no object; one with it has no stale refcount.
+ *  - Store: (1) bytes copied into a slot of refcount 0, (2) slack, (3)
+ *    refcount := 1, (4) the handle returned; the caller records it after.
+ *    Killed before (3): a free slot nobody knows.  After: at worst a leak.
+ *  - Ref: refcount + 1, then the caller records the second referrer.
+ *    Killed between: a reference too many, a leak when the rest are gone.
+ *  - Release: the caller forgets its reference first; then refcount - 1; at
+ *    0 only afterwards is the slot written (its free-chain link), and the
+ *    frame, if it is empty, punched (if the punch fails its magic is
+ *    cleared) before its number is free again.  Killed before the refcount
+ *    store: a leaked reference; after it, a free slot or an empty frame.
+ *  - Migration: a copy is a store; the caller switches its reference, then
+ *    releases the old object.  Killed between: the old one leaks.
+ *  - Growth: ftruncate, then mremap.  Killed between: frames past the old
+ *    end are holes, free.
+ * Recovery believes exactly this: a frame with a consistent header is a
+ * chunk whose slots of refcount > 0 are live (leaks included), the others
+ * free; a frame without the magic is free; a frame with the magic and an
+ * inconsistent header or slot metadata (which no kill can produce) is
+ * rejected and kept out of use, so no slot that might hold an object anyone
+ * refers to is ever handed out again.  It validates the file first (a memfd
+ * of ours: tmpfs, unlinked, named uzswap-arena, owned by geteuid(), mode
+ * 0600), reads headers with pread (a read fault on a hole of a shared
+ * mapping would allocate a page) and skips holes with SEEK_DATA; every loop
+ * is bounded by the file size and the slot count.
+ *
+ * Two daemons must not write one arena: the pool holds an exclusive flock()
+ * on its own open file description (clients' read-only descriptors are
+ * other descriptions), so recovering an arena that a live pool still owns
+ * fails with -EBUSY; a killed daemon's lock goes with its descriptors.
+ *
+ * Locking: one mutex per pool guards everything, the copies of object bytes
+ * included (growth moves the mapping).  A pool is meant for one thread at a
+ * time; the lock is uncontended then.  The one system call made outside it
+ * is the punch of an emptied frame (a TLB shootdown, the costliest call
+ * here): the frame is neither a chunk nor free meanwhile, and the punch
+ * names a file offset, which a concurrent growth cannot move.  Setting up a
+ * chunk (and growing) happens under the lock.  The gauges are written under
+ * the lock with relaxed atomic stores, read from any thread; each pool also
+ * adds its changes to a shared struct pool_totals (atomic adds).
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/magic.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "util.h"
 #include "pool/pool.h"
 
-#define POOL_OBJECT_MAX	 4096U
-#define POOL_CLASS_GRAIN 32U
-#define POOL_NR_CLASSES	 (POOL_OBJECT_MAX / POOL_CLASS_GRAIN)
-#define POOL_CHUNK_MIN	 (64U << 10)
-#define POOL_CHUNK_MAX	 (128U << 10)
+#define POOL_FRAME_SIZE	    (128U << 10)
+#define POOL_OBJECT_MAX	    4096U
+#define POOL_CLASS_GRAIN    32U
+#define POOL_NR_CLASSES	    (POOL_OBJECT_MAX / POOL_CLASS_GRAIN)
+#define POOL_CHUNK_MIN	    (64U << 10)
+#define POOL_SLOT_ALIGN	    32U
+#define POOL_FRAMES_INITIAL 8U /* 1 MiB of address space, the header frame included */
 
-/* Handle: [slot: 12 bits][class: 7 bits][chunk id + 1: 25 bits] from bit 0 up. */
+/* Handle: [slot: 12 bits][class: 7 bits][frame + 1: 25 bits] from bit 0 up. */
 #define HANDLE_SLOT_BITS   12
 #define HANDLE_CLASS_BITS  7
-#define HANDLE_CHUNK_SHIFT (HANDLE_SLOT_BITS + HANDLE_CLASS_BITS)
-#define HANDLE_CHUNK_BITS  (POOL_HANDLE_BITS - HANDLE_CHUNK_SHIFT)
-#define POOL_CHUNK_IDS	   ((1U << HANDLE_CHUNK_BITS) - 1)
+#define HANDLE_FRAME_SHIFT (HANDLE_SLOT_BITS + HANDLE_CLASS_BITS)
+#define HANDLE_FRAME_BITS  (POOL_HANDLE_BITS - HANDLE_FRAME_SHIFT)
+#define POOL_FRAMES_MAX	   ((1U << HANDLE_FRAME_BITS) - 1) /* frames an arena may have */
+
+#define ARENA_MAGIC	   0x414e455241575a55ULL /* "UZWARENA" */
+#define ARENA_VERSION	   1U
+#define ARENA_HEADER_BYTES UZ_PAGE_SIZE /* the page of frame 0 the header dirties */
+#define FRAME_MAGIC	   0x4d52465aU	/* "ZFRM" */
 
 _Static_assert(POOL_NR_CLASSES <= (1U << HANDLE_CLASS_BITS), "class field too small");
-_Static_assert(POOL_CHUNK_MAX / POOL_CLASS_GRAIN <= (1U << HANDLE_SLOT_BITS),
+_Static_assert(POOL_FRAME_SIZE / (POOL_CLASS_GRAIN + 2) < (1U << HANDLE_SLOT_BITS),
 	       "slot field too small");
 _Static_assert(POOL_CLASS_GRAIN <= 0xff, "slack must fit in a byte");
+_Static_assert(POOL_REFCOUNT_MAX == 0xff, "refcount is a byte");
 
-#define SLOT_NONE  0xffffU
-#define SLACK_FREE 0xffU
-
-/* Fullness groups of partially used chunks, by quarters of their slots. */
-#define NR_GROUPS	 4
-#define GROUP_FULL	 NR_GROUPS
-#define GROUP_EVACUATING (NR_GROUPS + 1)
-
-struct chunk {
-	struct chunk *prev, *next; /* in a fullness group list */
-	char *base;
-	uint32_t id;
-	uint16_t nr_slots;
-	uint16_t nr_used;
-	uint16_t bump;	    /* slots below this have been handed out once */
-	uint16_t free_head; /* first slot of the free chain, SLOT_NONE if empty */
-	uint8_t group;	    /* 0..NR_GROUPS-1, GROUP_FULL or GROUP_EVACUATING */
-	uint8_t slack[];    /* per slot: class size minus object length, SLACK_FREE if free */
+/* Frame 0, offset 0.  Written once, at creation; the magic last. */
+struct arena_header {
+	uint64_t magic;			/* ARENA_MAGIC */
+	uint32_t version;		/* ARENA_VERSION: this layout and class geometry */
+	uint32_t header_size;		/* sizeof(struct arena_header) */
+	uint32_t frame_size;		/* POOL_FRAME_SIZE */
+	uint32_t frame_header_size;	/* sizeof(struct frame_header) */
+	uint32_t class_grain;		/* POOL_CLASS_GRAIN */
+	uint32_t object_max;		/* POOL_OBJECT_MAX */
+	uint8_t token[POOL_TOKEN_SIZE]; /* random, from getrandom(2): names the family */
+	uint64_t created_usec;		/* CLOCK_REALTIME at creation, for people */
+	uint64_t check;			/* hash of the fields above (this one as 0) */
 };
 
+/* Per slot, in the frame header: the object's persistent metadata. */
+struct slot_meta {
+	uint8_t refcount; /* 0: free */
+	uint8_t slack;	  /* class size minus the object's length (< POOL_CLASS_GRAIN) */
+};
+
+/* At the start of every frame holding a chunk. */
+struct frame_header {
+	uint32_t magic;		 /* FRAME_MAGIC, set last at set-up */
+	uint32_t frame;		 /* this frame's number */
+	uint16_t class_size;	 /* bytes per slot */
+	uint16_t nr_slots;	 /* slots in the chunk */
+	uint32_t check;		 /* hash of token, frame, class_size, nr_slots */
+	struct slot_meta meta[]; /* nr_slots of them; the slots follow */
+};
+_Static_assert(sizeof(struct frame_header) == 16, "frame header layout");
+
+#define SLOT_NONE  0xffffU
+#define FRAME_NONE UINT32_MAX
+#define CLASS_NONE 0xffU
+
 /*
- * A chunk table entry is a chunk pointer, or, with bit 0 set, a free id
- * whose next free id is entry >> 1 (POOL_CHUNK_IDS ends the chain).
+ * Where a frame stands.  Groups 0..NR_GROUPS-1 are the fullness lists of
+ * partially used chunks (quarters of their slots); GROUP_EVACUATING has a
+ * list too; the others are in no list.
  */
+#define NR_GROUPS	 4
+#define GROUP_EVACUATING NR_GROUPS
+#define NR_LISTS	 (NR_GROUPS + 1)
+#define GROUP_FULL	 (NR_GROUPS + 1)
+#define GROUP_UNUSED	 (NR_GROUPS + 2) /* a free frame */
+#define GROUP_RESERVED	 (NR_GROUPS + 3) /* the header frame, or a rejected one */
+#define GROUP_RETIRING	 (NR_GROUPS + 4) /* emptied, being punched: not free yet */
+
+/* The in-memory state of one frame, indexed by frame number. */
+struct frame {
+	uint32_t prev, next; /* in a list of its class, FRAME_NONE at the ends */
+	uint16_t nr_used;    /* slots with refcount > 0 */
+	uint16_t nr_shared;  /* slots with refcount > 1 */
+	uint16_t bump;	     /* slots below this have been handed out at least once */
+	uint16_t free_head;  /* first slot of the free chain, SLOT_NONE if empty */
+	uint8_t class_index; /* CLASS_NONE unless the frame holds a chunk */
+	uint8_t group;	     /* see GROUP_* */
+};
+
 struct pool_class {
-	_Alignas(64) pthread_mutex_t lock;
-	uint32_t size;	     /* object slot size in bytes */
-	uint32_t chunk_size; /* bytes per chunk mapping */
-	uint16_t chunk_slots;
-	struct chunk *groups[NR_GROUPS];
-	uintptr_t *table;
-	uint32_t table_len;
-	uint32_t free_id;
+	uint32_t size;	      /* slot size in bytes */
+	uint32_t chunk_bytes; /* bytes of the frame the chunk covers (whole pages) */
+	uint16_t nr_slots;
+	uint16_t slots_offset; /* from the frame's start */
+	uint32_t lists[NR_LISTS];
+};
+
+/* The gauges of struct pool_usage, one counter each. */
+enum gauge {
+	GAUGE_TOTAL_SIZE,     /* arena bytes in use */
+	GAUGE_STORED_BYTES,   /* bytes of live objects */
+	GAUGE_STORED_OBJECTS, /* live objects */
+	GAUGE_CHUNKS,	      /* frames holding a chunk */
+	GAUGE_METADATA_BYTES, /* heap bytes of the bookkeeping */
+	GAUGE_ARENA_METADATA, /* arena bytes of headers and slot metadata */
+	GAUGE__COUNT,
+};
+
+struct pool_totals {
+	_Alignas(64) uint64_t gauges[GAUGE__COUNT]; /* sums over the pools, atomic adds */
 };
 
 struct pool {
-	struct pool_class classes[POOL_NR_CLASSES];
-	/* Gauges, updated with relaxed atomics. */
-	uint64_t total_size;
-	uint64_t stored_bytes;
-	uint64_t stored_objects;
-	uint64_t chunks;
-	uint64_t metadata_bytes;
-	/* Test hook: chunk mappings left before they fail; negative: no limit. */
+	pthread_mutex_t lock;
+	int fd;		    /* the arena, read-write, flock()ed */
+	char *base;	    /* its mapping, nr_frames frames, moves on growth */
+	uint32_t nr_frames; /* frames mapped */
+	uint32_t table_len; /* frames the tables below cover (>= nr_frames) */
+	uint32_t free_hint; /* no free frame below this one */
+	struct frame *frames;
+	uint64_t *free_bits; /* one bit per frame: free */
+	bool populate_unsupported;
+	uint8_t token[POOL_TOKEN_SIZE];
+	struct pool_totals *totals; /* may be NULL */
+	/* Test hooks: allocations / ordered writes left; negative: no limit. */
 	int64_t map_budget;
+	int64_t crash_budget;
+	uint64_t gauges[GAUGE__COUNT]; /* written under the lock, read from anywhere */
+	struct pool_class classes[POOL_NR_CLASSES];
 };
 
-static void counter_add(uint64_t *counter, int64_t delta)
+/* The slot a handle names, once checked. */
+struct slot_ref {
+	uint32_t frame;
+	unsigned class_index;
+	unsigned slot;
+	struct slot_meta *meta;
+};
+
+static void gauge_add(struct pool *pool, enum gauge gauge, int64_t delta)
 {
-	__atomic_fetch_add(counter, (uint64_t)delta, __ATOMIC_RELAXED);
+	uint64_t value = __atomic_load_n(&pool->gauges[gauge], __ATOMIC_RELAXED);
+
+	__atomic_store_n(&pool->gauges[gauge], value + (uint64_t)delta, __ATOMIC_RELAXED);
+	if (pool->totals)
+		__atomic_fetch_add(&pool->totals->gauges[gauge], (uint64_t)delta, __ATOMIC_RELAXED);
 }
 
-static pool_handle_t handle_make(unsigned class_index, uint32_t chunk_id, unsigned slot)
+static void gauges_read(const uint64_t *gauges, struct pool_usage *usage)
 {
-	return ((pool_handle_t)(chunk_id + 1) << HANDLE_CHUNK_SHIFT) |
+	usage->total_size = __atomic_load_n(&gauges[GAUGE_TOTAL_SIZE], __ATOMIC_RELAXED);
+	usage->stored_bytes = __atomic_load_n(&gauges[GAUGE_STORED_BYTES], __ATOMIC_RELAXED);
+	usage->stored_objects = __atomic_load_n(&gauges[GAUGE_STORED_OBJECTS], __ATOMIC_RELAXED);
+	usage->chunks = __atomic_load_n(&gauges[GAUGE_CHUNKS], __ATOMIC_RELAXED);
+	usage->metadata_bytes = __atomic_load_n(&gauges[GAUGE_METADATA_BYTES], __ATOMIC_RELAXED);
+	usage->arena_metadata_bytes =
+	    __atomic_load_n(&gauges[GAUGE_ARENA_METADATA], __ATOMIC_RELAXED);
+}
+
+/*
+ * Between two arena writes whose order matters: the compiler may not move
+ * stores across it (a kill is an asynchronous interruption of this thread,
+ * so a signal fence is the barrier that matters), and the crash test hook
+ * may kill the process here.
+ */
+static void persist_point(struct pool *pool)
+{
+	__atomic_signal_fence(__ATOMIC_SEQ_CST);
+	if (uz_likely(pool->crash_budget < 0))
+		return;
+	if (pool->crash_budget-- == 0) {
+		kill(getpid(), SIGKILL);
+		for (;;)
+			pause();
+	}
+}
+
+/* FNV-1a, for the header checks. */
+static uint64_t hash_bytes(uint64_t hash, const void *data, size_t len)
+{
+	const uint8_t *p = data;
+
+	while (len--)
+		hash = (hash ^ *p++) * 0x100000001b3ULL;
+	return hash;
+}
+
+#define HASH_SEED 0xcbf29ce484222325ULL
+
+static uint64_t arena_header_check(const struct arena_header *header)
+{
+	struct arena_header copy = *header;
+
+	copy.check = 0;
+	return hash_bytes(HASH_SEED, &copy, sizeof(copy));
+}
+
+static uint32_t frame_check(const uint8_t *token, uint32_t frame, uint16_t class_size,
+			    uint16_t nr_slots)
+{
+	uint64_t hash = hash_bytes(HASH_SEED, token, POOL_TOKEN_SIZE);
+
+	hash = hash_bytes(hash, &frame, sizeof(frame));
+	hash = hash_bytes(hash, &class_size, sizeof(class_size));
+	hash = hash_bytes(hash, &nr_slots, sizeof(nr_slots));
+	return (uint32_t)(hash ^ (hash >> 32));
+}
+
+static pool_handle_t handle_make(unsigned class_index, uint32_t frame, unsigned slot)
+{
+	return ((pool_handle_t)(frame + 1) << HANDLE_FRAME_SHIFT) |
 	       ((pool_handle_t)class_index << HANDLE_SLOT_BITS) | slot;
-}
-
-static unsigned handle_slot(pool_handle_t handle)
-{
-	return (unsigned)(handle & ((1U << HANDLE_SLOT_BITS) - 1));
-}
-
-static unsigned handle_class(pool_handle_t handle)
-{
-	return (unsigned)((handle >> HANDLE_SLOT_BITS) & ((1U << HANDLE_CLASS_BITS) - 1));
-}
-
-/* The chunk id, or UINT32_MAX for a handle that cannot be valid. */
-static uint32_t handle_chunk(pool_handle_t handle)
-{
-	uint64_t field = handle >> HANDLE_CHUNK_SHIFT;
-
-	if (field == 0 || field > POOL_CHUNK_IDS)
-		return UINT32_MAX;
-	return (uint32_t)(field - 1);
 }
 
 static unsigned class_of_length(size_t len)
@@ -151,71 +334,250 @@ static unsigned class_of_length(size_t len)
 	return (unsigned)((len + POOL_CLASS_GRAIN - 1) / POOL_CLASS_GRAIN - 1);
 }
 
-/* The chunk size, in whole pages, that wastes the smallest fraction on its tail. */
-static uint32_t class_pick_chunk_size(uint32_t size)
+static uint32_t slots_offset_for(unsigned nr_slots)
 {
-	uint32_t best = POOL_CHUNK_MIN, candidate;
-	uint64_t best_waste = UINT64_MAX;
+	uint32_t end =
+	    (uint32_t)(sizeof(struct frame_header) + nr_slots * sizeof(struct slot_meta));
 
-	for (candidate = POOL_CHUNK_MIN; candidate <= POOL_CHUNK_MAX; candidate += UZ_PAGE_SIZE) {
+	return (end + POOL_SLOT_ALIGN - 1) / POOL_SLOT_ALIGN * POOL_SLOT_ALIGN;
+}
+
+/* How many slots of size bytes fit in a chunk of bytes, header included. */
+static unsigned slots_fitting(uint32_t size, uint32_t bytes)
+{
+	unsigned n =
+	    (unsigned)((bytes - sizeof(struct frame_header)) / (size + sizeof(struct slot_meta)));
+
+	while (n && slots_offset_for(n) + (uint64_t)n * size > bytes)
+		n--;
+	return n;
+}
+
+/*
+ * The chunk size, in whole pages between POOL_CHUNK_MIN and the frame,
+ * that leaves the smallest fraction unused by object slots.
+ */
+static void class_init(struct pool_class *cls, uint32_t size)
+{
+	uint32_t candidate, best = POOL_CHUNK_MIN;
+	uint64_t best_waste = UINT64_MAX;
+	unsigned i;
+
+	for (candidate = POOL_CHUNK_MIN; candidate <= POOL_FRAME_SIZE; candidate += UZ_PAGE_SIZE) {
+		uint64_t used = (uint64_t)slots_fitting(size, candidate) * size;
 		/* Waste per byte, compared as waste * other size to stay in integers. */
-		uint64_t waste = (uint64_t)(candidate % size) * POOL_CHUNK_MAX / candidate;
+		uint64_t waste = (candidate - used) * POOL_FRAME_SIZE / candidate;
 
 		if (waste < best_waste) {
 			best_waste = waste;
 			best = candidate;
 		}
 	}
-	return best;
+	cls->size = size;
+	cls->chunk_bytes = best;
+	cls->nr_slots = (uint16_t)slots_fitting(size, best);
+	cls->slots_offset = (uint16_t)slots_offset_for(cls->nr_slots);
+	for (i = 0; i < NR_LISTS; i++)
+		cls->lists[i] = FRAME_NONE;
 }
 
-static unsigned chunk_group(const struct chunk *chunk)
+static char *frame_addr(const struct pool *pool, uint32_t frame)
 {
-	if (chunk->nr_used == chunk->nr_slots)
-		return GROUP_FULL;
-	return (unsigned)chunk->nr_used * NR_GROUPS / chunk->nr_slots;
+	return pool->base + (size_t)frame * POOL_FRAME_SIZE;
 }
 
-/* Caller holds cls->lock. */
-static void chunk_unlink(struct pool_class *cls, struct chunk *chunk)
+static struct frame_header *frame_header_of(const struct pool *pool, uint32_t frame)
 {
-	if (chunk->group >= NR_GROUPS)
+	return (struct frame_header *)frame_addr(pool, frame);
+}
+
+static char *slot_addr(const struct pool *pool, const struct pool_class *cls, uint32_t frame,
+		       unsigned slot)
+{
+	return frame_addr(pool, frame) + cls->slots_offset + (size_t)slot * cls->size;
+}
+
+static void list_add(struct pool *pool, struct pool_class *cls, unsigned list, uint32_t frame)
+{
+	struct frame *f = &pool->frames[frame];
+
+	f->prev = FRAME_NONE;
+	f->next = cls->lists[list];
+	if (f->next != FRAME_NONE)
+		pool->frames[f->next].prev = frame;
+	cls->lists[list] = frame;
+}
+
+/* Takes a frame out of the list its group names, if any. */
+static void list_del(struct pool *pool, struct pool_class *cls, uint32_t frame)
+{
+	struct frame *f = &pool->frames[frame];
+
+	if (f->group >= NR_LISTS)
 		return;
-	if (chunk->prev)
-		chunk->prev->next = chunk->next;
+	if (f->prev != FRAME_NONE)
+		pool->frames[f->prev].next = f->next;
 	else
-		cls->groups[chunk->group] = chunk->next;
-	if (chunk->next)
-		chunk->next->prev = chunk->prev;
-	chunk->prev = chunk->next = NULL;
+		cls->lists[f->group] = f->next;
+	if (f->next != FRAME_NONE)
+		pool->frames[f->next].prev = f->prev;
+	f->prev = f->next = FRAME_NONE;
 }
 
-/* Caller holds cls->lock.  Puts a chunk in the group its fill now calls for. */
-static void chunk_regroup(struct pool_class *cls, struct chunk *chunk)
+static unsigned chunk_group(const struct frame *f, const struct pool_class *cls)
 {
+	if (f->nr_used == cls->nr_slots)
+		return GROUP_FULL;
+	return (unsigned)f->nr_used * NR_GROUPS / cls->nr_slots;
+}
+
+/* Puts a chunk in the group its fill now calls for (evacuating ones stay). */
+static void chunk_regroup(struct pool *pool, struct pool_class *cls, uint32_t frame)
+{
+	struct frame *f = &pool->frames[frame];
 	unsigned group;
 
-	if (chunk->group == GROUP_EVACUATING)
+	if (f->group == GROUP_EVACUATING)
 		return;
-	group = chunk_group(chunk);
-	if (group == chunk->group)
+	group = chunk_group(f, cls);
+	if (group == f->group)
 		return;
-	chunk_unlink(cls, chunk);
-	chunk->group = (uint8_t)group;
-	if (group < NR_GROUPS) {
-		chunk->next = cls->groups[group];
-		if (chunk->next)
-			chunk->next->prev = chunk;
-		cls->groups[group] = chunk;
-	}
+	list_del(pool, cls, frame);
+	f->group = (uint8_t)group;
+	if (group < NR_GROUPS)
+		list_add(pool, cls, group, frame);
 }
 
-static size_t chunk_struct_size(const struct pool_class *cls)
+static void frame_mark_free(struct pool *pool, uint32_t frame)
 {
-	return sizeof(struct chunk) + cls->chunk_slots;
+	struct frame *f = &pool->frames[frame];
+
+	*f = (struct frame){.prev = FRAME_NONE,
+			    .next = FRAME_NONE,
+			    .free_head = SLOT_NONE,
+			    .class_index = CLASS_NONE,
+			    .group = GROUP_UNUSED};
+	pool->free_bits[frame / 64] |= 1ULL << (frame % 64);
+	if (frame < pool->free_hint)
+		pool->free_hint = frame;
 }
 
-/* The test hook: false when the next chunk mapping is to fail. */
+static void frame_mark_used(struct pool *pool, uint32_t frame)
+{
+	pool->free_bits[frame / 64] &= ~(1ULL << (frame % 64));
+}
+
+/* The lowest free frame, or FRAME_NONE. */
+static uint32_t frame_find_free(struct pool *pool)
+{
+	uint32_t word = pool->free_hint / 64, words = (pool->table_len + 63) / 64;
+	uint64_t bits;
+
+	for (; word < words; word++) {
+		bits = pool->free_bits[word];
+		if (word == pool->free_hint / 64)
+			bits &= ~0ULL << (pool->free_hint % 64);
+		if (bits) {
+			pool->free_hint = word * 64 + (uint32_t)__builtin_ctzll(bits);
+			return pool->free_hint;
+		}
+	}
+	pool->free_hint = pool->table_len;
+	return FRAME_NONE;
+}
+
+/* Makes the frame tables cover len frames; new entries are in use until marked free. */
+static int tables_reserve(struct pool *pool, uint32_t len)
+{
+	size_t old_words = (pool->table_len + 63) / 64, words = ((size_t)len + 63) / 64;
+	struct frame *frames;
+	uint64_t *bits;
+	uint32_t i;
+
+	if (len <= pool->table_len)
+		return 0;
+	frames = realloc(pool->frames, (size_t)len * sizeof(*frames));
+	if (!frames)
+		return -ENOMEM;
+	pool->frames = frames;
+	bits = realloc(pool->free_bits, words * sizeof(*bits));
+	if (!bits)
+		return -ENOMEM;
+	pool->free_bits = bits;
+	memset(bits + old_words, 0, (words - old_words) * sizeof(*bits));
+	for (i = pool->table_len; i < len; i++)
+		frames[i] = (struct frame){.prev = FRAME_NONE,
+					   .next = FRAME_NONE,
+					   .free_head = SLOT_NONE,
+					   .class_index = CLASS_NONE,
+					   .group = GROUP_RESERVED};
+	gauge_add(pool, GAUGE_METADATA_BYTES,
+		  (int64_t)(len - pool->table_len) * (int64_t)sizeof(*frames) +
+		      (int64_t)(words - old_words) * (int64_t)sizeof(*bits));
+	pool->table_len = len;
+	return 0;
+}
+
+/* False when a file size limit would refuse size (ftruncate would raise SIGXFSZ). */
+static bool file_size_allowed(uint64_t size)
+{
+	struct rlimit limit;
+
+	return getrlimit(RLIMIT_FSIZE, &limit) < 0 || limit.rlim_cur == RLIM_INFINITY ||
+	       size <= limit.rlim_cur;
+}
+
+/* Doubles the arena: the file first, then the mapping. */
+static int arena_grow(struct pool *pool)
+{
+	uint32_t old_frames = pool->nr_frames, new_frames = old_frames * 2, frame;
+	void *base;
+	int r;
+
+	if (new_frames > POOL_FRAMES_MAX)
+		new_frames = POOL_FRAMES_MAX;
+	if (new_frames <= old_frames)
+		return -ENOMEM;
+	r = tables_reserve(pool, new_frames);
+	if (r < 0)
+		return r;
+	if (!file_size_allowed((uint64_t)new_frames * POOL_FRAME_SIZE))
+		return -ENOMEM;
+	persist_point(pool);
+	if (ftruncate(pool->fd, (off_t)new_frames * POOL_FRAME_SIZE) < 0)
+		return -ENOMEM;
+	persist_point(pool);
+	base = mremap(pool->base, (size_t)old_frames * POOL_FRAME_SIZE,
+		      (size_t)new_frames * POOL_FRAME_SIZE, MREMAP_MAYMOVE);
+	if (base == MAP_FAILED)
+		return -ENOMEM;
+	pool->base = base;
+	pool->nr_frames = new_frames;
+	for (frame = old_frames; frame < new_frames; frame++)
+		frame_mark_free(pool, frame);
+	return 0;
+}
+
+static bool frame_punch_hole(int fd, uint32_t frame)
+{
+	return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			 (off_t)frame * POOL_FRAME_SIZE, POOL_FRAME_SIZE) == 0;
+}
+
+/* A frame that cannot be punched loses its magic instead: it holds nothing. */
+static void frame_forget(struct pool *pool, uint32_t frame)
+{
+	__atomic_store_n(&frame_header_of(pool, frame)->magic, 0, __ATOMIC_RELAXED);
+}
+
+/* Gives a frame's memory back, lock held. */
+static void frame_punch(struct pool *pool, uint32_t frame)
+{
+	if (!frame_punch_hole(pool->fd, frame))
+		frame_forget(pool, frame);
+}
+
+/* The test hook: false when the next frame allocation is to fail. */
 static bool pool_map_budget_take(struct pool *pool)
 {
 	int64_t budget = __atomic_load_n(&pool->map_budget, __ATOMIC_RELAXED);
@@ -230,303 +592,783 @@ static bool pool_map_budget_take(struct pool *pool)
 	return true;
 }
 
-/* Caller holds cls->lock.  Maps a chunk and gives it an id; NULL on failure. */
-static struct chunk *chunk_new(struct pool *pool, struct pool_class *cls)
+/* Sets up a chunk of a class on the lowest free frame, growing the arena if needed. */
+static int chunk_new(struct pool *pool, unsigned class_index, uint32_t *out)
 {
-	struct chunk *chunk;
-	uint32_t id;
-	void *base;
+	struct pool_class *cls = &pool->classes[class_index];
+	struct frame_header *header;
+	struct frame *f;
+	uint32_t frame;
+	int r;
 
 	if (!pool_map_budget_take(pool))
-		return NULL;
-
-	if (cls->free_id == POOL_CHUNK_IDS) {
-		uint32_t new_len = cls->table_len ? cls->table_len * 2 : 16;
-		uintptr_t *table;
-		uint32_t i;
-
-		if (new_len > POOL_CHUNK_IDS)
-			new_len = POOL_CHUNK_IDS;
-		if (new_len <= cls->table_len)
-			return NULL;
-		table = realloc(cls->table, new_len * sizeof(*table));
-		if (!table)
-			return NULL;
-		counter_add(&pool->metadata_bytes,
-			    (int64_t)(new_len - cls->table_len) * (int64_t)sizeof(*table));
-		/* Chain the new ids, lowest first. */
-		for (i = cls->table_len; i < new_len; i++)
-			table[i] = ((uintptr_t)(i + 1 < new_len ? i + 1 : POOL_CHUNK_IDS) << 1) | 1;
-		cls->free_id = cls->table_len;
-		cls->table = table;
-		cls->table_len = new_len;
+		return -ENOMEM;
+	frame = frame_find_free(pool);
+	if (frame == FRAME_NONE) {
+		r = arena_grow(pool);
+		if (r < 0)
+			return r;
+		frame = frame_find_free(pool);
+		if (frame == FRAME_NONE)
+			return -ENOMEM;
+	}
+	if (!pool->populate_unsupported &&
+	    madvise(frame_addr(pool, frame), cls->chunk_bytes, MADV_POPULATE_WRITE) < 0) {
+		if (errno != EINVAL) {
+			frame_punch(pool, frame); /* what was populated before it failed */
+			return -ENOMEM;
+		}
+		pool->populate_unsupported = true; /* before Linux 5.14: fault as we write */
 	}
 
-	chunk = malloc(chunk_struct_size(cls));
-	if (!chunk)
-		return NULL;
-	base = mmap(NULL, cls->chunk_size, PROT_READ | PROT_WRITE,
-		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-	if (base == MAP_FAILED) {
-		free(chunk);
-		return NULL;
-	}
+	header = frame_header_of(pool, frame);
+	persist_point(pool);
+	__atomic_store_n(&header->magic, 0, __ATOMIC_RELAXED);
+	persist_point(pool);
+	memset(header->meta, 0, cls->nr_slots * sizeof(struct slot_meta));
+	persist_point(pool);
+	header->frame = frame;
+	header->class_size = (uint16_t)cls->size;
+	header->nr_slots = cls->nr_slots;
+	header->check = frame_check(pool->token, frame, (uint16_t)cls->size, cls->nr_slots);
+	persist_point(pool);
+	__atomic_store_n(&header->magic, FRAME_MAGIC, __ATOMIC_RELAXED);
+	persist_point(pool);
 
-	id = cls->free_id;
-	cls->free_id = (uint32_t)(cls->table[id] >> 1);
-	cls->table[id] = (uintptr_t)chunk;
-
-	memset(chunk, 0, sizeof(*chunk));
-	memset(chunk->slack, SLACK_FREE, cls->chunk_slots);
-	chunk->base = base;
-	chunk->id = id;
-	chunk->nr_slots = cls->chunk_slots;
-	chunk->free_head = SLOT_NONE;
-	chunk->group = GROUP_FULL; /* in no list yet: chunk_regroup() places it */
-	chunk_regroup(cls, chunk);
-
-	counter_add(&pool->chunks, 1);
-	counter_add(&pool->total_size, cls->chunk_size);
-	counter_add(&pool->metadata_bytes, (int64_t)chunk_struct_size(cls));
-	return chunk;
-}
-
-/* Caller holds cls->lock.  Takes an empty chunk out; the caller unmaps it unlocked. */
-static void chunk_retire(struct pool *pool, struct pool_class *cls, struct chunk *chunk)
-{
-	chunk_unlink(cls, chunk);
-	cls->table[chunk->id] = ((uintptr_t)cls->free_id << 1) | 1;
-	cls->free_id = chunk->id;
-	counter_add(&pool->chunks, -1);
-	counter_add(&pool->total_size, -(int64_t)cls->chunk_size);
-	counter_add(&pool->metadata_bytes, -(int64_t)chunk_struct_size(cls));
-}
-
-static void chunk_unmap(struct pool_class *cls, struct chunk *chunk)
-{
-	munmap(chunk->base, cls->chunk_size);
-	free(chunk);
-}
-
-/* Caller holds cls->lock.  The chunk of a handle, or NULL when it names none. */
-static struct chunk *class_lookup(struct pool_class *cls, pool_handle_t handle)
-{
-	uint32_t id = handle_chunk(handle);
-	struct chunk *chunk;
-
-	if (id >= cls->table_len || (cls->table[id] & 1))
-		return NULL;
-	chunk = (struct chunk *)cls->table[id];
-	if (handle_slot(handle) >= chunk->nr_slots ||
-	    chunk->slack[handle_slot(handle)] == SLACK_FREE)
-		return NULL;
-	return chunk;
+	frame_mark_used(pool, frame);
+	f = &pool->frames[frame];
+	*f = (struct frame){.prev = FRAME_NONE,
+			    .next = FRAME_NONE,
+			    .free_head = SLOT_NONE,
+			    .class_index = (uint8_t)class_index,
+			    .group = GROUP_FULL}; /* in no list yet: chunk_regroup() places it */
+	chunk_regroup(pool, cls, frame);
+	gauge_add(pool, GAUGE_CHUNKS, 1);
+	gauge_add(pool, GAUGE_TOTAL_SIZE, cls->chunk_bytes);
+	gauge_add(pool, GAUGE_ARENA_METADATA, cls->slots_offset);
+	*out = frame;
+	return 0;
 }
 
 /*
- * Caller holds cls->lock.  Takes a slot for an object of len bytes from the
- * fullest chunk with room, mapping a chunk if there is none.  Returns the
- * address to copy to, NULL when no chunk can be had.
+ * An empty chunk stops being one.  Its frame is punched by the caller
+ * after dropping the lock (chunk_punch_retired()), which frees it: the
+ * punch unmaps pages, a TLB shootdown that other threads of a shared pool
+ * should not wait for; it works on the file offset, so a concurrent
+ * growth that moves the mapping does not matter.
  */
-static char *class_alloc(struct pool *pool, struct pool_class *cls, unsigned class_index,
-			 size_t len, pool_handle_t *handle)
+static void chunk_retire(struct pool *pool, uint32_t frame)
 {
-	struct chunk *chunk = NULL;
+	struct frame *f = &pool->frames[frame];
+	struct pool_class *cls = &pool->classes[f->class_index];
+
+	list_del(pool, cls, frame);
+	f->class_index = CLASS_NONE;
+	f->group = GROUP_RETIRING;
+	gauge_add(pool, GAUGE_CHUNKS, -1);
+	gauge_add(pool, GAUGE_TOTAL_SIZE, -(int64_t)cls->chunk_bytes);
+	gauge_add(pool, GAUGE_ARENA_METADATA, -(int64_t)cls->slots_offset);
+}
+
+/* Called without the lock, for a frame chunk_retire() returned. */
+static void chunk_punch_retired(struct pool *pool, uint32_t frame)
+{
+	bool punched = frame_punch_hole(pool->fd, frame);
+
+	pthread_mutex_lock(&pool->lock);
+	persist_point(pool);
+	if (!punched)
+		frame_forget(pool, frame);
+	persist_point(pool);
+	frame_mark_free(pool, frame);
+	pthread_mutex_unlock(&pool->lock);
+}
+
+/*
+ * Chains the free slots of a chunk below its bump index, lowest first,
+ * from the refcounts alone (recovery, or a chain found broken).
+ */
+static void chunk_rebuild_chain(struct pool *pool, uint32_t frame)
+{
+	struct frame *f = &pool->frames[frame];
+	const struct pool_class *cls = &pool->classes[f->class_index];
+	const struct frame_header *header = frame_header_of(pool, frame);
+	uint16_t head = SLOT_NONE;
 	unsigned slot;
-	int group;
-	char *addr;
 
-	for (group = NR_GROUPS - 1; group >= 0 && !chunk; group--)
-		chunk = cls->groups[group];
-	if (!chunk) {
-		chunk = chunk_new(pool, cls);
-		if (!chunk)
-			return NULL;
+	for (slot = f->bump; slot-- > 0;) {
+		if (header->meta[slot].refcount)
+			continue;
+		memcpy(slot_addr(pool, cls, frame, slot), &head, sizeof(head));
+		head = (uint16_t)slot;
 	}
+	f->free_head = head;
+}
 
-	if (chunk->free_head != SLOT_NONE) {
+/* Is the head of a chunk's free chain a free slot linking to a possible one? */
+static bool free_head_sound(const struct pool *pool, uint32_t frame)
+{
+	const struct frame *f = &pool->frames[frame];
+	const struct pool_class *cls = &pool->classes[f->class_index];
+	uint16_t next;
+
+	if (f->free_head >= f->bump || frame_header_of(pool, frame)->meta[f->free_head].refcount)
+		return false;
+	memcpy(&next, slot_addr(pool, cls, frame, f->free_head), sizeof(next));
+	return next == SLOT_NONE || next < f->bump;
+}
+
+/*
+ * Takes a slot from the fullest chunk of a class with room, setting up a
+ * chunk if there is none.  The slot is free (refcount 0) until the caller
+ * commits an object to it.
+ */
+static int class_alloc(struct pool *pool, unsigned class_index, uint32_t *frame_out,
+		       unsigned *slot_out)
+{
+	struct pool_class *cls = &pool->classes[class_index];
+	uint32_t frame = FRAME_NONE;
+	struct frame *f;
+	unsigned slot;
+	int group, r;
+
+	for (group = NR_GROUPS - 1; group >= 0 && frame == FRAME_NONE; group--)
+		frame = cls->lists[group];
+	if (frame == FRAME_NONE) {
+		r = chunk_new(pool, class_index, &frame);
+		if (r < 0)
+			return r;
+	}
+	f = &pool->frames[frame];
+	if (f->free_head != SLOT_NONE && !free_head_sound(pool, frame))
+		chunk_rebuild_chain(pool, frame); /* never hand out a live slot */
+	if (f->free_head == SLOT_NONE) {
+		slot = f->bump++;
+	} else {
 		uint16_t next;
 
-		slot = chunk->free_head;
-		memcpy(&next, chunk->base + (size_t)slot * cls->size, sizeof(next));
-		chunk->free_head = next;
-	} else {
-		slot = chunk->bump++;
+		slot = f->free_head;
+		memcpy(&next, slot_addr(pool, cls, frame, slot), sizeof(next));
+		f->free_head = next;
 	}
-	chunk->slack[slot] = (uint8_t)(cls->size - len);
-	chunk->nr_used++;
-	chunk_regroup(cls, chunk);
+	f->nr_used++;
+	chunk_regroup(pool, cls, frame);
+	*frame_out = frame;
+	*slot_out = slot;
+	return 0;
+}
 
-	addr = chunk->base + (size_t)slot * cls->size;
-	*handle = handle_make(class_index, chunk->id, slot);
-	return addr;
+/* Makes a slot whose bytes are in place a live object of refcount 1: the commit of a store. */
+static void object_commit(struct pool *pool, uint32_t frame, unsigned slot, size_t len)
+{
+	const struct pool_class *cls = &pool->classes[pool->frames[frame].class_index];
+	struct slot_meta *meta = &frame_header_of(pool, frame)->meta[slot];
+
+	persist_point(pool);
+	meta->slack = (uint8_t)(cls->size - len);
+	persist_point(pool);
+	__atomic_store_n(&meta->refcount, 1, __ATOMIC_RELAXED);
+	persist_point(pool);
+	gauge_add(pool, GAUGE_STORED_BYTES, (int64_t)len);
+	gauge_add(pool, GAUGE_STORED_OBJECTS, 1);
+}
+
+/* Caller holds the lock.  Checks a handle; false when it names no live object. */
+static bool slot_locate(struct pool *pool, pool_handle_t handle, struct slot_ref *ref)
+{
+	uint64_t frame_field = handle >> HANDLE_FRAME_SHIFT;
+	unsigned class_index =
+	    (unsigned)((handle >> HANDLE_SLOT_BITS) & ((1U << HANDLE_CLASS_BITS) - 1));
+	unsigned slot = (unsigned)(handle & ((1U << HANDLE_SLOT_BITS) - 1));
+	struct slot_meta *meta;
+	uint32_t frame;
+
+	if (frame_field == 0 || frame_field > pool->nr_frames)
+		return false;
+	frame = (uint32_t)(frame_field - 1);
+	if (pool->frames[frame].class_index != class_index ||
+	    slot >= pool->classes[class_index].nr_slots)
+		return false;
+	meta = &frame_header_of(pool, frame)->meta[slot];
+	if (meta->refcount == 0)
+		return false;
+	*ref = (struct slot_ref){frame, class_index, slot, meta};
+	return true;
+}
+
+static size_t slot_length(const struct pool *pool, const struct slot_ref *ref)
+{
+	return pool->classes[ref->class_index].size - ref->meta->slack;
 }
 
 /*
- * Caller holds cls->lock.  Frees the slot; returns the chunk if it became
- * empty (already retired: the caller unmaps it after unlocking), else NULL.
+ * Caller holds the lock.  Drops one reference of a located object.
+ * Returns the frame the caller must hand to chunk_punch_retired() once
+ * unlocked, or FRAME_NONE.
  */
-static struct chunk *class_release(struct pool *pool, struct pool_class *cls, struct chunk *chunk,
-				   unsigned slot)
+static uint32_t object_release(struct pool *pool, const struct slot_ref *ref)
 {
-	uint16_t next = chunk->free_head;
+	struct frame *f = &pool->frames[ref->frame];
+	struct pool_class *cls = &pool->classes[ref->class_index];
+	uint8_t refcount = ref->meta->refcount;
+	uint16_t next;
+	size_t len;
 
-	counter_add(&pool->stored_bytes, -(int64_t)(cls->size - chunk->slack[slot]));
-	counter_add(&pool->stored_objects, -1);
-	chunk->slack[slot] = SLACK_FREE;
-	memcpy(chunk->base + (size_t)slot * cls->size, &next, sizeof(next));
-	chunk->free_head = (uint16_t)slot;
-	chunk->nr_used--;
-	if (chunk->nr_used == 0) {
-		chunk_retire(pool, cls, chunk);
-		return chunk;
+	if (refcount > 1) {
+		persist_point(pool);
+		__atomic_store_n(&ref->meta->refcount, refcount - 1, __ATOMIC_RELAXED);
+		persist_point(pool);
+		if (refcount == 2)
+			f->nr_shared--;
+		return FRAME_NONE;
 	}
-	chunk_regroup(cls, chunk);
-	return NULL;
+	len = slot_length(pool, ref);
+	persist_point(pool);
+	__atomic_store_n(&ref->meta->refcount, 0, __ATOMIC_RELAXED);
+	persist_point(pool);
+	/* Free now: only from here on may its bytes change. */
+	next = f->free_head;
+	memcpy(slot_addr(pool, cls, ref->frame, ref->slot), &next, sizeof(next));
+	f->free_head = (uint16_t)ref->slot;
+	f->nr_used--;
+	gauge_add(pool, GAUGE_STORED_BYTES, -(int64_t)len);
+	gauge_add(pool, GAUGE_STORED_OBJECTS, -1);
+	if (f->nr_used == 0) {
+		chunk_retire(pool, ref->frame);
+		return ref->frame;
+	}
+	chunk_regroup(pool, cls, ref->frame);
+	return FRAME_NONE;
 }
 
-int pool_new(struct pool **out)
+/* A pool with no arena yet. */
+static struct pool *pool_alloc(struct pool_totals *totals)
 {
 	struct pool *pool;
 	unsigned i;
 
-	pool = aligned_alloc(64, sizeof(*pool));
+	pool = calloc(1, sizeof(*pool));
+	if (!pool)
+		return NULL;
+	pthread_mutex_init(&pool->lock, NULL);
+	pool->fd = -1;
+	pool->map_budget = -1;
+	pool->crash_budget = -1;
+	pool->totals = totals;
+	for (i = 0; i < POOL_NR_CLASSES; i++)
+		class_init(&pool->classes[i], (i + 1) * POOL_CLASS_GRAIN);
+	gauge_add(pool, GAUGE_METADATA_BYTES, sizeof(*pool));
+	return pool;
+}
+
+int pool_totals_new(struct pool_totals **out)
+{
+	struct pool_totals *totals = aligned_alloc(64, sizeof(*totals));
+
+	if (!totals)
+		return -ENOMEM;
+	memset(totals, 0, sizeof(*totals));
+	*out = totals;
+	return 0;
+}
+
+struct pool_totals *pool_totals_free(struct pool_totals *totals)
+{
+	free(totals);
+	return NULL;
+}
+
+void pool_totals_get(struct pool_totals *totals, struct pool_usage *usage)
+{
+	gauges_read(totals->gauges, usage);
+}
+
+int pool_new(struct pool **out, struct pool_totals *totals)
+{
+	struct arena_header fields, *header;
+	struct pool *pool;
+	struct timespec now;
+	uint32_t frame;
+	ssize_t n;
+	int r;
+
+	pool = pool_alloc(totals);
 	if (!pool)
 		return -ENOMEM;
-	memset(pool, 0, sizeof(*pool));
-	pool->map_budget = -1;
-	for (i = 0; i < POOL_NR_CLASSES; i++) {
-		struct pool_class *cls = &pool->classes[i];
-
-		pthread_mutex_init(&cls->lock, NULL);
-		cls->size = (i + 1) * POOL_CLASS_GRAIN;
-		cls->chunk_size = class_pick_chunk_size(cls->size);
-		cls->chunk_slots = (uint16_t)(cls->chunk_size / cls->size);
-		cls->free_id = POOL_CHUNK_IDS;
+	pool->fd = memfd_create("uzswap-arena", MFD_CLOEXEC);
+	if (pool->fd < 0 || fchmod(pool->fd, 0600) < 0 || flock(pool->fd, LOCK_EX | LOCK_NB) < 0 ||
+	    ftruncate(pool->fd, (off_t)POOL_FRAMES_INITIAL * POOL_FRAME_SIZE) < 0) {
+		r = -errno;
+		goto fail;
 	}
-	pool->metadata_bytes = sizeof(*pool);
+	do
+		n = getrandom(pool->token, sizeof(pool->token), 0);
+	while (n < 0 && errno == EINTR);
+	if (n != (ssize_t)sizeof(pool->token)) {
+		r = n < 0 ? -errno : -EIO;
+		goto fail;
+	}
+	pool->base = mmap(NULL, (size_t)POOL_FRAMES_INITIAL * POOL_FRAME_SIZE,
+			  PROT_READ | PROT_WRITE, MAP_SHARED, pool->fd, 0);
+	if (pool->base == MAP_FAILED) {
+		pool->base = NULL;
+		r = -ENOMEM;
+		goto fail;
+	}
+	pool->nr_frames = POOL_FRAMES_INITIAL;
+	r = tables_reserve(pool, POOL_FRAMES_INITIAL);
+	if (r < 0)
+		goto fail;
+	for (frame = 1; frame < POOL_FRAMES_INITIAL; frame++)
+		frame_mark_free(pool, frame);
+
+	clock_gettime(CLOCK_REALTIME, &now);
+	fields = (struct arena_header){
+	    .magic = ARENA_MAGIC,
+	    .version = ARENA_VERSION,
+	    .header_size = sizeof(fields),
+	    .frame_size = POOL_FRAME_SIZE,
+	    .frame_header_size = sizeof(struct frame_header),
+	    .class_grain = POOL_CLASS_GRAIN,
+	    .object_max = POOL_OBJECT_MAX,
+	    .created_usec = (uint64_t)now.tv_sec * 1000000 + (uint64_t)now.tv_nsec / 1000,
+	};
+	memcpy(fields.token, pool->token, sizeof(fields.token));
+	fields.check = arena_header_check(&fields);
+	fields.magic = 0;
+	header = (struct arena_header *)pool->base;
+	*header = fields;
+	persist_point(pool);
+	__atomic_store_n(&header->magic, ARENA_MAGIC, __ATOMIC_RELAXED);
+	persist_point(pool);
+	gauge_add(pool, GAUGE_TOTAL_SIZE, ARENA_HEADER_BYTES);
+	gauge_add(pool, GAUGE_ARENA_METADATA, ARENA_HEADER_BYTES);
 	*out = pool;
 	return 0;
+
+fail:
+	pool_free(pool);
+	return r;
+}
+
+/* Is fd a memfd arena of ours?  0, -EINVAL (not an arena file) or -EPERM (owner, mode). */
+static int arena_check_file(int fd, struct stat *st)
+{
+	static const char name[] = "/memfd:uzswap-arena";
+	char path[64], target[64];
+	struct statfs fs;
+	ssize_t n;
+
+	if (fstat(fd, st) < 0 || fstatfs(fd, &fs) < 0)
+		return -errno;
+	if (!S_ISREG(st->st_mode) || fs.f_type != TMPFS_MAGIC || st->st_nlink != 0)
+		return -EINVAL;
+	if (st->st_uid != geteuid() || (st->st_mode & 07777) != 0600)
+		return -EPERM;
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	n = readlink(path, target, sizeof(target) - 1);
+	if (n < 0)
+		return -errno;
+	target[n] = '\0';
+	if (strncmp(target, name, sizeof(name) - 1) != 0)
+		return -EINVAL;
+	if (st->st_size < POOL_FRAME_SIZE || st->st_size % POOL_FRAME_SIZE != 0 ||
+	    (uint64_t)st->st_size / POOL_FRAME_SIZE > POOL_FRAMES_MAX)
+		return -EINVAL;
+	return 0;
+}
+
+/* Reads and checks the arena header; 0 or -EINVAL. */
+static int arena_read_header(int fd, struct arena_header *header)
+{
+	if (pread(fd, header, sizeof(*header), 0) != (ssize_t)sizeof(*header))
+		return -EINVAL;
+	if (header->magic != ARENA_MAGIC || header->version != ARENA_VERSION ||
+	    header->header_size != sizeof(*header) || header->frame_size != POOL_FRAME_SIZE ||
+	    header->frame_header_size != sizeof(struct frame_header) ||
+	    header->class_grain != POOL_CLASS_GRAIN || header->object_max != POOL_OBJECT_MAX ||
+	    header->check != arena_header_check(header))
+		return -EINVAL;
+	return 0;
+}
+
+/*
+ * Recovery of one frame with data, from a copy of its header (buf, read
+ * with pread, at least the largest header long).
+ */
+static void recover_frame(struct pool *pool, uint32_t frame, const struct frame_header *header,
+			  struct pool_recover_report *report)
+{
+	unsigned class_index, slot, nr_used = 0, nr_shared = 0, last = 0;
+	uint64_t bytes = 0, references = 0;
+	const struct pool_class *cls;
+	struct frame *f;
+
+	if (header->magic != FRAME_MAGIC) {
+		/* Never set up, set up halfway, or freed unpunched: no object here. */
+		frame_punch(pool, frame);
+		report->frames_freed++;
+		return;
+	}
+	if (header->class_size % POOL_CLASS_GRAIN != 0 || header->class_size == 0 ||
+	    header->class_size > POOL_OBJECT_MAX)
+		goto reject;
+	class_index = class_of_length(header->class_size);
+	cls = &pool->classes[class_index];
+	if (header->nr_slots != cls->nr_slots || header->frame != frame ||
+	    header->check != frame_check(pool->token, frame, header->class_size, header->nr_slots))
+		goto reject;
+	for (slot = 0; slot < cls->nr_slots; slot++) {
+		const struct slot_meta *meta = &header->meta[slot];
+
+		if (!meta->refcount)
+			continue;
+		if (meta->slack >= POOL_CLASS_GRAIN)
+			goto reject;
+		nr_used++;
+		nr_shared += meta->refcount > 1;
+		references += meta->refcount;
+		bytes += cls->size - meta->slack;
+		last = slot;
+	}
+	if (nr_used == 0) {
+		frame_punch(pool, frame);
+		report->frames_freed++;
+		return;
+	}
+
+	frame_mark_used(pool, frame);
+	f = &pool->frames[frame];
+	*f = (struct frame){.prev = FRAME_NONE,
+			    .next = FRAME_NONE,
+			    .nr_used = (uint16_t)nr_used,
+			    .nr_shared = (uint16_t)nr_shared,
+			    .bump = (uint16_t)(last + 1),
+			    .class_index = (uint8_t)class_index,
+			    .group = GROUP_FULL};
+	chunk_rebuild_chain(pool, frame);
+	chunk_regroup(pool, &pool->classes[class_index], frame);
+	gauge_add(pool, GAUGE_CHUNKS, 1);
+	gauge_add(pool, GAUGE_TOTAL_SIZE, cls->chunk_bytes);
+	gauge_add(pool, GAUGE_ARENA_METADATA, cls->slots_offset);
+	gauge_add(pool, GAUGE_STORED_BYTES, (int64_t)bytes);
+	gauge_add(pool, GAUGE_STORED_OBJECTS, nr_used);
+	report->frames++;
+	report->objects += nr_used;
+	report->references += references;
+	report->bytes += bytes;
+	return;
+
+reject:
+	/* Ours, but not consistent: no kill makes this.  Keep it out of use. */
+	frame_mark_used(pool, frame);
+	pool->frames[frame].group = GROUP_RESERVED;
+	gauge_add(pool, GAUGE_TOTAL_SIZE, POOL_FRAME_SIZE);
+	report->frames_rejected++;
+}
+
+int pool_recover(struct pool **out, int fd, struct pool_totals *totals,
+		 struct pool_recover_report *report)
+{
+	size_t header_max = slots_offset_for(POOL_FRAME_SIZE / (POOL_CLASS_GRAIN + 2));
+	struct pool_recover_report found = {0};
+	struct arena_header header;
+	struct stat st, own_st;
+	struct pool *pool = NULL;
+	_cleanup_free_ void *buf = NULL;
+	char path[64];
+	uint32_t frame;
+	int r;
+
+	r = arena_check_file(fd, &st);
+	if (r < 0)
+		return r;
+	pool = pool_alloc(totals);
+	buf = malloc(header_max);
+	if (!pool || !buf) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	/* Our own read-write description (fd may be a client's read-only one). */
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	pool->fd = open(path, O_RDWR | O_CLOEXEC);
+	if (pool->fd < 0 || fstat(pool->fd, &own_st) < 0) {
+		r = -errno;
+		goto fail;
+	}
+	if (own_st.st_dev != st.st_dev || own_st.st_ino != st.st_ino ||
+	    own_st.st_size != st.st_size) {
+		r = -EINVAL;
+		goto fail;
+	}
+	if (flock(pool->fd, LOCK_EX | LOCK_NB) < 0) {
+		r = errno == EWOULDBLOCK ? -EBUSY : -errno;
+		goto fail;
+	}
+	r = arena_read_header(pool->fd, &header);
+	if (r < 0)
+		goto fail;
+	memcpy(pool->token, header.token, sizeof(pool->token));
+
+	pool->nr_frames = (uint32_t)(st.st_size / POOL_FRAME_SIZE);
+	pool->base =
+	    mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, pool->fd, 0);
+	if (pool->base == MAP_FAILED) {
+		pool->base = NULL;
+		r = -ENOMEM;
+		goto fail;
+	}
+	r = tables_reserve(pool, pool->nr_frames);
+	if (r < 0)
+		goto fail;
+	for (frame = 1; frame < pool->nr_frames; frame++)
+		frame_mark_free(pool, frame);
+	gauge_add(pool, GAUGE_TOTAL_SIZE, ARENA_HEADER_BYTES);
+	gauge_add(pool, GAUGE_ARENA_METADATA, ARENA_HEADER_BYTES);
+
+	for (frame = 1; frame < pool->nr_frames; frame++) {
+		off_t data = lseek(pool->fd, (off_t)frame * POOL_FRAME_SIZE, SEEK_DATA);
+
+		if (data < 0 && errno == ENXIO)
+			break; /* only holes from here on */
+		if (data >= 0) {
+			if (data >= (off_t)pool->nr_frames * POOL_FRAME_SIZE)
+				break;
+			frame = (uint32_t)(data / POOL_FRAME_SIZE);
+		}
+		/* data < 0 otherwise: no SEEK_DATA, look at every frame. */
+		if (pread(pool->fd, buf, header_max, (off_t)frame * POOL_FRAME_SIZE) !=
+		    (ssize_t)header_max) {
+			r = -EIO;
+			goto fail;
+		}
+		recover_frame(pool, frame, buf, &found);
+	}
+	if (report)
+		*report = found;
+	*out = pool;
+	return 0;
+
+fail:
+	pool_free(pool);
+	return r;
 }
 
 struct pool *pool_free(struct pool *pool)
 {
-	unsigned i, id;
+	enum gauge gauge;
 
 	if (!pool)
 		return NULL;
-	for (i = 0; i < POOL_NR_CLASSES; i++) {
-		struct pool_class *cls = &pool->classes[i];
-
-		for (id = 0; id < cls->table_len; id++) {
-			if (!(cls->table[id] & 1))
-				chunk_unmap(cls, (struct chunk *)cls->table[id]);
-		}
-		free(cls->table);
-		pthread_mutex_destroy(&cls->lock);
+	if (pool->base)
+		munmap(pool->base, (size_t)pool->nr_frames * POOL_FRAME_SIZE);
+	if (pool->fd >= 0)
+		close(pool->fd);
+	if (pool->totals) {
+		for (gauge = 0; gauge < GAUGE__COUNT; gauge++)
+			__atomic_fetch_sub(&pool->totals->gauges[gauge], pool->gauges[gauge],
+					   __ATOMIC_RELAXED);
 	}
+	free(pool->frames);
+	free(pool->free_bits);
+	pthread_mutex_destroy(&pool->lock);
 	free(pool);
 	return NULL;
 }
 
+int pool_open_readonly(struct pool *pool)
+{
+	char path[64];
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", pool->fd);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+void pool_token(struct pool *pool, uint8_t out[POOL_TOKEN_SIZE])
+{
+	memcpy(out, pool->token, POOL_TOKEN_SIZE);
+}
+
 int pool_store(struct pool *pool, const void *data, size_t len, pool_handle_t *out)
 {
-	struct pool_class *cls;
-	unsigned class_index;
-	char *addr;
+	unsigned class_index, slot;
+	uint32_t frame;
+	int r;
 
 	if (len == 0 || len > POOL_OBJECT_MAX)
 		return -EINVAL;
 	class_index = class_of_length(len);
-	cls = &pool->classes[class_index];
 
-	pthread_mutex_lock(&cls->lock);
-	addr = class_alloc(pool, cls, class_index, len, out);
-	pthread_mutex_unlock(&cls->lock);
-	if (!addr)
-		return -ENOMEM;
-
-	/* The slot is ours and its handle not yet given out: copy unlocked. */
-	memcpy(addr, data, len);
-	counter_add(&pool->stored_bytes, (int64_t)len);
-	counter_add(&pool->stored_objects, 1);
+	pthread_mutex_lock(&pool->lock);
+	r = class_alloc(pool, class_index, &frame, &slot);
+	if (r == 0) {
+		memcpy(slot_addr(pool, &pool->classes[class_index], frame, slot), data, len);
+		object_commit(pool, frame, slot, len);
+	}
+	pthread_mutex_unlock(&pool->lock);
+	if (r < 0)
+		return r;
+	*out = handle_make(class_index, frame, slot);
 	return 0;
 }
 
 int pool_load(struct pool *pool, pool_handle_t handle, void *dst, size_t len)
 {
-	struct pool_class *cls;
-	struct chunk *chunk;
-	unsigned class_index = handle_class(handle);
-	const char *addr = NULL;
+	struct slot_ref ref;
+	int r = -EINVAL;
 
-	if (class_index >= POOL_NR_CLASSES)
-		return -EINVAL;
-	cls = &pool->classes[class_index];
-
-	pthread_mutex_lock(&cls->lock);
-	chunk = class_lookup(cls, handle);
-	if (chunk && cls->size - chunk->slack[handle_slot(handle)] == len)
-		addr = chunk->base + (size_t)handle_slot(handle) * cls->size;
-	pthread_mutex_unlock(&cls->lock);
-	if (!addr)
-		return -EINVAL;
-
-	/* Only the owner releases or moves this object, and it is busy loading it. */
-	memcpy(dst, addr, len);
-	return 0;
+	pthread_mutex_lock(&pool->lock);
+	if (slot_locate(pool, handle, &ref) && slot_length(pool, &ref) == len) {
+		memcpy(dst, slot_addr(pool, &pool->classes[ref.class_index], ref.frame, ref.slot),
+		       len);
+		r = 0;
+	}
+	pthread_mutex_unlock(&pool->lock);
+	return r;
 }
 
-void pool_release(struct pool *pool, pool_handle_t handle)
+int pool_ref(struct pool *pool, pool_handle_t handle)
 {
-	struct chunk *chunk, *empty = NULL;
-	struct pool_class *cls;
-	unsigned class_index = handle_class(handle);
+	struct slot_ref ref;
+	int r = -EINVAL;
 
-	if (class_index >= POOL_NR_CLASSES)
-		return;
-	cls = &pool->classes[class_index];
+	pthread_mutex_lock(&pool->lock);
+	if (slot_locate(pool, handle, &ref)) {
+		uint8_t refcount = ref.meta->refcount;
 
-	pthread_mutex_lock(&cls->lock);
-	chunk = class_lookup(cls, handle);
-	if (chunk)
-		empty = class_release(pool, cls, chunk, handle_slot(handle));
-	pthread_mutex_unlock(&cls->lock);
-	if (empty)
-		chunk_unmap(cls, empty);
+		if (refcount == POOL_REFCOUNT_MAX) {
+			r = -EOVERFLOW;
+		} else {
+			persist_point(pool);
+			__atomic_store_n(&ref.meta->refcount, refcount + 1, __ATOMIC_RELAXED);
+			persist_point(pool);
+			if (refcount == 1)
+				pool->frames[ref.frame].nr_shared++;
+			r = 0;
+		}
+	}
+	pthread_mutex_unlock(&pool->lock);
+	return r;
+}
+
+int pool_refcount(struct pool *pool, pool_handle_t handle)
+{
+	struct slot_ref ref;
+	int r = -EINVAL;
+
+	pthread_mutex_lock(&pool->lock);
+	if (slot_locate(pool, handle, &ref))
+		r = ref.meta->refcount;
+	pthread_mutex_unlock(&pool->lock);
+	return r;
+}
+
+int pool_release(struct pool *pool, pool_handle_t handle)
+{
+	uint32_t retired = FRAME_NONE;
+	struct slot_ref ref;
+	int r = -EINVAL;
+
+	pthread_mutex_lock(&pool->lock);
+	if (slot_locate(pool, handle, &ref)) {
+		retired = object_release(pool, &ref);
+		r = 0;
+	}
+	pthread_mutex_unlock(&pool->lock);
+	if (retired != FRAME_NONE)
+		chunk_punch_retired(pool, retired);
+	return r;
 }
 
 void pool_get_usage(struct pool *pool, struct pool_usage *usage)
 {
-	usage->total_size = __atomic_load_n(&pool->total_size, __ATOMIC_RELAXED);
-	usage->stored_bytes = __atomic_load_n(&pool->stored_bytes, __ATOMIC_RELAXED);
-	usage->stored_objects = __atomic_load_n(&pool->stored_objects, __ATOMIC_RELAXED);
-	usage->chunks = __atomic_load_n(&pool->chunks, __ATOMIC_RELAXED);
-	usage->metadata_bytes = __atomic_load_n(&pool->metadata_bytes, __ATOMIC_RELAXED);
-}
-
-static int chunk_compare_used(const void *a, const void *b)
-{
-	const struct chunk *x = *(struct chunk *const *)a, *y = *(struct chunk *const *)b;
-
-	return (int)x->nr_used - (int)y->nr_used;
+	gauges_read(pool->gauges, usage);
 }
 
 /*
- * Caller holds cls->lock.  Marks the sparsest chunks under the threshold,
- * as long as their objects fit in the free slots of the chunks left.
+ * Caller holds the lock.  The first live object at or after (frame, slot),
+ * moving the cursor past it; false when there is none.
  */
-static int class_compact_begin(struct pool_class *cls, unsigned min_fill_percent)
+static bool walk_next(struct pool *pool, uint32_t *frame, unsigned *slot, pool_handle_t *handle,
+		      size_t *len, unsigned *refcount)
 {
-	struct chunk **candidates, *chunk;
-	uint64_t free_rest = 0, moving = 0;
-	size_t nr = 0, i;
+	for (; *frame < pool->nr_frames; (*frame)++, *slot = 0) {
+		const struct frame *f = &pool->frames[*frame];
+		const struct frame_header *header;
+
+		if (f->class_index == CLASS_NONE)
+			continue;
+		header = frame_header_of(pool, *frame);
+		for (; *slot < f->bump; (*slot)++) {
+			const struct slot_meta *meta = &header->meta[*slot];
+
+			if (!meta->refcount)
+				continue;
+			*handle = handle_make(f->class_index, *frame, *slot);
+			*len = pool->classes[f->class_index].size - meta->slack;
+			*refcount = meta->refcount;
+			(*slot)++;
+			return true;
+		}
+	}
+	return false;
+}
+
+int pool_walk(struct pool *pool, pool_walk_fn fn, void *userdata)
+{
+	uint32_t frame = 1;
+	unsigned slot = 0;
+
+	for (;;) {
+		pool_handle_t handle;
+		unsigned refcount;
+		size_t len;
+		bool found;
+		int r;
+
+		pthread_mutex_lock(&pool->lock);
+		found = walk_next(pool, &frame, &slot, &handle, &len, &refcount);
+		pthread_mutex_unlock(&pool->lock);
+		if (!found)
+			return 0;
+		r = fn(handle, len, refcount, userdata);
+		if (r)
+			return r;
+	}
+}
+
+static int key_compare(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * Marks the sparsest chunks of a class under the threshold, as long as
+ * their objects fit in the free slots of the chunks left; chunks left
+ * marked by an earlier pass are put back first.  Chunks holding a shared
+ * object are never marked.
+ */
+static int class_compact_begin(struct pool *pool, struct pool_class *cls, unsigned min_fill_percent)
+{
+	uint64_t free_rest = 0, moving = 0, *candidates;
+	size_t nr = 0, nr_candidates = 0, i;
+	uint32_t frame;
 	int group, marked = 0;
 
+	while ((frame = cls->lists[GROUP_EVACUATING]) != FRAME_NONE) {
+		list_del(pool, cls, frame);
+		pool->frames[frame].group = GROUP_FULL; /* in no list: regroup places it */
+		chunk_regroup(pool, cls, frame);
+	}
 	for (group = 0; group < NR_GROUPS; group++) {
-		for (chunk = cls->groups[group]; chunk; chunk = chunk->next) {
+		for (frame = cls->lists[group]; frame != FRAME_NONE;
+		     frame = pool->frames[frame].next) {
 			nr++;
-			free_rest += chunk->nr_slots - chunk->nr_used;
+			free_rest += cls->nr_slots - pool->frames[frame].nr_used;
 		}
 	}
 	if (nr < 2)
@@ -534,23 +1376,29 @@ static int class_compact_begin(struct pool_class *cls, unsigned min_fill_percent
 	candidates = malloc(nr * sizeof(*candidates));
 	if (!candidates)
 		return -ENOMEM;
-	nr = 0;
 	for (group = 0; group < NR_GROUPS; group++) {
-		for (chunk = cls->groups[group]; chunk; chunk = chunk->next)
-			candidates[nr++] = chunk;
+		for (frame = cls->lists[group]; frame != FRAME_NONE;
+		     frame = pool->frames[frame].next) {
+			if (!pool->frames[frame].nr_shared)
+				candidates[nr_candidates++] =
+				    (uint64_t)pool->frames[frame].nr_used << 32 | frame;
+		}
 	}
-	qsort(candidates, nr, sizeof(*candidates), chunk_compare_used);
+	/* Sparsest first: the key is (objects, frame). */
+	qsort(candidates, nr_candidates, sizeof(*candidates), key_compare);
+	for (i = 0; i < nr_candidates; i++) {
+		uint64_t used = candidates[i] >> 32;
 
-	for (i = 0; i < nr; i++) {
-		chunk = candidates[i];
-		if ((uint64_t)chunk->nr_used * 100 >= (uint64_t)min_fill_percent * chunk->nr_slots)
+		frame = (uint32_t)candidates[i];
+		if (used * 100 >= (uint64_t)min_fill_percent * cls->nr_slots)
 			break;
-		if (moving + chunk->nr_used > free_rest - (chunk->nr_slots - chunk->nr_used))
+		if (moving + used > free_rest - (cls->nr_slots - used))
 			break;
-		moving += chunk->nr_used;
-		free_rest -= chunk->nr_slots - chunk->nr_used;
-		chunk_unlink(cls, chunk);
-		chunk->group = GROUP_EVACUATING;
+		moving += used;
+		free_rest -= cls->nr_slots - used;
+		list_del(pool, cls, frame);
+		pool->frames[frame].group = GROUP_EVACUATING;
+		list_add(pool, cls, GROUP_EVACUATING, frame);
 		marked++;
 	}
 	free(candidates);
@@ -560,77 +1408,70 @@ static int class_compact_begin(struct pool_class *cls, unsigned min_fill_percent
 int pool_compact_begin(struct pool *pool, unsigned min_fill_percent)
 {
 	unsigned i;
-	int marked = 0, r;
+	int marked = 0, r = 0;
 
 	if (min_fill_percent > 100)
 		return -EINVAL;
-	for (i = 0; i < POOL_NR_CLASSES; i++) {
-		struct pool_class *cls = &pool->classes[i];
-
-		pthread_mutex_lock(&cls->lock);
-		r = class_compact_begin(cls, min_fill_percent);
-		pthread_mutex_unlock(&cls->lock);
-		if (r < 0)
-			return r;
-		marked += r;
+	pthread_mutex_lock(&pool->lock);
+	for (i = 0; i < POOL_NR_CLASSES && r >= 0; i++) {
+		r = class_compact_begin(pool, &pool->classes[i], min_fill_percent);
+		if (r > 0)
+			marked += r;
 	}
-	return marked;
+	pthread_mutex_unlock(&pool->lock);
+	return r < 0 ? r : marked;
 }
 
 bool pool_handle_evacuating(struct pool *pool, pool_handle_t handle)
 {
-	struct pool_class *cls;
-	struct chunk *chunk;
-	unsigned class_index = handle_class(handle);
+	struct slot_ref ref;
 	bool evacuating;
 
-	if (class_index >= POOL_NR_CLASSES)
-		return false;
-	cls = &pool->classes[class_index];
-	pthread_mutex_lock(&cls->lock);
-	chunk = class_lookup(cls, handle);
-	evacuating = chunk && chunk->group == GROUP_EVACUATING;
-	pthread_mutex_unlock(&cls->lock);
+	pthread_mutex_lock(&pool->lock);
+	evacuating = slot_locate(pool, handle, &ref) &&
+		     pool->frames[ref.frame].group == GROUP_EVACUATING && ref.meta->refcount == 1;
+	pthread_mutex_unlock(&pool->lock);
 	return evacuating;
 }
 
-int pool_migrate(struct pool *pool, pool_handle_t handle, size_t len, pool_handle_t *out)
+int pool_migrate_copy(struct pool *pool, pool_handle_t handle, size_t len, pool_handle_t *out)
 {
-	struct chunk *chunk, *empty = NULL;
-	struct pool_class *cls;
-	unsigned class_index = handle_class(handle);
-	pool_handle_t new_handle;
-	char *from, *to;
+	struct slot_ref ref;
+	const struct pool_class *cls;
+	unsigned slot;
+	uint32_t frame;
+	int r;
 
-	if (class_index >= POOL_NR_CLASSES)
-		return -EINVAL;
-	cls = &pool->classes[class_index];
-
-	pthread_mutex_lock(&cls->lock);
-	chunk = class_lookup(cls, handle);
-	if (!chunk || cls->size - chunk->slack[handle_slot(handle)] != len) {
-		pthread_mutex_unlock(&cls->lock);
-		return -EINVAL;
+	pthread_mutex_lock(&pool->lock);
+	if (!slot_locate(pool, handle, &ref) || slot_length(pool, &ref) != len) {
+		r = -EINVAL;
+		goto out;
 	}
-	to = class_alloc(pool, cls, class_index, len, &new_handle);
-	if (!to) {
-		pthread_mutex_unlock(&cls->lock);
-		return -ENOMEM;
+	if (ref.meta->refcount > 1) {
+		r = -EBUSY;
+		goto out;
 	}
-	/* Both slots are the caller's; the copy is short, keep it under the lock. */
-	from = chunk->base + (size_t)handle_slot(handle) * cls->size;
-	memcpy(to, from, len);
-	counter_add(&pool->stored_bytes, (int64_t)len);
-	counter_add(&pool->stored_objects, 1);
-	empty = class_release(pool, cls, chunk, handle_slot(handle));
-	pthread_mutex_unlock(&cls->lock);
-	if (empty)
-		chunk_unmap(cls, empty);
-	*out = new_handle;
-	return 0;
+	r = class_alloc(pool, ref.class_index, &frame, &slot);
+	if (r < 0)
+		goto out;
+	/* Both addresses now: a new chunk may have moved the arena. */
+	cls = &pool->classes[ref.class_index];
+	memcpy(slot_addr(pool, cls, frame, slot), slot_addr(pool, cls, ref.frame, ref.slot), len);
+	object_commit(pool, frame, slot, len);
+	*out = handle_make(ref.class_index, frame, slot);
+out:
+	pthread_mutex_unlock(&pool->lock);
+	return r;
 }
 
 void pool_inject_map_failures(struct pool *pool, int64_t after)
 {
 	__atomic_store_n(&pool->map_budget, after < 0 ? -1 : after, __ATOMIC_RELAXED);
+}
+
+void pool_inject_crash(struct pool *pool, int64_t after)
+{
+	pthread_mutex_lock(&pool->lock);
+	pool->crash_budget = after < 0 ? -1 : after;
+	pthread_mutex_unlock(&pool->lock);
 }
