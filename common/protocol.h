@@ -53,8 +53,8 @@ struct uz_msg_header {
 #define UZ_HELLO_FORK_CHILD (1u << 1)  /* this process is the child of a managed fork */
 /*
  * Re-joining after the daemon was lost: the client kept its uffd, its
- * store and its ring, and passes the store and the ring after the uffd
- * (and pagemap): fds [uffd, pagemap?, store, ring].  The daemon takes its
+ * store, its ring and its arena, and passes them after the uffd (and
+ * pagemap): fds [uffd, pagemap?, store, ring, arena].  The daemon takes its
  * state back from them (docs/ARCHITECTURE.md, "State that outlives the
  * daemon") or refuses, and the client then fails closed.
  */
@@ -73,10 +73,11 @@ struct uz_msg_hello {
 #define UZ_HELLO_REPLY_RESUMED (1u << 0) /* the state of a UZ_HELLO_RESUME was taken back */
 
 /*
- * SCM_RIGHTS on success of a fresh join: [ring, store].  The ring is
- * UZ_RING_PAGES pages (data slots, then the agent's status page); the
- * store is read-only for the client (common/store-layout.h), which keeps
- * both for as long as it is managed.  A resumed join passes no fds.
+ * SCM_RIGHTS on success of a fresh join: [ring, store, arena].  The ring
+ * is UZ_RING_PAGES pages (data slots, then the agent's status page); the
+ * store (common/store-layout.h) and the arena of its compressed pages
+ * (daemon/pool) are read-only for the client, which keeps all three for
+ * as long as it is managed.  A resumed join passes no fds.
  */
 struct uz_msg_hello_reply {
 	struct uz_msg_header header;

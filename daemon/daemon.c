@@ -122,10 +122,8 @@ int daemon_new(struct daemon **out, const struct uz_policy *policy, unsigned nr_
 	pthread_mutex_init(&d->clients_lock, NULL);
 	uz_list_init(&d->clients);
 
-	r = pool_new(&d->pool, NULL); /* one arena for every client until pools are per family */
-	if (r < 0)
-		goto fail;
-	r = lru_new(&d->lru);
+	uz_list_init(&d->families);
+	r = pool_totals_new(&d->pool_totals);
 	if (r < 0)
 		goto fail;
 	r = stats_new(&d->stats);
@@ -167,8 +165,7 @@ struct daemon *daemon_free(struct daemon *d)
 	latency_hist_free(d->disk_fault_latency);
 	latency_hist_free(d->fault_latency);
 	stats_free(d->stats);
-	lru_free(d->lru);
-	pool_free(d->pool);
+	pool_totals_free(d->pool_totals);
 	pthread_mutex_destroy(&d->clients_lock);
 	group_registry_destroy(&d->groups);
 	config_free(d->config);
@@ -452,7 +449,7 @@ void daemon_print_summary(struct daemon *d, FILE *f)
 	double ratio;
 
 	stats_read_all(d->stats, v);
-	pool_get_usage(d->pool, &usage);
+	pool_totals_get(d->pool_totals, &usage);
 	pthread_mutex_lock(&d->clients_lock);
 	nr_clients = d->nr_clients;
 	pthread_mutex_unlock(&d->clients_lock);

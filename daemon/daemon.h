@@ -1,12 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * struct daemon: the state of one uzswapd that more than one layer needs —
- * the default policy, the shared compressed pool, the LRU, the global
- * statistics, the fault threads and the list of clients.  main.c creates
+ * the default policy, the totals of the families' pools, the global
+ * statistics, the fault threads and the lists of clients and families.  main.c creates
  * it; the control socket (daemon/control) reads it to answer uzswapctl.
  *
  * Ownership and locks:
- *  - pool, lru, stats and fault_latency are thread-safe objects of their
+ *  - pool_totals, stats and fault_latency are thread-safe objects of their
  *    own (see their headers) and may be used from any thread.
  *  - `clients` (the list, its count and the per-uid counting done by
  *    walking it) is guarded by clients_lock.  A client is in the list from
@@ -39,7 +39,7 @@
 
 #include "config/policy.h"
 
-struct pool;
+struct pool_totals;
 struct uz_config;
 struct uz_group;
 struct cgroup_layout;
@@ -113,13 +113,13 @@ struct daemon {
 	unsigned fault_spin_usec; /* ceiling of a fault thread's adaptive spin, 0: never spin */
 	unsigned next_fault_thread; /* round robin; main thread only */
 
-	struct pool *pool;
-	struct lru *lru; /* unused: the LRUs are per (fault thread, cgroup), fault/writeback.c */
+	struct pool_totals *pool_totals; /* every family's pool adds its usage here */
 	struct stats *stats;
 	struct latency_hist *fault_latency; /* faults served from the pool: load + UFFDIO_COPY */
 
-	pthread_mutex_t clients_lock; /* guards clients, nr_clients */
+	pthread_mutex_t clients_lock; /* guards clients, nr_clients, families (daemon/family) */
 	struct uz_list clients;	      /* struct client.link */
+	struct uz_list families;      /* struct family.link */
 	unsigned nr_clients;
 	uint64_t next_client_id; /* main thread only */
 

@@ -521,7 +521,7 @@ static int op_status(void *userdata, json_object *out)
 	json_object *pool, *swap, *config;
 	unsigned nr_clients;
 
-	pool_get_usage(d->pool, &usage);
+	pool_totals_get(d->pool_totals, &usage);
 	pthread_mutex_lock(&d->clients_lock);
 	nr_clients = d->nr_clients;
 	pthread_mutex_unlock(&d->clients_lock);
@@ -626,7 +626,7 @@ static int op_stats(void *userdata, const char *cgroup, json_object *out)
 	struct stats_walk w = {.m = m, .out = out};
 	json_object *block;
 
-	pool_get_usage(d->pool, &usage);
+	pool_totals_get(d->pool_totals, &usage);
 	pool = (struct control_pool_usage){.pool_total_size = usage.total_size,
 					   .limit = d->pool_max_size};
 	block = control_json_stats_block_from(d->stats, d->fault_latency, &pool);

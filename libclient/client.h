@@ -64,6 +64,7 @@ struct uz_client {
 	size_t ring_size;
 	int ring_fd;		/* kept for a re-join (the next daemon takes the ring back) */
 	int store_fd;		/* read-only: the daemon's store of our pages (common/store-layout.h) */
+	int arena_fd;		/* read-only: the arena of our compressed pages (kept for the next daemon) */
 	unsigned reconnect_timeout_s; /* UZSWAP_RECONNECT_TIMEOUT: 0 waits for ever */
 	uint32_t batch_max; /* pages per EVICT: min(ring pages, graveyard pages) */
 	uint64_t client_id;

@@ -100,7 +100,9 @@ static void fork_child(void)
 		close(uz_client.ring_fd);
 	if (uz_client.store_fd >= 0)
 		close(uz_client.store_fd);
-	uz_client.ring_fd = uz_client.store_fd = -1;
+	if (uz_client.arena_fd >= 0)
+		close(uz_client.arena_fd);
+	uz_client.ring_fd = uz_client.store_fd = uz_client.arena_fd = -1;
 
 	uz_ranges_lock();
 	if (was_managed && uz_client_join(true) == 0)

@@ -59,6 +59,7 @@ struct uz_client uz_client = {
     .sock = -1,
     .ring_fd = -1,
     .store_fd = -1,
+    .arena_fd = -1,
     .min_region = UZ_MIN_REGION_DEFAULT,
     .reconnect_timeout_s = UZ_RECONNECT_TIMEOUT_DEFAULT,
 };
@@ -313,8 +314,8 @@ fail:
 	return r;
 }
 
-/* HELLO with fds [uffd, pagemap?, store?, ring?] (store and ring for a resume). */
-static int hello_send(int sock, int uffd, int pagemap, uint32_t flags, int store, int ring)
+/* HELLO with fds [uffd, pagemap?, store, ring, arena] (the last three for a resume). */
+static int hello_send(int sock, int uffd, int pagemap, uint32_t flags)
 {
 	struct uz_msg_hello hello = {
 	    .header =
@@ -332,7 +333,7 @@ static int hello_send(int sock, int uffd, int pagemap, uint32_t flags, int store
 	    .flags = flags | (pagemap >= 0 ? UZ_HELLO_HAS_PAGEMAP : 0),
 	};
 	union {
-		char buf[CMSG_SPACE(4 * sizeof(int))];
+		char buf[CMSG_SPACE(5 * sizeof(int))];
 		struct cmsghdr align;
 	} control = {0};
 	struct iovec iov = {.iov_base = &hello, .iov_len = sizeof(hello)};
@@ -341,15 +342,16 @@ static int hello_send(int sock, int uffd, int pagemap, uint32_t flags, int store
 	    .msg_iovlen = 1,
 	    .msg_control = control.buf,
 	};
-	int fds[4], nfds = 0;
+	int fds[5], nfds = 0;
 	struct cmsghdr *cmsg;
 
 	fds[nfds++] = uffd;
 	if (pagemap >= 0)
 		fds[nfds++] = pagemap;
 	if (flags & UZ_HELLO_RESUME) {
-		fds[nfds++] = store;
-		fds[nfds++] = ring;
+		fds[nfds++] = uz_client.store_fd;
+		fds[nfds++] = uz_client.ring_fd;
+		fds[nfds++] = uz_client.arena_fd;
 	}
 	prctl(PR_GET_NAME, hello.comm);
 	msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
@@ -365,11 +367,11 @@ static int hello_send(int sock, int uffd, int pagemap, uint32_t flags, int store
 }
 
 /*
- * Wait for HELLO_REPLY.  On success of a fresh join *ring_fd and *store_fd
- * are the ring and the read-only store; a resumed join carries none (both
- * -1, and UZ_HELLO_REPLY_RESUMED in reply->flags).
+ * Wait for HELLO_REPLY.  On success of a fresh join fds[] are the ring and
+ * read-only descriptors of the store and the arena; a resumed join carries
+ * none (all -1, and UZ_HELLO_REPLY_RESUMED in reply->flags).
  */
-static int hello_receive(int sock, struct uz_msg_hello_reply *reply, int *ring_fd, int *store_fd)
+static int hello_receive(int sock, struct uz_msg_hello_reply *reply, int fds[3])
 {
 	union {
 		char buf[CMSG_SPACE(4 * sizeof(int))];
@@ -384,9 +386,10 @@ static int hello_receive(int sock, struct uz_msg_hello_reply *reply, int *ring_f
 	};
 	struct pollfd pfd = {.fd = sock, .events = POLLIN};
 	struct cmsghdr *cmsg;
-	int fds[2] = {-1, -1};
 	unsigned nfds = 0;
 	ssize_t n;
+
+	fds[0] = fds[1] = fds[2] = -1;
 
 	for (;;) {
 		int r = poll(&pfd, 1, UZ_HELLO_TIMEOUT_MS);
@@ -408,7 +411,7 @@ static int hello_receive(int sock, struct uz_msg_hello_reply *reply, int *ring_f
 			int received;
 
 			memcpy(&received, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
-			if (nfds < 2)
+			if (nfds < 3)
 				fds[nfds++] = received;
 			else
 				close(received);
@@ -428,16 +431,16 @@ static int hello_receive(int sock, struct uz_msg_hello_reply *reply, int *ring_f
 		n = reply->status;
 		goto fail;
 	}
-	if ((reply->flags & UZ_HELLO_REPLY_RESUMED) ? nfds != 0 : nfds != 2) {
+	if ((reply->flags & UZ_HELLO_REPLY_RESUMED) ? nfds != 0 : nfds != 3) {
 		n = -EPROTO;
 		goto fail;
 	}
-	*ring_fd = fds[0];
-	*store_fd = fds[1];
 	return 0;
 fail:
-	for (unsigned i = 0; i < nfds; i++)
+	for (unsigned i = 0; i < nfds; i++) {
 		close(fds[i]);
+		fds[i] = -1;
+	}
 	return (int)n;
 }
 
@@ -452,7 +455,7 @@ int uz_client_join(bool fork_child)
 	struct uz_msg_hello_reply reply = {0};
 	const char *reason = NULL;
 	uint64_t features = 0;
-	int uffd = -1, sock = -1, pagemap = -1, ring_fd = -1, store_fd = -1;
+	int uffd = -1, sock = -1, pagemap = -1, fds[3] = {-1, -1, -1}, ring_fd;
 	void *ring = MAP_FAILED;
 	int r;
 
@@ -487,14 +490,15 @@ int uz_client_join(bool fork_child)
 	r = socket_connect(uz_client.socket_path, &sock);
 	if (r < 0)
 		goto fail_unreachable;
-	r = hello_send(sock, uffd, pagemap, fork_child ? UZ_HELLO_FORK_CHILD : 0, -1, -1);
+	r = hello_send(sock, uffd, pagemap, fork_child ? UZ_HELLO_FORK_CHILD : 0);
 	if (r < 0)
 		goto fail_unreachable;
 	if (pagemap >= 0)
 		close(pagemap);
 	pagemap = -1;
 
-	r = hello_receive(sock, &reply, &ring_fd, &store_fd);
+	r = hello_receive(sock, &reply, fds);
+	ring_fd = fds[0];
 	if (r == -ETIMEDOUT || r == -ECONNRESET || r == -EPIPE)
 		goto fail_unreachable;
 	if (r < 0) {
@@ -524,8 +528,9 @@ int uz_client_join(bool fork_child)
 	uz_client.uffd = uffd;
 	uz_client.sock = sock;
 	uz_client.ring = ring;
-	uz_client.ring_fd = ring_fd;
-	uz_client.store_fd = store_fd;
+	uz_client.ring_fd = fds[0];
+	uz_client.store_fd = fds[1];
+	uz_client.arena_fd = fds[2];
 	uz_client.ring_size = reply.ring_size;
 	uz_client.batch_max = uz_min(reply.batch_max, (uint32_t)UZ_EVICT_BATCH_MAX);
 	uz_client.client_id = reply.client_id;
@@ -534,7 +539,8 @@ int uz_client_join(bool fork_child)
 	r = uz_agent_start();
 	if (r < 0) {
 		atomic_store(&uz_client.state, UZ_CLIENT_OFF);
-		uz_client.uffd = uz_client.sock = uz_client.ring_fd = uz_client.store_fd = -1;
+		uz_client.uffd = uz_client.sock = -1;
+		uz_client.ring_fd = uz_client.store_fd = uz_client.arena_fd = -1;
 		uz_client.ring = NULL;
 		reason = "cannot start the agent thread";
 		goto fail_refused;
@@ -558,10 +564,9 @@ fail_notice:
 fail:
 	if (ring != MAP_FAILED)
 		uz_raw_munmap(ring, reply.ring_size);
-	if (ring_fd >= 0)
-		close(ring_fd);
-	if (store_fd >= 0)
-		close(store_fd);
+	for (int i = 0; i < 3; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
 	if (pagemap >= 0)
 		close(pagemap);
 	if (sock >= 0)
@@ -581,20 +586,22 @@ fail:
 int uz_client_rejoin(void)
 {
 	struct uz_msg_hello_reply reply = {0};
-	int sock = -1, pagemap, ring_fd = -1, store_fd = -1, r;
+	int sock = -1, pagemap, fds[3], r;
 
 	r = socket_connect(uz_client.socket_path, &sock);
 	if (r < 0)
 		return r;
 	pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	r = hello_send(sock, uz_client.uffd, pagemap, UZ_HELLO_RESUME, uz_client.store_fd,
-		       uz_client.ring_fd);
+	r = hello_send(sock, uz_client.uffd, pagemap, UZ_HELLO_RESUME);
 	if (pagemap >= 0)
 		close(pagemap);
 	if (r == 0)
-		r = hello_receive(sock, &reply, &ring_fd, &store_fd);
-	if (r == 0 && !(reply.flags & UZ_HELLO_REPLY_RESUMED))
+		r = hello_receive(sock, &reply, fds);
+	if (r == 0 && !(reply.flags & UZ_HELLO_REPLY_RESUMED)) {
+		for (int i = 0; i < 3; i++)
+			close(fds[i]);
 		r = -EPROTO;
+	}
 	if (r == 0 && fcntl(sock, F_SETFL, fcntl(sock, F_GETFL) & ~O_NONBLOCK) < 0)
 		r = -errno;
 	if (r < 0) {
@@ -640,7 +647,9 @@ void uz_client_leave(bool daemon_alive)
 		close(uz_client.ring_fd);
 	if (uz_client.store_fd >= 0)
 		close(uz_client.store_fd);
-	uz_client.ring_fd = uz_client.store_fd = -1;
+	if (uz_client.arena_fd >= 0)
+		close(uz_client.arena_fd);
+	uz_client.ring_fd = uz_client.store_fd = uz_client.arena_fd = -1;
 	atomic_store(&uz_client.state, UZ_CLIENT_OFF);
 }
 

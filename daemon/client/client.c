@@ -44,7 +44,9 @@
 #include <systemd/sd-event.h>
 
 #include "client/client.h"
+#include "family/family.h"
 #include "fault/fault.h"
+#include "pool/pool.h"
 #include "stats/stats.h"
 #include "uffd-compat.h"
 #include "util.h"
@@ -108,7 +110,7 @@ ssize_t client_recv(int fd, void *buf, size_t cap, int *fds, unsigned *nfds, uns
 {
 	union {
 		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int) * 4)];
+		char buf[CMSG_SPACE(sizeof(int) * 8)];
 	} control;
 	struct iovec iov = {.iov_base = buf, .iov_len = cap};
 	struct msghdr msg = {
@@ -270,11 +272,11 @@ static int send_hello_reply(int fd, uint32_t seq, int status, const struct clien
 	struct uz_msg_hello_reply reply = {0};
 	union {
 		struct cmsghdr align;
-		char buf[CMSG_SPACE(2 * sizeof(int))];
+		char buf[CMSG_SPACE(3 * sizeof(int))];
 	} control;
 	struct iovec iov = {.iov_base = &reply, .iov_len = sizeof(reply)};
 	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-	int store_fd = -1, r = 0;
+	int store_fd = -1, arena_fd = -1, r = 0;
 
 	uz_msg_header_init(&reply.header, UZ_MSG_HELLO_REPLY, sizeof(reply), seq);
 	reply.status = status;
@@ -285,15 +287,21 @@ static int send_hello_reply(int fd, uint32_t seq, int status, const struct clien
 		reply.flags = client->resume ? UZ_HELLO_REPLY_RESUMED : 0;
 	}
 	if (status == 0 && !client->resume) {
-		/* A fresh client gets its ring and a read-only descriptor of its store. */
+		/* A fresh client gets its ring and read-only descriptors of its store and arena. */
 		struct cmsghdr *cmsg;
-		int fds[2];
+		int fds[3];
 
 		store_fd = store_open_readonly(client->store);
 		if (store_fd < 0)
 			return store_fd;
+		arena_fd = pool_open_readonly(client->family->pool);
+		if (arena_fd < 0) {
+			close(store_fd);
+			return arena_fd;
+		}
 		fds[0] = client->ring_fd;
 		fds[1] = store_fd;
+		fds[2] = arena_fd;
 		memset(&control, 0, sizeof(control));
 		msg.msg_control = control.buf;
 		msg.msg_controllen = sizeof(control.buf);
@@ -307,6 +315,8 @@ static int send_hello_reply(int fd, uint32_t seq, int status, const struct clien
 		r = -errno;
 	if (store_fd >= 0)
 		close(store_fd);
+	if (arena_fd >= 0)
+		close(arena_fd);
 	return r;
 }
 
@@ -322,6 +332,7 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 	socklen_t cred_len = sizeof(cred);
 	char path[64];
 	uint64_t starttime = 0;
+	struct fault_thread *next_thread;
 	int r;
 
 	if (hello->page_size != UZ_PAGE_SIZE || sysconf(_SC_PAGESIZE) != (long)UZ_PAGE_SIZE) {
@@ -333,7 +344,7 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 		return -EINVAL;
 	}
 	if (nfds != 1u + !!(hello->flags & UZ_HELLO_HAS_PAGEMAP) +
-			(hello->flags & UZ_HELLO_RESUME ? 2u : 0u)) {
+			(hello->flags & UZ_HELLO_RESUME ? 3u : 0u)) {
 		*why = "wrong number of file descriptors";
 		return -EBADF;
 	}
@@ -438,12 +449,20 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 		*why = "cannot read the peer's start time";
 		goto fail;
 	}
+	/* A new family (a fresh arena) goes to the next fault thread, round robin. */
+	next_thread = daemon->fault_threads[daemon->next_fault_thread];
+	daemon->next_fault_thread = (daemon->next_fault_thread + 1) % daemon->nr_fault_threads;
 	if (hello->flags & UZ_HELLO_RESUME) {
-		/* fds: uffd, [pagemap], store, ring -- the store and ring stay the caller's */
-		int store_fd = fds[nfds - 2], ring_fd = fds[nfds - 1];
+		/* fds: uffd, [pagemap], store, ring, arena -- the last three stay the caller's */
+		int store_fd = fds[nfds - 3], ring_fd = fds[nfds - 2], arena_fd = fds[nfds - 1];
 		struct uz_store_header *sh;
 
 		client->resume = true;
+		r = family_take_arena(daemon, arena_fd, next_thread, &client->family);
+		if (r < 0) {
+			*why = "the arena passed to resume is not one of ours or is damaged";
+			goto fail;
+		}
 		r = store_recover(&client->store, store_fd, NULL);
 		if (r < 0) {
 			*why = "the store passed to resume is not one of ours or is damaged";
@@ -453,6 +472,11 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 		if (sh->owner_pid != (uint32_t)client->pid || sh->owner_starttime != starttime) {
 			r = -EPERM;
 			*why = "the store passed to resume belongs to another process";
+			goto fail;
+		}
+		if (memcmp(sh->family_token, client->family->token, sizeof(sh->family_token)) != 0) {
+			r = -EPERM;
+			*why = "the store and the arena passed to resume do not belong together";
 			goto fail;
 		}
 		r = page_index_recover(&client->index, client->store);
@@ -466,6 +490,11 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 			goto fail;
 		}
 	} else {
+		r = family_new(daemon, next_thread, &client->family);
+		if (r < 0) {
+			*why = "cannot create the arena";
+			goto fail;
+		}
 		r = store_new(&client->store);
 		if (r < 0) {
 			*why = "cannot create the store";
@@ -473,6 +502,8 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 		}
 		store_header(client->store)->owner_pid = (uint32_t)client->pid;
 		store_header(client->store)->owner_starttime = starttime;
+		memcpy(store_header(client->store)->family_token, client->family->token,
+		       sizeof(client->family->token));
 		r = page_index_new(&client->index, client->store);
 		if (r < 0) {
 			*why = "cannot create the page index";
@@ -489,11 +520,13 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 	client->uffd = fds[0];
 	fds[0] = -1;
 	if (client->resume) {
-		close(fds[nfds - 2]);
-		close(fds[nfds - 1]);
-		fds[nfds - 2] = fds[nfds - 1] = -1;
-		nfds -= 2;
+		for (unsigned i = nfds - 3; i < nfds; i++) {
+			close(fds[i]);
+			fds[i] = -1;
+		}
+		nfds -= 3;
 	}
+	client->owner = client->family->thread;
 	if (nfds > 1) {
 		if (fd_is_pagemap_of(fds[1], client->pid) == 0) {
 			client->pagemap_fd = fds[1];
@@ -525,7 +558,7 @@ static void handshake_complete(struct handshake *h)
 		struct uz_msg_hello hello;
 		uint8_t raw[UZ_MSG_SIZE_MAX];
 	} buf;
-	int fds[4] = {-1, -1, -1, -1};
+	int fds[5] = {-1, -1, -1, -1, -1};
 	unsigned nfds = 0;
 	struct client *client = NULL;
 	const char *why = "malformed HELLO";
@@ -533,7 +566,7 @@ static void handshake_complete(struct handshake *h)
 	ssize_t len;
 	int r;
 
-	len = client_recv(h->fd, &buf, sizeof(buf), fds, &nfds, 4);
+	len = client_recv(h->fd, &buf, sizeof(buf), fds, &nfds, 5);
 	if (len == -EAGAIN || len == -EINTR)
 		return;
 	if (len <= 0) {
@@ -568,9 +601,6 @@ static void handshake_complete(struct handshake *h)
 		r = -EUSERS;
 	} else {
 		client->id = ++daemon->next_client_id;
-		client->owner = daemon->fault_threads[daemon->next_fault_thread];
-		daemon->next_fault_thread =
-		    (daemon->next_fault_thread + 1) % daemon->nr_fault_threads;
 		client->key = client->id & CLIENT_KEY_MASK;
 		uz_list_add_tail(&daemon->clients, &client->link);
 		daemon->nr_clients++;
@@ -687,6 +717,7 @@ struct client *client_free(struct client *client)
 		close(client->proc_fd);
 	page_index_free(client->index);
 	store_free(client->store);
+	family_unref(client->family);
 	stats_free(client->stats);
 	group_unref(client->group);
 	group_unref(client->assigned_group);

@@ -24,6 +24,7 @@
 
 struct sd_event;
 struct fault_thread;
+struct family;
 
 /* One registered range [start, end), page aligned. */
 struct client_region {
@@ -102,7 +103,8 @@ struct client {
 	uint32_t hello_flags;
 	uint64_t uffd_features;
 	struct stats *stats; /* per-client counters (thread-safe) */
-	struct fault_thread *owner; /* the fault thread it was handed to */
+	struct fault_thread *owner; /* the fault thread it was handed to: its family's */
+	struct family *family;	    /* the arena of its compressed pages (a reference) */
 
 	/* --- main thread, under daemon->clients_lock once listed --- */
 	struct uz_group *assigned_group; /* the group last assigned (a reference) */

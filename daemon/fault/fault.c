@@ -76,6 +76,7 @@
 #include "compress/compress.h"
 #include "daemon.h"
 #include "fault/fault.h"
+#include "family/family.h"
 #include "fault/writeback.h"
 #include "index/index.h"
 #include "lru/lru.h"
@@ -333,7 +334,7 @@ static void entry_release(struct client *c, uint64_t vpn, page_entry_t entry)
 		/* still in the pool */
 		__attribute__((fallthrough));
 	case PAGE_STORED:
-		pool_release(c->daemon->pool, pe_payload(entry));
+		pool_release(c->family->pool, pe_payload(entry));
 		client_stat(c, UZ_STAT_stored_pages, -1);
 		client_stat(c, UZ_STAT_compressed_bytes, -(int64_t)pe_len(entry));
 		break;
@@ -458,8 +459,8 @@ static int fault_decode_page(struct fault_thread *t, struct client *c, page_entr
 		return 0;
 	}
 	if (algo == COMPRESSOR_RAW)
-		return pool_load(c->daemon->pool, pe_payload(e), dst, len);
-	r = pool_load(c->daemon->pool, pe_payload(e), t->compressed, len);
+		return pool_load(c->family->pool, pe_payload(e), dst, len);
+	r = pool_load(c->family->pool, pe_payload(e), t->compressed, len);
 	if (r == 0)
 		r = compressor_decompress(t->compressor, algo, t->compressed, len, dst);
 	return r;
@@ -467,16 +468,21 @@ static int fault_decode_page(struct fault_thread *t, struct client *c, page_entr
 
 /*
  * The bookkeeping of a stored or same-filled page that is back in the
- * client: pool object freed, statistics moved.  Returns the RESIDENT entry
- * (referenced) for the caller to store.
+ * client: the entry becomes RESIDENT (referenced) in the index, then the
+ * pool object is released and the statistics move.  In that order: a kill
+ * in between leaks one object, never leaves an entry naming a freed one.
+ * Returns the RESIDENT entry (the caller may store it again).
  */
 static page_entry_t fault_page_loaded(struct fault_thread *t, struct client *c, uint64_t vpn,
 				      page_entry_t e)
 {
+	page_entry_t resident = pe_make(e, PAGE_RESIDENT, true, 0, 0, 0);
+
 	if (pe_state(e) == PAGE_WRITEBACK)
 		wb_writeback_cancel(t->wb, c, vpn); /* served from the pool: the write is moot */
+	page_index_set(c->index, vpn, resident);
 	if (pe_state(e) != PAGE_SAME_FILLED) {
-		pool_release(c->daemon->pool, pe_payload(e));
+		pool_release(c->family->pool, pe_payload(e));
 		client_stat(c, UZ_STAT_compressed_bytes, -(int64_t)pe_len(e));
 	} else {
 		client_stat(c, UZ_STAT_same_filled_pages, -1);
@@ -484,7 +490,7 @@ static page_entry_t fault_page_loaded(struct fault_thread *t, struct client *c, 
 	client_stat(c, UZ_STAT_stored_pages, -1);
 	client_stat(c, UZ_STAT_zswpin, 1);
 	client_resident_add(c, 1);
-	return pe_make(e, PAGE_RESIDENT, true, 0, 0, 0);
+	return resident;
 }
 
 static int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vpn, page_entry_t e,
@@ -499,9 +505,10 @@ static int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vp
 
 		client_stat(c, UZ_STAT_decompress_fail, 1);
 		r = ioctl(c->uffd, UFFDIO_POISON, &poison) == 0 ? 0 : -errno;
-		if (r < 0 && r != -EAGAIN) {
-			/* No poison support: zeros are all we have left. */
-			r = uffd_copy_page(c->uffd, addr, t->zero_page);
+		if (r == -EINVAL || r == -ENOTTY || r == -EOPNOTSUPP) {
+			/* No poison in this kernel: the process must not read zeros instead. */
+			kill(c->pid, SIGKILL);
+			return 0;
 		}
 	} else {
 		r = uffd_copy_page(c->uffd, addr, t->page);
@@ -610,7 +617,12 @@ static int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, 
 
 static int forget_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 {
-	entry_release(userdata, vpn, *entry);
+	struct client *c = userdata;
+	page_entry_t e = *entry;
+
+	/* Forgotten first, released after: a kill in between only leaks. */
+	page_index_set(c->index, vpn, 0);
+	entry_release(c, vpn, e);
 	*entry = 0;
 	return 0;
 }
@@ -645,8 +657,6 @@ static int remap_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 	uint64_t to = ctx->to_vpn + (vpn - ctx->from_vpn);
 	page_entry_t old = page_index_get(c->index, to);
 
-	if (old)
-		entry_release(c, to, old);
 	if (pe_state(*entry) == PAGE_IN_FLIGHT) {
 		c->slots[pe_payload(*entry) % UZ_EVICT_BATCH_MAX].vpn = to;
 		store_batch(c->store)->vpn[pe_payload(*entry) % UZ_EVICT_BATCH_MAX] = to;
@@ -654,6 +664,8 @@ static int remap_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 	wb_entry_moved(c->thread->wb, c, vpn, to, *entry);
 	if (page_index_set(c->index, to, *entry) < 0)
 		entry_release(c, to, *entry); /* out of memory: the page is lost */
+	if (old)
+		entry_release(c, to, old); /* overwritten above: released after, as always */
 	*entry = 0;
 	return 0;
 }
@@ -945,7 +957,6 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 static int fault_store_page(struct fault_thread *t, struct client *c, uint64_t vpn, page_entry_t e,
 			    const uint8_t *page)
 {
-	struct daemon *d = c->daemon;
 	uint64_t word, pattern;
 	const void *data = t->compressed;
 	struct compressor *comp = fault_compressor(t, c->policy.algo, c->policy.level, false);
@@ -974,7 +985,7 @@ static int fault_store_page(struct fault_thread *t, struct client *c, uint64_t v
 		client_stat(c, UZ_STAT_reject_compress_fail, 1);
 		return len < 0 ? len : -EIO;
 	}
-	r = pool_store(d->pool, data, (size_t)len, &handle);
+	r = pool_store(c->family->pool, data, (size_t)len, &handle);
 	if (r < 0) {
 		client_stat(c, UZ_STAT_reject_alloc_fail, 1);
 		return r;
@@ -1829,7 +1840,7 @@ static int recover_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 	struct recover_ctx *ctx = userdata;
 	struct client *c = ctx->client;
 	page_entry_t e = *entry & ~PE_QUEUED;
-	bool mapped = recover_page_mapped(ctx, vpn);
+	bool mapped = recover_page_mapped(ctx, vpn), stored;
 
 	if (pe_state(e) == PAGE_IN_FLIGHT) {
 		/* Decided after the walk, from the batch record and the ring's status page. */
@@ -1838,10 +1849,18 @@ static int recover_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 		*entry = e;
 		return 0;
 	}
+	stored = (pe_state(e) == PAGE_STORED || pe_state(e) == PAGE_WRITEBACK) &&
+		 pool_refcount(c->family->pool, pe_payload(e)) > 0;
 	if (mapped) {
-		/* Put back (or never taken): whatever the entry says, the page is there. */
+		/*
+		 * Put back (or never taken): whatever the entry says, the page
+		 * is there.  A killed daemon had copied it in but not yet
+		 * updated the entry: the object it named is released now.
+		 */
 		*entry = pe_make(e, PAGE_RESIDENT, false, 0, 0, 0);
 		client_resident_add(c, 1);
+		if (stored)
+			pool_release(c->family->pool, pe_payload(e));
 		return 0;
 	}
 	switch (pe_state(e)) {
@@ -1855,8 +1874,20 @@ static int recover_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 		break;
 	case PAGE_STORED:
 	case PAGE_WRITEBACK:
+		if (!stored) {
+			e = pe_make(e, PAGE_LOST, false, 0, 0, 0);
+			ctx->lost++;
+			break;
+		}
+		/* In the family's arena: stored again (a write in flight is simply forgotten). */
+		e = pe_make(e, PAGE_STORED, true, pe_algo(e), pe_len(e), pe_payload(e));
+		entry_lru_push(c, vpn, &e);
+		client_stat(c, UZ_STAT_stored_pages, 1);
+		client_stat(c, UZ_STAT_compressed_bytes, pe_len(e));
+		ctx->recovered++;
+		break;
 	case PAGE_ON_DISK:
-		/* The pool and the swap slots of the previous daemon are not reachable. */
+		/* The swap slots of the previous daemon are not reachable. */
 		e = pe_make(e, PAGE_LOST, false, 0, 0, 0);
 		ctx->lost++;
 		break;

@@ -90,6 +90,7 @@
 #include "fault/writeback.h"
 #include "group/group.h"
 #include "lru/lru.h"
+#include "family/family.h"
 #include "pool/pool.h"
 #include "swap/swapfile.h"
 #include "uffd-compat.h"
@@ -191,6 +192,7 @@ struct wb {
 	uint64_t compact_next; /* usec */
 	uint64_t compact_key;  /* client being walked */
 	uint64_t compact_vpn;  /* next vpn of it */
+	uint64_t compact_epoch; /* round number: marks the families already looked at */
 };
 
 static bool read_error_logged;
@@ -696,7 +698,7 @@ static enum lru_walk_status wb_pick(uint64_t ref, void *userdata)
 		return LRU_ROTATE;
 	}
 	len = pe_len(e);
-	if (pool_load(wb->daemon->pool, pe_payload(e), wb->staging + (size_t)n * UZ_PAGE_SIZE,
+	if (pool_load(c->family->pool, pe_payload(e), wb->staging + (size_t)n * UZ_PAGE_SIZE,
 		      len) < 0)
 		return LRU_ROTATE;
 	batch->items[n] = (struct wb_item){key, vpn, pe_payload(e), len, false};
@@ -752,7 +754,7 @@ static void batch_done(struct swap_object *objs, size_t count, int result, void 
 		e = page_index_get(c->index, it->vpn);
 		page_index_set(c->index, it->vpn,
 			       pe_make(e, PAGE_ON_DISK, false, pe_algo(e), it->len, objs[i].slot));
-		pool_release(d->pool, it->handle);
+		pool_release(c->family->pool, it->handle);
 		fault_client_stat(c, UZ_STAT_stored_pages, -1);
 		fault_client_stat(c, UZ_STAT_compressed_bytes, -(int64_t)it->len);
 		fault_client_stat(c, UZ_STAT_on_disk_pages, 1);
@@ -991,7 +993,8 @@ struct compact_ctx {
 static int compact_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 {
 	struct compact_ctx *ctx = userdata;
-	struct pool *pool = ctx->wb->daemon->pool;
+	struct client *c = ctx->client;
+	struct pool *pool = c->family->pool;
 	pool_handle_t handle;
 
 	ctx->last = vpn;
@@ -1002,10 +1005,39 @@ static int compact_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 		/* The entry names the copy before the original goes (pool.h: the order). */
 		*entry = pe_make(*entry, PAGE_STORED, pe_referenced(*entry), pe_algo(*entry),
 				 pe_len(*entry), handle);
+		page_index_set(c->index, vpn, *entry);
 		pool_release(pool, old);
-		fault_client_stat(ctx->client, UZ_STAT_compacted_objects, 1);
+		fault_client_stat(c, UZ_STAT_compacted_objects, 1);
 	}
 	return --ctx->budget ? 0 : 1;
+}
+
+/*
+ * Start a compaction round: mark the sparse chunks of every family's pool
+ * on this thread that maps much more than it holds.  True when any was
+ * marked (the clients' indexes are then walked).
+ */
+static bool wb_compact_begin(struct wb *wb)
+{
+	uint64_t epoch = ++wb->compact_epoch;
+	bool marked = false;
+
+	for (struct client *c = fault_thread_client_after(wb->thread, 0); c;
+	     c = fault_thread_client_after(wb->thread, c->key + 1)) {
+		struct family *f = c->family;
+		struct pool_usage pu;
+
+		if (f->compact_epoch == epoch)
+			continue; /* another member of the family was here first */
+		f->compact_epoch = epoch;
+		pool_get_usage(f->pool, &pu);
+		if (pu.total_size <= (1ULL << 20) ||
+		    pu.total_size * 100 <= pu.stored_bytes * WB_COMPACT_RATIO_PCT)
+			continue;
+		if (pool_compact_begin(f->pool, WB_COMPACT_MIN_FILL) > 0)
+			marked = true;
+	}
+	return marked;
 }
 
 void wb_compact_step(struct wb *wb)
@@ -1013,17 +1045,12 @@ void wb_compact_step(struct wb *wb)
 	struct compact_ctx ctx = {.wb = wb, .budget = WB_COMPACT_STEP};
 
 	if (!wb->compacting) {
-		struct pool_usage pu;
 		uint64_t now = uz_now_usec();
 
 		if (now < wb->compact_next)
 			return;
 		wb->compact_next = now + WB_COMPACT_PERIOD_MS * 1000;
-		pool_get_usage(wb->daemon->pool, &pu);
-		if (pu.total_size <= (1ULL << 20) ||
-		    pu.total_size * 100 <= pu.stored_bytes * WB_COMPACT_RATIO_PCT)
-			return;
-		if (pool_compact_begin(wb->daemon->pool, WB_COMPACT_MIN_FILL) <= 0)
+		if (!wb_compact_begin(wb))
 			return;
 		wb->compacting = true;
 		wb->compact_key = 0;

@@ -1,0 +1,152 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Families: the registry of arenas and the clients that share them (see
+ * family.h).  Creation and lookup run on the main thread during the
+ * handshake; the last unref runs on the family's fault thread when its
+ * last member goes.  The list and the reference counts are guarded by
+ * daemon->clients_lock, which is never held across a system call: the pool
+ * is created before, and freed after, the lock.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "family/family.h"
+#include "pool/pool.h"
+#include "util.h"
+
+static int family_make(struct daemon *d, struct pool *pool, struct fault_thread *thread,
+		       struct family **out)
+{
+	struct family *f = calloc(1, sizeof(*f));
+	struct stat st;
+	int fd;
+
+	if (!f)
+		return -ENOMEM;
+	fd = pool_open_readonly(pool);
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		int r = fd < 0 ? fd : -errno;
+
+		if (fd >= 0)
+			close(fd);
+		free(f);
+		return r;
+	}
+	close(fd);
+	uz_list_init(&f->link);
+	f->daemon = d;
+	f->pool = pool;
+	f->thread = thread;
+	f->dev = st.st_dev;
+	f->ino = st.st_ino;
+	f->refs = 1;
+	pool_token(pool, f->token);
+	*out = f;
+	return 0;
+}
+
+int family_new(struct daemon *d, struct fault_thread *thread, struct family **out)
+{
+	struct pool *pool = NULL;
+	struct family *f;
+	int r;
+
+	r = pool_new(&pool, d->pool_totals);
+	if (r < 0)
+		return r;
+	r = family_make(d, pool, thread, &f);
+	if (r < 0) {
+		pool_free(pool);
+		return r;
+	}
+	pthread_mutex_lock(&d->clients_lock);
+	uz_list_add_tail(&d->families, &f->link);
+	pthread_mutex_unlock(&d->clients_lock);
+	*out = f;
+	return 0;
+}
+
+/* The listed family of arena (dev, ino), with a reference, or NULL.  clients_lock held. */
+static struct family *family_find_locked(struct daemon *d, dev_t dev, ino_t ino)
+{
+	for (struct uz_list *i = d->families.next; i != &d->families; i = i->next) {
+		struct family *f = uz_container_of(i, struct family, link);
+
+		if (f->dev == dev && f->ino == ino && f->refs) {
+			f->refs++;
+			return f;
+		}
+	}
+	return NULL;
+}
+
+int family_take_arena(struct daemon *d, int fd, struct fault_thread *thread, struct family **out)
+{
+	struct pool *pool = NULL;
+	struct family *f;
+	struct stat st;
+	int r;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	pthread_mutex_lock(&d->clients_lock);
+	f = family_find_locked(d, st.st_dev, st.st_ino);
+	pthread_mutex_unlock(&d->clients_lock);
+	if (f) {
+		*out = f;
+		return 0;
+	}
+	r = pool_recover(&pool, fd, d->pool_totals, NULL);
+	if (r < 0)
+		return r;
+	r = family_make(d, pool, thread, &f);
+	if (r < 0) {
+		pool_free(pool);
+		return r;
+	}
+	pthread_mutex_lock(&d->clients_lock);
+	{
+		/* Two members of one family re-joining at once: keep the first. */
+		struct family *other = family_find_locked(d, st.st_dev, st.st_ino);
+
+		if (!other)
+			uz_list_add_tail(&d->families, &f->link);
+		pthread_mutex_unlock(&d->clients_lock);
+		if (other) {
+			pool_free(f->pool);
+			free(f);
+			f = other;
+		}
+	}
+	*out = f;
+	return 0;
+}
+
+struct family *family_ref(struct family *f)
+{
+	pthread_mutex_lock(&f->daemon->clients_lock);
+	f->refs++;
+	pthread_mutex_unlock(&f->daemon->clients_lock);
+	return f;
+}
+
+void family_unref(struct family *f)
+{
+	struct daemon *d;
+	bool last;
+
+	if (!f)
+		return;
+	d = f->daemon;
+	pthread_mutex_lock(&d->clients_lock);
+	last = --f->refs == 0;
+	if (last)
+		uz_list_del(&f->link);
+	pthread_mutex_unlock(&d->clients_lock);
+	if (!last)
+		return;
+	pool_free(f->pool);
+	free(f);
+}

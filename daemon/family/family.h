@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Families: the clients that share one arena of compressed pages.
+ *
+ * A client's compressed pages live in an arena (daemon/pool), a memfd the
+ * client holds so that it outlives the daemon.  A process and its fork
+ * descendants share one arena, and after a fork their entries may refer to
+ * the same objects (reference counted in the arena), like the kernel's
+ * swap count: that set of clients is a family.  Every member of a family is
+ * served by the same fault thread, which alone touches the family's pool.
+ *
+ * The registry (daemon->families, under daemon->clients_lock) finds a
+ * family by the identity (device, inode) of its arena, so that clients
+ * re-joining a restarted daemon with the same arena land in one family
+ * again, and a fork child joins its parent's.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "daemon.h"
+
+struct pool;
+struct fault_thread;
+
+struct family {
+	struct uz_list link; /* daemon->families, under clients_lock */
+	struct daemon *daemon;
+	struct pool *pool;	     /* the arena; used by `thread` only */
+	struct fault_thread *thread; /* serves every member */
+	uint8_t token[16];	     /* the arena's token: owner of its members' swap records */
+	dev_t dev;		     /* identity of the arena memfd */
+	ino_t ino;
+	unsigned refs;		/* members and pending fork snapshots; under clients_lock */
+	uint64_t compact_epoch; /* the thread's compaction round that last looked at it */
+};
+
+/*
+ * A family with a fresh arena, served by `thread`, listed, one reference.
+ * Main thread, clients_lock not held.
+ */
+int family_new(struct daemon *d, struct fault_thread *thread, struct family **out);
+/*
+ * The family of the arena `fd` (a client's read-only descriptor): the
+ * listed one with that arena, or one made from the arena taken back
+ * (pool_recover) and served by `thread`.  A reference either way.  -EPERM
+ * when fd is not an arena of ours, -EINVAL when it is damaged.
+ */
+int family_take_arena(struct daemon *d, int fd, struct fault_thread *thread, struct family **out);
+/* Another reference (a fork child, a snapshot); clients_lock not held. */
+struct family *family_ref(struct family *f);
+/*
+ * Drop a reference; the last one unlists the family and frees its pool
+ * (the daemon's mapping: the arena itself lives as long as a client holds
+ * it).  On the family's fault thread, or when no thread runs any more.
+ */
+void family_unref(struct family *f);
