@@ -46,9 +46,12 @@
  * pass), the slot is freed, disk_swapins counted and the disk latency
  * recorded apart from pool faults.  Disk faults of a client in address
  * order also read the next WB_READAHEAD ON_DISK pages (readahead,
- * installed unreferenced).  A read error never hands wrong data:
- * the page is poisoned (UFFDIO_POISON), so the access ends in SIGBUS; the
- * entry becomes NEVER (a later MADV_DONTNEED makes it zeros, as for any
+ * installed unreferenced).  Every record is written with the client's
+ * swap owner token and the page's vpn, and a read names the token it
+ * expects.  A read error, or a record that does not verify (-EBADMSG:
+ * bit rot, a stale or forged slot), never hands wrong data: the page is
+ * poisoned (UFFDIO_POISON), so the access ends in SIGBUS; the entry
+ * becomes NEVER (a later MADV_DONTNEED makes it zeros, as for any
  * poisoned page), io_errors counted.
  *
  * Freeing.  An entry freed while its I/O is in flight (munmap, DONTNEED,
@@ -106,6 +109,7 @@
 #define WB_COMPACT_RATIO_PCT 120
 #define WB_COMPACT_MIN_FILL  85 /* chunks fuller than this are not evacuated */
 #define WB_COMPACT_STEP	     4096 /* entries looked at per loop iteration */
+#define WB_SWAP_LOCK_WAIT_MS 5000 /* for a dead predecessor to let go of the swap file */
 #define VPN_MASK	     ((1ULL << PAGE_INDEX_VPN_BITS) - 1)
 
 struct wb_item {
@@ -133,6 +137,7 @@ struct wb_read {
 	bool cancelled; /* the entry went away: free the slot, install nothing */
 	bool from_fault;
 	uint64_t key, vpn, slot;
+	uint64_t owner; /* the client's swap owner token the record must carry */
 	unsigned algo, len;
 	uint64_t start_ns;
 	uint8_t *buf;  /* compressed bytes (4 KiB) */
@@ -389,11 +394,12 @@ static int read_install(struct wb *wb, struct wb_read *rd)
 		r = -ESRCH;
 	}
 
+	/*
+	 * The entry stops naming the slot before the slot is freed (the
+	 * caller's rule in swapfile.h: a kill in between leaks the slot, it
+	 * never frees one an entry still names).
+	 */
 	e = page_index_get(c->index, rd->vpn);
-	fault_client_stat(c, UZ_STAT_swap_bytes_on_disk,
-			  -(int64_t)swap_slot_disk_bytes(d->swap, rd->slot));
-	(void)swap_slot_free(d->swap, rd->slot);
-	fault_client_stat(c, UZ_STAT_on_disk_pages, -1);
 	if (rd->failed) {
 		fault_client_stat(c, UZ_STAT_io_errors, 1);
 		if (!__atomic_exchange_n(&read_error_logged, true, __ATOMIC_RELAXED))
@@ -421,12 +427,21 @@ static int read_install(struct wb *wb, struct wb_read *rd)
 		/* The mapping (or the process) is gone: so is the page. */
 		page_index_set(c->index, rd->vpn, pe_make(e, PAGE_NEVER, false, 0, 0, 0));
 	}
+	fault_client_stat(c, UZ_STAT_swap_bytes_on_disk,
+			  -(int64_t)swap_slot_disk_bytes(d->swap, rd->slot));
+	(void)swap_slot_free(d->swap, rd->slot);
+	fault_client_stat(c, UZ_STAT_on_disk_pages, -1);
 	read_put(rd);
 	fault_client_resume(wb->thread, c);
 	return 0;
 }
 
-static void read_done(int result, const void *data, size_t len, void *userdata)
+/*
+ * The record's vpn is not checked: an mremap since the write moved the
+ * entry (rd->vpn follows it) but not the record.  The owner token and
+ * the checksum are what tie the bytes to this client.
+ */
+static void read_done(int result, const void *data, size_t len, uint64_t vpn, void *userdata)
 {
 	struct wb_read *rd = userdata;
 	struct wb *wb = rd->wb;
@@ -469,6 +484,7 @@ static int read_start(struct wb *wb, struct client *c, uint64_t vpn, page_entry_
 	rd->inflight = true;
 	rd->ready = rd->failed = rd->cancelled = false;
 	rd->key = c->key;
+	rd->owner = c->swap_owner;
 	rd->vpn = vpn;
 	rd->slot = pe_payload(e);
 	rd->algo = pe_algo(e);
@@ -476,7 +492,7 @@ static int read_start(struct wb *wb, struct client *c, uint64_t vpn, page_entry_
 	rd->from_fault = from_fault;
 	rd->start_ns = uz_now_nsec();
 	wb->reads_busy++;
-	r = swap_io_read(wb->io, rd->slot, rd->len, rd->buf, read_done, rd);
+	r = swap_io_read(wb->io, rd->slot, rd->len, rd->owner, rd->buf, read_done, rd);
 	if (r < 0) {
 		read_put(rd);
 		return -EAGAIN;
@@ -711,8 +727,10 @@ static enum lru_walk_status wb_pick(uint64_t ref, void *userdata)
 		      len) < 0)
 		return LRU_ROTATE;
 	batch->items[n] = (struct wb_item){key, vpn, pe_payload(e), len, false};
-	batch->objs[n] =
-	    (struct swap_object){.data = wb->staging + (size_t)n * UZ_PAGE_SIZE, .len = len};
+	batch->objs[n] = (struct swap_object){.data = wb->staging + (size_t)n * UZ_PAGE_SIZE,
+					      .len = len,
+					      .owner = c->swap_owner,
+					      .vpn = vpn};
 	batch->count++;
 	batch->bytes += len;
 	page_index_set(
@@ -1096,9 +1114,32 @@ static void writeback_test_injection(struct swap *swap)
 	swap_set_fault_injection(swap, what, percent, count);
 }
 
+static const char *swap_start_name(enum swap_start start)
+{
+	switch (start) {
+	case SWAP_START_NEW:
+		return "new";
+	case SWAP_START_CLEAN:
+		return "closed cleanly";
+	case SWAP_START_OTHER_BOOT:
+		return "left by another boot";
+	case SWAP_START_GEOMETRY:
+		return "size or granule changed";
+	case SWAP_START_RECOVERED:
+		return "left in use by a previous uzswapd";
+	}
+	return "?";
+}
+
 int writeback_open(struct daemon *d)
 {
-	struct swap_config config = {.path = d->swap_file, .size = d->swap_size};
+	struct swap_config config = {
+	    .path = d->swap_file,
+	    .size = d->swap_size,
+	    .owner_capacity = d->max_clients <= SWAP_OWNERS_MAX ? d->max_clients : SWAP_OWNERS_MAX,
+	    /* A predecessor killed a moment ago holds the file until its last I/O completed. */
+	    .lock_wait_ms = WB_SWAP_LOCK_WAIT_MS,
+	};
 	struct swap_info info;
 	struct swap *swap;
 	int r;
@@ -1110,10 +1151,26 @@ int writeback_open(struct daemon *d)
 		uz_log(LOG_ERR, "swap file \"%s\": %s; writeback off", d->swap_file, strerror(-r));
 		return r;
 	}
-	writeback_test_injection(swap);
 	swap_get_info(swap, &info);
-	uz_log(LOG_INFO, "swap file \"%s\": %" PRIu64 " MiB, %s I/O", d->swap_file,
-	       info.file_size >> 20, info.direct_io ? "direct" : "buffered");
+	if (info.start == SWAP_START_RECOVERED && info.recovered_slots) {
+		/*
+		 * Until clients re-join with their page indexes (issue 10,
+		 * item 2), no client can name these slots again: free them
+		 * rather than leak the space.  The lead's restart design
+		 * replaces this with its policy (wait for the owners of the
+		 * owner table, then swap_reset_all()).
+		 */
+		r = swap_reset_all(swap);
+		uz_log(LOG_WARNING,
+		       "swap file \"%s\": %" PRIu64 " records (%" PRIu64
+		       " KiB) of a previous uzswapd still in use; no client can claim them: %s",
+		       d->swap_file, info.recovered_slots, info.recovered_bytes >> 10,
+		       r < 0 ? strerror(-r) : "freed");
+	}
+	writeback_test_injection(swap);
+	uz_log(LOG_INFO, "swap file \"%s\": %" PRIu64 " MiB, %s I/O, %s", d->swap_file,
+	       info.file_size >> 20, info.direct_io ? "direct" : "buffered",
+	       swap_start_name(info.start));
 	__atomic_store_n(&d->swap, swap, __ATOMIC_RELEASE);
 	for (unsigned i = 0; i < d->nr_fault_threads; i++)
 		fault_thread_kick_assign(d->fault_threads[i]);
