@@ -52,7 +52,9 @@
  * bit rot, a stale or forged slot), never hands wrong data: the page is
  * poisoned (UFFDIO_POISON), so the access ends in SIGBUS; the entry
  * becomes NEVER (a later MADV_DONTNEED makes it zeros, as for any
- * poisoned page), io_errors counted.
+ * poisoned page), io_errors or swap_checksum_errors counted, and the
+ * first of each kind noted for the main thread to log
+ * (daemon_note_swap_error).
  *
  * Freeing.  An entry freed while its I/O is in flight (munmap, DONTNEED,
  * exit, unregister) marks the write item or read context cancelled; the
@@ -74,8 +76,8 @@
  *
  * Locks: none of its own but the shrink request (an atomic).  The LRU,
  * pool, swap and stats are thread-safe objects; everything else belongs
- * to the thread.  Nothing here logs on the fault path (the one read-error
- * message is logged once per daemon).
+ * to the thread.  Nothing here logs on the fault path: read failures are
+ * noted in struct daemon and logged by the main thread.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -130,11 +132,12 @@ struct wb_batch {
 
 struct wb_read {
 	struct wb *wb;
-	bool busy;	/* context taken */
-	bool inflight;	/* I/O submitted, not completed */
-	bool ready;	/* completed, page to install */
-	bool failed;	/* read or decompress error: poison */
-	bool cancelled; /* the entry went away: free the slot, install nothing */
+	bool busy;	 /* context taken */
+	bool inflight;	 /* I/O submitted, not completed */
+	bool ready;	 /* completed, page to install */
+	bool failed;	 /* read or decompress error: poison */
+	bool bad_record; /* failed because the record did not verify (-EBADMSG) */
+	bool cancelled;	 /* the entry went away: free the slot, install nothing */
 	bool from_fault;
 	uint64_t key, vpn, slot;
 	uint64_t owner; /* the client's swap owner token the record must carry */
@@ -196,8 +199,6 @@ struct wb {
 	uint64_t compact_key;  /* client being walked */
 	uint64_t compact_vpn;  /* next vpn of it */
 };
-
-static bool read_error_logged;
 
 static uint64_t pool_usage_bytes(struct daemon *d)
 {
@@ -351,7 +352,7 @@ static struct wb_read *read_find(struct wb *wb, uint64_t key, uint64_t vpn)
 
 static void read_put(struct wb_read *rd)
 {
-	rd->busy = rd->inflight = rd->ready = rd->failed = rd->cancelled = false;
+	rd->busy = rd->inflight = rd->ready = rd->failed = rd->bad_record = rd->cancelled = false;
 	rd->wb->reads_busy--;
 }
 
@@ -401,13 +402,12 @@ static int read_install(struct wb *wb, struct wb_read *rd)
 	 */
 	e = page_index_get(c->index, rd->vpn);
 	if (rd->failed) {
-		fault_client_stat(c, UZ_STAT_io_errors, 1);
-		if (!__atomic_exchange_n(&read_error_logged, true, __ATOMIC_RELAXED))
-			uz_log(LOG_ERR,
-			       "swap file read error: page 0x%" PRIx64
-			       " of pid %d poisoned (SIGBUS on access); further errors only "
-			       "counted (io_errors)",
-			       addr, (int)c->pid);
+		/* Counted here, logged once by the main thread (the fault path never logs). */
+		fault_client_stat(
+		    c, rd->bad_record ? UZ_STAT_swap_checksum_errors : UZ_STAT_io_errors, 1);
+		daemon_note_swap_error(d,
+				       rd->bad_record ? UZ_SWAP_ERROR_CHECKSUM : UZ_SWAP_ERROR_READ,
+				       (int)c->pid, addr);
 		page_index_set(c->index, rd->vpn, pe_make(e, PAGE_NEVER, false, 0, 0, 0));
 	} else if (r == 0 || r == -EEXIST) {
 		/* A page read ahead is not referenced yet: the first to go if unused. */
@@ -454,6 +454,7 @@ static void read_done(int result, const void *data, size_t len, uint64_t vpn, vo
 	}
 	if (result < 0) {
 		rd->failed = true;
+		rd->bad_record = result == -EBADMSG;
 	} else if (rd->algo == COMPRESSOR_RAW) {
 		if (rd->len == UZ_PAGE_SIZE)
 			memcpy(rd->page, rd->buf, UZ_PAGE_SIZE);
@@ -482,7 +483,7 @@ static int read_start(struct wb *wb, struct client *c, uint64_t vpn, page_entry_
 		return -EAGAIN;
 	rd->busy = true;
 	rd->inflight = true;
-	rd->ready = rd->failed = rd->cancelled = false;
+	rd->ready = rd->failed = rd->bad_record = rd->cancelled = false;
 	rd->key = c->key;
 	rd->owner = c->swap_owner;
 	rd->vpn = vpn;
