@@ -189,12 +189,13 @@ class Env:
 
     def stop(self):
         """SIGTERM the daemon (it gives every page back and exits); its output."""
-        self.daemon.send_signal(signal.SIGTERM)
-        try:
-            self.daemon.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.daemon.pid, signal.SIGKILL)
-            self.daemon.wait()
+        if self.daemon.poll() is None:
+            self.daemon.send_signal(signal.SIGTERM)
+            try:
+                self.daemon.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.daemon.pid, signal.SIGKILL)
+                self.daemon.wait()
         out = self.daemon.stdout.read()
         print(out, end="")
         self.daemon = None
@@ -213,14 +214,7 @@ class Env:
                 p.kill()
                 p.wait()
         if self.daemon:
-            if self.daemon.poll() is None:
-                self.daemon.send_signal(signal.SIGTERM)
-                try:
-                    self.daemon.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.daemon.pid, signal.SIGKILL)
-                    self.daemon.wait()
-            print(self.daemon.stdout.read(), end="")
+            self.stop()
         for c in reversed(self.cgroups):
             for _ in range(50):
                 try:
