@@ -1051,17 +1051,21 @@ static void super_read(int fd, struct swap_super *sb)
 }
 
 /*
- * Zero [0, size) of the file without writing it: unwritten extents stay
- * allocated.  -EOPNOTSUPP when the filesystem cannot; the caller then
- * clears the mapping.
+ * Zero [0, size) of the file without writing it, the blocks staying
+ * allocated (a store to a hole through the mapping could meet ENOSPC:
+ * SIGBUS).  1 when done, 0 when the filesystem cannot (the caller clears
+ * the mapping: the blocks are still the preallocated ones), -errno when a
+ * punched range could not be allocated again.
  */
 static int file_zero_range(int fd, uint64_t size)
 {
 	if (fallocate(fd, FALLOC_FL_ZERO_RANGE, 0, (off_t)size) == 0)
+		return 1;
+	if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t)size) < 0)
 		return 0;
-	if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t)size) == 0)
-		return fallocate(fd, 0, 0, (off_t)size) == 0 ? 0 : -errno;
-	return -EOPNOTSUPP;
+	if (fallocate(fd, 0, 0, (off_t)size) < 0)
+		return errno == ENOSPC ? -ENOSPC : -EIO;
+	return 1;
 }
 
 /*
@@ -1201,8 +1205,11 @@ int swap_new(struct swap **out, const struct swap_config *config)
 		if (r < 0)
 			goto fail;
 		swap->info.generation = super_valid(&old) ? old.generation + 1 : 1;
-		/* The superblock goes first: a kill from here on finds no valid one. */
-		zeroed = file_zero_range(swap->fd, layout.data_offset) == 0;
+		/* The superblock is zeroed with the rest: a kill from here on finds none valid. */
+		r = file_zero_range(swap->fd, layout.data_offset);
+		if (r < 0)
+			goto fail;
+		zeroed = r > 0;
 	}
 	if (layout.clusters >= CLUSTER_NONE ||
 	    layout.clusters * swap->granules_per_cluster > SLOT_GRANULE_MAX) {
