@@ -439,6 +439,45 @@ static void format_size(char *buf, size_t cap, double bytes)
 	snprintf(buf, cap, u ? "%.1f %s" : "%.0f %s", bytes, units[u]);
 }
 
+void daemon_note_swap_error(struct daemon *d, enum uz_swap_error_kind kind, int pid, uint64_t addr)
+{
+	struct uz_swap_error_note *note = &d->swap_errors[kind];
+	unsigned expected = 0;
+
+	if (!__atomic_compare_exchange_n(&note->state, &expected, 1, false, __ATOMIC_ACQUIRE,
+					 __ATOMIC_RELAXED))
+		return;
+	note->pid = pid;
+	note->addr = addr;
+	__atomic_store_n(&note->state, 2, __ATOMIC_RELEASE);
+}
+
+void daemon_log_swap_errors(struct daemon *d)
+{
+	for (unsigned kind = 0; kind < UZ_SWAP_ERROR__COUNT; kind++) {
+		struct uz_swap_error_note *note = &d->swap_errors[kind];
+
+		if (__atomic_load_n(&note->state, __ATOMIC_ACQUIRE) != 2)
+			continue;
+		if (kind == UZ_SWAP_ERROR_CHECKSUM)
+			uz_log(LOG_ERR,
+			       "swap file \"%s\": a record read back did not verify (checksum, "
+			       "owner or length): page 0x%" PRIx64 " of pid %d poisoned (SIGBUS on "
+			       "access); %" PRId64 " so far, further ones only counted "
+			       "(swap_checksum_errors)",
+			       d->swap_file ? d->swap_file : "", note->addr, note->pid,
+			       stats_read(d->stats, UZ_STAT_swap_checksum_errors));
+		else
+			uz_log(LOG_ERR,
+			       "swap file \"%s\": read error: page 0x%" PRIx64 " of pid %d "
+			       "poisoned (SIGBUS on access); %" PRId64 " so far, further errors "
+			       "only counted (io_errors)",
+			       d->swap_file ? d->swap_file : "", note->addr, note->pid,
+			       stats_read(d->stats, UZ_STAT_io_errors));
+		__atomic_store_n(&note->state, 3, __ATOMIC_RELAXED);
+	}
+}
+
 void daemon_print_summary(struct daemon *d, FILE *f)
 {
 	int64_t v[UZ_STAT__COUNT];
@@ -504,9 +543,11 @@ void daemon_print_summary(struct daemon *d, FILE *f)
 		format_size(on_disk, sizeof(on_disk), (double)v[UZ_STAT_swap_bytes_on_disk]);
 		fprintf(f,
 			"  writeback     %12" PRId64 " pages (zswpwb) in %" PRId64
-			" batches, rotations %" PRId64 ", io errors %" PRId64 "\n",
+			" batches, rotations %" PRId64 ", io errors %" PRId64
+			", checksum errors %" PRId64 "\n",
 			v[UZ_STAT_zswpwb], v[UZ_STAT_writeback_batches],
-			v[UZ_STAT_second_chance_rotations], v[UZ_STAT_io_errors]);
+			v[UZ_STAT_second_chance_rotations], v[UZ_STAT_io_errors],
+			v[UZ_STAT_swap_checksum_errors]);
 		fprintf(f, "  on disk       %12" PRId64 " pages (%s), %.0f bytes/page\n",
 			v[UZ_STAT_on_disk_pages], on_disk,
 			v[UZ_STAT_on_disk_pages] > 0

@@ -98,6 +98,23 @@ struct group_registry {
 #define UZ_DRAIN_TIMEOUT_USEC	 (10ULL * 1000 * 1000)
 #define UZ_FAULT_SPIN_USEC_DEFAULT 0 /* off: no gain measured on a loaded 2-vCPU VM (bench/hotcold/README.md) */
 
+/*
+ * A swap read failure noted by a fault thread, which never logs, for the
+ * main thread to log once (daemon_log_swap_errors).  state: 0 nothing,
+ * 1 a fault thread is filling it in, 2 filled in, 3 logged (atomic).
+ */
+enum uz_swap_error_kind {
+	UZ_SWAP_ERROR_READ,	/* the read failed (io_errors) */
+	UZ_SWAP_ERROR_CHECKSUM, /* the record did not verify (swap_checksum_errors) */
+	UZ_SWAP_ERROR__COUNT,
+};
+
+struct uz_swap_error_note {
+	unsigned state;
+	int pid;
+	uint64_t addr;
+};
+
 /* Command-line options that override the config's [Defaults] (main.c). */
 struct policy_override {
 	bool resident_max_set, resident_low_set, compressor_set;
@@ -156,6 +173,8 @@ struct daemon {
 	struct swap *swap;
 	struct latency_hist *disk_fault_latency; /* faults served from the swap file */
 	bool pool_limit_hit;
+	/* The first swap read failure of each kind (see struct uz_swap_error_note). */
+	struct uz_swap_error_note swap_errors[UZ_SWAP_ERROR__COUNT];
 };
 
 /*
@@ -197,6 +216,16 @@ int daemon_shrink_group(struct daemon *daemon, struct uz_group *group, uint64_t 
 			uint64_t *queued);
 /* True when every fault thread advanced its heartbeat within max_age_usec. */
 bool daemon_threads_alive(struct daemon *daemon, uint64_t max_age_usec);
+
+/*
+ * A fault thread met a swap read failure on page addr of process pid:
+ * remember the first of each kind for the main thread.  Never blocks,
+ * never logs; any thread.
+ */
+void daemon_note_swap_error(struct daemon *daemon, enum uz_swap_error_kind kind, int pid,
+			    uint64_t addr);
+/* Log each noted swap read failure kind once (main thread: its timer and exit). */
+void daemon_log_swap_errors(struct daemon *daemon);
 
 /* A one-screen summary of the global statistics, for SIGUSR1 and exit. */
 void daemon_print_summary(struct daemon *daemon, FILE *f);

@@ -16,8 +16,10 @@
  * config's [Defaults] (a cgroup.d file that matches a client still wins).
  *
  * Timers on the loop: every 2 s the cgroup of every client is looked up
- * again (a process moved to another cgroup gets that cgroup's budget) and
- * systemd's STATUS= line is refreshed; when systemd asks for a watchdog,
+ * again (a process moved to another cgroup gets that cgroup's budget),
+ * swap read failures the fault threads noted are logged (the first of
+ * each kind; the fault path never logs) and systemd's STATUS= line is
+ * refreshed; when systemd asks for a watchdog,
  * WATCHDOG=1 is sent at half its period, but only while every fault
  * thread's heartbeat keeps moving — a stuck fault thread gets the daemon
  * restarted.
@@ -843,6 +845,7 @@ static int on_recheck(sd_event_source *s, uint64_t usec, void *userdata)
 	struct main_state *m = userdata;
 	unsigned changed = daemon_reassign_clients(m->daemon, false);
 
+	daemon_log_swap_errors(m->daemon);
 	if (changed)
 		uz_log(LOG_INFO, "%u client%s changed cgroup or budget", changed,
 		       changed == 1 ? "" : "s");
@@ -1114,6 +1117,7 @@ int main(int argc, char **argv)
 	m.listen_fd = -1;
 	m.control = control_server_free(m.control);
 	daemon_drain(m.daemon, UZ_DRAIN_TIMEOUT_USEC);
+	daemon_log_swap_errors(m.daemon);
 	if (m.daemon->drain_timeouts)
 		uz_log(LOG_WARNING, "%u client%s did not acknowledge SHUTDOWN in time",
 		       m.daemon->drain_timeouts, m.daemon->drain_timeouts == 1 ? "" : "s");

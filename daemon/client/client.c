@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -324,6 +325,27 @@ static int send_hello_reply(int fd, uint32_t seq, int status, const struct clien
  * Validate a HELLO and build the client.  On failure *why names the problem
  * for the log and the fds are still the caller's.
  */
+/*
+ * A random, nonzero owner token for the swap records of a new client
+ * (docs/SWAP.md, "Records"): a record written for one client never
+ * verifies for another, in this daemon or the next.
+ */
+static int client_new_swap_owner(uint64_t *out)
+{
+	uint64_t token = 0;
+
+	while (!token) {
+		ssize_t n = getrandom(&token, sizeof(token), 0);
+
+		if (n < 0 && errno != EINTR)
+			return -errno;
+		if (n >= 0 && n != (ssize_t)sizeof(token))
+			token = 0;
+	}
+	*out = token;
+	return 0;
+}
+
 static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz_msg_hello *hello,
 			     int *fds, unsigned nfds, struct client **out, const char **why)
 {
@@ -398,6 +420,11 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 	client->uffd_features = hello->uffd_features;
 	client->graveyard_start = hello->graveyard_start;
 	client->graveyard_end = hello->graveyard_start + hello->graveyard_len;
+	r = client_new_swap_owner(&client->swap_owner);
+	if (r < 0) {
+		*why = "no random bytes for the swap owner token";
+		goto fail;
+	}
 	client_set_policy(client, &daemon->policy);
 	{
 		struct uz_policy policy;

@@ -96,6 +96,8 @@ struct client {
 	struct daemon *daemon;
 	uint64_t id;
 	uint64_t key; /* LRU reference key: ref = key << PAGE_INDEX_VPN_BITS | vpn */
+	/* owner token of this client's swap records; will become the family token */
+	uint64_t swap_owner;
 	pid_t pid;
 	uid_t uid;
 	gid_t gid;

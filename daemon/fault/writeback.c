@@ -46,10 +46,15 @@
  * pass), the slot is freed, disk_swapins counted and the disk latency
  * recorded apart from pool faults.  Disk faults of a client in address
  * order also read the next WB_READAHEAD ON_DISK pages (readahead,
- * installed unreferenced).  A read error never hands wrong data:
- * the page is poisoned (UFFDIO_POISON), so the access ends in SIGBUS; the
- * entry becomes NEVER (a later MADV_DONTNEED makes it zeros, as for any
- * poisoned page), io_errors counted.
+ * installed unreferenced).  Every record is written with the client's
+ * swap owner token and the page's vpn, and a read names the token it
+ * expects.  A read error, or a record that does not verify (-EBADMSG:
+ * bit rot, a stale or forged slot), never hands wrong data: the page is
+ * poisoned (UFFDIO_POISON), so the access ends in SIGBUS; the entry
+ * becomes NEVER (a later MADV_DONTNEED makes it zeros, as for any
+ * poisoned page), io_errors or swap_checksum_errors counted, and the
+ * first of each kind noted for the main thread to log
+ * (daemon_note_swap_error).
  *
  * Freeing.  An entry freed while its I/O is in flight (munmap, DONTNEED,
  * exit, unregister) marks the write item or read context cancelled; the
@@ -72,8 +77,8 @@
  *
  * Locks: none of its own but the shrink request (an atomic).  The LRU,
  * pool, swap and stats are thread-safe objects; everything else belongs
- * to the thread.  Nothing here logs on the fault path (the one read-error
- * message is logged once per daemon).
+ * to the thread.  Nothing here logs on the fault path: read failures are
+ * noted in struct daemon and logged by the main thread.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -108,6 +113,7 @@
 #define WB_COMPACT_RATIO_PCT 120
 #define WB_COMPACT_MIN_FILL  85 /* chunks fuller than this are not evacuated */
 #define WB_COMPACT_STEP	     4096 /* entries looked at per loop iteration */
+#define WB_SWAP_LOCK_WAIT_MS 5000 /* for a dead predecessor to let go of the swap file */
 #define VPN_MASK	     ((1ULL << PAGE_INDEX_VPN_BITS) - 1)
 
 struct wb_item {
@@ -128,13 +134,15 @@ struct wb_batch {
 
 struct wb_read {
 	struct wb *wb;
-	bool busy;	/* context taken */
-	bool inflight;	/* I/O submitted, not completed */
-	bool ready;	/* completed, page to install */
-	bool failed;	/* read or decompress error: poison */
-	bool cancelled; /* the entry went away: free the slot, install nothing */
+	bool busy;	 /* context taken */
+	bool inflight;	 /* I/O submitted, not completed */
+	bool ready;	 /* completed, page to install */
+	bool failed;	 /* read or decompress error: poison */
+	bool bad_record; /* failed because the record did not verify (-EBADMSG) */
+	bool cancelled;	 /* the entry went away: free the slot, install nothing */
 	bool from_fault;
 	uint64_t key, vpn, slot;
+	uint64_t owner; /* the client's swap owner token the record must carry */
 	unsigned algo, len;
 	uint64_t start_ns;
 	uint8_t *buf;  /* compressed bytes (4 KiB) */
@@ -194,8 +202,6 @@ struct wb {
 	uint64_t compact_vpn;  /* next vpn of it */
 	uint64_t compact_epoch; /* round number: marks the families already looked at */
 };
-
-static bool read_error_logged;
 
 static uint64_t pool_usage_bytes(struct daemon *d)
 {
@@ -349,7 +355,7 @@ static struct wb_read *read_find(struct wb *wb, uint64_t key, uint64_t vpn)
 
 static void read_put(struct wb_read *rd)
 {
-	rd->busy = rd->inflight = rd->ready = rd->failed = rd->cancelled = false;
+	rd->busy = rd->inflight = rd->ready = rd->failed = rd->bad_record = rd->cancelled = false;
 	rd->wb->reads_busy--;
 }
 
@@ -392,19 +398,19 @@ static int read_install(struct wb *wb, struct wb_read *rd)
 		r = -ESRCH;
 	}
 
+	/*
+	 * The entry stops naming the slot before the slot is freed (the
+	 * caller's rule in swapfile.h: a kill in between leaks the slot, it
+	 * never frees one an entry still names).
+	 */
 	e = page_index_get(c->index, rd->vpn);
-	fault_client_stat(c, UZ_STAT_swap_bytes_on_disk,
-			  -(int64_t)swap_slot_disk_bytes(d->swap, rd->slot));
-	(void)swap_slot_free(d->swap, rd->slot);
-	fault_client_stat(c, UZ_STAT_on_disk_pages, -1);
 	if (rd->failed) {
-		fault_client_stat(c, UZ_STAT_io_errors, 1);
-		if (!__atomic_exchange_n(&read_error_logged, true, __ATOMIC_RELAXED))
-			uz_log(LOG_ERR,
-			       "swap file read error: page 0x%" PRIx64
-			       " of pid %d poisoned (SIGBUS on access); further errors only "
-			       "counted (io_errors)",
-			       addr, (int)c->pid);
+		/* Counted here, logged once by the main thread (the fault path never logs). */
+		fault_client_stat(
+		    c, rd->bad_record ? UZ_STAT_swap_checksum_errors : UZ_STAT_io_errors, 1);
+		daemon_note_swap_error(d,
+				       rd->bad_record ? UZ_SWAP_ERROR_CHECKSUM : UZ_SWAP_ERROR_READ,
+				       (int)c->pid, addr);
 		page_index_set(c->index, rd->vpn, pe_make(e, PAGE_NEVER, false, 0, 0, 0));
 	} else if (r == 0 || r == -EEXIST) {
 		/* A page read ahead is not referenced yet: the first to go if unused. */
@@ -424,12 +430,21 @@ static int read_install(struct wb *wb, struct wb_read *rd)
 		/* The mapping (or the process) is gone: so is the page. */
 		page_index_set(c->index, rd->vpn, pe_make(e, PAGE_NEVER, false, 0, 0, 0));
 	}
+	fault_client_stat(c, UZ_STAT_swap_bytes_on_disk,
+			  -(int64_t)swap_slot_disk_bytes(d->swap, rd->slot));
+	(void)swap_slot_free(d->swap, rd->slot);
+	fault_client_stat(c, UZ_STAT_on_disk_pages, -1);
 	read_put(rd);
 	fault_client_resume(wb->thread, c);
 	return 0;
 }
 
-static void read_done(int result, const void *data, size_t len, void *userdata)
+/*
+ * The record's vpn is not checked: an mremap since the write moved the
+ * entry (rd->vpn follows it) but not the record.  The owner token and
+ * the checksum are what tie the bytes to this client.
+ */
+static void read_done(int result, const void *data, size_t len, uint64_t vpn, void *userdata)
 {
 	struct wb_read *rd = userdata;
 	struct wb *wb = rd->wb;
@@ -442,6 +457,7 @@ static void read_done(int result, const void *data, size_t len, void *userdata)
 	}
 	if (result < 0) {
 		rd->failed = true;
+		rd->bad_record = result == -EBADMSG;
 	} else if (rd->algo == COMPRESSOR_RAW) {
 		if (rd->len == UZ_PAGE_SIZE)
 			memcpy(rd->page, rd->buf, UZ_PAGE_SIZE);
@@ -470,8 +486,9 @@ static int read_start(struct wb *wb, struct client *c, uint64_t vpn, page_entry_
 		return -EAGAIN;
 	rd->busy = true;
 	rd->inflight = true;
-	rd->ready = rd->failed = rd->cancelled = false;
+	rd->ready = rd->failed = rd->bad_record = rd->cancelled = false;
 	rd->key = c->key;
+	rd->owner = c->swap_owner;
 	rd->vpn = vpn;
 	rd->slot = pe_payload(e);
 	rd->algo = pe_algo(e);
@@ -479,7 +496,7 @@ static int read_start(struct wb *wb, struct client *c, uint64_t vpn, page_entry_
 	rd->from_fault = from_fault;
 	rd->start_ns = uz_now_nsec();
 	wb->reads_busy++;
-	r = swap_io_read(wb->io, rd->slot, rd->len, rd->buf, read_done, rd);
+	r = swap_io_read(wb->io, rd->slot, rd->len, rd->owner, rd->buf, read_done, rd);
 	if (r < 0) {
 		read_put(rd);
 		return -EAGAIN;
@@ -702,8 +719,10 @@ static enum lru_walk_status wb_pick(uint64_t ref, void *userdata)
 		      len) < 0)
 		return LRU_ROTATE;
 	batch->items[n] = (struct wb_item){key, vpn, pe_payload(e), len, false};
-	batch->objs[n] =
-	    (struct swap_object){.data = wb->staging + (size_t)n * UZ_PAGE_SIZE, .len = len};
+	batch->objs[n] = (struct swap_object){.data = wb->staging + (size_t)n * UZ_PAGE_SIZE,
+					      .len = len,
+					      .owner = c->swap_owner,
+					      .vpn = vpn};
 	batch->count++;
 	batch->bytes += len;
 	page_index_set(
@@ -1116,9 +1135,32 @@ static void writeback_test_injection(struct swap *swap)
 	swap_set_fault_injection(swap, what, percent, count);
 }
 
+static const char *swap_start_name(enum swap_start start)
+{
+	switch (start) {
+	case SWAP_START_NEW:
+		return "new";
+	case SWAP_START_CLEAN:
+		return "closed cleanly";
+	case SWAP_START_OTHER_BOOT:
+		return "left by another boot";
+	case SWAP_START_GEOMETRY:
+		return "size or granule changed";
+	case SWAP_START_RECOVERED:
+		return "left in use by a previous uzswapd";
+	}
+	return "?";
+}
+
 int writeback_open(struct daemon *d)
 {
-	struct swap_config config = {.path = d->swap_file, .size = d->swap_size};
+	struct swap_config config = {
+	    .path = d->swap_file,
+	    .size = d->swap_size,
+	    .owner_capacity = d->max_clients <= SWAP_OWNERS_MAX ? d->max_clients : SWAP_OWNERS_MAX,
+	    /* A predecessor killed a moment ago holds the file until its last I/O completed. */
+	    .lock_wait_ms = WB_SWAP_LOCK_WAIT_MS,
+	};
 	struct swap_info info;
 	struct swap *swap;
 	int r;
@@ -1130,10 +1172,26 @@ int writeback_open(struct daemon *d)
 		uz_log(LOG_ERR, "swap file \"%s\": %s; writeback off", d->swap_file, strerror(-r));
 		return r;
 	}
-	writeback_test_injection(swap);
 	swap_get_info(swap, &info);
-	uz_log(LOG_INFO, "swap file \"%s\": %" PRIu64 " MiB, %s I/O", d->swap_file,
-	       info.file_size >> 20, info.direct_io ? "direct" : "buffered");
+	if (info.start == SWAP_START_RECOVERED && info.recovered_slots) {
+		/*
+		 * Until clients re-join with their page indexes (issue 10,
+		 * item 2), no client can name these slots again: free them
+		 * rather than leak the space.  The lead's restart design
+		 * replaces this with its policy (wait for the owners of the
+		 * owner table, then swap_reset_all()).
+		 */
+		r = swap_reset_all(swap);
+		uz_log(LOG_WARNING,
+		       "swap file \"%s\": %" PRIu64 " records (%" PRIu64
+		       " KiB) of a previous uzswapd still in use; no client can claim them: %s",
+		       d->swap_file, info.recovered_slots, info.recovered_bytes >> 10,
+		       r < 0 ? strerror(-r) : "freed");
+	}
+	writeback_test_injection(swap);
+	uz_log(LOG_INFO, "swap file \"%s\": %" PRIu64 " MiB, %s I/O, %s", d->swap_file,
+	       info.file_size >> 20, info.direct_io ? "direct" : "buffered",
+	       swap_start_name(info.start));
 	__atomic_store_n(&d->swap, swap, __ATOMIC_RELEASE);
 	for (unsigned i = 0; i < d->nr_fault_threads; i++)
 		fault_thread_kick_assign(d->fault_threads[i]);

@@ -37,6 +37,7 @@
 	X(writeback_batches, COUNTER, "writeback submissions to the swap file")                    \
 	X(compacted_objects, COUNTER, "pool objects moved by compaction out of sparse chunks")     \
 	X(io_errors, COUNTER, "swap file reads or writes that failed")                             \
+	X(swap_checksum_errors, COUNTER, "swap records read back that did not verify (checksum, owner or length): the page was poisoned") \
 	X(reject_compress_fail, COUNTER, "stores refused: the compressor failed")                  \
 	X(reject_compress_poor, COUNTER, "pages that compressed above the poor threshold")         \
 	X(reject_alloc_fail, COUNTER, "stores refused: no pool memory could be had")               \

@@ -5,42 +5,115 @@
  * What it stores.  The shrinker writes the *compressed* bytes of a page
  * (1..4096 of them), not the page, so the file must pack objects of any
  * size; otherwise disk traffic and disk usage would not shrink with the
- * compression ratio.  Contents never outlive the daemon: there is no
- * on-disk header, and every start treats the file as empty.
+ * compression ratio.  Each object is written as a record: a 32-byte
+ * header (magic, length, owner token, virtual page number, checksum)
+ * followed by the bytes.
+ *
+ * What survives the daemon.  A client's pages outlive the daemon that
+ * evicted them (issue 10): a daemon killed with SIGKILL is replaced by a
+ * new one that gets the clients' page indexes back, and those name slots
+ * of this file.  So the allocation state lives in the file, in a
+ * metadata region at its start that is mapped MAP_SHARED: every store to
+ * it is in the page cache the instant it is executed and outlives the
+ * process whatever kills it.  (A crash of the machine does not need it:
+ * no client survives a reboot, so a file left by another boot starts
+ * empty, and nothing here is ever fsync'ed.)  The data region after it is
+ * used with O_DIRECT and never overlaps it.
+ *
+ * Layout (offsets in bytes, every region 4 KiB aligned, the data region
+ * cluster aligned; docs/SWAP.md has the field offsets):
+ *   0               superblock: magic, layout version, state (CLEAN or
+ *                   IN_USE), generation, boot id, geometry (granule and
+ *                   cluster size, clusters, file size, region offsets,
+ *                   owner capacity, record header size), checksum
+ *   owners_offset   owner table: owner_capacity entries of 32 bytes
+ *   maps_offset     granule maps: 128 bits per cluster (1 = allocated)
+ *   refs_offset     reference counts: one byte per granule, nonzero only
+ *                   at the first granule of an allocated slot
+ *   data_offset     cluster 0, cluster 1, ...
+ * The metadata is carved out of the configured size (about 0.2% of it at
+ * 512-byte granules), so the file is exactly as big as configured.
+ *
+ * Opening.  A file whose superblock is valid (magic, version, checksum),
+ * IN_USE, written during this boot (/proc/sys/kernel/random/boot_id) and
+ * of the same geometry is recovered: every slot allocated before stays
+ * allocated with its reference count, and the in-memory state (used
+ * counts, cluster lists, bump index) is rebuilt from the maps.  Any other
+ * file starts empty: the metadata region is zeroed and the generation
+ * bumped.  swap_free() marks the file CLEAN when no slot is allocated, so
+ * a clean stop followed by a start begins empty too.
+ *
+ * Write ordering.  A kill may stop the daemon between any two stores to
+ * the metadata.  The rule that keeps every record a client refers to is:
+ * a slot's granules are marked allocated before its count says it is
+ * referenced, and its count says it is unreferenced before its granules
+ * are marked free.  So:
+ *   allocate: 1. set the granule bits in the map
+ *             2. set the count of the first granule to 1
+ *   add ref:  1. count + 1 (the caller publishes its new reference after)
+ *   drop ref: 1. count - 1 (the caller withdrew its reference before)
+ *   free:     1. count of the first granule to 0
+ *             2. clear the granule bits
+ *   reset:    1. every count of a cluster to 0, 2. its map to 0;
+ *             3. the superblock with the next generation
+ * A kill between the two steps of an allocation or a free leaves granules
+ * allocated with no count: leaked, never handed out again while the file
+ * is IN_USE, and reclaimed when it is next started empty (or reset).  A
+ * recovered count can be too high (a reference was counted but never
+ * published, or withdrawn and not yet uncounted), never too low.  The
+ * stores are atomic with release ordering, so neither the compiler nor
+ * the CPU reorders them.  Owner table entries are written with their
+ * token last (add) and their token cleared first (remove).  The
+ * superblock changes only at open (a fresh start), at reset and when
+ * swap_free() marks it CLEAN; a kill in the middle of its rewrite leaves
+ * a checksum that does not match, that is an empty start, which is
+ * harmless each time because no slot is allocated then.
+ *
+ * Records.  The checksum is XXH3-64 (libxxhash) over the header (with the
+ * checksum field zero) and the object bytes, seeded with the file's
+ * generation, so a record written before the file last started empty
+ * never verifies.  A read checks the magic, the length the caller
+ * expects, the owner token the caller expects and the checksum, and fails
+ * with -EBADMSG on any mismatch (bit rot, a stale or forged slot, a bug);
+ * the vpn goes back to the caller, who decides (mremap legitimately
+ * moves a page to another vpn).
  *
  * Geometry.  The file is preallocated (fallocate) at start, so writes
- * never extend it and never meet ENOSPC from the filesystem.  It is cut
- * into clusters of 64 KiB, each cut into granules (512 B by default, or
- * the direct-I/O alignment of the filesystem when that is larger).  An
- * object takes the fewest contiguous granules of one cluster that hold it:
- * a 1500-byte object takes three 512-byte granules.  The average waste is
- * half a granule per object, about 6% of a 4 KiB page; bytes_per_slot in
- * struct swap_usage reports what is really spent per stored page.
+ * never extend it and never meet ENOSPC from the filesystem.  The data
+ * region is cut into clusters of 64 KiB, each cut into granules (512 B by
+ * default, or the direct-I/O alignment of the filesystem when that is
+ * larger).  A record takes the fewest contiguous granules of one cluster
+ * that hold it: a 1500-byte object (1532 bytes of record) takes three
+ * 512-byte granules, a raw 4096-byte page nine.  The average waste is half
+ * a granule per record plus the header, about 7% of a 4 KiB page;
+ * bytes_per_slot in struct swap_usage reports what is really spent.
  *
- * Slots.  A slot is (first granule index << 3) | (granules - 1): 41 bits
- * of granule index (1 PiB at 512 B) and 3 bits of size (1..8 granules),
- * 44 bits in all, the width of a page-entry payload.  A slot describes its
- * own extent, so swap_slot_free() needs no length and can check that the
- * granules it frees were allocated (a double free is -EINVAL, not silent
- * corruption).
+ * Slots.  A slot is (first granule index << 4) | (granules - 1): 40 bits
+ * of granule index (512 TiB at 512 B) and 4 bits of size (1..16
+ * granules), 44 bits in all, the width of a page-entry payload.  A slot
+ * describes its own extent, so swap_slot_free() needs no length and can
+ * check that the granules it frees were allocated (a double free is
+ * -EINVAL, not silent corruption).
  *
- * Allocation.  Each cluster has a 128-bit map of its granules and a count
- * of the ones in use.  A struct swap_io (one per thread) owns a current
- * cluster and allocates from it next-fit, so objects written in one batch
- * land side by side and go out in one write; no other thread allocates
- * from an owned cluster, which is what lets threads allocate without
- * contending (the kernel's per-CPU swap clusters, per thread here).  When
- * the current cluster cannot fit an object, the swap_io gives it back and
- * takes another, in this order of preference:
+ * Allocation.  Each cluster has a 128-bit map of its granules (in the
+ * metadata region) and a count of the ones in use (in memory).  A struct
+ * swap_io (one per thread) owns a current cluster and allocates from it
+ * next-fit, so records written in one batch land side by side and go out
+ * in one write; no other thread allocates from an owned cluster, which is
+ * what lets threads allocate without contending (the kernel's per-CPU
+ * swap clusters, per thread here).  When the current cluster cannot fit
+ * a record, the swap_io gives it back and takes another, in this order of
+ * preference:
  *   1. a partial cluster: some space in use, but a free run big enough
- *      for any object (8 granules at 512 B) -- reusing these first keeps
+ *      for any record (9 granules at 512 B) -- reusing these first keeps
  *      the live data packed in few clusters;
  *   2. a free cluster: nothing in use (freed clusters, then clusters never
  *      used yet, handed out by a bump index so start-up touches no
  *      per-cluster memory);
  *   3. a fragmented cluster: free granules, but no run for the largest
- *      object; searched (first fit for this object's size) only when there
- *      is nothing better, so small holes still get used before -ENOSPC.
+ *      record; searched (first fit for this record's size) only when
+ *      there is nothing better, so small holes still get used before
+ *      -ENOSPC.
  * A cluster not owned by anyone sits on the list of its class (free,
  * partial, fragmented) or on none when it is full.  Freeing granules in an
  * unowned cluster may promote it (fragmented -> partial -> free); freeing
@@ -50,35 +123,36 @@
  * and the space is reused in place.
  *
  * Locking.  swap->lock (a mutex) protects the three lists, the bump index
- * and every cluster's `list` and `owned` fields.  The granule map and used
- * count of a cluster are protected by one of SWAP_STRIPES stripe locks
- * (cluster index modulo the stripe count).  Order: stripe lock, then
- * swap->lock; never the other way.  Taking a cluster off a list needs only
- * swap->lock, which is safe because an unowned cluster's map only loses
- * bits (frees), so a map read without the stripe lock can only
- * underestimate free space.  Map words are accessed atomically for that
- * reason.  No lock is held across a system call.
+ * and every cluster's `list` and `owned` fields.  The granule map, the
+ * reference counts and the used count of a cluster are protected by one
+ * of SWAP_STRIPES stripe locks (cluster index modulo the stripe count).
+ * Order: stripe lock, then swap->lock; never the other way.  Taking a
+ * cluster off a list needs only swap->lock, which is safe because an
+ * unowned cluster's map only loses bits (frees), so a map read without
+ * the stripe lock can only underestimate free space.  Map words are
+ * accessed atomically for that reason.  swap->owners_lock protects the
+ * owner table.  No lock is held across a system call.
  *
  * I/O.  Every read and write goes through the io_uring ring of a
- * swap_io.  A write batch copies its objects into bounce buffers, one per
+ * swap_io.  A write batch builds its records in bounce buffers, one per
  * run of adjacent slots (sorted by slot), aligned for O_DIRECT, the tail
- * of each object's last granule zeroed, and submits one write per run.  A
- * read fetches the object's whole granules into a per-request bounce
+ * of each record's last granule zeroed, and submits one write per run.  A
+ * read fetches the record's whole granules into a per-request bounce
  * buffer (reused from a per-swap_io cache, so the fault path does not
- * allocate in steady state) and copies the object out, or lends the
- * buffer to the callback.  Completions are announced on an eventfd
- * registered with the ring; swap_io_reap() processes them and runs the
- * callbacks.  A short transfer resubmits the rest (under O_DIRECT from the
- * last aligned offset, re-sending a few bytes rather than issuing an
- * unaligned request); a completion with nothing moved, or repeated ones
- * without progress, fail with -EIO.  Requests that find the submission
- * queue full wait on a backlog that reap flushes.
+ * allocate in steady state), verifies it and copies the object out, or
+ * lends the buffer to the callback.  Completions are announced on an
+ * eventfd registered with the ring; swap_io_reap() processes them and
+ * runs the callbacks.  A short transfer resubmits the rest (under
+ * O_DIRECT from the last aligned offset, re-sending a few bytes rather
+ * than issuing an unaligned request); a completion with nothing moved, or
+ * repeated ones without progress, fail with -EIO.  Requests that find the
+ * submission queue full wait on a backlog that reap flushes.
  *
  * O_DIRECT.  Pages written back are cold by definition; caching them in
  * the page cache would spend the very memory uzswap is freeing.  So the
- * file is used with O_DIRECT when the filesystem allows it: statx's
- * STATX_DIOALIGN gives the buffer and offset alignment (a pread probe
- * when the kernel does not say), granules are at least the offset
+ * data region is used with O_DIRECT when the filesystem allows it:
+ * statx's STATX_DIOALIGN gives the buffer and offset alignment (a pread
+ * probe when the kernel does not say), granules are at least the offset
  * alignment so every request starts and ends aligned, and bounce buffers
  * are page aligned.  When the filesystem refuses O_DIRECT (or the caller
  * forces it off) the same code runs buffered; swap_get_info() says which.
@@ -87,12 +161,15 @@
 #include <fcntl.h>
 #include <liburing.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "swap/swapfile.h"
 
@@ -105,14 +182,80 @@
 #define SWAP_REQ_CACHE	     64u	   /* idle requests (with buffers) kept per swap_io */
 #define SWAP_STALLS_MAX	     4u		   /* short completions in a row without progress */
 #define SWAP_BUFFER_ALIGN    4096u
+#define SWAP_META_ALIGN	     4096u /* every metadata region starts on a page */
+#define SWAP_BOOT_ID_PATH    "/proc/sys/kernel/random/boot_id"
+#define SWAP_LOCK_POLL_MS    10u
 
-#define SLOT_SIZE_BITS	 3
+#define SLOT_SIZE_BITS	 SWAP_SLOT_SIZE_BITS
 #define SLOT_GRANULE_MAX (1ULL << (SWAP_SLOT_BITS - SLOT_SIZE_BITS))
 #define CLUSTER_NONE	 UINT32_MAX
+#define RECORD_HEADER	 SWAP_RECORD_HEADER_SIZE
 
 #ifndef STATX_DIOALIGN
 #define STATX_DIOALIGN 0x00002000U
 #endif
+
+/* --- the on-disk format (host byte order: the file never leaves its host) -- */
+
+#define SUPER_MAGIC   "UZSWAPF\n"
+#define SUPER_VERSION 1u
+#define SUPER_SIZE    4096u	  /* the superblock's region; the struct uses the start */
+#define RECORD_MAGIC  0x31525a55u /* "UZR1" */
+
+enum super_state {
+	SUPER_CLEAN = 1,
+	SUPER_IN_USE = 2,
+};
+
+struct swap_super {
+	char magic[8];		     /*   0 SUPER_MAGIC */
+	uint32_t version;	     /*   8 SUPER_VERSION */
+	uint32_t state;		     /*  12 enum super_state */
+	uint64_t generation;	     /*  16 bumped at every empty start and reset */
+	uint8_t boot_id[16];	     /*  24 the boot that last opened it */
+	uint32_t granule_size;	     /*  40 */
+	uint32_t cluster_size;	     /*  44 */
+	uint64_t clusters;	     /*  48 data clusters */
+	uint64_t file_size;	     /*  56 */
+	uint64_t data_offset;	     /*  64 */
+	uint64_t owners_offset;	     /*  72 */
+	uint64_t maps_offset;	     /*  80 */
+	uint64_t refs_offset;	     /*  88 */
+	uint32_t owner_capacity;     /*  96 */
+	uint32_t record_header_size; /* 100 RECORD_HEADER */
+	uint64_t checksum;	     /* 104 XXH3-64 of bytes 0..111 with this field 0 */
+};
+_Static_assert(sizeof(struct swap_super) == 112, "superblock layout");
+
+struct swap_owner_disk {
+	uint64_t token; /* 0: free entry; written last, cleared first */
+	uint64_t start_time;
+	int32_t pid;
+	uint32_t flags;
+	uint64_t reserved;
+};
+_Static_assert(sizeof(struct swap_owner_disk) == 32, "owner entry layout");
+
+struct swap_record {
+	uint32_t magic;	   /* RECORD_MAGIC */
+	uint16_t len;	   /* object bytes after the header */
+	uint16_t reserved; /* 0 */
+	uint64_t owner;
+	uint64_t vpn;
+	uint64_t checksum; /* XXH3-64, seed = generation, over header (this field 0) + object */
+};
+_Static_assert(sizeof(struct swap_record) == RECORD_HEADER, "record header layout");
+
+/* Where the regions are, for a file size, granule and owner capacity. */
+struct swap_layout {
+	uint64_t clusters;
+	uint64_t owners_offset;
+	uint64_t maps_offset;
+	uint64_t refs_offset;
+	uint64_t data_offset;
+};
+
+/* --- in memory --------------------------------------------------------------- */
 
 enum cluster_list {
 	LIST_NONE = 0, /* owned, or full */
@@ -123,11 +266,10 @@ enum cluster_list {
 };
 
 struct swap_cluster {
-	uint64_t map[2]; /* granule bitmap; stripe lock to write, atomic to read */
-	uint16_t used;	 /* granules in use; stripe lock */
-	uint8_t list;	 /* enum cluster_list; swap->lock to write, atomic to read */
-	uint8_t owned;	 /* a swap_io allocates here; swap->lock to write, atomic to read */
-	uint32_t prev;	 /* list links; swap->lock */
+	uint16_t used; /* granules allocated; stripe lock */
+	uint8_t list;  /* enum cluster_list; swap->lock to write, atomic to read */
+	uint8_t owned; /* a swap_io allocates here; swap->lock to write, atomic to read */
+	uint32_t prev; /* list links; swap->lock */
 	uint32_t next;
 };
 
@@ -140,15 +282,25 @@ struct swap {
 	int fd;
 	struct swap_info info;
 	unsigned granules_per_cluster;
-	unsigned object_granules_max; /* granules of a SWAP_OBJECT_MAX object */
+	unsigned object_granules_max; /* granules of the record of a SWAP_OBJECT_MAX object */
 	unsigned ring_entries;
 	unsigned io_align; /* O_DIRECT: alignment of offsets, lengths and buffers; 1 buffered */
+	unsigned nr_ios;   /* swap_io objects alive; atomic */
+
+	/* The metadata region, MAP_SHARED (see the top of the file). */
+	void *meta;
+	size_t meta_size;
+	struct swap_super *super;
+	struct swap_owner_disk *owners; /* info.owner_capacity entries; owners_lock */
+	uint64_t *maps;			/* 2 words per cluster; stripe lock to write, atomic */
+	uint8_t *refs;			/* per granule; stripe lock to write, atomic */
 
 	pthread_mutex_t lock;
 	struct cluster_list_head lists[LIST__COUNT];
 	uint64_t fresh_next; /* clusters from here on were never used: free */
 	struct swap_cluster *clusters;
 	pthread_mutex_t stripes[SWAP_STRIPES];
+	pthread_mutex_t owners_lock;
 
 	struct swap_stats stats; /* updated with relaxed atomics */
 
@@ -185,6 +337,7 @@ struct swap_req {
 	size_t first, count; /* slice of batch->order */
 	/* read */
 	size_t len;
+	uint64_t owner;
 	void *dst;
 	swap_read_cb read_cb;
 	void *userdata;
@@ -227,11 +380,32 @@ static inline size_t round_up(size_t v, size_t align)
 	return (v + align - 1) / align * align;
 }
 
+static inline uint64_t round_up64(uint64_t v, uint64_t align)
+{
+	return (v + align - 1) / align * align;
+}
+
 /* --- cluster maps --------------------------------------------------------- */
 
-static inline uint64_t map_word(const struct swap_cluster *c, unsigned i)
+static inline uint64_t *map_of(const struct swap *swap, uint32_t index)
 {
-	return __atomic_load_n(&c->map[i], __ATOMIC_RELAXED);
+	return &swap->maps[2 * (uint64_t)index];
+}
+
+/* The map of a cluster, bits past granules_per_cluster masked off. */
+static void map_snapshot(const struct swap *swap, uint32_t index, uint64_t snap[2])
+{
+	const uint64_t *map = map_of(swap, index);
+	unsigned per = swap->granules_per_cluster;
+
+	snap[0] = __atomic_load_n(&map[0], __ATOMIC_RELAXED);
+	snap[1] = __atomic_load_n(&map[1], __ATOMIC_RELAXED);
+	if (per < 64) {
+		snap[0] &= (1ULL << per) - 1;
+		snap[1] = 0;
+	} else if (per < 128) {
+		snap[1] &= (1ULL << (per - 64)) - 1;
+	}
 }
 
 static bool map_range_clear(const uint64_t snap[2], unsigned start, unsigned n)
@@ -251,41 +425,66 @@ static bool map_range_set(const uint64_t snap[2], unsigned start, unsigned n)
 }
 
 /* First run of n clear bits at or after hint, wrapping around; -1 when none. */
-static int map_find_run(const struct swap_cluster *c, unsigned per_cluster, unsigned n,
-			unsigned hint)
+static int map_find_run(const struct swap *swap, uint32_t index, unsigned n, unsigned hint)
 {
-	uint64_t snap[2] = {map_word(c, 0), map_word(c, 1)};
+	unsigned per = swap->granules_per_cluster;
+	uint64_t snap[2];
 
-	if (hint + n > per_cluster)
+	map_snapshot(swap, index, snap);
+	if (hint + n > per)
 		hint = 0;
-	for (unsigned s = hint; s + n <= per_cluster; s++)
+	for (unsigned s = hint; s + n <= per; s++)
 		if (map_range_clear(snap, s, n))
 			return (int)s;
-	for (unsigned s = 0; s < hint && s + n <= per_cluster; s++)
+	for (unsigned s = 0; s < hint && s + n <= per; s++)
 		if (map_range_clear(snap, s, n))
 			return (int)s;
 	return -1;
 }
 
-/* Caller holds the cluster's stripe lock. */
-static void map_update(struct swap_cluster *c, unsigned start, unsigned n, bool set)
+/*
+ * Set or clear granules [start, start + n) of a cluster's map.  Release
+ * stores: the metadata stores made before (a count) reach the file first.
+ * Caller holds the cluster's stripe lock.
+ */
+static void map_update(struct swap *swap, uint32_t index, unsigned start, unsigned n, bool set)
 {
-	for (unsigned b = start; b < start + n; b++) {
-		uint64_t w = map_word(c, b / 64);
-		uint64_t bit = 1ULL << (b % 64);
+	uint64_t *map = map_of(swap, index);
 
-		__atomic_store_n(&c->map[b / 64], set ? w | bit : w & ~bit, __ATOMIC_RELAXED);
+	for (unsigned w = 0; w < 2; w++) {
+		unsigned lo = start > w * 64 ? start - w * 64 : 0;
+		unsigned hi = start + n < (w + 1) * 64 ? start + n - w * 64 : 64;
+		uint64_t mask, word;
+
+		if (start + n <= w * 64 || start >= (w + 1) * 64)
+			continue;
+		mask = (hi - lo == 64 ? ~0ULL : ((1ULL << (hi - lo)) - 1)) << lo;
+		word = __atomic_load_n(&map[w], __ATOMIC_RELAXED);
+		__atomic_store_n(&map[w], set ? word | mask : word & ~mask, __ATOMIC_RELEASE);
 	}
 }
 
-/* The list an unowned cluster belongs on.  Caller holds its stripe lock. */
-static enum cluster_list cluster_classify(const struct swap *swap, const struct swap_cluster *c)
+static inline uint8_t ref_load(const struct swap *swap, uint64_t granule)
 {
+	return __atomic_load_n(&swap->refs[granule], __ATOMIC_RELAXED);
+}
+
+/* Release store: the metadata stores made before (map bits) reach the file first. */
+static inline void ref_store(struct swap *swap, uint64_t granule, uint8_t count)
+{
+	__atomic_store_n(&swap->refs[granule], count, __ATOMIC_RELEASE);
+}
+
+/* The list an unowned cluster belongs on.  Caller holds its stripe lock. */
+static enum cluster_list cluster_classify(const struct swap *swap, uint32_t index)
+{
+	const struct swap_cluster *c = &swap->clusters[index];
+
 	if (c->used == 0)
 		return LIST_FREE;
 	if (c->used == swap->granules_per_cluster)
 		return LIST_NONE;
-	if (map_find_run(c, swap->granules_per_cluster, swap->object_granules_max, 0) >= 0)
+	if (map_find_run(swap, index, swap->object_granules_max, 0) >= 0)
 		return LIST_PARTIAL;
 	return LIST_FRAGMENTED;
 }
@@ -331,7 +530,7 @@ static void list_del(struct swap *swap, uint32_t index)
 	__atomic_store_n(&c->list, (uint8_t)LIST_NONE, __ATOMIC_RELAXED);
 }
 
-/* Take a cluster that fits an object of n granules; CLUSTER_NONE when none does. */
+/* Take a cluster that fits a record of n granules; CLUSTER_NONE when none does. */
 static uint32_t cluster_acquire(struct swap *swap, unsigned n)
 {
 	uint32_t index = CLUSTER_NONE;
@@ -346,8 +545,7 @@ static uint32_t cluster_acquire(struct swap *swap, unsigned n)
 	} else {
 		for (uint32_t i = swap->lists[LIST_FRAGMENTED].head; i != CLUSTER_NONE;
 		     i = swap->clusters[i].next) {
-			if (map_find_run(&swap->clusters[i], swap->granules_per_cluster, n, 0) >=
-			    0) {
+			if (map_find_run(swap, i, n, 0) >= 0) {
 				index = i;
 				break;
 			}
@@ -369,16 +567,33 @@ static void cluster_release(struct swap *swap, uint32_t index)
 	pthread_mutex_lock(stripe);
 	pthread_mutex_lock(&swap->lock);
 	__atomic_store_n(&c->owned, 0, __ATOMIC_RELAXED);
-	list_add(swap, index, cluster_classify(swap, c));
+	list_add(swap, index, cluster_classify(swap, index));
 	pthread_mutex_unlock(&swap->lock);
 	pthread_mutex_unlock(stripe);
 }
 
 /* --- slots ---------------------------------------------------------------- */
 
-static unsigned granules_for(const struct swap *swap, size_t len)
+/* Granules of the record of an object of len bytes. */
+static unsigned record_granules(const struct swap *swap, size_t len)
 {
-	return (unsigned)((len + swap->info.granule_size - 1) / swap->info.granule_size);
+	return (unsigned)((len + RECORD_HEADER + swap->info.granule_size - 1) /
+			  swap->info.granule_size);
+}
+
+/* Where a slot is; -EINVAL when it does not name granules inside one cluster of the file. */
+static int slot_locate(const struct swap *swap, uint64_t slot, uint32_t *index, unsigned *start)
+{
+	unsigned per = swap->granules_per_cluster;
+	uint64_t granule = slot_granule(slot);
+	unsigned n = slot_granules(slot);
+
+	if (slot >> SWAP_SLOT_BITS || n > swap->object_granules_max ||
+	    granule / per >= swap->info.clusters || granule % per + n > per)
+		return -EINVAL;
+	*index = (uint32_t)(granule / per);
+	*start = (unsigned)(granule % per);
+	return 0;
 }
 
 int swap_slot_alloc(struct swap_io *io, size_t len, uint64_t *slot_out)
@@ -389,18 +604,22 @@ int swap_slot_alloc(struct swap_io *io, size_t len, uint64_t *slot_out)
 
 	if (len == 0 || len > SWAP_OBJECT_MAX)
 		return -EINVAL;
-	n = granules_for(swap, len);
+	n = record_granules(swap, len);
 
 	for (;;) {
 		if (io->cluster != CLUSTER_NONE) {
 			struct swap_cluster *c = &swap->clusters[io->cluster];
 			pthread_mutex_t *stripe = stripe_of(swap, io->cluster);
+			uint64_t first = 0;
 			int pos;
 
 			pthread_mutex_lock(stripe);
-			pos = map_find_run(c, per, n, io->hint);
+			pos = map_find_run(swap, io->cluster, n, io->hint);
 			if (pos >= 0) {
-				map_update(c, (unsigned)pos, n, true);
+				/* Granules first, then the count (top of the file). */
+				first = (uint64_t)io->cluster * per + (unsigned)pos;
+				map_update(swap, io->cluster, (unsigned)pos, n, true);
+				ref_store(swap, first, 1);
 				c->used += n;
 			}
 			pthread_mutex_unlock(stripe);
@@ -409,8 +628,7 @@ int swap_slot_alloc(struct swap_io *io, size_t len, uint64_t *slot_out)
 				stat_add(swap, slots_in_use, 1);
 				stat_add(swap, bytes_on_disk,
 					 (uint64_t)n * swap->info.granule_size);
-				*slot_out =
-				    slot_make((uint64_t)io->cluster * per + (unsigned)pos, n);
+				*slot_out = slot_make(first, n);
 				return 0;
 			}
 			cluster_release(swap, io->cluster);
@@ -425,41 +643,92 @@ int swap_slot_alloc(struct swap_io *io, size_t len, uint64_t *slot_out)
 	}
 }
 
-int swap_slot_free(struct swap *swap, uint64_t slot)
+/* Is slot allocated with at least one reference?  Caller holds its stripe lock. */
+static bool slot_allocated(const struct swap *swap, uint64_t slot, uint32_t index, unsigned start)
 {
-	unsigned per = swap->granules_per_cluster;
-	uint64_t granule = slot_granule(slot);
-	unsigned n = slot_granules(slot);
-	uint64_t index = granule / per;
-	unsigned start = (unsigned)(granule % per);
-	struct swap_cluster *c;
-	pthread_mutex_t *stripe;
 	uint64_t snap[2];
 
-	if (slot >> SWAP_SLOT_BITS || n > swap->object_granules_max ||
-	    index >= swap->info.clusters || start + n > per)
+	map_snapshot(swap, index, snap);
+	return map_range_set(snap, start, slot_granules(slot)) &&
+	       ref_load(swap, slot_granule(slot)) > 0;
+}
+
+int swap_slot_ref(struct swap *swap, uint64_t slot)
+{
+	pthread_mutex_t *stripe;
+	uint32_t index;
+	unsigned start;
+	uint8_t count;
+	int r = 0;
+
+	if (slot_locate(swap, slot, &index, &start) < 0)
+		return -EINVAL;
+	stripe = stripe_of(swap, index);
+	pthread_mutex_lock(stripe);
+	if (!slot_allocated(swap, slot, index, start)) {
+		r = -EINVAL;
+	} else {
+		count = ref_load(swap, slot_granule(slot));
+		if (count >= SWAP_REF_MAX)
+			r = -EOVERFLOW;
+		else
+			ref_store(swap, slot_granule(slot), (uint8_t)(count + 1));
+	}
+	pthread_mutex_unlock(stripe);
+	return r;
+}
+
+int swap_slot_refcount(const struct swap *swap, uint64_t slot)
+{
+	uint32_t index;
+	unsigned start;
+	uint64_t snap[2];
+
+	if (slot_locate(swap, slot, &index, &start) < 0)
+		return -EINVAL;
+	map_snapshot(swap, index, snap);
+	if (!map_range_set(snap, start, slot_granules(slot)))
+		return 0;
+	return ref_load(swap, slot_granule(slot));
+}
+
+int swap_slot_free(struct swap *swap, uint64_t slot)
+{
+	unsigned n = slot_granules(slot);
+	struct swap_cluster *c;
+	pthread_mutex_t *stripe;
+	uint32_t index;
+	unsigned start;
+	uint8_t left;
+
+	if (slot_locate(swap, slot, &index, &start) < 0)
 		return -EINVAL;
 	c = &swap->clusters[index];
-	stripe = stripe_of(swap, (uint32_t)index);
+	stripe = stripe_of(swap, index);
 
 	pthread_mutex_lock(stripe);
-	snap[0] = map_word(c, 0);
-	snap[1] = map_word(c, 1);
-	if (!map_range_set(snap, start, n)) {
+	if (!slot_allocated(swap, slot, index, start)) {
 		pthread_mutex_unlock(stripe);
 		return -EINVAL;
 	}
-	map_update(c, start, n, false);
+	left = (uint8_t)(ref_load(swap, slot_granule(slot)) - 1);
+	ref_store(swap, slot_granule(slot), left);
+	if (left) {
+		pthread_mutex_unlock(stripe);
+		return 0;
+	}
+	/* The count is 0 in the file before the granules are free (top of the file). */
+	map_update(swap, index, start, n, false);
 	c->used -= n;
 	if (!__atomic_load_n(&c->owned, __ATOMIC_RELAXED)) {
-		enum cluster_list want = cluster_classify(swap, c);
+		enum cluster_list want = cluster_classify(swap, index);
 
 		if (want != __atomic_load_n(&c->list, __ATOMIC_RELAXED)) {
 			pthread_mutex_lock(&swap->lock);
 			/* Re-check: someone may have taken it meanwhile. */
 			if (!c->owned && c->list != want) {
-				list_del(swap, (uint32_t)index);
-				list_add(swap, (uint32_t)index, want);
+				list_del(swap, index);
+				list_add(swap, index, want);
 			}
 			pthread_mutex_unlock(&swap->lock);
 		}
@@ -474,6 +743,174 @@ int swap_slot_free(struct swap *swap, uint64_t slot)
 size_t swap_slot_disk_bytes(const struct swap *swap, uint64_t slot)
 {
 	return (size_t)slot_granules(slot) * swap->info.granule_size;
+}
+
+/* --- records ------------------------------------------------------------------ */
+
+/*
+ * Build the record of obj at `at` (disk_bytes: its whole granules, the
+ * tail zeroed).
+ */
+static void record_build(const struct swap *swap, char *at, const struct swap_object *obj,
+			 size_t disk_bytes)
+{
+	struct swap_record rec = {
+	    .magic = RECORD_MAGIC,
+	    .len = (uint16_t)obj->len,
+	    .owner = obj->owner,
+	    .vpn = obj->vpn,
+	};
+
+	memcpy(at, &rec, sizeof(rec));
+	memcpy(at + RECORD_HEADER, obj->data, obj->len);
+	memset(at + RECORD_HEADER + obj->len, 0, disk_bytes - RECORD_HEADER - obj->len);
+	rec.checksum = XXH3_64bits_withSeed(at, RECORD_HEADER + obj->len, swap->info.generation);
+	memcpy(at + offsetof(struct swap_record, checksum), &rec.checksum, sizeof(rec.checksum));
+}
+
+/*
+ * Check the record read into buf (its granules, at least RECORD_HEADER +
+ * len bytes): 0 and *vpn, or -EBADMSG.  Zeroes the checksum field of buf.
+ */
+static int record_verify(const struct swap *swap, char *buf, size_t len, uint64_t owner,
+			 uint64_t *vpn)
+{
+	static const uint64_t zero;
+	struct swap_record rec;
+
+	memcpy(&rec, buf, sizeof(rec));
+	if (rec.magic != RECORD_MAGIC || rec.len != len || rec.reserved != 0 || rec.owner != owner)
+		return -EBADMSG;
+	memcpy(buf + offsetof(struct swap_record, checksum), &zero, sizeof(zero));
+	if (XXH3_64bits_withSeed(buf, RECORD_HEADER + len, swap->info.generation) != rec.checksum)
+		return -EBADMSG;
+	*vpn = rec.vpn;
+	return 0;
+}
+
+/* --- the superblock and the layout ------------------------------------------- */
+
+static uint64_t super_checksum(const struct swap_super *sb)
+{
+	struct swap_super copy = *sb;
+
+	copy.checksum = 0;
+	return XXH3_64bits(&copy, sizeof(copy));
+}
+
+static bool super_valid(const struct swap_super *sb)
+{
+	return !memcmp(sb->magic, SUPER_MAGIC, sizeof(sb->magic)) && sb->version == SUPER_VERSION &&
+	       sb->checksum == super_checksum(sb);
+}
+
+/* Rewrite the superblock of the mapping from swap->info, in state `state`. */
+static void super_write(struct swap *swap, enum super_state state, const uint8_t boot_id[16])
+{
+	struct swap_super sb = {
+	    .version = SUPER_VERSION,
+	    .state = state,
+	    .generation = swap->info.generation,
+	    .granule_size = swap->info.granule_size,
+	    .cluster_size = swap->info.cluster_size,
+	    .clusters = swap->info.clusters,
+	    .file_size = swap->info.file_size,
+	    .data_offset = swap->info.data_offset,
+	    .owners_offset = (uint64_t)((char *)swap->owners - (char *)swap->meta),
+	    .maps_offset = (uint64_t)((char *)swap->maps - (char *)swap->meta),
+	    .refs_offset = (uint64_t)((char *)swap->refs - (char *)swap->meta),
+	    .owner_capacity = swap->info.owner_capacity,
+	    .record_header_size = RECORD_HEADER,
+	};
+
+	memcpy(sb.magic, SUPER_MAGIC, sizeof(sb.magic));
+	memcpy(sb.boot_id, boot_id ? boot_id : swap->super->boot_id, sizeof(sb.boot_id));
+	sb.checksum = super_checksum(&sb);
+	__atomic_thread_fence(__ATOMIC_RELEASE); /* after every map and count store */
+	memcpy(swap->super, &sb, sizeof(sb));
+}
+
+/* The offsets of a metadata region for `clusters` data clusters; returns its size. */
+static uint64_t layout_regions(uint64_t clusters, unsigned per, unsigned capacity,
+			       struct swap_layout *l)
+{
+	uint64_t at = SUPER_SIZE;
+
+	l->clusters = clusters;
+	l->owners_offset = at;
+	at += round_up64((uint64_t)capacity * sizeof(struct swap_owner_disk), SWAP_META_ALIGN);
+	l->maps_offset = at;
+	at += round_up64(clusters * 2 * sizeof(uint64_t), SWAP_META_ALIGN);
+	l->refs_offset = at;
+	at += round_up64(clusters * per, SWAP_META_ALIGN);
+	l->data_offset = round_up64(at, SWAP_CLUSTER_SIZE);
+	return l->data_offset;
+}
+
+/*
+ * The layout of a file of file_size bytes (whole clusters): as many data
+ * clusters as fit after their metadata.  -EINVAL when not even one does.
+ */
+static int layout_compute(uint64_t file_size, unsigned granule, unsigned capacity,
+			  struct swap_layout *out)
+{
+	unsigned per = SWAP_CLUSTER_SIZE / granule;
+	uint64_t fixed = SUPER_SIZE + (uint64_t)capacity * sizeof(struct swap_owner_disk);
+	uint64_t clusters = 0;
+	struct swap_layout l;
+
+	/* Estimate (each cluster costs 64 KiB and 16 + per bytes of metadata), then step. */
+	if (file_size > fixed)
+		clusters = (file_size - fixed) / (SWAP_CLUSTER_SIZE + 2 * sizeof(uint64_t) + per);
+	while (clusters > 0 &&
+	       layout_regions(clusters, per, capacity, &l) + clusters * SWAP_CLUSTER_SIZE >
+		   file_size)
+		clusters--;
+	while (layout_regions(clusters + 1, per, capacity, &l) +
+		   (clusters + 1) * SWAP_CLUSTER_SIZE <=
+	       file_size)
+		clusters++;
+	if (clusters == 0)
+		return -EINVAL;
+	layout_regions(clusters, per, capacity, out);
+	return 0;
+}
+
+/* The boot id (16 bytes of the UUID in path).  -errno, -EINVAL when it is not a UUID. */
+static int read_boot_id(const char *path, uint8_t id[16])
+{
+	char text[64];
+	unsigned got = 0;
+	ssize_t n;
+	int fd;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = read(fd, text, sizeof(text) - 1);
+	close(fd);
+	if (n < 0)
+		return -errno;
+	text[n] = '\0';
+	for (char *p = text; *p && *p != '\n'; p++) {
+		int v;
+
+		if (*p == '-')
+			continue;
+		if (*p >= '0' && *p <= '9')
+			v = *p - '0';
+		else if (*p >= 'a' && *p <= 'f')
+			v = *p - 'a' + 10;
+		else if (*p >= 'A' && *p <= 'F')
+			v = *p - 'A' + 10;
+		else
+			return -EINVAL;
+		if (got >= 32)
+			return -EINVAL;
+		id[got / 2] = (uint8_t)(got % 2 ? id[got / 2] | v : v << 4);
+		got++;
+	}
+	return got == 32 ? 0 : -EINVAL;
 }
 
 /* --- the file --------------------------------------------------------------- */
@@ -547,7 +984,7 @@ static int probe_direct_io(struct swap *swap)
 	return 0;
 }
 
-static int swap_open_file(struct swap *swap, const char *path, uint64_t size)
+static int swap_open_file(struct swap *swap, const char *path, uint64_t size, unsigned lock_wait_ms)
 {
 	bool created = false;
 	struct stat st;
@@ -573,10 +1010,19 @@ static int swap_open_file(struct swap *swap, const char *path, uint64_t size)
 		r = -EINVAL;
 		goto fail;
 	}
-	/* One daemon per swap file. */
-	if (flock(swap->fd, LOCK_EX | LOCK_NB) < 0) {
-		r = errno == EWOULDBLOCK ? -EBUSY : -errno;
-		goto fail;
+	/* One daemon per swap file (a dead one's lock may linger: see lock_wait_ms). */
+	for (unsigned waited = 0;; waited += SWAP_LOCK_POLL_MS) {
+		if (flock(swap->fd, LOCK_EX | LOCK_NB) == 0)
+			break;
+		if (errno != EWOULDBLOCK) {
+			r = -errno;
+			goto fail;
+		}
+		if (waited >= lock_wait_ms) {
+			r = -EBUSY;
+			goto fail;
+		}
+		usleep(SWAP_LOCK_POLL_MS * 1000);
 	}
 	if ((uint64_t)st.st_size != size && ftruncate(swap->fd, (off_t)size) < 0) {
 		r = -errno;
@@ -596,18 +1042,120 @@ fail:
 	return r;
 }
 
+/* The superblock of the file as it was (read before O_DIRECT is on); zeros when unreadable. */
+static void super_read(int fd, struct swap_super *sb)
+{
+	memset(sb, 0, sizeof(*sb));
+	if (pread(fd, sb, sizeof(*sb), 0) != (ssize_t)sizeof(*sb))
+		memset(sb, 0, sizeof(*sb));
+}
+
+/*
+ * Zero [0, size) of the file without writing it, the blocks staying
+ * allocated (a store to a hole through the mapping could meet ENOSPC:
+ * SIGBUS).  1 when done, 0 when the filesystem cannot (the caller clears
+ * the mapping: the blocks are still the preallocated ones), -errno when a
+ * punched range could not be allocated again.
+ */
+static int file_zero_range(int fd, uint64_t size)
+{
+	if (fallocate(fd, FALLOC_FL_ZERO_RANGE, 0, (off_t)size) == 0)
+		return 1;
+	if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t)size) < 0)
+		return 0;
+	if (fallocate(fd, 0, 0, (off_t)size) < 0)
+		return errno == ENOSPC ? -ENOSPC : -EIO;
+	return 1;
+}
+
+/*
+ * Why the file left by a previous user cannot be recovered (enum
+ * swap_start), or SWAP_START_RECOVERED with its layout in *l.
+ */
+static enum swap_start recovery_check(const struct swap_super *sb, const uint8_t boot_id[16],
+				      bool have_boot_id, uint64_t file_size, unsigned granule,
+				      struct swap_layout *l)
+{
+	if (!super_valid(sb))
+		return SWAP_START_NEW;
+	if (sb->state != SUPER_IN_USE)
+		return SWAP_START_CLEAN;
+	if (!have_boot_id || memcmp(sb->boot_id, boot_id, sizeof(sb->boot_id)))
+		return SWAP_START_OTHER_BOOT;
+	if (sb->granule_size != granule || sb->cluster_size != SWAP_CLUSTER_SIZE ||
+	    sb->file_size != file_size || sb->record_header_size != RECORD_HEADER ||
+	    sb->owner_capacity == 0 || sb->owner_capacity > SWAP_OWNERS_MAX ||
+	    layout_compute(file_size, granule, sb->owner_capacity, l) < 0 ||
+	    l->clusters != sb->clusters || l->data_offset != sb->data_offset ||
+	    l->owners_offset != sb->owners_offset || l->maps_offset != sb->maps_offset ||
+	    l->refs_offset != sb->refs_offset)
+		return SWAP_START_GEOMETRY;
+	return SWAP_START_RECOVERED;
+}
+
+/*
+ * Recovery: the in-memory state from the maps and counts of the file.
+ * Every granule marked allocated stays allocated; a count without its
+ * granule marked (which the write ordering never leaves) marks the
+ * granule, erring towards a leak.  Counts in clusters whose map is empty
+ * are not looked at (the ordering never leaves one either).
+ */
+static void swap_rebuild(struct swap *swap)
+{
+	unsigned per = swap->granules_per_cluster;
+	uint64_t slots = 0, granules = 0, end = 0;
+
+	for (uint64_t i = 0; i < swap->info.clusters; i++) {
+		uint32_t index = (uint32_t)i;
+		uint64_t snap[2];
+		unsigned used;
+
+		map_snapshot(swap, index, snap);
+		if (!snap[0] && !snap[1])
+			continue;
+		for (unsigned g = 0; g < per; g++) {
+			if (!ref_load(swap, i * per + g))
+				continue;
+			slots++;
+			if (!(snap[g / 64] >> (g % 64) & 1)) {
+				map_update(swap, index, g, 1, true);
+				snap[g / 64] |= 1ULL << (g % 64);
+			}
+		}
+		used = (unsigned)(__builtin_popcountll(snap[0]) + __builtin_popcountll(snap[1]));
+		swap->clusters[index].used = (uint16_t)used;
+		granules += used;
+		end = i + 1;
+	}
+	swap->fresh_next = end;
+	for (uint64_t i = 0; i < end; i++)
+		list_add(swap, (uint32_t)i, cluster_classify(swap, (uint32_t)i));
+	swap->stats.slots_in_use = slots;
+	swap->stats.bytes_on_disk = granules * swap->info.granule_size;
+	swap->info.recovered_slots = slots;
+	swap->info.recovered_bytes = granules * swap->info.granule_size;
+}
+
 int swap_new(struct swap **out, const struct swap_config *config)
 {
 	const char *path = config->path ? config->path : SWAP_DEFAULT_PATH;
 	unsigned granule = config->granule_size ? config->granule_size : SWAP_GRANULE_DEFAULT;
-	uint64_t clusters = config->size / SWAP_CLUSTER_SIZE;
+	unsigned capacity = config->owner_capacity ? config->owner_capacity : SWAP_OWNERS_DEFAULT;
+	uint64_t file_size = config->size / SWAP_CLUSTER_SIZE * SWAP_CLUSTER_SIZE;
+	struct swap_super old;
+	struct swap_layout layout;
+	uint8_t boot_id[16] = {0};
+	bool have_boot_id, zeroed = false;
 	struct swap *swap;
+	void *meta;
 	int r;
 
 	if (granule < SWAP_GRANULE_MIN || granule > SWAP_OBJECT_MAX || (granule & (granule - 1)))
 		return -EINVAL;
-	if (clusters == 0 || clusters >= CLUSTER_NONE ||
-	    clusters * (SWAP_CLUSTER_SIZE / SWAP_GRANULE_MIN) > SLOT_GRANULE_MAX)
+	if (capacity > SWAP_OWNERS_MAX)
+		return -EINVAL;
+	/* Any granule (up to 4 KiB) leaves a data cluster in this size, or none would. */
+	if (layout_compute(file_size, SWAP_GRANULE_MIN, capacity, &layout) < 0)
 		return -EINVAL;
 
 	swap = calloc(1, sizeof(*swap));
@@ -615,25 +1163,20 @@ int swap_new(struct swap **out, const struct swap_config *config)
 		return -ENOMEM;
 	swap->fd = -1;
 	swap->ring_entries = config->ring_entries ? config->ring_entries : SWAP_RING_DEFAULT;
-	swap->info.clusters = clusters;
-	swap->info.file_size = clusters * SWAP_CLUSTER_SIZE;
 	swap->info.cluster_size = SWAP_CLUSTER_SIZE;
+	swap->info.file_size = file_size;
 	swap->inject_left = -1;
 	for (unsigned i = 0; i < LIST__COUNT; i++)
 		swap->lists[i].head = CLUSTER_NONE;
 	pthread_mutex_init(&swap->lock, NULL);
+	pthread_mutex_init(&swap->owners_lock, NULL);
 	for (unsigned i = 0; i < SWAP_STRIPES; i++)
 		pthread_mutex_init(&swap->stripes[i], NULL);
 
-	swap->clusters = calloc(clusters, sizeof(*swap->clusters));
-	if (!swap->clusters) {
-		r = -ENOMEM;
-		goto fail;
-	}
-
-	r = swap_open_file(swap, path, swap->info.file_size);
+	r = swap_open_file(swap, path, file_size, config->lock_wait_ms);
 	if (r < 0)
 		goto fail;
+	super_read(swap->fd, &old);
 	if (!(config->flags & SWAP_FLAG_BUFFERED)) {
 		r = probe_direct_io(swap);
 		if (r < 0)
@@ -643,33 +1186,144 @@ int swap_new(struct swap **out, const struct swap_config *config)
 		granule = swap->info.dio_offset_align;
 	swap->info.granule_size = granule;
 	swap->granules_per_cluster = SWAP_CLUSTER_SIZE / granule;
-	swap->object_granules_max = SWAP_OBJECT_MAX / granule;
+	swap->object_granules_max = record_granules(swap, SWAP_OBJECT_MAX);
 	swap->io_align = 1;
 	if (swap->info.direct_io)
 		swap->io_align = swap->info.dio_offset_align > swap->info.dio_mem_align
 				     ? swap->info.dio_offset_align
 				     : swap->info.dio_mem_align;
 
+	/* Recover, or start empty. */
+	have_boot_id = read_boot_id(config->boot_id_path ? config->boot_id_path : SWAP_BOOT_ID_PATH,
+				    boot_id) == 0;
+	swap->info.start = recovery_check(&old, boot_id, have_boot_id, file_size, granule, &layout);
+	if (swap->info.start == SWAP_START_RECOVERED) {
+		capacity = old.owner_capacity;
+		swap->info.generation = old.generation;
+	} else {
+		r = layout_compute(file_size, granule, capacity, &layout);
+		if (r < 0)
+			goto fail;
+		swap->info.generation = super_valid(&old) ? old.generation + 1 : 1;
+		/* The superblock is zeroed with the rest: a kill from here on finds none valid. */
+		r = file_zero_range(swap->fd, layout.data_offset);
+		if (r < 0)
+			goto fail;
+		zeroed = r > 0;
+	}
+	if (layout.clusters >= CLUSTER_NONE ||
+	    layout.clusters * swap->granules_per_cluster > SLOT_GRANULE_MAX) {
+		r = -EINVAL;
+		goto fail;
+	}
+	swap->info.clusters = layout.clusters;
+	swap->info.data_offset = layout.data_offset;
+	swap->info.owner_capacity = capacity;
+
+	swap->clusters = calloc(layout.clusters, sizeof(*swap->clusters));
+	if (!swap->clusters) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	meta = mmap(NULL, layout.data_offset, PROT_READ | PROT_WRITE, MAP_SHARED, swap->fd, 0);
+	if (meta == MAP_FAILED) {
+		r = -errno;
+		goto fail;
+	}
+	swap->meta = meta;
+	swap->meta_size = layout.data_offset;
+	swap->super = meta;
+	swap->owners = (struct swap_owner_disk *)((char *)meta + layout.owners_offset);
+	swap->maps = (uint64_t *)((char *)meta + layout.maps_offset);
+	swap->refs = (uint8_t *)meta + layout.refs_offset;
+
+	if (swap->info.start == SWAP_START_RECOVERED) {
+		swap_rebuild(swap);
+	} else {
+		if (!zeroed) {
+			memset(swap->super, 0, sizeof(*swap->super));
+			__atomic_thread_fence(__ATOMIC_RELEASE);
+			memset(meta, 0, layout.data_offset);
+		}
+		super_write(swap, SUPER_IN_USE, boot_id);
+	}
+
 	*out = swap;
 	return 0;
 
 fail:
-	swap_free(swap);
+	swap_abandon(swap);
 	return r;
 }
 
-struct swap *swap_free(struct swap *swap)
+/* Unmap and close; clean: mark the file CLEAN when no slot is allocated. */
+static struct swap *swap_release(struct swap *swap, bool clean)
 {
 	if (!swap)
 		return NULL;
+	if (swap->meta) {
+		if (clean && __atomic_load_n(&swap->stats.slots_in_use, __ATOMIC_ACQUIRE) == 0)
+			super_write(swap, SUPER_CLEAN, NULL);
+		munmap(swap->meta, swap->meta_size);
+	}
 	if (swap->fd >= 0)
 		close(swap->fd);
 	free(swap->clusters);
 	for (unsigned i = 0; i < SWAP_STRIPES; i++)
 		pthread_mutex_destroy(&swap->stripes[i]);
+	pthread_mutex_destroy(&swap->owners_lock);
 	pthread_mutex_destroy(&swap->lock);
 	free(swap);
 	return NULL;
+}
+
+struct swap *swap_free(struct swap *swap)
+{
+	return swap_release(swap, true);
+}
+
+struct swap *swap_abandon(struct swap *swap)
+{
+	return swap_release(swap, false);
+}
+
+int swap_reset_all(struct swap *swap)
+{
+	unsigned per = swap->granules_per_cluster;
+	uint64_t fresh;
+
+	if (__atomic_load_n(&swap->nr_ios, __ATOMIC_ACQUIRE))
+		return -EBUSY;
+	pthread_mutex_lock(&swap->lock);
+	fresh = swap->fresh_next;
+	pthread_mutex_unlock(&swap->lock);
+
+	/* Per cluster: the counts, then the map (top of the file). */
+	for (uint64_t i = 0; i < fresh; i++) {
+		pthread_mutex_t *stripe = stripe_of(swap, (uint32_t)i);
+
+		pthread_mutex_lock(stripe);
+		for (unsigned g = 0; g < per; g++)
+			if (ref_load(swap, i * per + g))
+				ref_store(swap, i * per + g, 0);
+		map_update(swap, (uint32_t)i, 0, per, false);
+		swap->clusters[i].used = 0;
+		pthread_mutex_unlock(stripe);
+	}
+
+	pthread_mutex_lock(&swap->lock);
+	for (unsigned l = 0; l < LIST__COUNT; l++)
+		swap->lists[l] = (struct cluster_list_head){.head = CLUSTER_NONE};
+	for (uint64_t i = 0; i < fresh; i++)
+		__atomic_store_n(&swap->clusters[i].list, (uint8_t)LIST_NONE, __ATOMIC_RELAXED);
+	swap->fresh_next = 0; /* every map is empty: hand them out from the start again */
+	pthread_mutex_unlock(&swap->lock);
+
+	__atomic_store_n(&swap->stats.slots_in_use, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&swap->stats.bytes_on_disk, 0, __ATOMIC_RELAXED);
+	swap->info.generation++;
+	super_write(swap, SUPER_IN_USE, NULL);
+	return 0;
 }
 
 void swap_get_info(const struct swap *swap, struct swap_info *info)
@@ -681,7 +1335,8 @@ void swap_get_usage(struct swap *swap, struct swap_usage *usage)
 {
 	uint64_t granule = swap->info.granule_size;
 	unsigned per = swap->granules_per_cluster;
-	struct swap_usage u = {.file_size = swap->info.file_size};
+	uint64_t data_size = swap->info.clusters * SWAP_CLUSTER_SIZE;
+	struct swap_usage u = {.data_size = data_size};
 	uint64_t fresh;
 
 	pthread_mutex_lock(&swap->lock);
@@ -718,6 +1373,7 @@ void swap_get_usage(struct swap *swap, struct swap_usage *usage)
 	u.free_bytes += (swap->info.clusters - fresh) * SWAP_CLUSTER_SIZE;
 	u.free_cluster_bytes += (swap->info.clusters - fresh) * SWAP_CLUSTER_SIZE;
 	u.slots_in_use = __atomic_load_n(&swap->stats.slots_in_use, __ATOMIC_RELAXED);
+	u.header_bytes = u.slots_in_use * RECORD_HEADER;
 	if (u.slots_in_use)
 		u.bytes_per_slot_milli = u.used_bytes * 1000 / u.slots_in_use;
 	*usage = u;
@@ -730,6 +1386,142 @@ void swap_get_stats(const struct swap *swap, struct swap_stats *stats)
 
 	for (size_t i = 0; i < sizeof(*stats) / sizeof(uint64_t); i++)
 		dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+}
+
+/* --- the owner table --------------------------------------------------------- */
+
+int swap_owner_add(struct swap *swap, const struct swap_owner *owner)
+{
+	struct swap_owner_disk *slot = NULL;
+	int r = 0;
+
+	if (!owner->token)
+		return -EINVAL;
+	pthread_mutex_lock(&swap->owners_lock);
+	for (unsigned i = 0; i < swap->info.owner_capacity; i++) {
+		struct swap_owner_disk *e = &swap->owners[i];
+		uint64_t token = __atomic_load_n(&e->token, __ATOMIC_RELAXED);
+
+		if (token == owner->token) {
+			r = -EEXIST;
+			break;
+		}
+		if (!token && !slot)
+			slot = e;
+	}
+	if (!r && !slot)
+		r = -ENOSPC;
+	if (!r) {
+		/* The token last: a kill before it leaves the entry free. */
+		slot->start_time = owner->start_time;
+		slot->pid = (int32_t)owner->pid;
+		slot->flags = owner->flags;
+		slot->reserved = 0;
+		__atomic_store_n(&slot->token, owner->token, __ATOMIC_RELEASE);
+	}
+	pthread_mutex_unlock(&swap->owners_lock);
+	return r;
+}
+
+int swap_owner_remove(struct swap *swap, uint64_t token)
+{
+	int r = -ENOENT;
+
+	if (!token)
+		return -ENOENT;
+	pthread_mutex_lock(&swap->owners_lock);
+	for (unsigned i = 0; i < swap->info.owner_capacity; i++) {
+		struct swap_owner_disk *e = &swap->owners[i];
+
+		if (__atomic_load_n(&e->token, __ATOMIC_RELAXED) != token)
+			continue;
+		/* The token first: the entry is free before its fields change. */
+		__atomic_store_n(&e->token, 0, __ATOMIC_RELEASE);
+		e->start_time = 0;
+		e->pid = 0;
+		e->flags = 0;
+		r = 0;
+		break;
+	}
+	pthread_mutex_unlock(&swap->owners_lock);
+	return r;
+}
+
+int swap_owner_foreach(struct swap *swap, int (*cb)(const struct swap_owner *owner, void *userdata),
+		       void *userdata)
+{
+	for (unsigned i = 0; i < swap->info.owner_capacity; i++) {
+		struct swap_owner_disk *e = &swap->owners[i];
+		struct swap_owner copy;
+		int r;
+
+		pthread_mutex_lock(&swap->owners_lock);
+		copy = (struct swap_owner){
+		    .token = __atomic_load_n(&e->token, __ATOMIC_RELAXED),
+		    .start_time = e->start_time,
+		    .pid = (pid_t)e->pid,
+		    .flags = e->flags,
+		};
+		pthread_mutex_unlock(&swap->owners_lock);
+		if (!copy.token)
+			continue;
+		r = cb(&copy, userdata);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+int swap_process_start_time(pid_t pid, uint64_t *start_time)
+{
+	char path[64], buf[1024], *p, *end;
+	unsigned long long value;
+	ssize_t n;
+	int fd;
+
+	if (pid <= 0)
+		return -ESRCH;
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? -ESRCH : -errno;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n < 0)
+		return errno == ESRCH ? -ESRCH : -errno;
+	buf[n] = '\0';
+	/* "pid (comm) state ppid ...": comm may hold anything, so start after its last ')'. */
+	p = strrchr(buf, ')');
+	if (!p)
+		return -EINVAL;
+	p++;
+	/* Fields 3..21 come before starttime (field 22). */
+	for (int field = 3; field < 22; field++) {
+		while (*p == ' ')
+			p++;
+		while (*p && *p != ' ')
+			p++;
+		if (!*p)
+			return -EINVAL;
+	}
+	errno = 0;
+	value = strtoull(p, &end, 10);
+	if (errno || end == p)
+		return -EINVAL;
+	*start_time = value;
+	return 0;
+}
+
+int swap_owner_alive(const struct swap_owner *owner)
+{
+	uint64_t start_time;
+	int r = swap_process_start_time(owner->pid, &start_time);
+
+	if (r == -ESRCH)
+		return 0;
+	if (r < 0)
+		return r;
+	return start_time == owner->start_time;
 }
 
 void swap_set_fault_injection(struct swap *swap, unsigned what, unsigned percent, uint64_t count)
@@ -938,13 +1730,21 @@ static void req_finish(struct swap_io *io, struct swap_req *req, int result)
 		batch_finish_request(io, req, result);
 	} else if (result < 0) {
 		stat_add(swap, io_errors, 1);
-		req->read_cb(result, NULL, 0, req->userdata);
+		req->read_cb(result, NULL, 0, 0, req->userdata);
 	} else {
-		stat_add(swap, reads, 1);
+		char *object = (char *)req->buffer + RECORD_HEADER;
+		uint64_t vpn = 0;
+
 		stat_add(swap, bytes_read, req->length);
-		if (req->dst)
-			memcpy(req->dst, req->buffer, req->len);
-		req->read_cb(0, req->dst ? req->dst : req->buffer, req->len, req->userdata);
+		if (record_verify(swap, req->buffer, req->len, req->owner, &vpn) < 0) {
+			stat_add(swap, checksum_errors, 1);
+			req->read_cb(-EBADMSG, NULL, 0, 0, req->userdata);
+		} else {
+			stat_add(swap, reads, 1);
+			if (req->dst)
+				memcpy(req->dst, object, req->len);
+			req->read_cb(0, req->dst ? req->dst : object, req->len, vpn, req->userdata);
+		}
 	}
 	req_put(io, req);
 }
@@ -1010,6 +1810,7 @@ int swap_io_new(struct swap_io **out, struct swap *swap)
 	if (r < 0)
 		goto fail;
 
+	__atomic_fetch_add(&swap->nr_ios, 1, __ATOMIC_RELEASE);
 	*out = io;
 	return 0;
 
@@ -1041,6 +1842,7 @@ struct swap_io *swap_io_free(struct swap_io *io)
 		free(req->buffer);
 		free(req);
 	}
+	__atomic_fetch_sub(&io->swap->nr_ios, 1, __ATOMIC_RELEASE);
 	free(io);
 	return NULL;
 }
@@ -1169,7 +1971,7 @@ int swap_io_write(struct swap_io *io, struct swap_object *objs, size_t count, sw
 			goto fail;
 		}
 		req->op = REQ_WRITE;
-		req->offset = start * granule;
+		req->offset = swap->info.data_offset + start * granule;
 		req->length = (end - start) * granule;
 		req->batch = batch;
 		req->first = i;
@@ -1179,8 +1981,7 @@ int swap_io_write(struct swap_io *io, struct swap_object *objs, size_t count, sw
 			char *at =
 			    (char *)req->buffer + (slot_granule(obj->slot) - start) * granule;
 
-			memcpy(at, obj->data, obj->len);
-			memset(at + obj->len, 0, swap_slot_disk_bytes(swap, obj->slot) - obj->len);
+			record_build(swap, at, obj, swap_slot_disk_bytes(swap, obj->slot));
 		}
 		req->next = reqs;
 		reqs = req;
@@ -1215,27 +2016,27 @@ fail:
 	return r;
 }
 
-int swap_io_read(struct swap_io *io, uint64_t slot, size_t len, void *dst, swap_read_cb cb,
-		 void *userdata)
+int swap_io_read(struct swap_io *io, uint64_t slot, size_t len, uint64_t owner, void *dst,
+		 swap_read_cb cb, void *userdata)
 {
 	struct swap *swap = io->swap;
-	uint64_t granule = slot_granule(slot);
 	unsigned n = slot_granules(slot);
 	struct swap_req *req;
+	uint32_t index;
+	unsigned start;
 
-	if (!cb || len == 0 || len > SWAP_OBJECT_MAX || slot >> SWAP_SLOT_BITS ||
-	    n != granules_for(swap, len) ||
-	    granule / swap->granules_per_cluster >= swap->info.clusters ||
-	    granule % swap->granules_per_cluster + n > swap->granules_per_cluster)
+	if (!cb || len == 0 || len > SWAP_OBJECT_MAX ||
+	    slot_locate(swap, slot, &index, &start) < 0 || n != record_granules(swap, len))
 		return -EINVAL;
 
-	req = req_get(io, SWAP_OBJECT_MAX);
+	req = req_get(io, (size_t)swap->object_granules_max * swap->info.granule_size);
 	if (!req)
 		return -ENOMEM;
 	req->op = REQ_READ;
-	req->offset = granule * swap->info.granule_size;
+	req->offset = swap->info.data_offset + slot_granule(slot) * swap->info.granule_size;
 	req->length = (size_t)n * swap->info.granule_size;
 	req->len = len;
+	req->owner = owner;
 	req->dst = dst;
 	req->read_cb = cb;
 	req->userdata = userdata;
@@ -1251,7 +2052,7 @@ int swap_io_read(struct swap_io *io, uint64_t slot, size_t len, void *dst, swap_
 struct sync_wait {
 	bool done;
 	int result;
-	void *dst;
+	uint64_t vpn;
 };
 
 static void sync_write_done(struct swap_object *objs, size_t count, int result, void *userdata)
@@ -1262,11 +2063,12 @@ static void sync_write_done(struct swap_object *objs, size_t count, int result, 
 	wait->done = true;
 }
 
-static void sync_read_done(int result, const void *data, size_t len, void *userdata)
+static void sync_read_done(int result, const void *data, size_t len, uint64_t vpn, void *userdata)
 {
 	struct sync_wait *wait = userdata;
 
 	wait->result = result;
+	wait->vpn = vpn;
 	wait->done = true;
 }
 
@@ -1292,15 +2094,19 @@ int swap_io_write_sync(struct swap_io *io, struct swap_object *objs, size_t coun
 	return sync_until_done(io, &wait);
 }
 
-int swap_io_read_sync(struct swap_io *io, uint64_t slot, size_t len, void *dst)
+int swap_io_read_sync(struct swap_io *io, uint64_t slot, size_t len, uint64_t owner, void *dst,
+		      uint64_t *vpn)
 {
 	struct sync_wait wait = {0};
 	int r;
 
 	if (!dst)
 		return -EINVAL;
-	r = swap_io_read(io, slot, len, dst, sync_read_done, &wait);
+	r = swap_io_read(io, slot, len, owner, dst, sync_read_done, &wait);
 	if (r < 0)
 		return r;
-	return sync_until_done(io, &wait);
+	r = sync_until_done(io, &wait);
+	if (r == 0 && vpn)
+		*vpn = wait.vpn;
+	return r;
 }

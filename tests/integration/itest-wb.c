@@ -15,6 +15,9 @@
  *   readerr SIZE   fill A; wait until pages are on disk; read every page
  *                  with a SIGBUS handler (sigsetjmp): exactly one page may
  *                  fail (the injected read error), every other verifies.
+ *   badrecord SIZE like readerr, with STEP ondisk (the harness damages a
+ *                  record in the swap file) before the read pass; prints
+ *                  where A is, so the harness can name the page it hit.
  *   compact SIZE   fill A; 4 s of random reads and rewrites (pages fault
  *                  back from the pool and are evicted again), then
  *                  MADV_DONTNEED of three pages in four at random (the
@@ -65,13 +68,18 @@ static void wait_on_disk(uint64_t min_pages, unsigned timeout_ms)
 		(unsigned long long)st.on_disk_pages, timeout_ms, (unsigned long long)min_pages);
 }
 
-static int mode_readerr(char *a, uint64_t pages)
+/* step_name: stop there (NULL: do not) once pages are on disk, before the read pass. */
+static int mode_readerr(char *a, uint64_t pages, const char *step_name)
 {
 	struct sigaction sa = {.sa_handler = on_sigbus};
 	volatile uint64_t bad = 0, bad_page = 0;
 	volatile uint64_t p;
 
 	wait_on_disk(pages / 4, 15000);
+	if (step_name) {
+		it_log("region at %p, %llu pages", (void *)a, (unsigned long long)pages);
+		step(step_name);
+	}
 	sigemptyset(&sa.sa_mask);
 	if (sigaction(SIGBUS, &sa, NULL) < 0)
 		it_fail("sigaction");
@@ -126,7 +134,9 @@ int main(int argc, char **argv)
 		step("freed");
 		it_range_verify(a + size / 2, pages / 2, pages - pages / 2, 1, "after the limit");
 	} else if (!strcmp(mode, "readerr")) {
-		mode_readerr(a, pages);
+		mode_readerr(a, pages, NULL);
+	} else if (!strcmp(mode, "badrecord")) {
+		mode_readerr(a, pages, "ondisk");
 	} else if (!strcmp(mode, "compact")) {
 		uint64_t *gen = calloc(pages, sizeof(*gen)), state = 12345;
 		uint64_t end = it_now_ns() + 4ULL * 1000000000;

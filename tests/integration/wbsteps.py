@@ -17,6 +17,8 @@ every cgroup removed and the temp dir deleted, pass or fail.
   wb-space-reuse     munmap of a region on disk frees its swap space; a
                      second round in a tight swap file reuses it
   wb-read-error-one  an injected read error: SIGBUS on that page only
+  wb-bad-record      a byte flipped in a record of the swap file: SIGBUS on
+                     that record's page only, swap_checksum_errors 1, logged once
   wb-compaction      after a fault-back workload the pool's total size
                      comes back within 1.25 x the compressed bytes
 
@@ -24,8 +26,10 @@ usage: wbsteps.py TEST   (env: UZSWAPD, UZSWAPCTL, LIBUZSWAP, ITEST_BINDIR)
 """
 import json
 import os
+import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -147,20 +151,55 @@ class Env:
 
     @staticmethod
     def expect_step(p, name, timeout=30):
+        """Read the client's output up to its line STEP name; that output."""
         end = time.time() + timeout
+        seen = ""
         while time.time() < end:
             line = p.stdout.readline()
             if not line:
                 raise Fail(f"client exited before step {name} (rc {p.wait()})")
             print(line, end="")
+            seen += line
             if line.strip() == f"STEP {name}":
-                return
+                return seen
         raise Fail(f"timed out waiting for step {name}")
 
     @staticmethod
     def go_on(p):
         p.stdin.write("go\n")
         p.stdin.flush()
+
+    def wait_writeback_settled(self, min_on_disk, what, timeout=20):
+        """Settled: the pool is below the shrinker's start threshold (90% of
+        MaxSize=1M, writeback.c), so no more writeback is due, and the pages
+        on disk have not changed for a second -- longer than a writeback
+        back-off, so a pause between two batches is not taken for the end."""
+        last = {"value": -1, "since": 0.0}
+
+        def settled():
+            s = self.stats()
+            now = time.time()
+            if s["on_disk_pages"] != last["value"]:
+                last.update(value=s["on_disk_pages"], since=now)
+                return None
+            quiet = now - last["since"] >= 1.0
+            idle = s["compressed_bytes"] <= MiB * 9 // 10
+            return s if s["on_disk_pages"] > min_on_disk and quiet and idle else None
+        return self.wait(settled, timeout, what)
+
+    def stop(self):
+        """SIGTERM the daemon (it gives every page back and exits); its output."""
+        if self.daemon.poll() is None:
+            self.daemon.send_signal(signal.SIGTERM)
+            try:
+                self.daemon.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.daemon.pid, signal.SIGKILL)
+                self.daemon.wait()
+        out = self.daemon.stdout.read()
+        print(out, end="")
+        self.daemon = None
+        return out
 
     def finish(self, p, timeout=60):
         out, _ = p.communicate(timeout=timeout)
@@ -175,14 +214,7 @@ class Env:
                 p.kill()
                 p.wait()
         if self.daemon:
-            if self.daemon.poll() is None:
-                self.daemon.send_signal(signal.SIGTERM)
-                try:
-                    self.daemon.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.daemon.pid, signal.SIGKILL)
-                    self.daemon.wait()
-            print(self.daemon.stdout.read(), end="")
+            self.stop()
         for c in reversed(self.cgroups):
             for _ in range(50):
                 try:
@@ -296,22 +328,7 @@ def t_space_reuse(e):
     e.start(resident_max="4M")
     p = e.client("reuse", "32M")
     e.expect_step(p, "filled")
-    # Settled: the pool is below the shrinker's start threshold (90% of
-    # MaxSize=1M, writeback.c), so no more writeback is due, and the pages
-    # on disk have not changed for a second -- longer than a writeback
-    # back-off, so a pause between two batches is not taken for the end.
-    last = {"value": -1, "since": 0.0}
-
-    def settled():
-        s = e.stats()
-        now = time.time()
-        if s["on_disk_pages"] != last["value"]:
-            last.update(value=s["on_disk_pages"], since=now)
-            return None
-        quiet = now - last["since"] >= 1.0
-        idle = s["compressed_bytes"] <= MiB * 9 // 10
-        return s if s["on_disk_pages"] > 3000 and quiet and idle else None
-    s1 = e.wait(settled, 20, "first round on disk")
+    s1 = e.wait_writeback_settled(3000, "first round on disk")
     log(f"round 1: on disk {s1['on_disk_pages']} pages, {s1['swap_bytes_on_disk']} bytes")
     e.go_on(p)
     e.expect_step(p, "unmapped")
@@ -321,8 +338,7 @@ def t_space_reuse(e):
     need(s2["swap_bytes_on_disk"] == 0, "munmap freed every byte on disk")
     e.go_on(p)
     e.expect_step(p, "refilled")
-    last.update(value=-1, since=0.0)
-    s3 = e.wait(settled, 20, "second round on disk")
+    s3 = e.wait_writeback_settled(3000, "second round on disk")
     log(f"round 2: on disk {s3['on_disk_pages']} pages, {s3['swap_bytes_on_disk']} bytes, "
         f"reject_reclaim_fail {s3['reject_reclaim_fail']}")
     need(s3["on_disk_pages"] >= s1["on_disk_pages"] * 9 // 10,
@@ -340,6 +356,64 @@ def t_read_error_one(e):
     out = e.finish(p)
     need("SIGBUS on 1 page(s)" in out, "exactly one page poisoned, every other page verified")
     need(e.stats()["io_errors"] == 1, "the read error was counted once")
+
+
+# The swap file's superblock and record header (docs/SWAP.md, "On-disk layout").
+SUPER = struct.Struct("<8sIIQ16sIIQQQQQQIIQ")
+SUPER_MAGIC = b"UZSWAPF\n"
+RECORD = struct.Struct("<IHHQQQ")
+RECORD_MAGIC = 0x31525A55
+
+
+def damage_live_record(path):
+    """Flip one byte in the middle of the object of a live record (one whose
+    slot has a nonzero reference count) of the swap file; its vpn."""
+    with open(path, "r+b") as f:
+        (magic, _version, _state, _gen, _boot, granule, cluster, clusters, _size, data_offset,
+         _owners, _maps, refs_offset, _cap, header, _sum) = SUPER.unpack(f.read(SUPER.size))
+        if magic != SUPER_MAGIC or header != RECORD.size:
+            raise Fail(f"swap file superblock not understood ({magic!r}, header {header})")
+        f.seek(refs_offset)
+        refs = f.read(clusters * (cluster // granule))
+        live = [g for g, count in enumerate(refs) if count]
+        if not live:
+            raise Fail("no live record in the swap file")
+        granule_index = live[len(live) // 2]
+        at = data_offset + granule_index * granule
+        f.seek(at)
+        magic, length, _reserved, _owner, vpn, _checksum = RECORD.unpack(f.read(RECORD.size))
+        if magic != RECORD_MAGIC or not 0 < length <= 4096:
+            raise Fail(f"granule {granule_index}: not a record (magic {magic:#x}, len {length})")
+        f.seek(at + RECORD.size + length // 2)
+        byte = f.read(1)
+        f.seek(at + RECORD.size + length // 2)
+        f.write(bytes([byte[0] ^ 0x5A]))
+        f.flush()
+        os.fsync(f.fileno())
+    log(f"flipped a byte of the record at granule {granule_index} ({len(live)} live): "
+        f"vpn {vpn:#x}, {length} bytes")
+    return vpn
+
+
+def t_bad_record(e):
+    e.config("[Pool]\nMaxSize=1M\n[Swap]\nFile=@TMP@/swapfile\nSize=64M\n")
+    e.start(resident_max="4M")
+    p = e.client("badrecord", "24M")
+    before = e.expect_step(p, "ondisk")
+    e.wait_writeback_settled(1000, "pages on disk, writeback done")
+    vpn = damage_live_record(os.path.join(e.tmp, "swapfile"))
+    e.go_on(p)
+    out = e.finish(p)
+    need("SIGBUS on 1 page(s)" in out, "exactly one page poisoned, every other page verified")
+    region = re.search(r"region at (0x[0-9a-f]+)", before)
+    bad = re.search(r"SIGBUS on 1 page\(s\) \(page (\d+)\)", out)
+    need(region and bad and int(region.group(1), 16) + int(bad.group(1)) * 4096 == vpn * 4096,
+         "the poisoned page is the one whose record was damaged")
+    s = e.stats()
+    need(s["swap_checksum_errors"] == 1, "swap_checksum_errors counted once")
+    need(s["io_errors"] == 0, "not counted as an I/O error")
+    daemon_out = e.stop()
+    need(daemon_out.count("did not verify") == 1, "the daemon logged it once")
 
 
 def t_compaction(e):
@@ -375,6 +449,7 @@ TESTS = {
     "wb-pool-limit": (t_pool_limit, False),
     "wb-space-reuse": (t_space_reuse, False),
     "wb-read-error-one": (t_read_error_one, False),
+    "wb-bad-record": (t_bad_record, False),
     "wb-compaction": (t_compaction, False),
 }
 

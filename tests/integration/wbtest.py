@@ -99,8 +99,9 @@ TESTS = {
                            check=lambda out, d: need(d == 0, f"{d} pages on disk")),
     # Short writes and reads are resubmitted: data intact.
     "wb-short-io": dict(inject="short-read:50"),
-    # A swap file of one cluster: full at once; stores stay in the pool or resident.
-    "wb-swap-full": dict(swap_size="64K", managed="any"),
+    # A swap file of one data cluster (after its metadata cluster): full at once; stores
+    # stay in the pool or resident.
+    "wb-swap-full": dict(swap_size="128K", managed="any"),
     # A read fails: that page is poisoned, the client gets SIGBUS (never wrong data).
     "wb-read-error": dict(inject="read:100:1", expect_signal=signal.SIGBUS),
 }
