@@ -36,6 +36,7 @@
 #include "fault/writeback.h"
 #include "group/group.h"
 #include "lru/lru.h"
+#include "family/family.h"
 #include "pool/pool.h"
 #include "stats/stats.h"
 #include "swap/swapfile.h"
@@ -450,6 +451,64 @@ void daemon_note_swap_error(struct daemon *d, enum uz_swap_error_kind kind, int 
 	note->pid = pid;
 	note->addr = addr;
 	__atomic_store_n(&note->state, 2, __ATOMIC_RELEASE);
+}
+
+#define SWAP_COLLECT_OWNERS 64 /* gone owners removed per call */
+
+struct owner_scan {
+	struct daemon *daemon;
+	uint64_t gone[SWAP_COLLECT_OWNERS];
+	unsigned nr_gone, nr_left;
+};
+
+static int owner_scan_one(const struct swap_owner *owner, void *userdata)
+{
+	struct owner_scan *scan = userdata;
+	bool listed = false;
+
+	pthread_mutex_lock(&scan->daemon->clients_lock);
+	for (struct uz_list *i = scan->daemon->families.next; i != &scan->daemon->families;
+	     i = i->next)
+		if (uz_container_of(i, struct family, link)->swap_owner == owner->token)
+			listed = true;
+	pthread_mutex_unlock(&scan->daemon->clients_lock);
+	if (!listed && swap_owner_alive(owner) == 0 && scan->nr_gone < SWAP_COLLECT_OWNERS)
+		scan->gone[scan->nr_gone++] = owner->token;
+	else
+		scan->nr_left++;
+	return 0;
+}
+
+void daemon_swap_collect(struct daemon *d)
+{
+	struct swap *swap = __atomic_load_n(&d->swap, __ATOMIC_ACQUIRE);
+	struct owner_scan scan = {.daemon = d};
+	struct swap_stats stats;
+	unsigned clients;
+	uint64_t freed = 0;
+
+	if (!swap)
+		return;
+	(void)swap_owner_foreach(swap, owner_scan_one, &scan);
+	for (unsigned i = 0; i < scan.nr_gone; i++)
+		(void)swap_owner_remove(swap, scan.gone[i]);
+	pthread_mutex_lock(&d->clients_lock);
+	clients = d->nr_clients;
+	pthread_mutex_unlock(&d->clients_lock);
+	swap_get_stats(swap, &stats);
+	if (clients || scan.nr_left || !stats.slots_in_use) {
+		d->swap_idle_checks = 0;
+		return;
+	}
+	/* Twice in a row: writes in flight when the last client left have completed. */
+	if (++d->swap_idle_checks < 2)
+		return;
+	d->swap_idle_checks = 0;
+	if (swap_collect_all(swap, &freed) == 0 && freed)
+		uz_log(LOG_NOTICE,
+		       "swap file: %" PRIu64 " records nobody can claim any more freed (left "
+		       "by a killed uzswapd, or by clients that never came back)",
+		       freed);
 }
 
 void daemon_log_swap_errors(struct daemon *d)

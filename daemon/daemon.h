@@ -140,6 +140,8 @@ struct daemon {
 	unsigned nr_clients;
 	uint64_t next_client_id; /* main thread only */
 
+	unsigned swap_idle_checks; /* daemon_swap_collect(): calls with nothing to wait for */
+
 	/* Set by the fault threads when a drain gave up on a client (atomic). */
 	unsigned drain_timeouts;
 
@@ -226,6 +228,15 @@ void daemon_note_swap_error(struct daemon *daemon, enum uz_swap_error_kind kind,
 			    uint64_t addr);
 /* Log each noted swap read failure kind once (main thread: its timer and exit). */
 void daemon_log_swap_errors(struct daemon *daemon);
+
+/*
+ * Main thread, every few seconds: owners in the swap file's owner table
+ * whose process is gone (clients of a previous daemon that never came
+ * back) leave it; once no client is connected and no owner is left for
+ * two calls in a row, every slot still allocated is garbage (leaked by a
+ * kill: a write in flight, a count not yet dropped) and is freed.
+ */
+void daemon_swap_collect(struct daemon *daemon);
 
 /* A one-screen summary of the global statistics, for SIGUSR1 and exit. */
 void daemon_print_summary(struct daemon *daemon, FILE *f);

@@ -846,6 +846,7 @@ static int on_recheck(sd_event_source *s, uint64_t usec, void *userdata)
 	unsigned changed = daemon_reassign_clients(m->daemon, false);
 
 	daemon_log_swap_errors(m->daemon);
+	daemon_swap_collect(m->daemon);
 	if (changed)
 		uz_log(LOG_INFO, "%u client%s changed cgroup or budget", changed,
 		       changed == 1 ? "" : "s");

@@ -384,8 +384,12 @@ static bool agent_reconnect(void)
 				  uz_client.socket_path, (unsigned long long)(now_ms() - start));
 			return true;
 		}
+		/*
+		 * Not there yet, or (-EBUSY) still letting go of our previous
+		 * connection's state: try again.  Anything else is a refusal.
+		 */
 		if (r != -ECONNREFUSED && r != -ENOENT && r != -ETIMEDOUT && r != -EAGAIN &&
-		    r != -EINTR) {
+		    r != -EINTR && r != -EBUSY) {
 			why = "the new uzswapd refused to take our pages back";
 			break;
 		}

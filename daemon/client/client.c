@@ -37,7 +37,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -325,27 +324,6 @@ static int send_hello_reply(int fd, uint32_t seq, int status, const struct clien
  * Validate a HELLO and build the client.  On failure *why names the problem
  * for the log and the fds are still the caller's.
  */
-/*
- * A random, nonzero owner token for the swap records of a new client
- * (docs/SWAP.md, "Records"): a record written for one client never
- * verifies for another, in this daemon or the next.
- */
-static int client_new_swap_owner(uint64_t *out)
-{
-	uint64_t token = 0;
-
-	while (!token) {
-		ssize_t n = getrandom(&token, sizeof(token), 0);
-
-		if (n < 0 && errno != EINTR)
-			return -errno;
-		if (n >= 0 && n != (ssize_t)sizeof(token))
-			token = 0;
-	}
-	*out = token;
-	return 0;
-}
-
 static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz_msg_hello *hello,
 			     int *fds, unsigned nfds, struct client **out, const char **why)
 {
@@ -420,11 +398,6 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 	client->uffd_features = hello->uffd_features;
 	client->graveyard_start = hello->graveyard_start;
 	client->graveyard_end = hello->graveyard_start + hello->graveyard_len;
-	r = client_new_swap_owner(&client->swap_owner);
-	if (r < 0) {
-		*why = "no random bytes for the swap owner token";
-		goto fail;
-	}
 	client_set_policy(client, &daemon->policy);
 	{
 		struct uz_policy policy;
@@ -485,7 +458,8 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 		struct uz_store_header *sh;
 
 		client->resume = true;
-		r = family_take_arena(daemon, arena_fd, next_thread, &client->family);
+		r = family_take_arena(daemon, arena_fd, next_thread, client->pid, starttime,
+				      &client->family);
 		if (r < 0) {
 			*why = "the arena passed to resume is not one of ours or is damaged";
 			goto fail;
@@ -517,7 +491,7 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 			goto fail;
 		}
 	} else {
-		r = family_new(daemon, next_thread, &client->family);
+		r = family_new(daemon, next_thread, client->pid, starttime, &client->family);
 		if (r < 0) {
 			*why = "cannot create the arena";
 			goto fail;
@@ -554,6 +528,7 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 		nfds -= 3;
 	}
 	client->owner = client->family->thread;
+	client->swap_owner = client->family->swap_owner;
 	if (nfds > 1) {
 		if (fd_is_pagemap_of(fds[1], client->pid) == 0) {
 			client->pagemap_fd = fds[1];
@@ -744,7 +719,7 @@ struct client *client_free(struct client *client)
 		close(client->proc_fd);
 	page_index_free(client->index);
 	store_free(client->store);
-	family_unref(client->family);
+	family_unref(client->family, client->gone);
 	stats_free(client->stats);
 	group_unref(client->group);
 	group_unref(client->assigned_group);
@@ -1007,6 +982,24 @@ int client_pagemap_present(const struct client *client, uint64_t start, uint64_t
 		vpn += n;
 	}
 	return 0;
+}
+
+bool client_process_alive(const struct client *client)
+{
+	char buf[512], *p;
+	ssize_t n;
+	int fd = openat(client->proc_fd, "stat", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return errno != ENOENT && errno != ESRCH; /* unknown errors: assume alive */
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return n < 0 ? errno != ESRCH : false;
+	buf[n] = 0;
+	p = strrchr(buf, ')');
+	/* State Z (zombie) or X (dead): its memory is gone. */
+	return !(p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'));
 }
 
 int client_page_mapped(const struct client *client, uint64_t vpn)

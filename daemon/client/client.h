@@ -204,6 +204,13 @@ int client_pagemap_present(const struct client *client, uint64_t start, uint64_t
 			   int (*fn)(uint64_t vpn, void *userdata), void *userdata);
 
 /*
+ * Is the client's process still there with its memory (not exited, not a
+ * zombie)?  Unknown counts as alive: a live client's state is never
+ * dropped on a guess.
+ */
+bool client_process_alive(const struct client *client);
+
+/*
  * Is the client's page at vpn mapped (present, or swapped by the kernel)?
  * 1 or 0, or -errno when the pagemap cannot say (-ENODEV: none).
  */

@@ -9,11 +9,13 @@
  */
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "family/family.h"
 #include "pool/pool.h"
+#include "swap/swapfile.h"
 #include "util.h"
 
 static int family_make(struct daemon *d, struct pool *pool, struct fault_thread *thread,
@@ -43,11 +45,25 @@ static int family_make(struct daemon *d, struct pool *pool, struct fault_thread 
 	f->ino = st.st_ino;
 	f->refs = 1;
 	pool_token(pool, f->token);
+	memcpy(&f->swap_owner, f->token, sizeof(f->swap_owner));
+	if (!f->swap_owner)
+		f->swap_owner = 1; /* 0 means "no owner" to the swap file */
 	*out = f;
 	return 0;
 }
 
-int family_new(struct daemon *d, struct fault_thread *thread, struct family **out)
+/* The family's entry in the owner table of the swap file (an entry there already is fine). */
+static void family_own_swap(struct family *f, pid_t pid, uint64_t starttime)
+{
+	struct swap *swap = __atomic_load_n(&f->daemon->swap, __ATOMIC_ACQUIRE);
+	struct swap_owner owner = {.token = f->swap_owner, .start_time = starttime, .pid = pid};
+
+	if (swap)
+		(void)swap_owner_add(swap, &owner);
+}
+
+int family_new(struct daemon *d, struct fault_thread *thread, pid_t pid, uint64_t starttime,
+	       struct family **out)
 {
 	struct pool *pool = NULL;
 	struct family *f;
@@ -61,6 +77,7 @@ int family_new(struct daemon *d, struct fault_thread *thread, struct family **ou
 		pool_free(pool);
 		return r;
 	}
+	family_own_swap(f, pid, starttime);
 	pthread_mutex_lock(&d->clients_lock);
 	uz_list_add_tail(&d->families, &f->link);
 	pthread_mutex_unlock(&d->clients_lock);
@@ -82,7 +99,8 @@ static struct family *family_find_locked(struct daemon *d, dev_t dev, ino_t ino)
 	return NULL;
 }
 
-int family_take_arena(struct daemon *d, int fd, struct fault_thread *thread, struct family **out)
+int family_take_arena(struct daemon *d, int fd, struct fault_thread *thread, pid_t pid,
+		      uint64_t starttime, struct family **out)
 {
 	struct pool *pool = NULL;
 	struct family *f;
@@ -106,6 +124,7 @@ int family_take_arena(struct daemon *d, int fd, struct fault_thread *thread, str
 		pool_free(pool);
 		return r;
 	}
+	family_own_swap(f, pid, starttime);
 	pthread_mutex_lock(&d->clients_lock);
 	{
 		/* Two members of one family re-joining at once: keep the first. */
@@ -132,9 +151,10 @@ struct family *family_ref(struct family *f)
 	return f;
 }
 
-void family_unref(struct family *f)
+void family_unref(struct family *f, bool gone)
 {
 	struct daemon *d;
+	struct swap *swap;
 	bool last;
 
 	if (!f)
@@ -147,6 +167,9 @@ void family_unref(struct family *f)
 	pthread_mutex_unlock(&d->clients_lock);
 	if (!last)
 		return;
+	swap = __atomic_load_n(&d->swap, __ATOMIC_ACQUIRE);
+	if (gone && swap)
+		(void)swap_owner_remove(swap, f->swap_owner);
 	pool_free(f->pool);
 	free(f);
 }

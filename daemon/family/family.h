@@ -30,7 +30,8 @@ struct family {
 	struct daemon *daemon;
 	struct pool *pool;	     /* the arena; used by `thread` only */
 	struct fault_thread *thread; /* serves every member */
-	uint8_t token[16];	     /* the arena's token: owner of its members' swap records */
+	uint8_t token[16];	     /* the arena's token */
+	uint64_t swap_owner;	     /* from the token: owner of its members' swap records */
 	dev_t dev;		     /* identity of the arena memfd */
 	ino_t ino;
 	unsigned refs;		/* members and pending fork snapshots; under clients_lock */
@@ -38,22 +39,30 @@ struct family {
 };
 
 /*
- * A family with a fresh arena, served by `thread`, listed, one reference.
- * Main thread, clients_lock not held.
+ * A family with a fresh arena, served by `thread`, listed, one reference,
+ * and an entry in the swap file's owner table for process (pid,
+ * starttime), so that a daemon started after a crash knows its swap
+ * records may still be claimed.  Main thread, clients_lock not held.
  */
-int family_new(struct daemon *d, struct fault_thread *thread, struct family **out);
+int family_new(struct daemon *d, struct fault_thread *thread, pid_t pid, uint64_t starttime,
+	       struct family **out);
 /*
  * The family of the arena `fd` (a client's read-only descriptor): the
  * listed one with that arena, or one made from the arena taken back
  * (pool_recover) and served by `thread`.  A reference either way.  -EPERM
  * when fd is not an arena of ours, -EINVAL when it is damaged.
  */
-int family_take_arena(struct daemon *d, int fd, struct fault_thread *thread, struct family **out);
+int family_take_arena(struct daemon *d, int fd, struct fault_thread *thread, pid_t pid,
+		      uint64_t starttime, struct family **out);
 /* Another reference (a fork child, a snapshot); clients_lock not held. */
 struct family *family_ref(struct family *f);
 /*
  * Drop a reference; the last one unlists the family and frees its pool
  * (the daemon's mapping: the arena itself lives as long as a client holds
- * it).  On the family's fault thread, or when no thread runs any more.
+ * it).  `gone`: the member dropping it is gone for good (exited, or gave
+ * every page back); when the last one is, the family leaves the swap
+ * file's owner table.  A member merely disconnected (it may re-join a
+ * daemon with its state) keeps the entry.  On the family's fault thread,
+ * or when no thread runs any more.
  */
-void family_unref(struct family *f);
+void family_unref(struct family *f, bool gone);

@@ -83,6 +83,7 @@
 #include "pool/pool.h"
 #include "protocol.h"
 #include "stats/stats.h"
+#include "swap/swapfile.h"
 #include "uffd-compat.h"
 #include "util.h"
 
@@ -1370,12 +1371,40 @@ static void client_kill(struct fault_thread *t, struct client *c, bool give_back
 	uz_list_add_tail(&t->dead, &c->thread_link);
 }
 
+/*
+ * The client is disconnected but its process lives on (a protocol error, a
+ * drain that timed out, a daemon stopping for a handover): it keeps its
+ * state -- index, arena, swap records -- for the daemon it re-joins next.
+ * Only what this daemon counted goes: the gauges it added to the group and
+ * the global statistics, and its I/O in flight (whose slots its entries
+ * still name).
+ */
+static void client_detach(struct fault_thread *t, struct client *c)
+{
+	int64_t v[UZ_STAT__COUNT];
+
+	wb_client_detach(t->wb, c);
+	stats_read_all(c->stats, v);
+	for (int i = 0; i < UZ_STAT__COUNT; i++) {
+		if (stats_kind((enum uz_stat)i) != UZ_STAT_GAUGE || !v[i])
+			continue;
+		stats_add(c->group->stats, (enum uz_stat)i, -v[i]);
+		stats_add(c->daemon->stats, (enum uz_stat)i, -v[i]);
+		stats_add(c->stats, (enum uz_stat)i, -v[i]);
+	}
+}
+
 static void client_destroy(struct fault_thread *t, struct client *c)
 {
 	struct daemon *d = t->daemon;
 
 	fault_retries_purge(t, c);
-	client_forget_range(c, 0, (VPN_MAX + 1) << UZ_PAGE_SHIFT);
+	if (!c->gone && !client_process_alive(c))
+		c->gone = true;
+	if (c->gone)
+		client_forget_range(c, 0, (VPN_MAX + 1) << UZ_PAGE_SHIFT);
+	else
+		client_detach(t, c);
 	uz_list_del(&c->thread_link);
 	pthread_mutex_lock(&d->clients_lock);
 	uz_list_del(&c->link);
@@ -1840,7 +1869,8 @@ static int recover_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 	struct recover_ctx *ctx = userdata;
 	struct client *c = ctx->client;
 	page_entry_t e = *entry & ~PE_QUEUED;
-	bool mapped = recover_page_mapped(ctx, vpn), stored;
+	struct swap *swap = __atomic_load_n(&c->daemon->swap, __ATOMIC_ACQUIRE);
+	bool mapped = recover_page_mapped(ctx, vpn), stored, on_disk;
 
 	if (pe_state(e) == PAGE_IN_FLIGHT) {
 		/* Decided after the walk, from the batch record and the ring's status page. */
@@ -1851,16 +1881,22 @@ static int recover_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 	}
 	stored = (pe_state(e) == PAGE_STORED || pe_state(e) == PAGE_WRITEBACK) &&
 		 pool_refcount(c->family->pool, pe_payload(e)) > 0;
+	on_disk = pe_state(e) == PAGE_ON_DISK && swap &&
+		  swap_slot_refcount(swap, pe_payload(e)) > 0;
 	if (mapped) {
 		/*
 		 * Put back (or never taken): whatever the entry says, the page
 		 * is there.  A killed daemon had copied it in but not yet
-		 * updated the entry: the object it named is released now.
+		 * updated the entry: what the entry named is released now,
+		 * after the index stops naming it (a kill in between leaks).
 		 */
 		*entry = pe_make(e, PAGE_RESIDENT, false, 0, 0, 0);
+		page_index_set(c->index, vpn, *entry);
 		client_resident_add(c, 1);
 		if (stored)
 			pool_release(c->family->pool, pe_payload(e));
+		if (on_disk)
+			(void)swap_slot_free(swap, pe_payload(e));
 		return 0;
 	}
 	switch (pe_state(e)) {
@@ -1887,9 +1923,18 @@ static int recover_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 		ctx->recovered++;
 		break;
 	case PAGE_ON_DISK:
-		/* The swap slots of the previous daemon are not reachable. */
-		e = pe_make(e, PAGE_LOST, false, 0, 0, 0);
-		ctx->lost++;
+		if (!on_disk) {
+			/* No swap file now, or the slot is not allocated in it: lost. */
+			e = pe_make(e, PAGE_LOST, false, 0, 0, 0);
+			ctx->lost++;
+			break;
+		}
+		/* Still in the swap file (its record is checked when read); no read in flight. */
+		e = pe_make(e, PAGE_ON_DISK, false, pe_algo(e), pe_len(e), pe_payload(e));
+		client_stat(c, UZ_STAT_on_disk_pages, 1);
+		client_stat(c, UZ_STAT_swap_bytes_on_disk,
+			    (int64_t)swap_slot_disk_bytes(swap, pe_payload(e)));
+		ctx->recovered++;
 		break;
 	default:
 		break;

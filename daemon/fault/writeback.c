@@ -140,6 +140,7 @@ struct wb_read {
 	bool failed;	 /* read or decompress error: poison */
 	bool bad_record; /* failed because the record did not verify (-EBADMSG) */
 	bool cancelled;	 /* the entry went away: free the slot, install nothing */
+	bool detached;	 /* the client left with its state: install nothing, keep the slot */
 	bool from_fault;
 	uint64_t key, vpn, slot;
 	uint64_t owner; /* the client's swap owner token the record must carry */
@@ -356,6 +357,7 @@ static struct wb_read *read_find(struct wb *wb, uint64_t key, uint64_t vpn)
 static void read_put(struct wb_read *rd)
 {
 	rd->busy = rd->inflight = rd->ready = rd->failed = rd->bad_record = rd->cancelled = false;
+	rd->detached = false;
 	rd->wb->reads_busy--;
 }
 
@@ -368,6 +370,10 @@ static int read_install(struct wb *wb, struct wb_read *rd)
 	page_entry_t e;
 	int r = 0;
 
+	if (rd->detached) {
+		read_put(rd); /* its entry still names the slot, in the client's store */
+		return 0;
+	}
 	if (!c) {
 		/* Cannot happen (the client's exit cancels), but never leak the slot. */
 		(void)swap_slot_free(d->swap, rd->slot);
@@ -450,6 +456,10 @@ static void read_done(int result, const void *data, size_t len, uint64_t vpn, vo
 	struct wb *wb = rd->wb;
 
 	rd->inflight = false;
+	if (rd->detached) {
+		read_put(rd);
+		return;
+	}
 	if (rd->cancelled) {
 		(void)swap_slot_free(wb->daemon->swap, rd->slot);
 		read_put(rd);
@@ -605,6 +615,30 @@ void wb_entry_release(struct wb *wb, struct client *c, uint64_t vpn, page_entry_
 		break;
 	default:
 		break;
+	}
+}
+
+void wb_client_detach(struct wb *wb, struct client *c)
+{
+	for (unsigned i = 0; i < WB_READS; i++) {
+		struct wb_read *rd = &wb->reads[i];
+
+		if (!rd->busy || rd->key != c->key)
+			continue;
+		if (rd->inflight)
+			rd->detached = true; /* read_done lets it go */
+		else
+			read_put(rd);
+	}
+	for (unsigned b = 0; b < WB_BATCHES; b++) {
+		struct wb_batch *batch = &wb->batches[b];
+
+		if (!batch->busy)
+			continue;
+		/* Its entries are still WRITEBACK, in the pool: the slots written are nobody's. */
+		for (unsigned i = 0; i < batch->count; i++)
+			if (batch->items[i].key == c->key)
+				batch->items[i].cancelled = true;
 	}
 }
 
@@ -1173,21 +1207,17 @@ int writeback_open(struct daemon *d)
 		return r;
 	}
 	swap_get_info(swap, &info);
-	if (info.start == SWAP_START_RECOVERED && info.recovered_slots) {
+	if (info.start == SWAP_START_RECOVERED && info.recovered_slots)
 		/*
-		 * Until clients re-join with their page indexes (issue 10,
-		 * item 2), no client can name these slots again: free them
-		 * rather than leak the space.  The lead's restart design
-		 * replaces this with its policy (wait for the owners of the
-		 * owner table, then swap_reset_all()).
+		 * Records of clients of a previous uzswapd: kept for them to
+		 * claim when they re-join with their indexes.  When none of
+		 * them (nor anyone else) is left, the main thread frees what
+		 * nobody claimed (daemon_swap_collect()).
 		 */
-		r = swap_reset_all(swap);
-		uz_log(LOG_WARNING,
+		uz_log(LOG_NOTICE,
 		       "swap file \"%s\": %" PRIu64 " records (%" PRIu64
-		       " KiB) of a previous uzswapd still in use; no client can claim them: %s",
-		       d->swap_file, info.recovered_slots, info.recovered_bytes >> 10,
-		       r < 0 ? strerror(-r) : "freed");
-	}
+		       " KiB) of a previous uzswapd kept for its clients",
+		       d->swap_file, info.recovered_slots, info.recovered_bytes >> 10);
 	writeback_test_injection(swap);
 	uz_log(LOG_INFO, "swap file \"%s\": %" PRIu64 " MiB, %s I/O, %s", d->swap_file,
 	       info.file_size >> 20, info.direct_io ? "direct" : "buffered",

@@ -60,6 +60,12 @@ bool wb_retry(struct wb *wb);
  * WRITEBACK the caller still frees the pool object (as for STORED).
  */
 void wb_entry_release(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t e);
+/*
+ * The client leaves with its state (it may re-join a daemon): reads in
+ * flight install nothing and keep their slots (its entries still name
+ * them); writes in flight are forgotten (their slots are nobody's).
+ */
+void wb_client_detach(struct wb *wb, struct client *c);
 /* A WRITEBACK entry was served from the pool: the write result is ignored. */
 void wb_writeback_cancel(struct wb *wb, struct client *c, uint64_t vpn);
 /* REMAP moved an entry from old_vpn to new_vpn: I/O in flight follows. */

@@ -1326,6 +1326,45 @@ int swap_reset_all(struct swap *swap)
 	return 0;
 }
 
+int swap_collect_all(struct swap *swap, uint64_t *freed_out)
+{
+	unsigned per = swap->granules_per_cluster;
+	uint64_t fresh, freed = 0;
+
+	pthread_mutex_lock(&swap->lock);
+	fresh = swap->fresh_next;
+	pthread_mutex_unlock(&swap->lock);
+
+	/*
+	 * A slot starts where a reference count is nonzero (counts are kept
+	 * at a slot's first granule only) and runs over the allocated
+	 * granules after it, up to the next start: that is its extent.
+	 */
+	for (uint64_t i = 0; i < fresh; i++) {
+		uint64_t snap[2];
+
+		map_snapshot(swap, (uint32_t)i, snap);
+		for (unsigned g = 0; g < per; g++) {
+			uint64_t first = i * per + g;
+			unsigned n = 1;
+
+			if (!ref_load(swap, first))
+				continue;
+			while (g + n < per && n < swap->object_granules_max &&
+			       map_range_set(snap, g + n, 1) && !ref_load(swap, first + n))
+				n++;
+			/* As many frees as it has references: the last one frees the space. */
+			while (swap_slot_free(swap, slot_make(first, n)) == 0 && ref_load(swap, first))
+				;
+			freed++;
+			g += n - 1;
+		}
+	}
+	if (freed_out)
+		*freed_out = freed;
+	return 0;
+}
+
 void swap_get_info(const struct swap *swap, struct swap_info *info)
 {
 	*info = swap->info;

@@ -174,6 +174,14 @@ struct swap *swap_abandon(struct swap *swap);
  * owner table is left as it is.  -EBUSY while a swap_io exists.
  */
 int swap_reset_all(struct swap *swap);
+/*
+ * Free every slot still allocated, whatever its reference count, with
+ * swap_io contexts alive (unlike swap_reset_all).  For a daemon that knows
+ * nothing refers to any slot any more: no client is connected and none of
+ * a previous daemon's can come back (the owner table is empty), and no
+ * write is in flight.  *freed: the slots freed.
+ */
+int swap_collect_all(struct swap *swap, uint64_t *freed);
 
 void swap_get_info(const struct swap *swap, struct swap_info *info);
 void swap_get_usage(struct swap *swap, struct swap_usage *usage);

@@ -555,7 +555,7 @@ def t_daemon_killed_restart(h):
     os.makedirs(os.path.join(h.tmp, "cgroup.d"), exist_ok=True)
     extra = _restart_config(h)
     h.start_daemon(budget="16M", extra=extra, name="uzswapd-1")
-    clients = [h.spawn(f"client{i}", [h.bin("itest-loop"), "112M", "2", "30", "yes"])
+    clients = [h.spawn(f"client{i}", [h.bin("itest-loop"), "128M", "2", "30", "yes"])
                for i in range(4)]
     for c in clients:
         c.wait_for_output("READY", 90)

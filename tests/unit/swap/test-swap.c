@@ -1593,6 +1593,44 @@ static void test_owner_table(void **state)
 	swap_free(swap);
 }
 
+/* swap_collect_all: every slot freed, shared ones included, with a swap_io alive. */
+static void test_collect_all(void **state)
+{
+	char path[256];
+	struct swap_config config = {.path = path, .size = 2 * MIB};
+	struct swap *swap;
+	struct swap_io *io = NULL;
+	struct object_set set;
+	struct swap_stats stats;
+	struct swap_usage usage;
+	uint64_t rng = 77, freed = 0;
+
+	next_path(path, sizeof(path));
+	swap = open_swap(&config);
+	assert_int_equal(swap_io_new(&io, swap), 0);
+	object_set_init(&set, 40, &rng);
+	assert_int_equal(swap_io_write_sync(io, set.objs, set.count), 0);
+	for (size_t i = 0; i < set.count; i += 3)
+		assert_int_equal(swap_slot_ref(swap, set.objs[i].slot), 0);
+	assert_int_equal(swap_collect_all(swap, &freed), 0);
+	assert_int_equal(freed, set.count);
+	swap_get_stats(swap, &stats);
+	assert_int_equal(stats.slots_in_use, 0);
+	assert_int_equal(stats.bytes_on_disk, 0);
+	swap_get_usage(swap, &usage);
+	assert_int_equal(usage.used_bytes, 0);
+	for (size_t i = 0; i < set.count; i++)
+		assert_int_equal(swap_slot_refcount(swap, set.objs[i].slot), 0);
+	/* Nothing left: a second pass frees nothing. */
+	assert_int_equal(swap_collect_all(swap, &freed), 0);
+	assert_int_equal(freed, 0);
+	/* The space is used again. */
+	assert_int_equal(swap_io_write_sync(io, set.objs, set.count), 0);
+	swap_io_free(io);
+	object_set_release(&set);
+	swap_free(swap);
+}
+
 static void test_reset_all(void **state)
 {
 	char path[256];
@@ -1709,6 +1747,7 @@ int main(void)
 	    cmocka_unit_test(test_start_empty),
 	    cmocka_unit_test(test_owner_table),
 	    cmocka_unit_test(test_reset_all),
+	    cmocka_unit_test(test_collect_all),
 	};
 
 	return cmocka_run_group_tests_name("swap", tests, group_setup, group_teardown);
