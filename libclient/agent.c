@@ -280,14 +280,22 @@ static void agent_evict(const struct uz_msg_evict *evict, size_t size)
 	uint32_t count = evict->count, i;
 
 	if (count == 0 || count > uz_client.batch_max ||
-	    size != offsetof(struct uz_msg_evict, addrs) + (size_t)count * sizeof(uint64_t)) {
-		/* Malformed: nothing moves, but answer so the daemon can close the batch. */
+	    size != offsetof(struct uz_msg_evict, addrs) + (size_t)count * sizeof(uint64_t) ||
+	    atomic_load(&uz_fork_in_progress)) {
+		/*
+		 * Malformed, or a fork is under way (no page may leave before
+		 * the child has its copy): nothing moves, but answer so the
+		 * daemon can close the batch.  The ring's status page is left
+		 * as it was: nothing of this batch is in the ring.
+		 */
+		int status = atomic_load(&uz_fork_in_progress) ? -EAGAIN : -EINVAL;
+
 		if (count == 0 || count > UZ_EVICT_BATCH_MAX)
 			return;
 		answer.done.batch = evict->batch;
 		answer.done.count = count;
 		for (i = 0; i < count; i++)
-			answer.done.status[i] = -EINVAL;
+			answer.done.status[i] = status;
 		uz_conn_send(&answer,
 			     offsetof(struct uz_msg_evict_done, status) + count * sizeof(int32_t),
 			     UZ_MSG_EVICT_DONE);

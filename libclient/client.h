@@ -156,3 +156,10 @@ void uz_blocks_reset_lock(void);
 
 /* fork.c */
 int uz_fork_install(void);
+/*
+ * Set between the fork prepare handler and the end of the fork: the agent
+ * moves nothing out meanwhile, whatever a daemon asks (a daemon that
+ * re-joined mid-fork knows nothing of the pause the previous one granted),
+ * so the child never inherits a hole.
+ */
+extern atomic_bool uz_fork_in_progress;

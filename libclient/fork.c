@@ -30,34 +30,44 @@
 #include "util.h"
 
 static bool fork_was_managed; /* prepare -> parent/child, under range_lock */
+atomic_bool uz_fork_in_progress;
 
 static void fork_prepare(void)
 {
 	uz_ranges_lock();
-	/*
-	 * The daemon died and the agent is looking for the next one: the
-	 * child must not inherit holes, and only a daemon can fill them.
-	 * Wait for the re-join (or for the agent to fail closed).
-	 */
-	if (atomic_load(&uz_client.state) == UZ_CLIENT_RECONNECTING && !uz_is_agent())
-		(void)uz_conn_wait_managed();
-	fork_was_managed = uz_client_managed();
-	if (fork_was_managed && !uz_is_agent()) {
+	/* From here until the fork is over, the agent moves no page out (agent.c). */
+	atomic_store(&uz_fork_in_progress, true);
+	for (;;) {
 		struct uz_msg_header request = {0};
 		struct uz_msg_reply reply;
 		int r;
 
 		/*
+		 * The daemon died and the agent is looking for the next one:
+		 * the child must not inherit holes, and only a daemon can fill
+		 * them.  Wait for the re-join (or for the agent to fail closed,
+		 * which puts back or poisons every evicted page).
+		 */
+		if (atomic_load(&uz_client.state) == UZ_CLIENT_RECONNECTING && !uz_is_agent())
+			(void)uz_conn_wait_managed();
+		fork_was_managed = uz_client_managed();
+		if (!fork_was_managed || uz_is_agent())
+			break;
+		/*
 		 * Whatever the answer, fork goes on.  If the daemon could not
 		 * give every page back (an error answer; it has paused
 		 * eviction on receipt all the same), fault them in ourselves
-		 * so the child does not inherit holes.  On -ENOTCONN the agent
-		 * is leaving and the pages are back (SHUTDOWN) or lost (crash).
+		 * so the child does not inherit holes.  -ENOTCONN: the daemon
+		 * went away before answering; when it is leaving (SHUTDOWN)
+		 * the pages are back, when it died the next one is asked.
 		 */
 		r = uz_conn_request(&request, sizeof(request), UZ_MSG_FORK_PREPARE, &reply,
 				    sizeof(reply), UZ_MSG_REPLY);
-		if (r != -ENOTCONN && (r < 0 || reply.status < 0))
+		if (r == -ENOTCONN)
+			continue;
+		if (r < 0 || reply.status < 0)
 			uz_ranges_populate_locked();
+		break;
 	}
 	uz_blocks_lock();
 	uz_conn_lock();
@@ -65,6 +75,7 @@ static void fork_prepare(void)
 
 static void fork_parent(void)
 {
+	atomic_store(&uz_fork_in_progress, false);
 	uz_conn_unlock();
 	uz_blocks_unlock();
 	if (fork_was_managed) {
@@ -77,6 +88,7 @@ static void fork_parent(void)
 
 static void fork_child(void)
 {
+	atomic_store(&uz_fork_in_progress, false);
 	bool was_managed = fork_was_managed;
 
 	uz_conn_reset();

@@ -1125,8 +1125,9 @@ static int client_evict_done(struct fault_thread *t, struct client *c,
 		} else {
 			page_index_set(c->index, s->vpn,
 				       pe_make(e, PAGE_RESIDENT, false, 0,
-					       status == -EBUSY ? FAULT_SHARED_MARK
-								: FAULT_EVICT_BACKOFF,
+					       status == -EBUSY    ? FAULT_SHARED_MARK
+					       : status == -EAGAIN ? 0 /* transient: a fork */
+								   : FAULT_EVICT_BACKOFF,
 					       0));
 			client_resident_add(c, 1);
 		}
