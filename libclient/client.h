@@ -135,6 +135,7 @@ void uz_ranges_reset_lock(void);
 bool uz_ranges_any(void);
 int uz_range_register_locked(uint64_t start, uint64_t len, uint32_t flags);
 int uz_range_unregister_locked(uint64_t start, uint64_t len);
+void uz_range_announce_locked(uint64_t start, uint64_t len);
 bool uz_range_overlaps_locked(uint64_t start, uint64_t len);
 bool uz_range_contains_locked(uint64_t start, uint64_t len);
 void uz_range_forget_locked(uint64_t start, uint64_t len);

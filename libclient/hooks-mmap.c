@@ -163,21 +163,7 @@ UZ_EXPORT int munmap(void *addr, size_t len)
 /* Announce a grown tail, which the kernel registered with the mapping. */
 static void mremap_extend_locked(uint64_t start, uint64_t len)
 {
-	struct uz_msg_range msg = {.start = start, .len = len};
-	struct uz_msg_reply reply;
-	int r;
-
-	r = uz_conn_request(&msg, sizeof(msg), UZ_MSG_REGISTER, &reply, sizeof(reply),
-			    UZ_MSG_REPLY);
-	if (r == 0)
-		r = reply.status;
-	if (r == 0) {
-		uz_range_remember_locked(start, len);
-	} else if (uz_client.uffd >= 0) {
-		struct uffdio_range range = {.start = start, .len = len};
-
-		ioctl(uz_client.uffd, UFFDIO_UNREGISTER, &range);
-	}
+	uz_range_announce_locked(start, len);
 }
 
 void *uz_mremap_tracked(void *old, size_t old_len, size_t new_len, int flags, void *new_addr)

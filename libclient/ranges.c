@@ -204,14 +204,35 @@ static void uffd_unregister(uint64_t start, uint64_t len)
 	ioctl(uz_client.uffd, UFFDIO_UNREGISTER, &range);
 }
 
+/*
+ * A REGISTER or UNREGISTER, asked again of the next daemon when the one
+ * asked dies first (-ENOTCONN while the agent reconnects).  The dead one
+ * may have applied it, and its successor takes the registered ranges from
+ * the kernel: acting on a guess would lose pages (a range unregistered
+ * from the uffd while a daemon counts it can have its pages moved out, and
+ * they then fault back as zeros).  -ENOTCONN only once the agent gave up
+ * (failed closed: the uffd is released) or the daemon is leaving.
+ */
 static int daemon_range(uint16_t type, uint64_t start, uint64_t len, uint32_t flags)
 {
 	struct uz_msg_range msg = {.start = start, .len = len, .flags = flags};
 	struct uz_msg_reply reply;
+	bool retried = false;
 	int r;
 
-	r = uz_conn_request(&msg, sizeof(msg), type, &reply, sizeof(reply), UZ_MSG_REPLY);
-	return r < 0 ? r : reply.status;
+	for (;;) {
+		r = uz_conn_request(&msg, sizeof(msg), type, &reply, sizeof(reply), UZ_MSG_REPLY);
+		if (r != -ENOTCONN ||
+		    atomic_load(&uz_client.state) != UZ_CLIENT_RECONNECTING || !uz_conn_wait_managed())
+			break;
+		retried = true;
+	}
+	if (r < 0)
+		return r;
+	/* A successor that found the range registered in the kernel already has it. */
+	if (type == UZ_MSG_REGISTER && reply.status == -EEXIST && retried)
+		return 0;
+	return reply.status;
 }
 
 /*
@@ -233,11 +254,26 @@ int uz_range_register_locked(uint64_t start, uint64_t len, uint32_t flags)
 		return r;
 	r = daemon_range(UZ_MSG_REGISTER, start, len, flags);
 	if (r < 0) {
-		uffd_unregister(start, len);
+		/* After failing closed the uffd is released: nothing is registered any more. */
+		if (uz_client_managed())
+			uffd_unregister(start, len);
 		return r;
 	}
 	uz_range_remember_locked(start, len);
 	return 0;
+}
+
+/*
+ * [start, start + len) is registered with the uffd already (the kernel
+ * extended a registered mapping over it): tell the daemon and remember it,
+ * or unregister it when the daemon refuses.  Caller holds range_lock.
+ */
+void uz_range_announce_locked(uint64_t start, uint64_t len)
+{
+	if (daemon_range(UZ_MSG_REGISTER, start, len, 0) == 0)
+		uz_range_remember_locked(start, len);
+	else if (uz_client_managed())
+		uffd_unregister(start, len);
 }
 
 /* Take [start, start + len) back from the daemon.  Caller holds range_lock. */
@@ -249,12 +285,13 @@ int uz_range_unregister_locked(uint64_t start, uint64_t len)
 		return -EDEADLK;
 	r = daemon_range(UZ_MSG_UNREGISTER, start, len, 0);
 	/*
-	 * -ENOTCONN: the daemon is leaving or gone.  After SHUTDOWN every page
-	 * is back; after a crash the pages are lost either way.
+	 * -ENOTCONN: the daemon is leaving (after SHUTDOWN every page is
+	 * back), or no daemon came back and the agent failed closed (every
+	 * evicted page is back or poisoned, the uffd released).
 	 */
 	if (r < 0 && r != -ENOTCONN)
 		return r;
-	if (uz_client.uffd >= 0)
+	if (uz_client.uffd >= 0 && uz_client_managed())
 		uffd_unregister(start, len);
 	uz_range_forget_locked(start, len);
 	return 0;
