@@ -96,6 +96,7 @@ struct group_registry {
 #define UZ_USER_ADDR_MAX	 (1ULL << 47)  /* end of the 47-bit user address space */
 #define UZ_HELLO_TIMEOUT_USEC	 (5ULL * 1000 * 1000)
 #define UZ_DRAIN_TIMEOUT_USEC	 (10ULL * 1000 * 1000)
+#define UZ_EXIT_HANDOVER	 75 /* EX_TEMPFAIL: exited for the next uzswapd (SIGUSR2) */
 #define UZ_FAULT_SPIN_USEC_DEFAULT 0 /* off: no gain measured on a loaded 2-vCPU VM (bench/hotcold/README.md) */
 
 /*

@@ -423,6 +423,7 @@ struct main_state {
 	int listen_fd;
 	int control_fd;	 /* from socket activation, else -1 */
 	bool own_socket; /* we bound it: unlink on exit */
+	bool handover;	 /* SIGUSR2: leave the clients their state for the next uzswapd */
 	char *socket_path;
 	char *control_path;
 	char *config_path;
@@ -787,6 +788,26 @@ static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, v
 	return 0;
 }
 
+/*
+ * SIGUSR2: hand over (an upgrade, a planned restart).  The clients keep
+ * every page where it is -- their stores, arenas and swap records are
+ * theirs -- and re-join whichever uzswapd listens next; nothing is given
+ * back, so nobody's footprint comes back into memory at once.  Exits with
+ * UZ_EXIT_HANDOVER, which the unit's Restart= turns into a start.
+ */
+static int on_handover(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata)
+{
+	struct main_state *m = userdata;
+
+	uz_log(LOG_INFO, "received %s: handing over; clients keep their pages and re-join the "
+			 "next uzswapd",
+	       strsignal((int)si->ssi_signo));
+	(void)sd_notify(0, "STOPPING=1\nSTATUS=Handing over to the next uzswapd");
+	m->handover = true;
+	sd_event_exit(m->event, 0);
+	return 0;
+}
+
 static int on_reload(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata)
 {
 	struct main_state *m = userdata;
@@ -997,6 +1018,7 @@ int main(int argc, char **argv)
 	sigaddset(&mask, SIGINT);
 	sigaddset(&mask, SIGHUP);
 	sigaddset(&mask, SIGUSR1);
+	sigaddset(&mask, SIGUSR2);
 	pthread_sigmask(SIG_BLOCK, &mask, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
@@ -1080,6 +1102,7 @@ int main(int argc, char **argv)
 	    (r = sd_event_add_signal(m.event, NULL, SIGINT, on_terminate, &m)) < 0 ||
 	    (r = sd_event_add_signal(m.event, NULL, SIGHUP, on_reload, &m)) < 0 ||
 	    (r = sd_event_add_signal(m.event, NULL, SIGUSR1, on_usr1, &m)) < 0 ||
+	    (r = sd_event_add_signal(m.event, NULL, SIGUSR2, on_handover, &m)) < 0 ||
 	    (r = sd_event_add_time_relative(m.event, &recheck, CLOCK_MONOTONIC, MAIN_RECHECK_USEC,
 					    0, on_recheck, &m)) < 0 ||
 	    (r = sd_event_add_defer(m.event, &first, on_first_iteration, &m)) < 0) {
@@ -1117,6 +1140,17 @@ int main(int argc, char **argv)
 	close(m.listen_fd);
 	m.listen_fd = -1;
 	m.control = control_server_free(m.control);
+	if (m.handover) {
+		/*
+		 * No drain: stopping the fault threads detaches every client
+		 * (its process is alive, its state stays with it) and waits
+		 * for the swap I/O in flight; the sockets close and the
+		 * clients look for the next daemon.
+		 */
+		daemon_print_summary(m.daemon, stderr);
+		r = UZ_EXIT_HANDOVER;
+		goto out;
+	}
 	daemon_drain(m.daemon, UZ_DRAIN_TIMEOUT_USEC);
 	daemon_log_swap_errors(m.daemon);
 	if (m.daemon->drain_timeouts)
@@ -1145,5 +1179,7 @@ out:
 	free(m.control_path);
 	free(m.config_path);
 	free(m.cgroup_dir);
+	if (r == UZ_EXIT_HANDOVER)
+		return UZ_EXIT_HANDOVER;
 	return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 }

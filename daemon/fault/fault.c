@@ -1843,8 +1843,9 @@ struct recover_ctx {
 	struct fault_thread *thread;
 	struct client *client;
 	struct pagemap_window pagemap;
-	/* IN_FLIGHT entries of the batch the previous daemon had out */
+	/* IN_FLIGHT entries of the batch the previous daemon had out, and its record */
 	uint64_t in_flight_vpns[UZ_EVICT_BATCH_MAX];
+	struct uz_store_batch record;
 	unsigned nr_in_flight;
 	uint64_t recovered, lost;
 };
@@ -1955,12 +1956,17 @@ static void recover_in_flight(struct recover_ctx *ctx)
 {
 	struct fault_thread *t = ctx->thread;
 	struct client *c = ctx->client;
-	const struct uz_store_batch *record = store_batch(c->store);
+	/* A copy: storing pages below may grow the store and move its mapping. */
+	const struct uz_store_batch *record = &ctx->record;
 	const struct uz_ring_status *status = client_ring_status(c);
-	uint32_t record_id = __atomic_load_n(&record->id, __ATOMIC_ACQUIRE);
-	uint32_t status_batch = __atomic_load_n(&status->batch, __ATOMIC_ACQUIRE);
-	bool answered = record_id && status_batch == record_id && status->count == record->count &&
-			record->count <= UZ_EVICT_BATCH_MAX;
+	uint32_t record_id, status_batch;
+	bool answered;
+
+	memcpy(&ctx->record, store_batch(c->store), sizeof(ctx->record));
+	record_id = record->id;
+	status_batch = __atomic_load_n(&status->batch, __ATOMIC_ACQUIRE);
+	answered = record_id && status_batch == record_id && status->count == record->count &&
+		   record->count <= UZ_EVICT_BATCH_MAX;
 
 	c->batch_id = uz_max(record_id, status_batch);
 	for (unsigned j = 0; j < ctx->nr_in_flight; j++) {

@@ -605,6 +605,57 @@ def t_daemon_killed_restart(h):
     h.stop_daemon()
 
 
+def t_daemon_handover(h):
+    """SIGUSR2: uzswapd hands over (an upgrade): it exits 75 without giving any page back,
+    the clients keep their evicted pages where they are (pool and disk) and re-join the
+    next uzswapd, which takes them back; every page verifies."""
+    os.makedirs(os.path.join(h.tmp, "cgroup.d"), exist_ok=True)
+    extra = _restart_config(h, pool_max="16M", swap="256M")
+    h.start_daemon(budget="16M", extra=extra, name="uzswapd-1")
+    clients = [h.spawn(f"client{i}", [h.bin("itest-loop"), "64M", "2", "15", "yes"])
+               for i in range(2)]
+    for c in clients:
+        c.wait_for_output("READY", 60)
+    before, _ = h.stats()
+    held = before["stored_pages"] + before.get("on_disk_pages", 0)
+    log(f"before the handover: stored {before['stored_pages']}, on disk "
+        f"{before.get('on_disk_pages', 0)}")
+    h.daemon.popen.send_signal(signal.SIGUSR2)
+    rc = h.daemon.wait(30)
+    if rc != 75:
+        h.daemon.report()
+        raise TestFailure(f"uzswapd exited {rc} on SIGUSR2, expected 75 (handed over)")
+    if "handing over" not in h.daemon.stderr():
+        raise TestFailure("uzswapd did not say it was handing over")
+    for c in clients:
+        if not c.alive():
+            c.report()
+            raise TestFailure(f"{c.name} exited ({c.popen.returncode}) at the handover")
+    h.start_daemon(budget="16M", extra=extra, name="uzswapd-2")
+    end = time.monotonic() + 30
+    while True:
+        stats, _ = h.stats()
+        if stats.get("recovered_clients", 0) >= 2:
+            break
+        if time.monotonic() > end:
+            raise TestFailure("the clients did not re-join the next uzswapd within 30 s")
+        time.sleep(0.2)
+    log(f"after the handover: {stats.get('recovered_pages', 0)} pages taken back, "
+        f"{stats.get('lost_pages', 0)} lost, zswpin {stats.get('zswpin', 0)}")
+    if stats.get("lost_pages", 0):
+        raise TestFailure(f"{stats['lost_pages']} pages lost at the handover")
+    if stats.get("recovered_pages", 0) < held * 9 // 10:
+        raise TestFailure(f"only {stats.get('recovered_pages', 0)} of the {held} evicted pages "
+                          "were handed over: the old daemon gave pages back")
+    for c in clients:
+        rc = c.wait(90)
+        c.report()
+        if rc != 0:
+            raise TestFailure(f"{c.name} exited with {rc} after the handover")
+    h.wait_daemon_empty()
+    h.stop_daemon()
+
+
 def t_daemon_never_returns(h):
     """SIGKILL of uzswapd and no new one: after UZSWAP_RECONNECT_TIMEOUT (2 s here) the
     client fails closed -- a notice, then SIGBUS on the first evicted page it touches,
