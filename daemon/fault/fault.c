@@ -1259,11 +1259,22 @@ static void client_kill(struct fault_thread *t, struct client *c, bool give_back
 	uz_list_add_tail(&t->dead, &c->thread_link);
 }
 
+/* Why a client leaves, for the log (UZ_MESSAGE_CLIENT_LEFT). */
+static const char *client_leave_reason(const struct fault_thread *t, const struct client *c)
+{
+	if (c->shutdown_sent && c->gone)
+		return "every page given back, daemon stopping";
+	if (t->draining)
+		return "daemon stopping, no SHUTDOWN acknowledgement";
+	return "disconnected";
+}
+
 static void client_destroy(struct fault_thread *t, struct client *c)
 {
 	struct daemon *d = t->daemon;
 
 	fault_retries_purge(t, c);
+	daemon_client_left(d, c, client_leave_reason(t, c)); /* logged by the main thread */
 	client_forget_range(c, 0, (VPN_MAX + 1) << UZ_PAGE_SHIFT);
 	uz_list_del(&c->thread_link);
 	pthread_mutex_lock(&d->clients_lock);

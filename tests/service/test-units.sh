@@ -37,4 +37,16 @@ grep -q '^ListenStream=.*/control.sock' "$tmp/uzswapd-control.socket" &&
     grep -q '^FileDescriptorName=control$' "$tmp/uzswapd-control.socket" &&
     grep -q '^Service=uzswapd.service' "$tmp/uzswapd-control.socket" ||
     { echo "FAIL: uzswapd-control.socket lacks ListenStream/FileDescriptorName=control/Service"; exit 1; }
+# The journal catalog explains exactly the MESSAGE_IDs the daemon sends.
+src=$(dirname "$0")/../..
+ids_code=$(grep -o '^#define UZ_MESSAGE_[A-Z_]* "[0-9a-f]\{32\}"' "$src/daemon/log.h" | grep -o '[0-9a-f]\{32\}' | sort)
+ids_catalog=$(grep -o '^-- [0-9a-f]\{32\}$' "$src/systemd/uzswap.catalog" | cut -c4- | sort)
+[ -n "$ids_code" ] || { echo "FAIL: no MESSAGE_ID in daemon/log.h"; exit 1; }
+[ "$(echo "$ids_code" | uniq -d)" = "" ] || { echo "FAIL: a MESSAGE_ID is used twice in daemon/log.h"; exit 1; }
+if [ "$ids_code" != "$ids_catalog" ]; then
+    diff <(echo "$ids_code") <(echo "$ids_catalog") || true
+    echo "FAIL: daemon/log.h and systemd/uzswap.catalog list different MESSAGE_IDs (<: code, >: catalog)"
+    exit 1
+fi
+echo "ok: the catalog explains the $(echo "$ids_code" | wc -l) MESSAGE_IDs of daemon/log.h"
 echo "PASS: units verify cleanly"
