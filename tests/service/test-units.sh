@@ -4,19 +4,25 @@
 # Verifies the generated systemd units with `systemd-analyze verify`: the
 # syntax, the dependencies between uzswapd.service and its two sockets
 # (uzswapd.socket, uzswapd-control.socket), and
-# every hardening option being known to this systemd.  ExecStart is pointed
-# at the freshly built daemon so the executable check means something.
+# every hardening option being known to this systemd.  ExecStart and
+# ExecReload are pointed at the freshly built daemon and CLI so the
+# executable check means something.
 # Skips (77) only when systemd-analyze is not installed.
 set -euo pipefail
 build=$1
 uzswapd=$2
+uzswapctl=$3
 command -v systemd-analyze >/dev/null || { echo "SKIP: systemd-analyze not installed"; exit 77; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for unit in uzswapd.service uzswapd.socket uzswapd-control.socket; do
-    sed "s|^ExecStart=[^ ]*|ExecStart=$uzswapd|" "$build/systemd/$unit" > "$tmp/$unit"
+    sed -e "s|^ExecStart=[^ ]*|ExecStart=$uzswapd|" \
+        -e "s|^ExecReload=[^ ]*/uzswapctl |ExecReload=$uzswapctl |" "$build/systemd/$unit" > "$tmp/$unit"
 done
 grep -q "^ExecStart=$uzswapd" "$tmp/uzswapd.service"
+# Reload goes through uzswapctl (synchronous, fails on a bad config), not kill.
+grep -q "^ExecReload=$uzswapctl --socket /.*/control.sock reload$" "$tmp/uzswapd.service" ||
+    { grep ExecReload "$tmp/uzswapd.service"; echo "FAIL: ExecReload is not uzswapctl reload"; exit 1; }
 out=$(cd "$tmp" && systemd-analyze verify --man=no ./uzswapd.service ./uzswapd.socket ./uzswapd-control.socket 2>&1) || {
     echo "$out"
     echo "FAIL: systemd-analyze verify"
