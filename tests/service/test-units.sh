@@ -54,5 +54,8 @@ if [ "$ids_code" != "$ids_catalog" ]; then
     echo "FAIL: daemon/log.h and systemd/uzswap.catalog list different MESSAGE_IDs (<: code, >: catalog)"
     exit 1
 fi
-echo "ok: the catalog explains the $(echo "$ids_code" | wc -l) MESSAGE_IDs of daemon/log.h"
+for id in $ids_code; do
+    grep -q "^\.B $id\$" "$src/man/uzswapd.8" || { echo "FAIL: MESSAGE_ID $id is not in uzswapd(8), JOURNAL"; exit 1; }
+done
+echo "ok: the catalog and uzswapd(8) explain the $(echo "$ids_code" | wc -l) MESSAGE_IDs of daemon/log.h"
 echo "PASS: units verify cleanly"
