@@ -23,6 +23,12 @@ build, booted with systemd-nspawn.  Then, in one boot, in this order:
   watchdog      UZSWAP_TEST_STALL_FAULT_THREAD + a short WatchdogSec= in a
                 runtime drop-in: the pings stop, systemd kills uzswapd
                 (watchdog timeout) and restarts it; the stalled client runs on
+  unprivileged  a User=nobody program without access to /dev/userfaultfd
+                runs unmanaged (and verifies); with the node as
+                60-uzswap.rules makes it (group uzswap, 0660; done by hand:
+                no udev in a container) a User=nobody service with the
+                example drop-in (SupplementaryGroups=uzswap) is paged and
+                verifies
   enrolled      a service with the example drop-in
                 (examples/systemd/redis-server.service.d/uzswap.conf, as is)
                 and a cgroup.d budget: `uzswapctl clients` shows it in its
@@ -64,6 +70,7 @@ DROPIN = os.path.join(SRC, "examples/systemd/redis-server.service.d/uzswap.conf"
 WORKLOAD = "/usr/local/bin/uzswap-workload"
 DEMO_CGROUP = "/system.slice/uzdemo.service"
 ACTIVATE_CGROUP = "/system.slice/uzactivate.service"
+USER_CGROUP = "/system.slice/uzuser.service"
 MiB = 1 << 20
 
 # MESSAGE_IDs, read from the daemon's own header so the test follows it.
@@ -227,6 +234,40 @@ class Suite:
         c.run(["systemctl", "daemon-reload"])
         c.run(["systemctl", "restart", "uzswapd.service"], timeout=60)
         c.run(["systemctl", "stop", "uzstall.service"])
+
+    def t_unprivileged(self):
+        c = self.c
+        # Without access to /dev/userfaultfd (root's 0600 here, no group)
+        # and with vm.unprivileged_userfaultfd=0, libuzswap refuses to
+        # manage the program rather than break its system calls.
+        p = c.run(["systemd-run", "--wait", "--pipe", "--quiet", "-p", "User=nobody",
+                   "--unit=uznobody", *dropin_env(), WORKLOAD, "--size", "24M", "--passes", "1"],
+                  timeout=120, check=False)
+        out = p.stdout + p.stderr
+        check(p.returncode == 0 and "verified:" in out and "running unmanaged" in out and
+              re.search(r"pass 1: 0 pages were not resident", out),
+              "a User=nobody service without /dev/userfaultfd runs unmanaged and verifies: "
+              + next((l for l in out.splitlines() if "libuzswap" in l), "?"))
+        # What 60-uzswap.rules makes udev do (the container has no udev): the
+        # node in group uzswap, mode 0660.  Only the container's view changes.
+        rule = open(os.path.join(SRC, "systemd/60-uzswap.rules")).read()
+        check('KERNEL=="userfaultfd", GROUP="uzswap", MODE="0660"' in rule,
+              "60-uzswap.rules gives /dev/userfaultfd to group uzswap, 0660")
+        c.run(["sh", "-c", "umount /dev/userfaultfd && rm -f /dev/userfaultfd && "
+               "mknod -m 0660 /dev/userfaultfd c 10 257 && chgrp uzswap /dev/userfaultfd"])
+        # A User=nobody service with the example drop-in as it is.
+        c.run(["systemctl", "start", "uzuser.service"], timeout=120, check=False)
+        out = "\n".join(r.get("MESSAGE", "") for r in c.journal("-u", "uzuser.service",
+                                                                 "_COMM=uzswap-workload"))
+        log("User=nobody with the drop-in:\n" + out)
+        m = re.search(r"pass 1: (\d+) pages were not resident", out)
+        check(c.show("uzuser.service", "Result") == "success" and "verified:" in out and
+              m and int(m.group(1)) > 0,
+              "a User=nobody service with the example drop-in is paged "
+              f"({m.group(1) if m else '?'} pages not resident) and verifies")
+        joins = self.records("CLIENT_JOINED", f"UZSWAP_CGROUP={USER_CGROUP}")
+        check(joins and joins[-1].get("UZSWAP_CLIENT_UID") == "65534",
+              f"journal: it joined as uid 65534 (UZSWAP_CLIENT_UID=), cgroup {USER_CGROUP}")
 
     def t_enrolled(self):
         c = self.c
@@ -427,7 +468,7 @@ class Suite:
               "the next uzswapctl call activates uzswapd again")
 
 
-TESTS = ["boot", "activation", "enable", "watchdog", "enrolled", "reload", "events",
+TESTS = ["boot", "activation", "enable", "watchdog", "unprivileged", "enrolled", "reload", "events",
          "cli-config", "hardening", "stop"]
 
 
@@ -442,8 +483,14 @@ def prepare(c, prefix_build):
             f"[Service]\nExecStart={WORKLOAD} --size 64M --passes 2 --wait-signals\n", 0o644),
         # The example drop-in, exactly as shipped.
         "/etc/systemd/system/uzdemo.service.d/uzswap.conf": (open(DROPIN).read(), 0o644),
+        "/etc/systemd/system/uzuser.service": (
+            "[Unit]\nDescription=uzswap test: a User= service enrolled through the example drop-in\n"
+            f"[Service]\nType=oneshot\nUser=nobody\nExecStart={WORKLOAD} --size 24M --passes 1\n",
+            0o644),
+        "/etc/systemd/system/uzuser.service.d/uzswap.conf": (open(DROPIN).read(), 0o644),
         "/etc/uzswap/cgroup.d/uzdemo.conf": (cgroup_conf(DEMO_CGROUP, "16M"), 0o644),
         "/etc/uzswap/cgroup.d/uzactivate.conf": (cgroup_conf(ACTIVATE_CGROUP, "8M"), 0o644),
+        "/etc/uzswap/cgroup.d/uzuser.conf": (cgroup_conf(USER_CGROUP, "8M"), 0o644),
     }
     for path, (content, mode) in files.items():
         dest = c.merged + path
