@@ -25,10 +25,12 @@ pages):
             UZSWAP_CLIENT_PID=), and the service finally stops cleanly after
             a last check of every page.
 """
+import sys
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import importlib.util
 import os
 import re
-import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 spec = importlib.util.spec_from_file_location("systemd_suite", os.path.join(HERE, "test-systemd.py"))

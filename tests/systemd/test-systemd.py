@@ -55,9 +55,11 @@ without loss exists (see tests/systemd/meson.build).
 Exit 77 only when this machine cannot boot a container (the reason is
 printed).  The container is removed on every exit path (container.py).
 """
+import sys
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import os
 import re
-import sys
 import time
 import traceback
 
