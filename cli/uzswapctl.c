@@ -74,8 +74,10 @@ static void usage(FILE *out)
 	    "                              (no argument: /etc/uzswap/uzswapd.conf and cgroup.d)\n"
 	    "\n"
 	    "Options:\n"
-	    "  --socket PATH   control socket (default: ControlSocket= of uzswapd.conf,\n"
-	    "                  else %s/control.sock)\n"
+	    "  --socket PATH   control socket (default: $UZSWAP_CONTROL_SOCKET, else\n"
+	    "                  control.sock next to $UZSWAP_SOCKET, else ControlSocket=\n"
+	    "                  of uzswapd.conf, else next to its Socket=, else\n"
+	    "                  %s/control.sock)\n"
 	    "  --json          print the daemon's JSON\n"
 	    "  -h, --help      this text\n"
 	    "  --version       the version\n"
@@ -772,17 +774,66 @@ static int cmd_config_check(char **paths, int n_paths)
 
 /* --- main ---------------------------------------------------------------------- */
 
+/* control.sock in the directory of path. */
+static char *control_socket_next_to(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char *out;
+
+	if (!slash)
+		return strdup("control.sock");
+	if (asprintf(&out, "%.*s/control.sock", (int)(slash - path), path) < 0)
+		return NULL;
+	return out;
+}
+
+/*
+ * Where the control socket is when --socket does not say (uzswapctl(8),
+ * ENVIRONMENT): the environment first, since it names one daemon, then
+ * the daemon's config, then the built-in place.
+ *   1. $UZSWAP_CONTROL_SOCKET;
+ *   2. control.sock next to $UZSWAP_SOCKET (where a daemon started with
+ *      that variable puts it);
+ *   3. ControlSocket= of uzswapd.conf when it moves it from the default;
+ *   4. control.sock next to Socket= of uzswapd.conf when that moves the
+ *      client socket (the daemon puts the control socket beside it);
+ *   5. UZSWAP_RUNDIR/control.sock; for a user other than root whose own
+ *      daemon runs, $XDG_RUNTIME_DIR/uzswap/control.sock.
+ * A config file with errors counts as absent here (config-check names them).
+ */
 static char *default_socket_path(void)
 {
+	const char *env = getenv("UZSWAP_CONTROL_SOCKET"), *runtime;
 	struct uz_config *config;
-	char err[256], *path;
+	char err[256], *path = NULL;
+	struct stat st;
 
-	/* ControlSocket= of the main file; a broken file leaves the default. */
-	if (config_load(&config, CONFIG_DEFAULT_MAIN_PATH, NULL, err, sizeof(err)) < 0)
-		return strdup(UZSWAP_RUNDIR "/control.sock");
-	path = strdup(config_daemon(config)->control_socket_path);
-	config_free(config);
-	return path;
+	if (env && env[0])
+		return strdup(env);
+	env = getenv("UZSWAP_SOCKET");
+	if (env && env[0])
+		return control_socket_next_to(env);
+	if (config_load(&config, CONFIG_DEFAULT_MAIN_PATH, NULL, err, sizeof(err)) == 0) {
+		const struct config_daemon *cd = config_daemon(config);
+
+		if (cd->control_socket_path && cd->control_socket_path[0] &&
+		    strcmp(cd->control_socket_path, UZSWAP_RUNDIR "/control.sock"))
+			path = strdup(cd->control_socket_path);
+		else if (cd->socket_path && cd->socket_path[0] &&
+			 strcmp(cd->socket_path, UZSWAP_RUNDIR "/uzswapd.sock"))
+			path = control_socket_next_to(cd->socket_path);
+		config_free(config);
+		if (path)
+			return path;
+	}
+	runtime = getenv("XDG_RUNTIME_DIR");
+	if (geteuid() != 0 && runtime && runtime[0] &&
+	    asprintf(&path, "%s/uzswap/control.sock", runtime) >= 0) {
+		if (stat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+			return path;
+		free(path);
+	}
+	return strdup(UZSWAP_RUNDIR "/control.sock");
 }
 
 int main(int argc, char **argv)

@@ -4,10 +4,10 @@
  * statistics, fault threads), the drain that gives every page back before
  * the daemon exits, the one-screen statistics summary, and logging.
  *
- * Logging goes to the journal (sd_journal_print, with its priority) when
- * main.c found stderr connected to it (JOURNAL_STREAM), otherwise to
- * stderr as plain "uzswapd: message" lines.  Only top levels log: main.c
- * and the handshake on the main thread; never the fault path.
+ * Logging is in log.c.  Only top levels log: main.c and the handshake on
+ * the main thread; never the fault path.  A client that leaves is queued
+ * by its fault thread (daemon_client_left) and logged by the main thread
+ * (daemon_log_departures).
  *
  * Groups and policies: daemon_client_resolve() maps a process to its
  * cgroup, its group and its policy; daemon_reassign_clients() does it
@@ -24,9 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
-
-#include <systemd/sd-journal.h>
 
 #include "cgroup/cgroup.h"
 #include "client/client.h"
@@ -41,46 +40,6 @@
 #include "stats/stats.h"
 #include "swap/swapfile.h"
 #include "util.h"
-
-int uz_log_max_level = LOG_INFO;
-bool uz_log_to_journal;
-
-void uz_log(int level, const char *fmt, ...)
-{
-	char line[1024];
-	va_list ap;
-	int saved_errno = errno;
-
-	if (level > uz_log_max_level)
-		return;
-	va_start(ap, fmt);
-	errno = saved_errno; /* %m */
-	vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	if (!uz_log_to_journal || sd_journal_print(level, "%s", line) < 0)
-		fprintf(stderr, "uzswapd: %s\n", line);
-	errno = saved_errno;
-}
-
-int uz_log_parse_level(const char *name)
-{
-	static const char *const names[] = {
-	    [LOG_EMERG] = "emerg", [LOG_ALERT] = "alert",     [LOG_CRIT] = "crit",
-	    [LOG_ERR] = "err",	   [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice",
-	    [LOG_INFO] = "info",   [LOG_DEBUG] = "debug",
-	};
-
-	for (int i = 0; i < (int)UZ_ARRAY_SIZE(names); i++)
-		if (strcasecmp(name, names[i]) == 0)
-			return i;
-	if (strcasecmp(name, "error") == 0)
-		return LOG_ERR;
-	if (strcasecmp(name, "warn") == 0)
-		return LOG_WARNING;
-	if (name[0] >= '0' && name[0] <= '7' && name[1] == 0)
-		return name[0] - '0';
-	return -EINVAL;
-}
 
 /*
  * How long a fault thread may spin before sleeping (daemon/fault/fault.c,
@@ -122,6 +81,12 @@ int daemon_new(struct daemon **out, const struct uz_policy *policy, unsigned nr_
 	group_registry_init(&d->groups);
 	pthread_mutex_init(&d->clients_lock, NULL);
 	uz_list_init(&d->clients);
+	pthread_mutex_init(&d->departures_lock, NULL);
+	d->departures_event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (d->departures_event_fd < 0) {
+		r = -errno;
+		goto fail;
+	}
 
 	uz_list_init(&d->families);
 	r = pool_totals_new(&d->pool_totals);
@@ -168,12 +133,97 @@ struct daemon *daemon_free(struct daemon *d)
 	stats_free(d->stats);
 	pool_totals_free(d->pool_totals);
 	pthread_mutex_destroy(&d->clients_lock);
+	for (; d->nr_departures; d->nr_departures--) {
+		group_unref(d->departures[d->departures_head].group);
+		d->departures_head = (d->departures_head + 1) % UZ_DEPARTURES_MAX;
+	}
+	pthread_mutex_destroy(&d->departures_lock);
+	if (d->departures_event_fd >= 0)
+		close(d->departures_event_fd);
 	group_registry_destroy(&d->groups);
 	config_free(d->config);
 	cgroup_layout_free(d->cgroup_layout);
 	free(d->swap_file);
 	free(d);
 	return NULL;
+}
+
+void daemon_client_left(struct daemon *d, const struct client *c, const char *reason)
+{
+	struct client_departure dep = {
+	    .id = c->id,
+	    .pid = c->pid,
+	    .uid = c->uid,
+	    .group = c->group ? group_ref(c->group) : NULL,
+	    .reason = reason,
+	    .zswpout = stats_read(c->stats, UZ_STAT_zswpout),
+	    .zswpin = stats_read(c->stats, UZ_STAT_zswpin),
+	    .stored_pages = stats_read(c->stats, UZ_STAT_stored_pages),
+	};
+	uint64_t one = 1;
+	bool queued = false;
+
+	memcpy(dep.comm, c->comm, sizeof(dep.comm));
+	pthread_mutex_lock(&d->departures_lock);
+	if (d->nr_departures < UZ_DEPARTURES_MAX) {
+		d->departures[(d->departures_head + d->nr_departures) % UZ_DEPARTURES_MAX] = dep;
+		d->nr_departures++;
+		queued = true;
+	} else {
+		d->departures_dropped++;
+	}
+	pthread_mutex_unlock(&d->departures_lock);
+	if (!queued)
+		group_unref(dep.group);
+	(void)!write(d->departures_event_fd, &one, sizeof(one));
+}
+
+void daemon_log_departures(struct daemon *d)
+{
+	uint64_t count;
+	unsigned dropped;
+
+	(void)!read(d->departures_event_fd, &count, sizeof(count));
+	for (;;) {
+		struct client_departure dep;
+		struct uz_log_client who;
+		char zswpout[48], zswpin[48], stored[48], reason[160];
+		const char *fields[5] = {zswpout, zswpin, stored, reason, NULL};
+
+		pthread_mutex_lock(&d->departures_lock);
+		if (!d->nr_departures) {
+			pthread_mutex_unlock(&d->departures_lock);
+			break;
+		}
+		dep = d->departures[d->departures_head];
+		d->departures_head = (d->departures_head + 1) % UZ_DEPARTURES_MAX;
+		d->nr_departures--;
+		pthread_mutex_unlock(&d->departures_lock);
+
+		who = (struct uz_log_client){.id = dep.id,
+					     .pid = dep.pid,
+					     .uid = dep.uid,
+					     .uid_set = true,
+					     .comm = dep.comm,
+					     .cgroup = dep.group ? dep.group->path : NULL};
+		snprintf(zswpout, sizeof(zswpout), "UZSWAP_ZSWPOUT=%" PRId64, dep.zswpout);
+		snprintf(zswpin, sizeof(zswpin), "UZSWAP_ZSWPIN=%" PRId64, dep.zswpin);
+		snprintf(stored, sizeof(stored), "UZSWAP_STORED_PAGES=%" PRId64, dep.stored_pages);
+		snprintf(reason, sizeof(reason), "UZSWAP_REASON=%s", dep.reason);
+		uz_log_event(LOG_INFO, UZ_MESSAGE_CLIENT_LEFT, &who, fields,
+			     "client %" PRIu64 " left: pid %d comm \"%s\" cgroup \"%s\": %s "
+			     "(%" PRId64 " pages stored and %" PRId64 " faulted back in its life)",
+			     dep.id, (int)dep.pid, dep.comm, who.cgroup ? who.cgroup : "?",
+			     dep.reason, dep.zswpout, dep.zswpin);
+		group_unref(dep.group);
+	}
+	pthread_mutex_lock(&d->departures_lock);
+	dropped = d->departures_dropped;
+	d->departures_dropped = 0;
+	pthread_mutex_unlock(&d->departures_lock);
+	if (dropped)
+		uz_log(LOG_INFO, "%u more client%s left (not logged one by one: too many at once)",
+		       dropped, dropped == 1 ? "" : "s");
 }
 
 void daemon_drain(struct daemon *d, uint64_t timeout_usec)

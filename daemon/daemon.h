@@ -38,6 +38,7 @@
 #include <time.h>
 
 #include "config/policy.h"
+#include "log.h"
 
 struct pool_totals;
 struct uz_config;
@@ -47,6 +48,7 @@ struct lru;
 struct stats;
 struct latency_hist;
 struct fault_thread;
+struct client;
 
 /* A minimal intrusive doubly-linked list. */
 struct uz_list {
@@ -116,6 +118,21 @@ struct uz_swap_error_note {
 	uint64_t addr;
 };
 
+/*
+ * A client that left, queued by its fault thread for the main thread to
+ * log (fault threads never log): who it was and what it did.
+ */
+#define UZ_DEPARTURES_MAX 64 /* queued and not yet logged; more are counted, not logged */
+struct client_departure {
+	uint64_t id;
+	pid_t pid;
+	uid_t uid;
+	char comm[17];
+	struct uz_group *group; /* a reference, dropped once logged */
+	const char *reason;	/* a string constant */
+	int64_t zswpout, zswpin, stored_pages;
+};
+
 /* Command-line options that override the config's [Defaults] (main.c). */
 struct policy_override {
 	bool resident_max_set, resident_low_set, compressor_set;
@@ -142,6 +159,15 @@ struct daemon {
 	uint64_t next_client_id; /* main thread only */
 
 	unsigned swap_idle_checks; /* daemon_swap_collect(): calls with nothing to wait for */
+	/*
+	 * Clients that left, for the main thread to log: a ring under
+	 * departures_lock (never held across a system call), and an eventfd
+	 * (non-blocking, written after queueing) the main loop watches.
+	 */
+	pthread_mutex_t departures_lock;
+	struct client_departure departures[UZ_DEPARTURES_MAX];
+	unsigned departures_head, nr_departures, departures_dropped;
+	int departures_event_fd;
 
 	/* Set by the fault threads when a drain gave up on a client (atomic). */
 	unsigned drain_timeouts;
@@ -217,6 +243,15 @@ unsigned daemon_reassign_clients(struct daemon *daemon, bool force);
  */
 int daemon_shrink_group(struct daemon *daemon, struct uz_group *group, uint64_t bytes,
 			uint64_t *queued);
+/*
+ * A client leaves (its fault thread, before freeing it): queue its
+ * UZ_MESSAGE_CLIENT_LEFT message for the main thread.  reason: a string
+ * constant.  Never blocks, never logs.
+ */
+void daemon_client_left(struct daemon *daemon, const struct client *client, const char *reason);
+/* Main thread: log the departures queued so far (the departures_event_fd callback, and at exit). */
+void daemon_log_departures(struct daemon *daemon);
+
 /* True when every fault thread advanced its heartbeat within max_age_usec. */
 bool daemon_threads_alive(struct daemon *daemon, uint64_t max_age_usec);
 
@@ -241,16 +276,6 @@ void daemon_swap_collect(struct daemon *daemon);
 
 /* A one-screen summary of the global statistics, for SIGUSR1 and exit. */
 void daemon_print_summary(struct daemon *daemon, FILE *f);
-
-/*
- * Logging: syslog levels (LOG_ERR .. LOG_DEBUG).  To the journal (native
- * protocol, with PRIORITY=) when uz_log_to_journal is set — main.c sets it
- * when JOURNAL_STREAM says stderr is the journal — else to stderr.
- */
-extern int uz_log_max_level;
-extern bool uz_log_to_journal;
-void uz_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int uz_log_parse_level(const char *name);
 
 static inline uint64_t uz_now_usec(void)
 {

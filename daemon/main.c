@@ -39,6 +39,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -425,6 +426,7 @@ struct main_state {
 	bool own_socket; /* we bound it: unlink on exit */
 	bool handover;	 /* SIGUSR2: leave the clients their state for the next uzswapd */
 	char *socket_path;
+	char activated_socket_path[sizeof(((struct sockaddr_un *)0)->sun_path) + 1];
 	char *control_path;
 	char *config_path;
 	char *cgroup_dir;
@@ -483,16 +485,25 @@ static int do_reload(struct main_state *m, char *err, size_t errlen)
 	unsigned changed;
 	int r;
 
+	char config_field[PATH_MAX + 16], reason[1024 + 16];
+	const char *fields[] = {config_field, reason, NULL};
+
+	snprintf(config_field, sizeof(config_field), "UZSWAP_CONFIG=%s", m->config_path);
 	r = config_load_checked(m, &config, err, errlen);
 	if (r < 0) {
-		uz_log(LOG_ERR, "reload refused, keeping the running configuration: %s", err);
+		snprintf(reason, sizeof(reason), "UZSWAP_REASON=%s", err);
+		uz_log_event(LOG_ERR, UZ_MESSAGE_RELOAD_REFUSED, NULL, fields,
+			     "reload refused, keeping the running configuration: %s", err);
 		return r;
 	}
 	config_apply(m, config);
 	changed = daemon_reassign_clients(m->daemon, true);
-	uz_log(LOG_NOTICE, "configuration reloaded from \"%s\" (%zu cgroup file%s); %u client%s",
-	       m->config_path, config_cgroup_file_count(config),
-	       config_cgroup_file_count(config) == 1 ? "" : "s", changed, changed == 1 ? "" : "s");
+	fields[1] = NULL;
+	uz_log_event(LOG_NOTICE, UZ_MESSAGE_RELOADED, NULL, fields,
+		     "configuration reloaded from \"%s\" (%zu cgroup file%s); %u client%s",
+		     m->config_path, config_cgroup_file_count(config),
+		     config_cgroup_file_count(config) == 1 ? "" : "s", changed,
+		     changed == 1 ? "" : "s");
 	return 0;
 }
 
@@ -722,8 +733,17 @@ static int op_shrink(void *userdata, const char *cgroup, uint64_t bytes, json_ob
 	json_set(out, "writeback_requested_bytes",
 		 control_json_u64(m->daemon->swap ? bytes : 0));
 	json_set(out, "asynchronous", json_object_new_boolean(true));
-	uz_log(LOG_INFO, "shrink of \"%s\": %" PRIu64 " bytes asked, %" PRIu64 " queued", cgroup,
-	       bytes, queued);
+	{
+		struct uz_log_client where = {.cgroup = cgroup};
+		char asked[48], evicting[48];
+		const char *fields[] = {asked, evicting, NULL};
+
+		snprintf(asked, sizeof(asked), "UZSWAP_BYTES=%" PRIu64, bytes);
+		snprintf(evicting, sizeof(evicting), "UZSWAP_QUEUED_BYTES=%" PRIu64, queued);
+		uz_log_event(LOG_INFO, UZ_MESSAGE_SHRINK, &where, fields,
+			     "shrink of \"%s\": %" PRIu64 " bytes asked, %" PRIu64 " queued",
+			     cgroup, bytes, queued);
+	}
 	return 0;
 }
 
@@ -883,8 +903,18 @@ static int on_watchdog(sd_event_source *s, uint64_t usec, void *userdata)
 	if (daemon_threads_alive(m->daemon, max_age))
 		(void)sd_notify(0, "WATCHDOG=1");
 	else
-		uz_log(LOG_ERR, "a fault thread is stuck: no watchdog ping");
+		uz_log_event(LOG_ERR, UZ_MESSAGE_WATCHDOG_STUCK, NULL, NULL,
+			     "a fault thread is stuck: no watchdog ping");
 	return rearm(s, m->watchdog_usec / 2);
+}
+
+/* A fault thread queued departed clients: log them (daemon_client_left). */
+static int on_departures(sd_event_source *s, int fd, uint32_t revents, void *userdata)
+{
+	struct main_state *m = userdata;
+
+	daemon_log_departures(m->daemon);
+	return 0;
 }
 
 /* Runs on the first loop iteration: the client socket is being served. */
@@ -1079,7 +1109,19 @@ int main(int argc, char **argv)
 		m.own_socket = true;
 		m.socket_path = o.socket_path;
 	} else {
-		m.socket_path = "(socket activation)";
+		/* Say where systemd's socket listens, not just that it is systemd's. */
+		struct sockaddr_un addr = {0};
+		socklen_t len = sizeof(addr);
+
+		if (getsockname(m.listen_fd, (struct sockaddr *)&addr, &len) == 0 &&
+		    len > offsetof(struct sockaddr_un, sun_path) && addr.sun_path[0]) {
+			snprintf(m.activated_socket_path, sizeof(m.activated_socket_path), "%.*s",
+				 (int)(len - offsetof(struct sockaddr_un, sun_path)),
+				 addr.sun_path);
+			m.socket_path = m.activated_socket_path;
+		} else {
+			m.socket_path = "(socket activation)";
+		}
 	}
 
 	r = control_server_new(&m.control, m.control_path, m.control_fd, &control_ops, &m);
@@ -1098,6 +1140,8 @@ int main(int argc, char **argv)
 	}
 
 	if ((r = sd_event_add_io(m.event, NULL, m.listen_fd, EPOLLIN, on_accept, &m)) < 0 ||
+	    (r = sd_event_add_io(m.event, NULL, m.daemon->departures_event_fd, EPOLLIN,
+				 on_departures, &m)) < 0 ||
 	    (r = sd_event_add_signal(m.event, NULL, SIGTERM, on_terminate, &m)) < 0 ||
 	    (r = sd_event_add_signal(m.event, NULL, SIGINT, on_terminate, &m)) < 0 ||
 	    (r = sd_event_add_signal(m.event, NULL, SIGHUP, on_reload, &m)) < 0 ||
@@ -1121,10 +1165,10 @@ int main(int argc, char **argv)
 	}
 
 	uz_log(LOG_INFO,
-	       "listening on \"%s\" (control \"%s\"), config \"%s\" + \"%s\" (%zu cgroup "
+	       "listening on \"%s\"%s (control \"%s\"), config \"%s\" + \"%s\" (%zu cgroup "
 	       "file%s), %u fault thread%s",
-	       m.socket_path, m.control_path, m.config_path, m.cgroup_dir,
-	       config_cgroup_file_count(m.daemon->config),
+	       m.socket_path, m.own_socket ? "" : " (from systemd)", m.control_path, m.config_path,
+	       m.cgroup_dir, config_cgroup_file_count(m.daemon->config),
 	       config_cgroup_file_count(m.daemon->config) == 1 ? "" : "s",
 	       m.daemon->nr_fault_threads, m.daemon->nr_fault_threads == 1 ? "" : "s");
 
@@ -1153,6 +1197,7 @@ int main(int argc, char **argv)
 	}
 	daemon_drain(m.daemon, UZ_DRAIN_TIMEOUT_USEC);
 	daemon_log_swap_errors(m.daemon);
+	daemon_log_departures(m.daemon);
 	if (m.daemon->drain_timeouts)
 		uz_log(LOG_WARNING, "%u client%s did not acknowledge SHUTDOWN in time",
 		       m.daemon->drain_timeouts, m.daemon->drain_timeouts == 1 ? "" : "s");

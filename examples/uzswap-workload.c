@@ -14,11 +14,19 @@
  * With --hold SECONDS it keeps its memory that long after verifying (the
  * demo reads the daemon's statistics meanwhile).
  *
- * usage: uzswap-workload [--size SIZE] [--passes N] [--hold SECONDS]
+ * With --wait-signals it runs like a service instead: after the passes it
+ * keeps its memory until it is stopped.  SIGUSR1 checks every page again
+ * (`systemctl kill -s SIGUSR1 UNIT`) and prints one line; SIGTERM or
+ * SIGINT (`systemctl stop`) checks every page a last time and exits, 0
+ * only if every page verified.  The systemd suite uses it to show that a
+ * service keeps its data while uzswapd stops or restarts under it.
+ *
+ * usage: uzswap-workload [--size SIZE] [--passes N] [--hold SECONDS] [--wait-signals]
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,6 +108,56 @@ static double seconds_since(const struct timespec *start)
 	return (double)(now.tv_sec - start->tv_sec) + (double)(now.tv_nsec - start->tv_nsec) / 1e9;
 }
 
+/* Every page against its checksum: the number of pages that do not match. */
+static uint64_t region_check(const unsigned char *region, const uint64_t *checksums, uint64_t count,
+			     uint64_t *first_bad)
+{
+	uint64_t bad = 0;
+
+	for (uint64_t p = 0; p < count; p++) {
+		if (page_checksum(region + p * page_size) == checksums[p])
+			continue;
+		if (!bad++)
+			*first_bad = p;
+	}
+	return bad;
+}
+
+/* --wait-signals: check on SIGUSR1, check and exit on SIGTERM/SIGINT. */
+static int wait_signals(const unsigned char *region, const uint64_t *checksums, uint64_t count)
+{
+	sigset_t set;
+	unsigned check = 0;
+
+	printf("waiting: SIGUSR1 checks every page, SIGTERM checks and exits\n");
+	for (;;) {
+		uint64_t absent, bad, first_bad = 0;
+		int sig;
+
+		sigemptyset(&set);
+		sigaddset(&set, SIGUSR1);
+		sigaddset(&set, SIGTERM);
+		sigaddset(&set, SIGINT);
+		if (sigwait(&set, &sig) != 0)
+			continue;
+		absent = pages_not_resident(region, count);
+		bad = region_check(region, checksums, count, &first_bad);
+		check++;
+		if (bad) {
+			printf("check %u: %" PRIu64 " of %" PRIu64
+			       " pages are corrupt (first: page %" PRIu64 "); %" PRIu64
+			       " were not resident\n",
+			       check, bad, count, first_bad, absent);
+			return 1;
+		}
+		printf("check %u: every page verified (%" PRIu64 " pages, %" PRIu64
+		       " not resident before the check)\n",
+		       check, count, absent);
+		if (sig != SIGUSR1)
+			return 0;
+	}
+}
+
 static size_t parse_size(const char *s)
 {
 	char *end;
@@ -118,6 +176,7 @@ int main(int argc, char **argv)
 {
 	size_t size = 256UL << 20;
 	unsigned passes = 2, hold = 0;
+	int wait_for_signals = 0;
 	uint64_t count, *checksums, *round, rewritten = 0, checked = 0;
 	unsigned char *region;
 	struct timespec start;
@@ -132,13 +191,27 @@ int main(int argc, char **argv)
 			passes = (unsigned)atoi(argv[++i]);
 		} else if (!strcmp(argv[i], "--hold") && i + 1 < argc) {
 			hold = (unsigned)atoi(argv[++i]);
+		} else if (!strcmp(argv[i], "--wait-signals")) {
+			wait_for_signals = 1;
 		} else {
-			fprintf(stderr, "usage: %s [--size SIZE] [--passes N] [--hold SECONDS]\n",
+			fprintf(stderr,
+				"usage: %s [--size SIZE] [--passes N] [--hold SECONDS] "
+				"[--wait-signals]\n",
 				argv[0]);
 			return 2;
 		}
 	}
 	page_size = (size_t)sysconf(_SC_PAGESIZE);
+	if (wait_for_signals) {
+		/* Taken by sigwait() only (libuzswap's agent thread blocks every signal itself). */
+		sigset_t set;
+
+		sigemptyset(&set);
+		sigaddset(&set, SIGUSR1);
+		sigaddset(&set, SIGTERM);
+		sigaddset(&set, SIGINT);
+		sigprocmask(SIG_BLOCK, &set, NULL);
+	}
 	count = size / page_size;
 	if (count == 0) {
 		fprintf(stderr, "uzswap-workload: size too small\n");
@@ -190,6 +263,8 @@ int main(int argc, char **argv)
 	       checked, rewritten);
 	if (hold)
 		sleep(hold);
+	if (wait_for_signals && wait_signals(region, checksums, count))
+		return 1;
 	munmap(region, count * page_size);
 	free(checksums);
 	free(round);

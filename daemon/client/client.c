@@ -553,6 +553,23 @@ fail:
 	return r;
 }
 
+/* Once per refused connection, with the peer's pid and uid when it has one in our namespace. */
+static void handshake_log_refusal(const struct handshake *h, const char *why, int r)
+{
+	struct ucred cred = {0};
+	socklen_t cred_len = sizeof(cred);
+	struct uz_log_client who = {0};
+	char reason[160];
+	const char *fields[] = {reason, NULL};
+
+	if (getsockopt(h->fd, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) == 0 && cred.pid > 0)
+		who = (struct uz_log_client){.pid = cred.pid, .uid = cred.uid, .uid_set = true};
+	snprintf(reason, sizeof(reason), "UZSWAP_REASON=%s", why);
+	uz_log_event(LOG_NOTICE, UZ_MESSAGE_CLIENT_REFUSED, &who, fields,
+		     "refusing client pid %d (fd %d): %s (%s)", (int)who.pid, h->fd, why,
+		     strerror(-r));
+}
+
 static void handshake_complete(struct handshake *h)
 {
 	struct daemon *daemon = h->daemon;
@@ -634,17 +651,34 @@ static void handshake_complete(struct handshake *h)
 		close(client->ring_fd);
 	client->ring_fd = -1;
 
-	uz_log(LOG_INFO, "client %" PRIu64 " %s: pid %d uid %d comm \"%s\"%s", client->id,
-	       client->resume ? "resumed after a daemon restart" : "joined", (int)client->pid,
-	       (int)client->uid, client->comm,
-	       (client->hello_flags & UZ_HELLO_FORK_CHILD) ? " (fork child)" : "");
+	{
+		struct uz_log_client who = {.id = client->id,
+					    .pid = client->pid,
+					    .uid = client->uid,
+					    .uid_set = true,
+					    .comm = client->comm,
+					    .cgroup = client->group->path};
+		char budget[64];
+		const char *fields[] = {budget, NULL};
+
+		snprintf(budget, sizeof(budget), "UZSWAP_RESIDENT_MAX=%" PRIu64,
+			 client->policy.resident_max);
+		uz_log_event(LOG_INFO,
+			     client->resume ? UZ_MESSAGE_CLIENT_RECOVERED : UZ_MESSAGE_CLIENT_JOINED,
+			     &who, fields,
+			     "client %" PRIu64 " %s: pid %d uid %d comm \"%s\" cgroup \"%s\"%s",
+			     client->id,
+			     client->resume ? "resumed after a daemon restart" : "joined",
+			     (int)client->pid, (int)client->uid, client->comm, client->group->path,
+			     (client->hello_flags & UZ_HELLO_FORK_CHILD) ? " (fork child)" : "");
+	}
 	h->fd = -1; /* the client owns the socket now */
 	fault_thread_adopt(client->owner, client);
 	handshake_free(h);
 	return;
 
 refuse:
-	uz_log(LOG_NOTICE, "refusing client fd %d: %s (%s)", h->fd, why, strerror(-r));
+	handshake_log_refusal(h, why, r);
 	(void)send_hello_reply(h->fd, seq, r, NULL);
 	close_fds(fds, nfds);
 	handshake_free(h);

@@ -1395,6 +1395,18 @@ static void client_detach(struct fault_thread *t, struct client *c)
 	}
 }
 
+/* Why a client leaves, for the log (UZ_MESSAGE_CLIENT_LEFT). */
+static const char *client_leave_reason(const struct fault_thread *t, const struct client *c)
+{
+	if (c->shutdown_sent && c->gone)
+		return "every page given back, daemon stopping";
+	if (!c->gone)
+		return t->draining ? "daemon stopping, no SHUTDOWN acknowledgement; it keeps its "
+				     "pages for the next uzswapd"
+				   : "disconnected, alive; it keeps its pages for the daemon it re-joins";
+	return "exited";
+}
+
 static void client_destroy(struct fault_thread *t, struct client *c)
 {
 	struct daemon *d = t->daemon;
@@ -1402,6 +1414,7 @@ static void client_destroy(struct fault_thread *t, struct client *c)
 	fault_retries_purge(t, c);
 	if (!c->gone && !client_process_alive(c))
 		c->gone = true;
+	daemon_client_left(d, c, client_leave_reason(t, c)); /* logged by the main thread */
 	if (c->gone)
 		client_forget_range(c, 0, (VPN_MAX + 1) << UZ_PAGE_SHIFT);
 	else

@@ -39,11 +39,17 @@ expect './*systemd/system/uzswapd-control.socket' 'control socket unit'
 expect './*/sysusers.d/uzswap.conf' 'sysusers entry'
 expect './*/tmpfiles.d/uzswap.conf' 'tmpfiles entry'
 expect './*/udev/rules.d/60-uzswap.rules' 'udev rule for /dev/userfaultfd'
+expect './*/systemd/catalog/uzswap.catalog' 'journal message catalog'
 expect './*etc/uzswap/uzswapd.conf' 'default config'
 expect './*etc/uzswap/cgroup.d' 'cgroup.d directory'
 for page in man8/uzswapd.8 man8/uzswapctl.8 man5/uzswapd.conf.5 man3/libuzswap.3; do
     expect "./*/man/$page" "man page $page"
 done
+# Installed man pages are finished pages: no @PLACEHOLDER@ left.
+if grep -rl '@[A-Z_]*@' ./*/share/man 2>/dev/null; then
+    echo "an installed man page still has a @PLACEHOLDER@"
+    missing=1
+fi
 # The installed library exports only its API.
 lib=$(find . -name 'libuzswap.so.0*' -type f | head -1)
 if [ -n "$lib" ]; then

@@ -4,7 +4,8 @@
 # uzswapd.conf(5); every flag of `uzswapd --help` is in uzswapd(8) and every
 # flag and command of `uzswapctl --help` in uzswapctl(8), each command's
 # options in its own paragraph, every statistic in its STATISTICS section;
-# the example config files pass `uzswapctl config-check`.
+# the example config files pass `uzswapctl config-check`; every page's .TH
+# line names the version `uzswapd --version` prints.
 # usage: test-man.sh SRCDIR UZSWAPD UZSWAPCTL
 set -u
 src=$1 uzswapd=$2 uzswapctl=$3
@@ -75,6 +76,20 @@ elif not bad:
     bad = 1
 sys.exit(bad)
 PY
+# Each page names the version the programs print (no placeholder left):
+# the pages are installed as they are in the tree.
+version=$(timeout 10 "$uzswapd" --version | awk '{print $NF}')
+for page in "$src"/man/*.[0-9]; do
+	th=$(grep -m1 '^\.TH ' "$page")
+	case $th in
+	*"\"uzswap $version\""*) ;;
+	*) echo "not ok: $(basename "$page"): .TH line \"$th\" does not name uzswap $version"; fail=1 ;;
+	esac
+	if grep -n '@[A-Z_]*@' "$page"; then
+		echo "not ok: $(basename "$page") has a @PLACEHOLDER@"
+		fail=1
+	fi
+done
 for f in "$src/examples/config/uzswapd.conf" "$src"/examples/config/cgroup.d/*.conf; do
 	timeout 10 "$uzswapctl" config-check "$f" >/dev/null ||
 		{ echo "not ok: $f fails config-check"; fail=1; }
