@@ -6,16 +6,21 @@
  * (we never ask for EVENT_FORK, which needs CAP_SYS_PTRACE), so every page
  * must be present when the kernel copies the address space:
  *
- *   prepare  take range_lock (no registration can start), FORK_PREPARE and
- *            wait: the daemon lands its batch, gives every page back and
- *            pauses eviction.  Then take block_lock and request_lock so the
- *            child does not inherit them held by a thread it does not have.
+ *   prepare  take range_lock (no registration can settle, no join start),
+ *            FORK_PREPARE and wait: the daemon lands its batch, gives every
+ *            page back and pauses eviction.  Then take request_lock so the
+ *            child does not inherit it held by a thread it does not have.
  *   parent   FORK_DONE, unlock.
  *   child    reset every lock and the inherited connection (the socket, the
- *            uffd and the ring are the parent's), and if the parent was
- *            managed join afresh with UZ_HELLO_FORK_CHILD and register every
- *            range again with UZ_REGISTER_POPULATED.  The graveyard
- *            mapping is inherited and reused.
+ *            uffd and the ring are the parent's), forget the table (its
+ *            entries describe the parent's registrations, and PENDING ones
+ *            belong to threads the child does not have), and start the
+ *            child's own watcher: if the parent was managed it joins at
+ *            once with UZ_HELLO_FORK_CHILD and its first scan registers
+ *            what the child really has mapped, UZ_REGISTER_POPULATED; else
+ *            the child joins lazily like any process.  The graveyard
+ *            mapping is inherited and reused.  fork() itself returns in the
+ *            child without waiting for the daemon.
  *
  * vfork and posix_spawn run no atfork handlers and need none: the child
  * shares the parent's memory until it execs, and exec closes the uffd
@@ -52,14 +57,12 @@ static void fork_prepare(void)
 		if (r != -ENOTCONN && (r < 0 || reply.status < 0))
 			uz_ranges_populate_locked();
 	}
-	uz_blocks_lock();
 	uz_conn_lock();
 }
 
 static void fork_parent(void)
 {
 	uz_conn_unlock();
-	uz_blocks_unlock();
 	if (fork_was_managed) {
 		struct uz_msg_header done = {0};
 
@@ -73,11 +76,13 @@ static void fork_child(void)
 	bool was_managed = fork_was_managed;
 
 	uz_conn_reset();
-	uz_blocks_reset_lock();
 	uz_ranges_reset_lock();
+	uz_own_reset_lock();
+	uz_watcher_reset_lock();
 
-	atomic_store(&uz_steer_min, SIZE_MAX);
 	atomic_store(&uz_client.agent_running, false);
+	atomic_store(&uz_client.agent_stack_hint, 0);
+	atomic_store(&uz_client.watcher_stack_hint, 0);
 	atomic_store(&uz_client.state, UZ_CLIENT_OFF);
 	if (uz_client.sock >= 0)
 		close(uz_client.sock);
@@ -88,13 +93,12 @@ static void fork_child(void)
 	if (uz_client.ring)
 		uz_raw_munmap(uz_client.ring, uz_client.ring_size);
 	uz_client.ring = NULL;
-
-	uz_ranges_lock();
-	if (was_managed && uz_client_join(true) == 0)
-		uz_ranges_reregister_locked();
-	else
-		uz_ranges_clear_locked();
-	uz_ranges_unlock();
+	uz_ranges_clear_locked();
+	uz_client.joined_once = false;
+	if (was_managed)
+		uz_client.join_tried = false; /* the child joins on its own */
+	if (!uz_client.disabled && !uz_client.join_tried)
+		uz_watcher_start(was_managed, was_managed);
 }
 
 int uz_fork_install(void)

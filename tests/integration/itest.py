@@ -197,10 +197,14 @@ class Harness:
 
     def env(self, preload=True, socket_path=None, extra=None):
         env = dict(os.environ)
-        for var in ("LD_PRELOAD", "UZSWAP_SOCKET", "UZSWAP_MIN_REGION"):
+        for var in ("LD_PRELOAD", "UZSWAP_SOCKET", "UZSWAP_MIN_REGION", "UZSWAP_JOIN_MIN",
+                    "UZSWAP_SCAN_INTERVAL", "UZSWAP_DISABLE"):
             env.pop(var, None)
         env["TMPDIR"] = self.tmp
         env["UZSWAP_SOCKET"] = socket_path or self.socket
+        # Join at start (no lazy join): these tests measure managed processes
+        # from their first mapping on.  tests/apps uses the default.
+        env["UZSWAP_JOIN_MIN"] = "0"
         if preload:
             env["LD_PRELOAD"] = self.libuzswap
         env.update(extra or {})
