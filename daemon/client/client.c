@@ -462,6 +462,7 @@ static void handshake_complete(struct handshake *h)
 		daemon->next_fault_thread =
 		    (daemon->next_fault_thread + 1) % daemon->nr_fault_threads;
 		client->key = client->id & CLIENT_KEY_MASK;
+		client->joined_usec = uz_now_usec();
 		uz_list_add_tail(&daemon->clients, &client->link);
 		daemon->nr_clients++;
 		r = 0;
@@ -555,6 +556,15 @@ void client_set_policy(struct client *client, const struct uz_policy *policy)
 	if (client->low_pages > client->high_pages)
 		client->low_pages = client->high_pages;
 	client->reclaim_rescan_at = 0;
+}
+
+uint64_t client_managed_pages(const struct client *client)
+{
+	int64_t pages = stats_read(client->stats, UZ_STAT_resident_pages) +
+			stats_read(client->stats, UZ_STAT_stored_pages) +
+			stats_read(client->stats, UZ_STAT_on_disk_pages);
+
+	return pages > 0 ? (uint64_t)pages : 0;
 }
 
 struct client *client_free(struct client *client)

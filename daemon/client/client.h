@@ -106,6 +106,9 @@ struct client {
 	struct fault_thread *owner; /* the fault thread it was handed to */
 
 	/* --- main thread, under daemon->clients_lock once listed --- */
+	uint64_t joined_usec;		 /* when the handshake completed */
+	uint64_t anon_rss_bytes;	 /* RssAnon of the process, sampled every 2 s */
+	bool unmanaged_noticed;		 /* the "mostly unmanaged" line was logged */
 	struct uz_group *assigned_group; /* the group last assigned (a reference) */
 	struct uz_policy assigned_policy;
 	struct client_assign *assign; /* atomic exchange only: main posts, fault thread takes */
@@ -155,6 +158,7 @@ struct client {
 	unsigned requests_head, nr_requests;
 	unsigned queued_batch_ranges; /* ranges of queued REGISTER_BATCH copies */
 
+	const char *leave_reason; /* for the log line when it is freed */
 	bool dead;	    /* being torn down; ignore its events */
 	bool gone;	    /* the process is gone (EOF): no point giving pages back */
 	bool shutdown_sent; /* SHUTDOWN sent, waiting for SHUTDOWN_ACK */
@@ -173,6 +177,12 @@ void client_handshakes_cancel(void);
 
 /* Set policy, watermarks (thread-owned fields: only before adopt or on the fault thread). */
 void client_set_policy(struct client *client, const struct uz_policy *policy);
+
+/*
+ * Pages the daemon manages for the client: resident, stored and on disk
+ * (thread-safe: read from its statistics).
+ */
+uint64_t client_managed_pages(const struct client *client);
 
 /* Free a client (fds, ring, index, stats); the caller has released its pages. */
 struct client *client_free(struct client *client);

@@ -59,6 +59,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stddef.h>
@@ -1283,6 +1284,7 @@ static void client_kill(struct fault_thread *t, struct client *c, bool give_back
 static void client_destroy(struct fault_thread *t, struct client *c)
 {
 	struct daemon *d = t->daemon;
+	uint64_t managed = client_managed_pages(c) * UZ_PAGE_SIZE, anon_rss;
 
 	fault_retries_purge(t, c);
 	client_forget_range(c, 0, (VPN_MAX + 1) << UZ_PAGE_SHIFT);
@@ -1290,7 +1292,14 @@ static void client_destroy(struct fault_thread *t, struct client *c)
 	pthread_mutex_lock(&d->clients_lock);
 	uz_list_del(&c->link);
 	d->nr_clients--;
+	anon_rss = c->anon_rss_bytes;
 	pthread_mutex_unlock(&d->clients_lock);
+	/* Not the fault path: the end of a loop round, once per client. */
+	uz_log(LOG_INFO,
+	       "client %" PRIu64 " left: pid %d comm \"%s\" (%s); managed %" PRIu64
+	       " MiB, anonymous RSS %" PRIu64 " MiB when last looked at",
+	       c->id, (int)c->pid, c->comm, c->leave_reason ? c->leave_reason : "disconnected",
+	       managed >> 20, anon_rss >> 20);
 	client_free(c);
 }
 
@@ -1665,6 +1674,7 @@ static int client_handle_message(struct fault_thread *t, struct client *c, const
 		if (len != sizeof(*h) || !c->shutdown_sent)
 			return -EBADMSG;
 		c->gone = true;
+		c->leave_reason = "shut down by the daemon";
 		client_kill(t, c, false);
 		return 0;
 	default:
@@ -1688,6 +1698,7 @@ static void client_handle_socket(struct fault_thread *t, struct client *c)
 			break;
 		if (len == 0) {
 			/* The process exited (or dropped us): give back what we can. */
+			c->leave_reason = "exited or closed its connection";
 			client_kill(t, c, true);
 			return;
 		}
@@ -1698,6 +1709,8 @@ static void client_handle_socket(struct fault_thread *t, struct client *c)
 			return;
 		}
 		if (client_handle_message(t, c, &buf, (size_t)len) < 0) {
+			if (!c->leave_reason)
+				c->leave_reason = "protocol error";
 			client_kill(t, c, true);
 			return;
 		}

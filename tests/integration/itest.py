@@ -91,7 +91,7 @@ def log(msg):
 class Proc:
     """A process the harness started, in its own process group."""
 
-    def __init__(self, harness, name, argv, env, drop_ptrace):
+    def __init__(self, harness, name, argv, env, drop_ptrace, stdin_pipe=False):
         self.name = name
         self.argv = argv
         self.out_path = os.path.join(harness.tmp, f"{name}.out")
@@ -104,7 +104,9 @@ class Proc:
                 _drop_cap_sys_ptrace()
 
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+            self.popen = subprocess.Popen(argv, env=env,
+                                          stdin=subprocess.PIPE if stdin_pipe else
+                                          subprocess.DEVNULL,
                                           stdout=out, stderr=err, cwd=harness.tmp,
                                           start_new_session=True, preexec_fn=preexec)
         self.pid = self.popen.pid
@@ -211,8 +213,9 @@ class Harness:
         return env
 
     def spawn(self, name, argv, preload=True, socket_path=None, extra_env=None,
-              drop_ptrace=False):
-        proc = Proc(self, name, argv, self.env(preload, socket_path, extra_env), drop_ptrace)
+              drop_ptrace=False, stdin_pipe=False):
+        proc = Proc(self, name, argv, self.env(preload, socket_path, extra_env), drop_ptrace,
+                    stdin_pipe)
         self.procs.append(proc)
         return proc
 
@@ -315,6 +318,23 @@ class Harness:
         if isinstance(g.get("pool"), dict) and "pool_total_size" in g["pool"]:
             stats["pool_total_size"] = g["pool"]["pool_total_size"]
         return stats, json.dumps(out, indent=1)
+
+    def ctl_json(self, *args):
+        """`uzswapctl --socket CONTROL ARGS --json`, parsed."""
+        self.daemon_alive()
+        r = subprocess.run([self.uzswapctl, "--socket", self.control, *args, "--json"],
+                           capture_output=True, text=True, timeout=20)
+        if r.returncode != 0:
+            raise TestFailure(f"uzswapctl {' '.join(args)} --json failed ({r.returncode}): "
+                              f"{r.stdout}{r.stderr}")
+        return json.loads(r.stdout)
+
+    def client_figures(self, pid):
+        """The daemon's `clients` row of process pid, or None."""
+        for row in self.ctl_json("clients").get("clients", []):
+            if row.get("pid") == pid:
+                return row
+        return None
 
     def stats(self):
         """The daemon's statistics: uzswapctl JSON, else the SIGUSR1 summary."""
