@@ -35,8 +35,7 @@ import itest  # noqa: E402
 from itest import TestFailure, TestSkip, log  # noqa: E402
 
 MANAGED_MIN = 70  # percent of the program's anonymous memory
-BUDGET = "48M"        # for footprints of 150-250 MB
-SMALL_BUDGET = "32M"  # for footprints of about 100 MB
+BUDGET = "48M"  # footprints are 100-200 MB
 
 
 def need(program):
@@ -148,13 +147,13 @@ REDIS_VALUE = 256
 
 
 def t_redis(h):
-    """redis-server (Debian's, jemalloc) under the preload, 32 MiB budget: DEBUG POPULATE
-    200K keys of 256 bytes (about 90 MB), DEBUG DIGEST, a BGSAVE fork, DEBUG DIGEST again (equal), >= 70%
+    """redis-server (Debian's, jemalloc) under the preload, 48 MiB budget: DEBUG POPULATE
+    200K keys of 256 bytes (about 100 MB), DEBUG DIGEST, a BGSAVE fork, DEBUG DIGEST again (equal), >= 70%
     of its anonymous memory managed and pages stored; the RDB loaded by a fresh unmanaged
     server has the same digest."""
     need("redis-server")
     need("redis-cli")
-    h.start_daemon(budget=SMALL_BUDGET)
+    h.start_daemon(budget=BUDGET)
     servers = []
     try:
         t0 = time.monotonic()
@@ -234,10 +233,10 @@ def memcached_exchange(port, payload, expect_end, timeout=120):
 
 
 def t_memcached(h):
-    """memcached under the preload, 32 MiB budget: 100K items of 1000 bytes set, >= 70% of
+    """memcached under the preload, 48 MiB budget: 100K items of 1000 bytes set, >= 70% of
     its anonymous memory managed and pages stored, every item read back and compared."""
     memcached = need("memcached")
-    h.start_daemon(budget=SMALL_BUDGET)
+    h.start_daemon(budget=BUDGET)
     port = free_port()
     proc = h.spawn("memcached", [memcached, "-p", str(port), "-l", "127.0.0.1", "-U", "0",
                                  "-m", "1024", "-t", "2", "-u", "root"])
@@ -330,8 +329,8 @@ def t_sqlite3(h):
 
 PYTHON_SCRIPT = r"""
 import hashlib, sys
-table = {f"key-{i:08d}": (i * 2654435761) % 4294967296 for i in range(400000)}
-blobs = [(b"%08d" % i) * 125 for i in range(150000)]
+table = {f"key-{i:08d}": (i * 2654435761) % 4294967296 for i in range(300000)}
+blobs = [(b"%08d" % i) * 125 for i in range(100000)]
 
 def checksum():
     h = hashlib.sha256()
@@ -369,8 +368,8 @@ def run_python(h, name, preload, measure):
 
 
 def t_python3(h):
-    """Debian's python3 building a 400K-entry dict and 150K byte strings of 1000 bytes (about
-    220 MB: pymalloc arenas and glibc's heap) under the preload, 48 MiB budget: >= 70% of its
+    """Debian's python3 building a 300K-entry dict and 100K byte strings of 1000 bytes (about
+    160 MB: pymalloc arenas and glibc's heap) under the preload, 48 MiB budget: >= 70% of its
     anonymous memory managed and pages stored, the same checksum twice and as without the
     preload."""
     need("python3")
