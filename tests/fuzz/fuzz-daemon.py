@@ -427,7 +427,7 @@ def ctl_json(cpath, *args):
 
 
 def run_workload(sock):
-    env = dict(os.environ, UZSWAP_SOCKET=sock, LD_PRELOAD=LIBUZSWAP)
+    env = dict(os.environ, UZSWAP_SOCKET=sock, LD_PRELOAD=LIBUZSWAP, UZSWAP_JOIN_MIN="0")
     r = subprocess.run([WORKLOAD, "--size", "24M", "--passes", "2"], env=env,
                        capture_output=True, text=True, timeout=120)
     if r.returncode != 0 or "verified" not in r.stdout:

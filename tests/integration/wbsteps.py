@@ -108,7 +108,7 @@ class Env:
                 with open(os.path.join(cgroup_dir, "cgroup.procs"), "w") as f:
                     f.write(str(os.getpid()))
         env = dict(os.environ, UZSWAP_SOCKET=f"{self.tmp}/d.sock",
-                   LD_PRELOAD=os.environ["LIBUZSWAP"])
+                   LD_PRELOAD=os.environ["LIBUZSWAP"], UZSWAP_JOIN_MIN="0")
         env.pop("UZSWAP_TEST_INJECT", None)
         p = subprocess.Popen([os.path.join(os.environ["ITEST_BINDIR"], "itest-wb"), mode, size],
                              env=env, preexec_fn=pre, stdin=subprocess.PIPE,
