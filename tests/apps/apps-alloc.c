@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SMALL_BLOCKS 1200000
+#define SMALL_BLOCKS 800000
 #define LARGE_BLOCKS 32
 
 struct block {
@@ -80,7 +80,7 @@ int main(void)
 		if (block_fill(&small[i], i, 8 + i % 25, 0) < 0)
 			return 2;
 	for (uint64_t i = 0; i < LARGE_BLOCKS; i++)
-		if (block_fill(&large[i], SMALL_BLOCKS + i, (2 + i % 3) << 18, 0) < 0)
+		if (block_fill(&large[i], SMALL_BLOCKS + i, (2 + i % 3) << 16, 0) < 0)
 			return 2;
 	printf("READY\n");
 	fflush(stdout);
@@ -95,7 +95,7 @@ int main(void)
 	}
 	for (uint64_t i = 0; i < LARGE_BLOCKS; i += 2) {
 		free(large[i].p);
-		if (block_fill(&large[i], SMALL_BLOCKS + i, (1 + i % 4) << 18, 1) < 0)
+		if (block_fill(&large[i], SMALL_BLOCKS + i, (1 + i % 4) << 16, 1) < 0)
 			return 2;
 	}
 	bad += check_all();

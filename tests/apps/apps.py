@@ -20,7 +20,8 @@ The harness is tests/integration/itest.py (temp dir, private daemon
 socket, process groups, PDEATHSIG, a timeout on every wait, everything
 killed on every exit path).  Exit 77 only when the program is not
 installed.  --loop N runs the test N times (outside CI: the redis check
-of issue 9 ran this way).
+of issue 9 ran this way).  --unmanaged runs the same steps with
+UZSWAP_DISABLE=1 and no daemon checks, for the wall time to compare with.
 """
 
 import os
@@ -35,6 +36,7 @@ import itest  # noqa: E402
 from itest import TestFailure, TestSkip, log  # noqa: E402
 
 MANAGED_MIN = 70  # percent of the program's anonymous memory
+UNMANAGED = False  # --unmanaged
 BUDGET = "48M"  # footprints are 100-200 MB
 
 
@@ -69,6 +71,8 @@ def wait_port(port, proc, timeout=30):
 def check_managed(h, proc, name, timeout=60):
     """Poll the daemon's figures for proc until >= MANAGED_MIN% is managed and
     pages are stored; fail with the last figures if that does not happen."""
+    if UNMANAGED:
+        return None
     end = time.monotonic() + timeout
     last = None
     while True:
@@ -433,6 +437,21 @@ def main():
         print(f"usage: {sys.argv[0]} TEST [DEADLINE] [--loop N]\ntests: {' '.join(TESTS)}")
         return 2
     itest.TESTS = TESTS
+    if "--unmanaged" in args:
+        global UNMANAGED
+        args.remove("--unmanaged")
+        UNMANAGED = True
+        plain_env, plain_stop = itest.Harness.env, itest.Harness.stop_daemon
+
+        def env(self, preload=True, socket_path=None, extra=None):
+            e = plain_env(self, preload, socket_path, extra)
+            e["UZSWAP_DISABLE"] = "1"
+            return e
+
+        def stop_daemon(self, timeout=30, check_empty=True, require_activity=False):
+            return plain_stop(self, timeout, check_empty, False)
+
+        itest.Harness.env, itest.Harness.stop_daemon = env, stop_daemon
     results = []
     for n in range(loops):
         sys.argv = [sys.argv[0]] + args
