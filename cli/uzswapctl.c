@@ -616,6 +616,44 @@ static void print_stats_prometheus(json_object *result)
 	}
 }
 
+/* Per client: what is managed against the process's anonymous memory. */
+static void print_clients_prometheus(json_object *result)
+{
+	static const struct {
+		const char *key, *metric, *help;
+	} gauges[] = {
+	    {"managed_bytes", "uzswap_client_managed_bytes",
+	     "bytes of the process uzswapd manages: resident, stored and on disk"},
+	    {"anon_rss_bytes", "uzswap_client_anon_rss_bytes",
+	     "the process's anonymous RSS (RssAnon), sampled every 2 s"},
+	    {"resident_bytes", "uzswap_client_resident_bytes",
+	     "managed bytes resident in the process"},
+	};
+	json_object *rows;
+
+	if (!json_object_object_get_ex(result, "clients", &rows) ||
+	    !json_object_is_type(rows, json_type_array))
+		return;
+	for (size_t g = 0; g < UZ_ARRAY_SIZE(gauges); g++) {
+		printf("# HELP %s %s\n# TYPE %s gauge\n", gauges[g].metric, gauges[g].help,
+		       gauges[g].metric);
+		for (size_t i = 0; i < json_object_array_length(rows); i++) {
+			json_object *row = json_object_array_get_idx(rows, i), *value, *pid, *comm;
+
+			if (!json_object_object_get_ex(row, gauges[g].key, &value) || !value ||
+			    !json_object_object_get_ex(row, "pid", &pid))
+				continue;
+			printf("%s{pid=\"%" PRId64 "\",comm=\"", gauges[g].metric,
+			       json_object_get_int64(pid));
+			if (json_object_object_get_ex(row, "comm", &comm))
+				for (const char *c = json_object_get_string(comm); *c; c++)
+					if (*c != '"' && *c != '\\' && *c != '\n')
+						putchar(*c);
+			printf("\"} %" PRId64 "\n", json_object_get_int64(value));
+		}
+	}
+}
+
 /* --- commands ------------------------------------------------------------------ */
 
 static int cmd_simple(const struct options *opts, const char *command)
@@ -662,9 +700,17 @@ static int cmd_stats_once(const struct options *opts)
 	case FORMAT_JSON:
 		print_json(result);
 		break;
-	case FORMAT_PROMETHEUS:
+	case FORMAT_PROMETHEUS: {
+		json_object *clients_req = new_request("clients"), *clients = NULL;
+
 		print_stats_prometheus(result);
+		if (!opts->cgroup && request(opts, clients_req, &clients) == 0) {
+			print_clients_prometheus(clients);
+			json_object_put(clients);
+		}
+		json_object_put(clients_req);
 		break;
+	}
 	case FORMAT_TABLE:
 		print_stats_table(result);
 		break;

@@ -19,7 +19,7 @@
 #include <stdint.h>
 
 #define UZ_PROTO_MAGIC 0x77737a75u /* "uzsw" little-endian */
-#define UZ_PROTO_VERSION 2
+#define UZ_PROTO_VERSION 2 /* 2: REGISTER_BATCH, ranges must be registered with the uffd */
 #define UZ_MSG_SIZE_MAX 8192
 #define UZ_EVICT_BATCH_MAX 512 /* pages per eviction batch = graveyard and ring size */
 
@@ -38,6 +38,8 @@ enum uz_msg_type {
 	UZ_MSG_STATS,           /* c->d */
 	UZ_MSG_STATS_REPLY,     /* d->c */
 	UZ_MSG_HINT,            /* c->d: advice on a range */
+	UZ_MSG_REGISTER_BATCH,  /* c->d: many ranges registered with the uffd, one status each */
+	UZ_MSG_REGISTER_BATCH_REPLY, /* d->c */
 	UZ_MSG__MAX
 };
 
@@ -97,6 +99,36 @@ struct uz_msg_range {
 	uint64_t len;                /* page aligned, > 0 */
 	uint32_t flags;
 	uint32_t reserved;
+};
+
+/*
+ * REGISTER_BATCH: up to UZ_REGISTER_BATCH_MAX ranges, sorted by start and
+ * disjoint, each already registered with the uffd.  A part of a range the
+ * daemon already holds is not an error: it adds what it lacks.  The reply
+ * has one status per range: 0 (the whole range is registered now), or
+ * -errno; -EEXIST says the daemon holds part of the range and refused the
+ * rest, any other error that it holds none of it (so the library may
+ * UFFDIO_UNREGISTER the range without stranding evicted pages).
+ */
+#define UZ_REGISTER_BATCH_MAX 256
+
+struct uz_register_range {
+	uint64_t start; /* page aligned */
+	uint64_t len;   /* page aligned, > 0 */
+};
+
+struct uz_msg_register_batch {
+	struct uz_msg_header header;
+	uint32_t count; /* 1..UZ_REGISTER_BATCH_MAX; size = offsetof(ranges) + 16 * count */
+	uint32_t flags; /* UZ_REGISTER_POPULATED */
+	struct uz_register_range ranges[];
+};
+
+struct uz_msg_register_batch_reply {
+	struct uz_msg_header header; /* seq = the request's */
+	uint32_t count;              /* the request's */
+	uint32_t reserved;
+	int32_t status[];
 };
 
 enum uz_hint {

@@ -311,6 +311,102 @@ struct reassign {
 	struct fault_thread *owner;
 };
 
+/* RssAnon of pid in bytes, or -errno. */
+static int64_t proc_anon_rss(pid_t pid)
+{
+	char path[64], line[256];
+	int64_t bytes = -ENOENT;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long long kb;
+
+		if (sscanf(line, "RssAnon: %llu kB", &kb) == 1) {
+			bytes = (int64_t)kb << 10;
+			break;
+		}
+	}
+	fclose(f);
+	return bytes;
+}
+
+#define UNMANAGED_NOTICE_MIN	 (64ULL << 20)	    /* clients smaller than this are not judged */
+#define UNMANAGED_NOTICE_AGE	 (10ULL * 1000000)  /* usec after joining */
+#define UNMANAGED_NOTICE_PERCENT 50
+
+struct sample {
+	uint64_t id;
+	pid_t pid;
+	int64_t anon_rss;
+};
+
+void daemon_sample_clients(struct daemon *d)
+{
+	struct sample *list;
+	unsigned n = 0;
+
+	/* Snapshot, read /proc without the lock, then write back by id. */
+	pthread_mutex_lock(&d->clients_lock);
+	list = calloc(d->nr_clients ? d->nr_clients : 1, sizeof(*list));
+	if (list)
+		for (struct uz_list *i = d->clients.next; i != &d->clients; i = i->next) {
+			struct client *c = uz_container_of(i, struct client, link);
+
+			list[n++] = (struct sample){c->id, c->pid, 0};
+		}
+	pthread_mutex_unlock(&d->clients_lock);
+	if (!list)
+		return;
+	for (unsigned i = 0; i < n; i++)
+		list[i].anon_rss = proc_anon_rss(list[i].pid);
+
+	for (unsigned k = 0; k < n; k++) {
+		char comm[17] = "";
+		uint64_t managed = 0, total = 0;
+		bool notice = false;
+		pid_t pid = 0;
+
+		if (list[k].anon_rss < 0)
+			continue;
+		pthread_mutex_lock(&d->clients_lock);
+		for (struct uz_list *i = d->clients.next; i != &d->clients; i = i->next) {
+			struct client *c = uz_container_of(i, struct client, link);
+			uint64_t evicted;
+
+			if (c->id != list[k].id)
+				continue;
+			c->anon_rss_bytes = (uint64_t)list[k].anon_rss;
+			managed = client_managed_pages(c) * UZ_PAGE_SIZE;
+			evicted = (uint64_t)uz_max(stats_read(c->stats, UZ_STAT_stored_pages) +
+							   stats_read(c->stats, UZ_STAT_on_disk_pages),
+						   (int64_t)0) *
+				  UZ_PAGE_SIZE;
+			total = c->anon_rss_bytes + evicted;
+			if (!c->unmanaged_noticed && total >= UNMANAGED_NOTICE_MIN &&
+			    uz_now_usec() - c->joined_usec >= UNMANAGED_NOTICE_AGE &&
+			    managed * 100 < total * UNMANAGED_NOTICE_PERCENT) {
+				c->unmanaged_noticed = notice = true;
+				pid = c->pid;
+				memcpy(comm, c->comm, sizeof(comm));
+			}
+			break;
+		}
+		pthread_mutex_unlock(&d->clients_lock);
+		if (notice)
+			uz_log(LOG_NOTICE,
+			       "client %" PRIu64 " (pid %d comm \"%s\"): only %" PRIu64 " of %" PRIu64
+			       " MiB of its anonymous memory is managed; its libuzswap says why on "
+			       "its stderr (mlocked, file-backed copy-on-write, [stack], small or "
+			       "refused mappings)",
+			       list[k].id, (int)pid, comm, managed >> 20, total >> 20);
+	}
+	free(list);
+}
+
 unsigned daemon_reassign_clients(struct daemon *d, bool force)
 {
 	struct reassign *list;

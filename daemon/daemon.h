@@ -235,6 +235,12 @@ int daemon_client_resolve(struct daemon *daemon, pid_t pid, struct uz_group **gr
  */
 unsigned daemon_reassign_clients(struct daemon *daemon, bool force);
 /*
+ * Read every client's anonymous RSS (RssAnon of /proc/PID/status) for the
+ * clients figures, and log once per client when most of its anonymous
+ * memory stays unmanaged.  Main thread, every 2 s; never on the fault path.
+ */
+void daemon_sample_clients(struct daemon *daemon);
+/*
  * Evict up to `bytes` of resident memory of the clients of `group` now
  * (spread in proportion of their resident pages), and, with a swap file,
  * write back up to `bytes` of the group's stored pages (second chance,

@@ -687,6 +687,26 @@ static int op_clients(void *userdata, json_object *out)
 		json_set(o, "cgroup", json_object_new_string(c->assigned_group->path));
 		json_set(o, "resident_bytes",
 			 json_object_new_int64(v[UZ_STAT_resident_pages] * UZ_PAGE_SIZE));
+		{
+			/*
+			 * managed: resident + stored + on disk; the process's
+			 * anonymous memory is its RssAnon (sampled every 2 s)
+			 * plus what was evicted from it.
+			 */
+			uint64_t managed = client_managed_pages(c) * UZ_PAGE_SIZE;
+			uint64_t evicted = (uint64_t)uz_max(v[UZ_STAT_stored_pages] +
+								v[UZ_STAT_on_disk_pages],
+							    (int64_t)0) *
+					   UZ_PAGE_SIZE;
+			uint64_t anon = c->anon_rss_bytes + evicted;
+
+			json_set(o, "managed_bytes", control_json_u64(managed));
+			json_set(o, "anon_rss_bytes", control_json_u64(c->anon_rss_bytes));
+			json_set(o, "managed_percent",
+				 c->anon_rss_bytes ? json_object_new_double(
+							 uz_min(100.0, 100.0 * managed / anon))
+						   : NULL);
+		}
 		json_set(o, "resident_max", control_json_u64(c->assigned_policy.resident_max));
 		json_set(o, "stored_pages", json_object_new_int64(v[UZ_STAT_stored_pages]));
 		json_set(o, "compressed_bytes", json_object_new_int64(v[UZ_STAT_compressed_bytes]));
@@ -888,6 +908,7 @@ static int on_recheck(sd_event_source *s, uint64_t usec, void *userdata)
 
 	daemon_log_swap_errors(m->daemon);
 	daemon_swap_collect(m->daemon);
+	daemon_sample_clients(m->daemon);
 	if (changed)
 		uz_log(LOG_INFO, "%u client%s changed cgroup or budget", changed,
 		       changed == 1 ? "" : "s");

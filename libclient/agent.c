@@ -434,6 +434,8 @@ static void *agent_main(void *arg)
 	} control;
 
 	uz_client.agent_thread = pthread_self();
+	/* The scan leaves the mapping holding this address (our stack) alone. */
+	atomic_store(&uz_client.agent_stack_hint, (uintptr_t)&buf);
 	atomic_store(&uz_client.agent_running, true);
 	agent_pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	for (;;) {
@@ -472,6 +474,7 @@ static void *agent_main(void *arg)
 		switch (buf.header.type) {
 		case UZ_MSG_REPLY:
 		case UZ_MSG_STATS_REPLY:
+		case UZ_MSG_REGISTER_BATCH_REPLY:
 			uz_conn_deliver(&buf.header, &buf, n);
 			break;
 		case UZ_MSG_EVICT:
@@ -517,5 +520,12 @@ int uz_agent_start(void)
 	r = -pthread_create(&thread, &attr, agent_main, NULL);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	pthread_attr_destroy(&attr);
+	/*
+	 * Wait until the agent runs and has said where its stack is: a scan
+	 * that registered the agent's own stack could have it evict a page it
+	 * then faults on, waiting for itself.
+	 */
+	for (int i = 0; r == 0 && i < 100000 && !atomic_load(&uz_client.agent_running); i++)
+		sched_yield();
 	return r;
 }

@@ -6,6 +6,10 @@
  * managed, -EDEADLK when called from the agent thread (which would wait
  * for itself).  Explicit registration always says UZ_REGISTER_POPULATED:
  * the memory may already hold data.
+ *
+ * A program that calls the API wants to be managed: the first call joins
+ * the daemon at once if the process has not tried yet (lazy join would
+ * otherwise wait for UZSWAP_JOIN_MIN of anonymous memory, watcher.c).
  */
 #include <errno.h>
 #include <string.h>
@@ -14,10 +18,25 @@
 #include "client.h"
 #include "util.h"
 
+static void join_on_demand(void)
+{
+	int r;
+
+	uz_client_init(); /* linked statically-early callers may run before the constructor */
+	if (uz_client_managed() || uz_client.join_tried || uz_client.disabled || uz_is_agent())
+		return;
+	uz_ranges_lock();
+	r = uz_client_join_once(false);
+	uz_ranges_unlock();
+	if (r == 0)
+		uz_watcher_kick(); /* scan now */
+}
+
 static int range_check(const void *addr, size_t len)
 {
 	uintptr_t start = (uintptr_t)addr;
 
+	join_on_demand();
 	if (!addr || len == 0 || !uz_page_aligned(start) || !uz_page_aligned(len) ||
 	    start + len < start)
 		return -EINVAL;
@@ -30,7 +49,7 @@ static int range_check(const void *addr, size_t len)
 
 UZ_EXPORT int uzswap_managed(void)
 {
-	uz_client_init(); /* linked statically-early callers may run before the constructor */
+	join_on_demand();
 	return uz_client_managed();
 }
 
@@ -40,13 +59,7 @@ UZ_EXPORT int uzswap_register(void *addr, size_t len)
 
 	if (r < 0)
 		return r;
-	uz_ranges_lock();
-	if (uz_range_overlaps_locked((uintptr_t)addr, len))
-		r = -EEXIST;
-	else
-		r = uz_range_register_locked((uintptr_t)addr, len, UZ_REGISTER_POPULATED);
-	uz_ranges_unlock();
-	return r;
+	return uz_range_register((uintptr_t)addr, len, UZ_REGISTER_POPULATED, false);
 }
 
 UZ_EXPORT int uzswap_unregister(void *addr, size_t len)
@@ -55,13 +68,7 @@ UZ_EXPORT int uzswap_unregister(void *addr, size_t len)
 
 	if (r < 0)
 		return r;
-	uz_ranges_lock();
-	if (!uz_range_contains_locked((uintptr_t)addr, len))
-		r = -ENOENT;
-	else
-		r = uz_range_unregister_locked((uintptr_t)addr, len);
-	uz_ranges_unlock();
-	return r;
+	return uz_range_unregister((uintptr_t)addr, len);
 }
 
 UZ_EXPORT int uzswap_hint(void *addr, size_t len, enum uzswap_hint hint)
@@ -87,6 +94,7 @@ UZ_EXPORT int uzswap_get_stats(struct uzswap_stats *stats)
 
 	if (!stats)
 		return -EINVAL;
+	join_on_demand();
 	r = uz_conn_request(&request, sizeof(request), UZ_MSG_STATS, &reply, sizeof(reply),
 			    UZ_MSG_STATS_REPLY);
 	if (r < 0)

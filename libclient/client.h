@@ -4,28 +4,43 @@
  * that share it.
  *
  *   init.c          constructor, environment, joining the daemon (uffd,
- *                   graveyard, HELLO), leaving it, the one-line notices
+ *                   graveyard, HELLO), leaving it, the one-line notices, the
+ *                   library's own raw-mmapped memory (uz_own_mmap)
+ *   watcher.c       the watcher thread: lazy join once the process has
+ *                   UZSWAP_JOIN_MIN of anonymous memory, then the scans
+ *   scan.c          /proc/self/maps: every private anonymous writable
+ *                   mapping, registered in REGISTER_BATCHes
  *   conn.c          the socket: sends, and requests matched to replies by seq
  *   agent.c         the agent thread: sole reader of the socket, EVICT,
  *                   SHUTDOWN, daemon loss
- *   ranges.c        the table of registered ranges, REGISTER/UNREGISTER
+ *   ranges.c        the table of registered ranges (a cache), REGISTER,
+ *                   UNREGISTER and their round trips
  *   hooks-mmap.c    mmap, mmap64, munmap, mremap
- *   hooks-malloc.c  the malloc family: large blocks go to registered mappings
  *   fork.c          pthread_atfork handlers (docs/PROTOCOL.md section 4)
  *   api.c           the public uzswap_* functions
  *
- * Nothing here may call malloc: every table is backed by raw mmap(2)
- * system calls, because the malloc hooks themselves use these modules.
+ * The library never replaces the program's allocator: it interposes no
+ * malloc function.  Nothing here may call malloc either (the program's
+ * allocator may be anything, and the agent must not depend on it): every
+ * table is backed by raw mmap(2) system calls.
+ *
+ * Threads: the watcher (from the constructor on, sleeping between looks)
+ * and, once joined, the agent.  The agent is the only reader of the
+ * socket, so it never waits for a reply; registration happens on the
+ * thread that mapped the memory (hooks) or on the watcher (scans).
  *
  * Locks, outermost first.  No other nesting is allowed.
  *   1. range_lock (ranges.c): joining and leaving, the range table, every
- *      UFFDIO_(UN)REGISTER and every munmap/mremap that may touch a
- *      registered range.  It may be held while waiting for a reply: the
- *      agent takes it only to leave, and before that it fails every waiter.
- *   2. block_lock (hooks-malloc.c): the table of large malloc blocks.
- *   3. request_lock (conn.c): connection state, waiters, socket users.
+ *      UFFDIO_(UN)REGISTER, and every munmap/mremap that may touch memory in
+ *      the table.  Never held across a daemon round trip: a registrar
+ *      claims its range (PENDING) under it, lets go for the round trip and
+ *      takes it again to settle (ranges.c).  Joining holds it across the
+ *      HELLO exchange, before anything is registered.
+ *   2. request_lock (conn.c): connection state, waiters, socket users.
  *      Never held across a system call that can block.
- * The fork prepare handler takes all three in that order.
+ *   watcher_lock (watcher.c) and own_lock (init.c) are leaves: nothing is
+ *   taken while holding them.
+ * The fork prepare handler takes range_lock then request_lock.
  */
 #pragma once
 
@@ -49,10 +64,14 @@ enum uz_client_state {
 
 struct uz_client {
 	/* Set once by the constructor (or the first hook that needs them). */
-	atomic_bool ready;     /* the constructor has run: hooks may steer */
-	bool disabled;	       /* UZSWAP_DISABLE=1 */
-	size_t min_region;     /* UZSWAP_MIN_REGION, page multiple */
-	char socket_path[108]; /* sizeof(sun_path) */
+	atomic_bool ready;		   /* the constructor has run: hooks may register */
+	bool disabled;			   /* UZSWAP_DISABLE=1 */
+	size_t min_region;		   /* UZSWAP_MIN_REGION, page multiple */
+	size_t join_min;		   /* UZSWAP_JOIN_MIN: join once anonymous RSS reaches it */
+	unsigned scan_interval_ms;	   /* UZSWAP_SCAN_INTERVAL: the watcher's tick */
+	char socket_path[108];		   /* sizeof(sun_path) */
+	atomic_uintptr_t agent_stack_hint; /* an address on the agent's stack */
+	atomic_uintptr_t watcher_stack_hint; /* an address on the watcher's stack */
 
 	/* Written under range_lock and request_lock, read under either. */
 	atomic_int state;	/* enum uz_client_state */
@@ -71,12 +90,10 @@ struct uz_client {
 	pthread_t agent_thread;
 	atomic_bool agent_running;
 	bool joined_once; /* for the fork child: was the parent managed */
+	bool join_tried;  /* one join attempt per process (under range_lock) */
 };
 
 extern struct uz_client uz_client;
-
-/* Large mallocs go to registered mappings when size >= this (SIZE_MAX: never). */
-extern atomic_size_t uz_steer_min;
 
 static inline bool uz_client_managed(void)
 {
@@ -94,11 +111,21 @@ void uz_client_init(void);
 int uz_client_join(bool fork_child);
 /* Agent: connect again and resume with our uffd, store and ring.  0, or -errno. */
 int uz_client_rejoin(void);
+int uz_client_join_once(bool fork_child);
 void uz_client_leave(bool daemon_alive);
 void uz_notice(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void *uz_raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
 int uz_raw_munmap(void *addr, size_t len);
 void *uz_raw_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr);
+/*
+ * The library's own memory: private anonymous read-write, never registered
+ * (the scan leaves it out), named [anon:uzswap] where the kernel can.
+ */
+#define UZ_OWN_MAX 32
+void *uz_own_mmap(size_t len);
+void uz_own_munmap(void *addr, size_t len);
+size_t uz_own_snapshot(struct uz_register_range *out, size_t max);
+void uz_own_reset_lock(void);
 
 /* conn.c */
 void uz_conn_reset(void);
@@ -128,32 +155,70 @@ int uz_agent_start(void);
  */
 void uz_fail_closed(const char *why);
 
-/* ranges.c */
+/* ranges.c: the table; round trips are made without range_lock held. */
+enum uz_range_state {
+	UZ_RANGE_REGISTERED = 1,
+	UZ_RANGE_PENDING,  /* a round trip of one registrar is in flight */
+	UZ_RANGE_EXCLUDED, /* unregistered by the program, refused, or another uffd's */
+};
 void uz_ranges_lock(void);
 void uz_ranges_unlock(void);
 void uz_ranges_reset_lock(void);
 bool uz_ranges_any(void);
-int uz_range_register_locked(uint64_t start, uint64_t len, uint32_t flags);
-int uz_range_unregister_locked(uint64_t start, uint64_t len);
-void uz_range_announce_locked(uint64_t start, uint64_t len);
+uint64_t uz_ranges_gen_locked(void);
+int uz_range_register(uint64_t start, uint64_t len, uint32_t flags, bool fresh);
+int64_t uz_ranges_register_batch(const struct uz_register_range *ranges, size_t count,
+				 uint32_t flags, uint64_t *refused);
+int uz_range_unregister(uint64_t start, uint64_t len);
+int uz_uffd_probe(uint64_t addr);
 bool uz_range_overlaps_locked(uint64_t start, uint64_t len);
 bool uz_range_contains_locked(uint64_t start, uint64_t len);
+size_t uz_range_gaps_locked(uint64_t start, uint64_t end, struct uz_register_range *gaps,
+			    size_t max, bool *registered, bool *blocked);
+void uz_ranges_reconcile_locked(const struct uz_register_range *lines, size_t nr_lines,
+				uint64_t gen);
 void uz_range_forget_locked(uint64_t start, uint64_t len);
 void uz_range_remember_locked(uint64_t start, uint64_t len);
+void uz_range_exclude_locked(uint64_t start, uint64_t len);
 void uz_ranges_unregister_all_locked(void);
 void uz_ranges_clear_locked(void);
-void uz_ranges_reregister_locked(void);
 void uz_ranges_populate_locked(void);
 
+/* scan.c */
+struct uz_maps_line {
+	uint64_t start, end;
+	char perms[4];
+	uint64_t inode;
+	const char *name; /* "" for none */
+};
+
+/* What the last scan saw (bytes of address space). */
+struct uz_scan_result {
+	uint64_t eligible_bytes;   /* private anonymous rw mappings */
+	uint64_t registered_bytes; /* of them registered after the scan */
+	uint64_t new_bytes;	   /* registered by this scan */
+	uint64_t refused_bytes;	   /* the daemon refused */
+	uint64_t small_bytes;	   /* pieces below UZSWAP_MIN_REGION */
+	uint64_t locked_bytes;	   /* mlocked */
+};
+extern struct uz_scan_result uz_scan_last;
+
+int uz_read_lines(const char *path, char *buf, size_t size, int (*fn)(char *line, void *arg),
+		  void *arg);
+bool uz_maps_parse(char *line, struct uz_maps_line *out);
+bool uz_maps_eligible(const struct uz_maps_line *line);
+int uz_scan_run(void);
+void uz_scan_populate_registered(void);
+
+/* watcher.c */
+int uz_watcher_start(bool join_now, bool fork_child);
+void uz_watcher_kick(void);
+void uz_watcher_reset_lock(void);
+uint64_t uz_anon_rss(void);
+
 /* hooks-mmap.c */
-void *uz_mmap_managed(size_t len, size_t align);
 int uz_munmap_tracked(void *addr, size_t len);
 void *uz_mremap_tracked(void *old, size_t old_len, size_t new_len, int flags, void *new_addr);
-
-/* hooks-malloc.c */
-void uz_blocks_lock(void);
-void uz_blocks_unlock(void);
-void uz_blocks_reset_lock(void);
 
 /* fork.c */
 int uz_fork_install(void);

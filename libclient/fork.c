@@ -6,16 +6,21 @@
  * (we never ask for EVENT_FORK, which needs CAP_SYS_PTRACE), so every page
  * must be present when the kernel copies the address space:
  *
- *   prepare  take range_lock (no registration can start), FORK_PREPARE and
- *            wait: the daemon lands its batch, gives every page back and
- *            pauses eviction.  Then take block_lock and request_lock so the
- *            child does not inherit them held by a thread it does not have.
+ *   prepare  take range_lock (no registration can settle, no join start),
+ *            FORK_PREPARE and wait: the daemon lands its batch, gives every
+ *            page back and pauses eviction.  Then take request_lock so the
+ *            child does not inherit it held by a thread it does not have.
  *   parent   FORK_DONE, unlock.
  *   child    reset every lock and the inherited connection (the socket, the
- *            uffd and the ring are the parent's), and if the parent was
- *            managed join afresh with UZ_HELLO_FORK_CHILD and register every
- *            range again with UZ_REGISTER_POPULATED.  The graveyard
- *            mapping is inherited and reused.
+ *            uffd and the ring are the parent's), forget the table (its
+ *            entries describe the parent's registrations, and PENDING ones
+ *            belong to threads the child does not have), and start the
+ *            child's own watcher: if the parent was managed it joins at
+ *            once with UZ_HELLO_FORK_CHILD and its first scan registers
+ *            what the child really has mapped, UZ_REGISTER_POPULATED; else
+ *            the child joins lazily like any process.  The graveyard
+ *            mapping is inherited and reused.  fork() itself returns in the
+ *            child without waiting for the daemon.
  *
  * vfork and posix_spawn run no atfork handlers and need none: the child
  * shares the parent's memory until it execs, and exec closes the uffd
@@ -69,7 +74,6 @@ static void fork_prepare(void)
 			uz_ranges_populate_locked();
 		break;
 	}
-	uz_blocks_lock();
 	uz_conn_lock();
 }
 
@@ -77,7 +81,6 @@ static void fork_parent(void)
 {
 	atomic_store(&uz_fork_in_progress, false);
 	uz_conn_unlock();
-	uz_blocks_unlock();
 	if (fork_was_managed) {
 		struct uz_msg_header done = {0};
 
@@ -88,15 +91,17 @@ static void fork_parent(void)
 
 static void fork_child(void)
 {
-	atomic_store(&uz_fork_in_progress, false);
 	bool was_managed = fork_was_managed;
 
+	atomic_store(&uz_fork_in_progress, false);
 	uz_conn_reset();
-	uz_blocks_reset_lock();
 	uz_ranges_reset_lock();
+	uz_own_reset_lock();
+	uz_watcher_reset_lock();
 
-	atomic_store(&uz_steer_min, SIZE_MAX);
 	atomic_store(&uz_client.agent_running, false);
+	atomic_store(&uz_client.agent_stack_hint, 0);
+	atomic_store(&uz_client.watcher_stack_hint, 0);
 	atomic_store(&uz_client.state, UZ_CLIENT_OFF);
 	if (uz_client.sock >= 0)
 		close(uz_client.sock);
@@ -107,7 +112,7 @@ static void fork_child(void)
 	if (uz_client.ring)
 		uz_raw_munmap(uz_client.ring, uz_client.ring_size);
 	uz_client.ring = NULL;
-	/* The parent's ring and store: the child gets its own when it joins. */
+	/* The parent's ring, store and arena: the child gets its own when it joins. */
 	if (uz_client.ring_fd >= 0)
 		close(uz_client.ring_fd);
 	if (uz_client.store_fd >= 0)
@@ -116,12 +121,12 @@ static void fork_child(void)
 		close(uz_client.arena_fd);
 	uz_client.ring_fd = uz_client.store_fd = uz_client.arena_fd = -1;
 
-	uz_ranges_lock();
-	if (was_managed && uz_client_join(true) == 0)
-		uz_ranges_reregister_locked();
-	else
-		uz_ranges_clear_locked();
-	uz_ranges_unlock();
+	uz_ranges_clear_locked();
+	uz_client.joined_once = false;
+	if (was_managed)
+		uz_client.join_tried = false; /* the child joins on its own */
+	if (!uz_client.disabled && !uz_client.join_tried)
+		uz_watcher_start(was_managed, was_managed);
 }
 
 int uz_fork_install(void)

@@ -1,22 +1,29 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * mmap, mmap64, munmap and mremap, interposed.
+ * mmap, mmap64, munmap and mremap, interposed.  The only functions besides
+ * the uzswap_* API that the library exports: it never replaces the
+ * program's allocator (no malloc family here), and the scan (scan.c) finds
+ * the memory that comes through none of these.
  *
  * mmap registers new private anonymous read-write mappings of at least
- * UZSWAP_MIN_REGION bytes (not stacks, not hugetlb).  MAP_FIXED is fine:
- * the kernel unmaps what was there first (the daemon sees UNMAP) and the
- * table forgets it, then the new mapping registers like any other.  A
+ * UZSWAP_MIN_REGION bytes (not stacks, not hugetlb, not MAP_LOCKED) right
+ * away, so that their first touches are served by the daemon's zero-fill
+ * runs instead of being found by the next scan.  MAP_FIXED is fine: the
+ * kernel unmaps what was there first (the daemon sees UNMAP) and the table
+ * forgets it, then the new mapping registers like any other.  A
  * MAP_POPULATE mapping already has its pages, so it registers as
  * UZ_REGISTER_POPULATED.  If registration fails the mapping is returned
- * unmanaged: the caller always gets its memory.
+ * unmanaged: the caller always gets its memory.  Before the process has
+ * joined, a mapping of UZSWAP_JOIN_MIN or more wakes the watcher, which
+ * decides about joining.
  *
  * munmap and mremap need no message (the daemon reads UNMAP and REMAP
- * events) but the range table must follow them, since the fork child
- * registers what the table says.  The kernel keeps the uffd registration
- * of a moved or grown mapping; a grown tail is announced with a REGISTER
- * so the daemon counts it.  They hold range_lock across the system call
- * only when the range overlaps a registered one, so that no other thread
- * can register a fresh mapping at that address in between.
+ * events) but the table should follow them.  The kernel keeps the uffd
+ * registration of a moved or grown mapping; a grown tail is announced
+ * with a REGISTER so the daemon counts it.  They hold range_lock across
+ * the system call only when the range overlaps the table, so that no
+ * other thread can claim a fresh mapping at that address in between; the
+ * REGISTER round trips run with no lock held (ranges.c).
  *
  * The real calls are made with syscall(2), never through dlsym: the hooks
  * may run before the constructor and inside the dynamic linker's own
@@ -43,15 +50,27 @@ static inline uint64_t page_round_up(uint64_t len)
 	return (len + UZ_PAGE_SIZE - 1) & UZ_PAGE_MASK;
 }
 
-static bool mapping_wanted(size_t len, int prot, int flags)
+static bool mapping_candidate(size_t len, int prot, int flags)
 {
-	if (!atomic_load_explicit(&uz_client.ready, memory_order_acquire) || !uz_client_managed())
-		return false;
-	if (len < uz_client.min_region || prot != (PROT_READ | PROT_WRITE))
+	if (prot != (PROT_READ | PROT_WRITE))
 		return false;
 	if ((flags & MAP_TYPE) != MAP_PRIVATE || !(flags & MAP_ANONYMOUS))
 		return false;
-	if (flags & (MAP_GROWSDOWN | MAP_STACK | MAP_HUGETLB))
+	return !(flags & (MAP_GROWSDOWN | MAP_STACK | MAP_HUGETLB | MAP_LOCKED));
+}
+
+static bool mapping_wanted(size_t len, int prot, int flags)
+{
+	if (!atomic_load_explicit(&uz_client.ready, memory_order_acquire))
+		return false;
+	if (!uz_client_managed()) {
+		/* Not joined yet: a large mapping may make the process worth it. */
+		if (uz_client.join_min && len >= uz_client.join_min && !uz_client.join_tried &&
+		    !uz_client.disabled && mapping_candidate(len, prot, flags))
+			uz_watcher_kick();
+		return false;
+	}
+	if (len < uz_client.min_region || !mapping_candidate(len, prot, flags))
 		return false;
 	return !uz_is_agent();
 }
@@ -77,19 +96,16 @@ static void *mmap_hook(void *addr, size_t len, int prot, int flags, int fd, off_
 	if (fixed)
 		uz_ranges_lock();
 	p = uz_raw_mmap(addr, len, prot, flags, fd, off);
-	if (p == MAP_FAILED) {
-		if (fixed)
-			uz_ranges_unlock();
-		return p;
+	if (fixed) {
+		if (p != MAP_FAILED)
+			uz_range_forget_locked((uintptr_t)p, page_round_up(len));
+		uz_ranges_unlock();
 	}
+	if (p == MAP_FAILED)
+		return p;
 	saved = errno;
-	if (!fixed)
-		uz_ranges_lock();
-	else
-		uz_range_forget_locked((uintptr_t)p, page_round_up(len));
-	uz_range_register_locked((uintptr_t)p, page_round_up(len),
-				 (flags & MAP_POPULATE) ? UZ_REGISTER_POPULATED : 0);
-	uz_ranges_unlock();
+	uz_range_register((uintptr_t)p, page_round_up(len),
+			  (flags & MAP_POPULATE) ? UZ_REGISTER_POPULATED : 0, true);
 	errno = saved;
 	return p;
 }
@@ -102,39 +118,6 @@ UZ_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t 
 UZ_EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
 	return mmap_hook(addr, len, prot, flags, fd, off);
-}
-
-/*
- * A fresh registered mapping of len bytes aligned to align (a power of two,
- * at least a page), for the malloc hooks.  NULL when the kernel says no;
- * unregistered (but usable) when the daemon says no.
- */
-void *uz_mmap_managed(size_t len, size_t align)
-{
-	size_t map_len = len + (align > UZ_PAGE_SIZE ? align : 0);
-	uintptr_t start, aligned;
-	void *p;
-	int saved = errno;
-
-	if (map_len < len)
-		return NULL;
-	p = uz_raw_mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
-		return NULL;
-	start = (uintptr_t)p;
-	aligned = (start + align - 1) & ~(uintptr_t)(align - 1);
-	if (aligned > start)
-		uz_raw_munmap(p, aligned - start);
-	if (start + map_len > aligned + len)
-		uz_raw_munmap((void *)(aligned + len), start + map_len - aligned - len);
-
-	if (uz_client_managed() && !uz_is_agent()) {
-		uz_ranges_lock();
-		uz_range_register_locked(aligned, len, 0);
-		uz_ranges_unlock();
-	}
-	errno = saved;
-	return (void *)aligned;
 }
 
 int uz_munmap_tracked(void *addr, size_t len)
@@ -158,12 +141,6 @@ int uz_munmap_tracked(void *addr, size_t len)
 UZ_EXPORT int munmap(void *addr, size_t len)
 {
 	return uz_munmap_tracked(addr, len);
-}
-
-/* Announce a grown tail, which the kernel registered with the mapping. */
-static void mremap_extend_locked(uint64_t start, uint64_t len)
-{
-	uz_range_announce_locked(start, len);
 }
 
 void *uz_mremap_tracked(void *old, size_t old_len, size_t new_len, int flags, void *new_addr)
@@ -193,12 +170,12 @@ void *uz_mremap_tracked(void *old, size_t old_len, size_t new_len, int flags, vo
 		uz_range_forget_locked(old_start, old_size);
 	/* What the kernel unmapped at the target (MREMAP_FIXED) is gone too. */
 	uz_range_forget_locked((uintptr_t)p, new_size);
-	if (contained) {
+	if (contained)
 		uz_range_remember_locked((uintptr_t)p, uz_min(old_size, new_size));
-		if (new_size > old_size && uz_client_managed())
-			mremap_extend_locked((uintptr_t)p + old_size, new_size - old_size);
-	}
 	uz_ranges_unlock();
+	/* The kernel registered the grown tail with the mapping: tell the daemon. */
+	if (contained && new_size > old_size && uz_client_managed())
+		uz_range_register((uintptr_t)p + old_size, new_size - old_size, 0, false);
 	errno = saved;
 	return p;
 }

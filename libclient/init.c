@@ -11,6 +11,10 @@
  * agent thread.  Any failure leaves the process unmanaged and says so in
  * exactly one line on stderr; the program itself never notices.
  *
+ * When the process joins is the watcher's business (watcher.c): at once
+ * with UZSWAP_JOIN_MIN=0 (in the constructor), else once it has that much
+ * anonymous memory, or when the program calls the uzswap_* API.
+ *
  * Leaving is the agent's job (SHUTDOWN or daemon loss), see agent.c.
  *
  * System calls that would be interposed (mmap, munmap, mremap) are made
@@ -41,10 +45,19 @@
 #define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
 #endif
 
-#define UZ_CONNECT_TIMEOUT_MS 1000
-#define UZ_HELLO_TIMEOUT_MS   5000
-#define UZ_MIN_REGION_DEFAULT (1UL << 20)
+#define UZ_CONNECT_TIMEOUT_MS	 1000
+#define UZ_HELLO_TIMEOUT_MS	 5000
+#define UZ_MIN_REGION_DEFAULT	 (64UL << 10)
+#define UZ_JOIN_MIN_DEFAULT	 (32UL << 20)
+#define UZ_SCAN_INTERVAL_DEFAULT 200 /* ms */
+#define UZ_SCAN_INTERVAL_MIN	 10
+#define UZ_SCAN_INTERVAL_MAX	 60000
 #define UZ_RECONNECT_TIMEOUT_DEFAULT 60 /* seconds a client waits for a new daemon */
+
+#ifndef PR_SET_VMA
+#define PR_SET_VMA	     0x53564d41
+#define PR_SET_VMA_ANON_NAME 0
+#endif
 
 /* Features the protocol cannot work without, and those it takes when offered. */
 #define UZ_FEATURES_REQUIRED                                                                       \
@@ -62,7 +75,14 @@ struct uz_client uz_client = {
     .arena_fd = -1,
     .min_region = UZ_MIN_REGION_DEFAULT,
     .reconnect_timeout_s = UZ_RECONNECT_TIMEOUT_DEFAULT,
+    .join_min = UZ_JOIN_MIN_DEFAULT,
+    .scan_interval_ms = UZ_SCAN_INTERVAL_DEFAULT,
 };
+
+/* The library's own mappings (tables, buffers, graveyard), left out of every scan. */
+static pthread_mutex_t own_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct uz_register_range own_maps[UZ_OWN_MAX]; /* under own_lock */
+static size_t nr_own;
 
 void *uz_raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
@@ -77,6 +97,52 @@ int uz_raw_munmap(void *addr, size_t len)
 void *uz_raw_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr)
 {
 	return (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
+}
+
+void *uz_own_mmap(size_t len)
+{
+	void *p =
+	    uz_raw_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	/* Visible in /proc/PID/maps, and never merged with a program's mapping. */
+	(void)prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, (unsigned long)p, len,
+		    (unsigned long)"uzswap");
+	pthread_mutex_lock(&own_lock);
+	if (nr_own < UZ_OWN_MAX)
+		own_maps[nr_own++] = (struct uz_register_range){(uintptr_t)p, len};
+	pthread_mutex_unlock(&own_lock);
+	return p;
+}
+
+void uz_own_munmap(void *addr, size_t len)
+{
+	pthread_mutex_lock(&own_lock);
+	for (size_t i = 0; i < nr_own; i++) {
+		if (own_maps[i].start == (uintptr_t)addr) {
+			own_maps[i] = own_maps[--nr_own];
+			break;
+		}
+	}
+	pthread_mutex_unlock(&own_lock);
+	uz_raw_munmap(addr, len);
+}
+
+size_t uz_own_snapshot(struct uz_register_range *out, size_t max)
+{
+	size_t n;
+
+	pthread_mutex_lock(&own_lock);
+	n = uz_min(nr_own, max);
+	memcpy(out, own_maps, n * sizeof(*out));
+	pthread_mutex_unlock(&own_lock);
+	return n;
+}
+
+void uz_own_reset_lock(void)
+{
+	pthread_mutex_init(&own_lock, NULL);
 }
 
 /* One line on stderr, written in one write(2), no stdio and no malloc. */
@@ -97,8 +163,8 @@ void uz_notice(const char *fmt, ...)
 	(void)!write(STDERR_FILENO, line, n);
 }
 
-/* "1048576", "512K", "4M", "1G" (also "4MiB", "4mb"); 0 on a bad value. */
-static size_t parse_size(const char *s)
+/* "1048576", "512K", "4M", "1G" (also "4MiB", "4mb", "0"); false on a bad value. */
+static bool parse_size(const char *s, size_t *out)
 {
 	unsigned long long value;
 	char *end;
@@ -106,7 +172,7 @@ static size_t parse_size(const char *s)
 	errno = 0;
 	value = strtoull(s, &end, 10);
 	if (errno || end == s)
-		return 0;
+		return false;
 	switch (*end) {
 	case 'k':
 	case 'K':
@@ -131,24 +197,30 @@ static size_t parse_size(const char *s)
 	if (*end == 'b' || *end == 'B')
 		end++;
 	if (*end)
-		return 0;
-	return value;
+		return false;
+	*out = value;
+	return true;
 }
 
 static void read_environment(void)
 {
 	const char *value;
+	size_t size;
 
 	value = getenv("UZSWAP_DISABLE");
 	uz_client.disabled = value && *value && strcmp(value, "0") != 0;
 
 	value = getenv("UZSWAP_MIN_REGION");
-	if (value) {
-		size_t size = parse_size(value);
-
-		if (size)
-			uz_client.min_region = (size + UZ_PAGE_SIZE - 1) & UZ_PAGE_MASK;
-	}
+	if (value && parse_size(value, &size))
+		uz_client.min_region =
+		    uz_max((size + UZ_PAGE_SIZE - 1) & UZ_PAGE_MASK, (size_t)UZ_PAGE_SIZE);
+	value = getenv("UZSWAP_JOIN_MIN");
+	if (value && parse_size(value, &size))
+		uz_client.join_min = size;
+	value = getenv("UZSWAP_SCAN_INTERVAL");
+	if (value && parse_size(value, &size) && size >= UZ_SCAN_INTERVAL_MIN &&
+	    size <= UZ_SCAN_INTERVAL_MAX)
+		uz_client.scan_interval_ms = (unsigned)size;
 
 	value = getenv("UZSWAP_RECONNECT_TIMEOUT");
 	if (value && *value) {
@@ -465,11 +537,9 @@ int uz_client_join(bool fork_child)
 	uz_client.uffd_features = features;
 
 	if (!uz_client.graveyard) {
-		void *grave =
-		    uz_raw_mmap(NULL, UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE, PROT_READ | PROT_WRITE,
-				MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		void *grave = uz_own_mmap(UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE);
 
-		if (grave == MAP_FAILED) {
+		if (!grave) {
 			r = -errno;
 			reason = "cannot map the graveyard";
 			goto fail_notice;
@@ -546,7 +616,6 @@ int uz_client_join(bool fork_child)
 		goto fail_refused;
 	}
 	uz_client.joined_once = true;
-	atomic_store(&uz_steer_min, uz_client.min_region);
 	return 0;
 
 fail_unreachable:
@@ -623,7 +692,6 @@ int uz_client_rejoin(void)
  */
 void uz_client_leave(bool daemon_alive)
 {
-	atomic_store(&uz_steer_min, SIZE_MAX);
 	if (daemon_alive) {
 		struct uffdio_range grave = {
 		    .start = (uintptr_t)uz_client.graveyard,
@@ -653,6 +721,20 @@ void uz_client_leave(bool daemon_alive)
 	atomic_store(&uz_client.state, UZ_CLIENT_OFF);
 }
 
+/*
+ * Join unless this process already tried: one attempt (and at most one
+ * notice) per process.  Caller holds range_lock.
+ */
+int uz_client_join_once(bool fork_child)
+{
+	if (uz_client_managed())
+		return 0;
+	if (uz_client.join_tried || uz_client.disabled || !atomic_load(&uz_client.ready))
+		return -ENOTCONN;
+	uz_client.join_tried = true;
+	return uz_client_join(fork_child);
+}
+
 void uz_client_init(void)
 {
 	static atomic_flag once = ATOMIC_FLAG_INIT;
@@ -662,9 +744,15 @@ void uz_client_init(void)
 	read_environment();
 	if (!uz_client.disabled) {
 		uz_fork_install();
-		uz_ranges_lock();
-		uz_client_join(false);
-		uz_ranges_unlock();
+		if (uz_client.join_min == 0) {
+			uz_ranges_lock();
+			uz_client.join_tried = true;
+			uz_client_join(false);
+			uz_ranges_unlock();
+		}
+		/* Without a daemon now there is nothing for the watcher to do. */
+		if (uz_client.join_min != 0 || uz_client_managed())
+			uz_watcher_start(false, false);
 	}
 	atomic_store(&uz_client.ready, true);
 }

@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -427,9 +428,10 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 		goto fail;
 	}
 
-	r = client_check_anon_range(client, client->graveyard_start, client->graveyard_end);
+	r = client_check_anon_range(client, fds[0], client->graveyard_start, client->graveyard_end);
 	if (r < 0) {
-		*why = "graveyard is not private anonymous writable memory of the peer";
+		*why = "graveyard is not private anonymous writable memory of the peer registered "
+		       "with its userfaultfd";
 		goto fail;
 	}
 
@@ -621,6 +623,7 @@ static void handshake_complete(struct handshake *h)
 	} else {
 		client->id = ++daemon->next_client_id;
 		client->key = client->id & CLIENT_KEY_MASK;
+		client->joined_usec = uz_now_usec();
 		uz_list_add_tail(&daemon->clients, &client->link);
 		daemon->nr_clients++;
 		r = 0;
@@ -735,6 +738,15 @@ void client_set_policy(struct client *client, const struct uz_policy *policy)
 	client->reclaim_rescan_at = 0;
 }
 
+uint64_t client_managed_pages(const struct client *client)
+{
+	int64_t pages = stats_read(client->stats, UZ_STAT_resident_pages) +
+			stats_read(client->stats, UZ_STAT_stored_pages) +
+			stats_read(client->stats, UZ_STAT_on_disk_pages);
+
+	return pages > 0 ? (uint64_t)pages : 0;
+}
+
 struct client *client_free(struct client *client)
 {
 	if (!client)
@@ -759,6 +771,8 @@ struct client *client_free(struct client *client)
 	group_unref(client->assigned_group);
 	client_assign_free(__atomic_exchange_n(&client->assign, NULL, __ATOMIC_ACQ_REL));
 	free(client->regions);
+	for (unsigned i = 0; client->requests && i < client->nr_requests; i++)
+		free(client->requests[(client->requests_head + i) % UZ_CLIENT_REQUESTS_MAX].ranges);
 	free(client->requests);
 	free(client);
 	return NULL;
@@ -768,8 +782,7 @@ struct client *client_free(struct client *client)
  * Regions: a sorted array of disjoint ranges; binary search.
  */
 
-/* Index of the first region whose end is > addr. */
-static unsigned region_lower_bound(const struct client *client, uint64_t addr)
+unsigned client_region_lower_bound(const struct client *client, uint64_t addr)
 {
 	unsigned lo = 0, hi = client->nr_regions;
 
@@ -786,7 +799,7 @@ static unsigned region_lower_bound(const struct client *client, uint64_t addr)
 
 const struct client_region *client_region_find(const struct client *client, uint64_t addr)
 {
-	unsigned i = region_lower_bound(client, addr);
+	unsigned i = client_region_lower_bound(client, addr);
 
 	if (i < client->nr_regions && client->regions[i].start <= addr)
 		return &client->regions[i];
@@ -812,21 +825,41 @@ static int region_insert_at(struct client *client, unsigned i, uint64_t start, u
 	return 0;
 }
 
+/*
+ * Adjacent regions are coalesced: a heap registered piece by piece as it
+ * grows (each brk or mprotect step is a new VMA) stays one region.
+ */
 int client_region_add(struct client *client, uint64_t start, uint64_t end)
 {
-	unsigned i = region_lower_bound(client, start);
+	unsigned i = client_region_lower_bound(client, start);
+	bool joins_prev = i > 0 && client->regions[i - 1].end == start;
+	bool joins_next = i < client->nr_regions && client->regions[i].start == end;
 
 	if (i < client->nr_regions && client->regions[i].start < end)
 		return -EEXIST;
-	if (client->nr_regions >= client->daemon->max_regions_per_client ||
-	    client->registered_bytes + (end - start) > UZ_CLIENT_REGISTERED_MAX)
+	if (client->registered_bytes + (end - start) > UZ_CLIENT_REGISTERED_MAX)
 		return -E2BIG;
-	return region_insert_at(client, i, start, end);
+	if (joins_prev && joins_next) {
+		client->regions[i - 1].end = client->regions[i].end;
+		memmove(&client->regions[i], &client->regions[i + 1],
+			(client->nr_regions - i - 1) * sizeof(client->regions[0]));
+		client->nr_regions--;
+	} else if (joins_prev) {
+		client->regions[i - 1].end = end;
+	} else if (joins_next) {
+		client->regions[i].start = start;
+	} else {
+		if (client->nr_regions >= client->daemon->max_regions_per_client)
+			return -E2BIG;
+		return region_insert_at(client, i, start, end);
+	}
+	client->registered_bytes += end - start;
+	return 0;
 }
 
 void client_region_remove(struct client *client, uint64_t start, uint64_t end)
 {
-	unsigned i = region_lower_bound(client, start);
+	unsigned i = client_region_lower_bound(client, start);
 
 	while (i < client->nr_regions && client->regions[i].start < end) {
 		struct client_region *r = &client->regions[i];
@@ -866,17 +899,21 @@ static bool maps_name_is_anonymous(const char *name)
 	return name[0] == 0 || strcmp(name, "[heap]") == 0 || strncmp(name, "[anon:", 6) == 0;
 }
 
-int client_check_anon_range(const struct client *client, uint64_t start, uint64_t end)
+void client_maps_free(struct client_maps *maps)
+{
+	free(maps->lines);
+	maps->lines = NULL;
+	maps->count = 0;
+}
+
+int client_maps_read(const struct client *client, struct client_maps *out)
 {
 	_cleanup_free_ char *line = NULL;
-	size_t line_cap = 0;
-	uint64_t cursor = start;
+	struct client_maps maps = {0};
+	size_t line_cap = 0, capacity = 0;
 	FILE *f;
-	int fd, r = -EINVAL;
+	int fd, r = 0;
 
-	if (start >= end || !uz_page_aligned(start) || !uz_page_aligned(end) ||
-	    end > UZ_USER_ADDR_MAX)
-		return -EINVAL;
 	fd = openat(client->proc_fd, "maps", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return errno == ENOENT ? -ESRCH : -errno;
@@ -888,39 +925,127 @@ int client_check_anon_range(const struct client *client, uint64_t start, uint64_
 	}
 	while (getline(&line, &line_cap, f) > 0) {
 		unsigned long lo, hi, inode;
-		char perms[5], name[PATH_MAX];
+		char perms[5];
 		int consumed = 0;
+		const char *name;
 
-		name[0] = 0;
 		if (sscanf(line, "%lx-%lx %4s %*x %*x:%*x %lu%n", &lo, &hi, perms, &inode,
 			   &consumed) != 4)
 			break;
-		{
-			const char *p = line + consumed;
-			size_t n;
+		name = line + consumed;
+		while (*name == ' ' || *name == '\t')
+			name++;
+		line[strcspn(line, "\n")] = 0;
+		if (maps.count == capacity) {
+			size_t cap = capacity ? capacity * 2 : 256;
+			struct client_maps_line *lines = realloc(maps.lines, cap * sizeof(*lines));
 
-			while (*p == ' ' || *p == '\t')
-				p++;
-			n = strcspn(p, "\n");
-			if (n >= sizeof(name))
-				n = sizeof(name) - 1;
-			memcpy(name, p, n);
-			name[n] = 0;
+			if (!lines) {
+				r = -ENOMEM;
+				break;
+			}
+			maps.lines = lines;
+			capacity = cap;
 		}
-		if (hi <= cursor)
-			continue;
-		if (lo > cursor)
-			break; /* a hole */
-		if (perms[0] != 'r' || perms[1] != 'w' || perms[3] != 'p' || inode != 0 ||
-		    !maps_name_is_anonymous(name))
-			break;
-		cursor = hi;
-		if (cursor >= end) {
-			r = 0;
-			break;
-		}
+		maps.lines[maps.count++] = (struct client_maps_line){
+		    .start = lo,
+		    .end = hi,
+		    .anonymous = perms[0] == 'r' && perms[1] == 'w' && perms[3] == 'p' &&
+				 inode == 0 && maps_name_is_anonymous(name),
+		};
 	}
 	fclose(f);
+	if (r < 0) {
+		client_maps_free(&maps);
+		return r;
+	}
+	*out = maps;
+	return 0;
+}
+
+/*
+ * Is the mapping at addr registered with a userfaultfd?  The kernel has no
+ * direct query, but UFFDIO_CONTINUE answers it without side effects on
+ * private anonymous memory: it looks the VMA up first and fails with
+ * ENOENT when the VMA has no userfaultfd context, and only then refuses
+ * (EINVAL) because CONTINUE is for shmem and hugetlb only
+ * (mm/userfaultfd.c: uffd_mfill_lock/validate_dst_vma, then mfill_atomic;
+ * tests/kernel/uffd-continue-probe checks it on this kernel).  EAGAIN: a VM
+ * event is pending, ask again later.  A kernel without CONTINUE (ENOTTY)
+ * cannot tell; the check is then skipped.
+ */
+static int uffd_probe_registered(int uffd, uint64_t addr)
+{
+	struct uffdio_continue probe = {.range = {.start = addr, .len = UZ_PAGE_SIZE}};
+
+	if (ioctl(uffd, UFFDIO_CONTINUE, &probe) == 0)
+		return 0;
+	switch (errno) {
+	case EINVAL:
+	case ENOTTY:
+		return 0;
+	case ENOENT:
+		return -ENOENT;
+	default:
+		return -errno;
+	}
+}
+
+/* Index of the first line whose end is above addr. */
+static size_t maps_lower_bound(const struct client_maps *maps, uint64_t addr)
+{
+	size_t lo = 0, hi = maps->count;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (maps->lines[mid].end <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+int client_maps_check(const struct client *client, int uffd, const struct client_maps *maps,
+		      uint64_t start, uint64_t end)
+{
+	uint64_t cursor = start;
+
+	if (start >= end || !uz_page_aligned(start) || !uz_page_aligned(end) ||
+	    end > UZ_USER_ADDR_MAX)
+		return -EINVAL;
+	for (size_t i = maps_lower_bound(maps, start); i < maps->count; i++) {
+		const struct client_maps_line *line = &maps->lines[i];
+		int r;
+
+		if (line->start > cursor || !line->anonymous)
+			return -EINVAL; /* a hole, or memory that is not private anonymous rw */
+		if (uffd >= 0) {
+			r = uffd_probe_registered(uffd, cursor);
+			if (r < 0)
+				return r;
+		}
+		cursor = line->end;
+		if (cursor >= end)
+			return 0;
+	}
+	return -EINVAL;
+}
+
+int client_check_anon_range(const struct client *client, int uffd, uint64_t start, uint64_t end)
+{
+	struct client_maps maps;
+	int r;
+
+	if (start >= end || !uz_page_aligned(start) || !uz_page_aligned(end) ||
+	    end > UZ_USER_ADDR_MAX)
+		return -EINVAL;
+	r = client_maps_read(client, &maps);
+	if (r < 0)
+		return r;
+	r = client_maps_check(client, uffd, &maps, start, end);
+	client_maps_free(&maps);
 	return r;
 }
 

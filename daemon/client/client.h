@@ -59,6 +59,7 @@ enum client_request_type {
 	CLIENT_REQ_FORK_PREPARE = UZ_MSG_FORK_PREPARE,
 	CLIENT_REQ_STATS = UZ_MSG_STATS,
 	CLIENT_REQ_HINT = UZ_MSG_HINT,
+	CLIENT_REQ_REGISTER_BATCH = UZ_MSG_REGISTER_BATCH,
 	CLIENT_REQ_SHUTDOWN = 1000, /* internal: the daemon is draining */
 };
 
@@ -69,6 +70,8 @@ struct client_request {
 	uint32_t arg;	 /* REGISTER flags or HINT kind */
 	bool started;	 /* restore walk begun: cursor is valid */
 	uint64_t cursor; /* next vpn of a restore walk */
+	uint32_t count;	 /* REGISTER_BATCH: ranges; the only one is start..end when 1 */
+	struct uz_register_range *ranges; /* REGISTER_BATCH of more than one: a copy (owned) */
 };
 
 /*
@@ -109,6 +112,9 @@ struct client {
 	struct family *family;	    /* the arena of its compressed pages (a reference) */
 
 	/* --- main thread, under daemon->clients_lock once listed --- */
+	uint64_t joined_usec;		 /* when the handshake completed */
+	uint64_t anon_rss_bytes;	 /* RssAnon of the process, sampled every 2 s */
+	bool unmanaged_noticed;		 /* the "mostly unmanaged" line was logged */
 	struct uz_group *assigned_group; /* the group last assigned (a reference) */
 	struct uz_policy assigned_policy;
 	struct client_assign *assign; /* atomic exchange only: main posts, fault thread takes */
@@ -159,7 +165,9 @@ struct client {
 	/* requests */
 	struct client_request *requests; /* ring of UZ_CLIENT_REQUESTS_MAX */
 	unsigned requests_head, nr_requests;
+	unsigned queued_batch_ranges; /* ranges of queued REGISTER_BATCH copies */
 
+	const char *leave_reason; /* for the log line when it is freed */
 	bool dead;	    /* being torn down; ignore its events */
 	bool gone;	    /* the process is gone (EOF): no point giving pages back */
 	bool shutdown_sent; /* SHUTDOWN sent, waiting for SHUTDOWN_ACK */
@@ -179,21 +187,51 @@ void client_handshakes_cancel(void);
 /* Set policy, watermarks (thread-owned fields: only before adopt or on the fault thread). */
 void client_set_policy(struct client *client, const struct uz_policy *policy);
 
+/*
+ * Pages the daemon manages for the client: resident, stored and on disk
+ * (thread-safe: read from its statistics).
+ */
+uint64_t client_managed_pages(const struct client *client);
+
 /* Free a client (fds, ring, index, stats); the caller has released its pages. */
 struct client *client_free(struct client *client);
 
 /* Regions: sorted and disjoint.  -EEXIST on overlap, -E2BIG beyond the limits. */
 int client_region_add(struct client *client, uint64_t start, uint64_t end);
 void client_region_remove(struct client *client, uint64_t start, uint64_t end);
+/* Index of the first region whose end is above addr (nr_regions if none). */
+unsigned client_region_lower_bound(const struct client *client, uint64_t addr);
 /* The region holding addr, or NULL. */
 const struct client_region *client_region_find(const struct client *client, uint64_t addr);
 
+/* /proc/PID/maps of a client, read once for a batch of REGISTER checks. */
+struct client_maps_line {
+	uint64_t start, end;
+	bool anonymous; /* private, anonymous ("", [heap], [anon:...]), readable and writable */
+};
+
+struct client_maps {
+	struct client_maps_line *lines; /* sorted by start */
+	size_t count;
+};
+
+/* Read the client's maps.  0, -ESRCH when the process is gone, or -errno. */
+int client_maps_read(const struct client *client, struct client_maps *out);
+void client_maps_free(struct client_maps *maps);
+
 /*
  * Check that [start, end) lies inside private, anonymous, writable mappings
- * of the client (its /proc/PID/maps).  0, -EINVAL when it does not,
- * -ESRCH when the process is gone, or another -errno.
+ * of the client and, when uffd >= 0, that each of them is registered with
+ * a userfaultfd (a region over memory the kernel does not send us faults
+ * for would let the agent move pages out of it for good).  0, -EINVAL when
+ * it is not such memory, -ENOENT when a mapping is not registered, -EAGAIN
+ * when the kernel cannot tell now (a VM event is pending), -ESRCH when the
+ * process is gone, or another -errno.  client_check_anon_range() reads the
+ * maps itself.
  */
-int client_check_anon_range(const struct client *client, uint64_t start, uint64_t end);
+int client_maps_check(const struct client *client, int uffd, const struct client_maps *maps,
+		      uint64_t start, uint64_t end);
+int client_check_anon_range(const struct client *client, int uffd, uint64_t start, uint64_t end);
 
 /*
  * Read which pages of [start, end) are present (or swapped by the kernel)

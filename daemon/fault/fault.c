@@ -59,6 +59,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -110,6 +111,7 @@ enum {
 #define FAULT_SPIN_USEC_MIN   4	  /* the spin never shrinks below this once armed */
 #define FAULT_FORK_GRACE_MS   1000 /* a fork child's pages stay resident this long */
 #define FAULT_RESTORE_RUN     64   /* pages given back with one UFFDIO_COPY */
+#define FAULT_BATCH_RANGES_MAX (4 * UZ_REGISTER_BATCH_MAX) /* REGISTER_BATCH ranges queued */
 
 /*
  * A RESIDENT entry has no use for the len field; it counts down the CLOCK
@@ -727,7 +729,8 @@ static bool client_may_evict(struct client *c)
 	if (c->nr_requests) {
 		uint32_t type = c->requests[c->requests_head].type;
 
-		if (type != CLIENT_REQ_REGISTER && type != CLIENT_REQ_STATS)
+		if (type != CLIENT_REQ_REGISTER && type != CLIENT_REQ_REGISTER_BATCH &&
+		    type != CLIENT_REQ_STATS)
 			return false;
 	}
 	return true;
@@ -1410,6 +1413,7 @@ static const char *client_leave_reason(const struct fault_thread *t, const struc
 static void client_destroy(struct fault_thread *t, struct client *c)
 {
 	struct daemon *d = t->daemon;
+	uint64_t managed = client_managed_pages(c) * UZ_PAGE_SIZE, anon_rss;
 
 	fault_retries_purge(t, c);
 	if (!c->gone && !client_process_alive(c))
@@ -1423,7 +1427,14 @@ static void client_destroy(struct fault_thread *t, struct client *c)
 	pthread_mutex_lock(&d->clients_lock);
 	uz_list_del(&c->link);
 	d->nr_clients--;
+	anon_rss = c->anon_rss_bytes;
 	pthread_mutex_unlock(&d->clients_lock);
+	/* Not the fault path: the end of a loop round, once per client. */
+	uz_log(LOG_INFO,
+	       "client %" PRIu64 " left: pid %d comm \"%s\" (%s); managed %" PRIu64
+	       " MiB, anonymous RSS %" PRIu64 " MiB when last looked at",
+	       c->id, (int)c->pid, c->comm, c->leave_reason ? c->leave_reason : "disconnected",
+	       managed >> 20, anon_rss >> 20);
 	client_free(c);
 }
 
@@ -1472,27 +1483,113 @@ static int populate_one(uint64_t vpn, void *userdata)
 	return 0;
 }
 
+#define REGISTER_PARTS_MAX 64 /* pieces of one range the client does not hold yet */
+
+/*
+ * Register [start, end) for the client (docs/PROTOCOL.md section 2).  The
+ * range must be private anonymous writable memory of the client, registered
+ * with its uffd (client_maps_check: a region over memory whose faults we do
+ * not get would let the agent move pages out of it for good), off the
+ * graveyard, within the limits.  Without merge an overlap with a region
+ * the client holds is -EEXIST; with merge (REGISTER_BATCH) only the parts
+ * not held yet are added, and a refusal of a range that was partly held is
+ * -EEXIST, so that any other error means the daemon holds none of it.
+ * POPULATED counts the present pages of the added parts resident.
+ */
+static int register_range(struct client *c, const struct client_maps *maps, uint64_t start,
+			  uint64_t end, uint32_t flags, bool merge)
+{
+	struct client_region parts[REGISTER_PARTS_MAX];
+	unsigned nparts = 0, added = 0;
+	uint64_t cursor = start;
+	bool covered = false;
+	int r = 0;
+
+	if (start < c->graveyard_end && end > c->graveyard_start)
+		return -EINVAL;
+	for (unsigned i = client_region_lower_bound(c, start);
+	     i < c->nr_regions && c->regions[i].start < end; i++) {
+		covered = true;
+		if (c->regions[i].start > cursor) {
+			if (nparts == REGISTER_PARTS_MAX)
+				return -EEXIST;
+			parts[nparts++] = (struct client_region){cursor, c->regions[i].start};
+		}
+		cursor = uz_max(cursor, c->regions[i].end);
+	}
+	if (covered && !merge)
+		return -EEXIST;
+	if (cursor < end) {
+		if (nparts == REGISTER_PARTS_MAX)
+			return covered ? -EEXIST : -E2BIG;
+		parts[nparts++] = (struct client_region){cursor, end};
+	}
+	for (unsigned i = 0; i < nparts && r == 0; i++)
+		r = client_maps_check(c, c->uffd, maps, parts[i].start, parts[i].end);
+	for (; added < nparts && r == 0; added++)
+		r = client_region_add(c, parts[added].start, parts[added].end);
+	for (unsigned i = 0; i < added && r == 0 && (flags & UZ_REGISTER_POPULATED); i++) {
+		r = client_pagemap_present(c, parts[i].start, parts[i].end, populate_one, c);
+		if (r == -ENODEV)
+			r = 0;
+	}
+	if (r < 0) {
+		for (unsigned i = 0; i < added; i++) {
+			client_region_remove(c, parts[i].start, parts[i].end);
+			client_forget_range(c, parts[i].start, parts[i].end);
+		}
+		return covered ? -EEXIST : r;
+	}
+	return 0;
+}
+
 static int request_register(struct client *c, struct client_request *req)
 {
+	struct client_maps maps;
 	int r;
 
 	if (req->start < c->graveyard_end && req->end > c->graveyard_start)
 		return -EINVAL;
-	r = client_check_anon_range(c, req->start, req->end);
+	r = client_maps_read(c, &maps);
 	if (r < 0)
 		return r;
-	r = client_region_add(c, req->start, req->end);
-	if (r < 0)
-		return r;
-	if (req->arg & UZ_REGISTER_POPULATED) {
-		r = client_pagemap_present(c, req->start, req->end, populate_one, c);
-		if (r < 0 && r != -ENODEV) {
-			client_region_remove(c, req->start, req->end);
-			client_forget_range(c, req->start, req->end);
-			return r;
-		}
+	r = register_range(c, &maps, req->start, req->end, req->arg, false);
+	client_maps_free(&maps);
+	return r;
+}
+
+/* REGISTER_BATCH: one maps read for every range, one status each, one reply. */
+static int request_register_batch(struct client *c, struct client_request *req)
+{
+	struct {
+		struct uz_msg_register_batch_reply reply;
+		int32_t status[UZ_REGISTER_BATCH_MAX];
+	} answer = {0};
+	const struct uz_register_range *ranges =
+	    req->ranges ? req->ranges : &(struct uz_register_range){req->start, req->end - req->start};
+	size_t size = offsetof(struct uz_msg_register_batch_reply, status) +
+		      (size_t)req->count * sizeof(int32_t);
+	struct client_maps maps = {0};
+	uint64_t previous_end = 0;
+	int r;
+
+	r = client_maps_read(c, &maps);
+	for (uint32_t i = 0; i < req->count; i++) {
+		uint64_t start = ranges[i].start, end = ranges[i].start + ranges[i].len;
+
+		if (r < 0)
+			answer.status[i] = r;
+		else if (start < previous_end)
+			answer.status[i] = -EINVAL; /* not sorted, or overlapping its neighbour */
+		else
+			answer.status[i] = register_range(c, &maps, start, end, req->arg, true);
+		previous_end = uz_max(previous_end, end);
 	}
-	return 0;
+	client_maps_free(&maps);
+	uz_msg_header_init(&answer.reply.header, UZ_MSG_REGISTER_BATCH_REPLY, size, req->seq);
+	answer.reply.count = req->count;
+	r = client_send(c, &answer, size);
+	return r < 0 ? r : REQUEST_ANSWERED;
 }
 
 /*
@@ -1508,6 +1605,8 @@ static int request_step(struct fault_thread *t, struct client *c, struct client_
 	switch (req->type) {
 	case CLIENT_REQ_REGISTER:
 		return request_register(c, req);
+	case CLIENT_REQ_REGISTER_BATCH:
+		return request_register_batch(c, req);
 	case CLIENT_REQ_STATS:
 		r = stats_reply_send(c, req->seq);
 		return r < 0 ? r : REQUEST_ANSWERED;
@@ -1579,6 +1678,11 @@ static void client_run_requests(struct fault_thread *t, struct client *c)
 			client_kill(t, c, true);
 			return;
 		}
+		if (req->ranges) {
+			c->queued_batch_ranges -= req->count;
+			free(req->ranges);
+			req->ranges = NULL;
+		}
 		c->requests_head = (c->requests_head + 1) % UZ_CLIENT_REQUESTS_MAX;
 		c->nr_requests--;
 	}
@@ -1610,6 +1714,47 @@ static bool range_valid(uint64_t start, uint64_t len)
 	       start < UZ_USER_ADDR_MAX && len <= UZ_USER_ADDR_MAX - start;
 }
 
+/*
+ * Queue a REGISTER_BATCH.  Every range is checked for shape here (a bad
+ * one breaks the protocol); whether it may be registered is decided when
+ * the request runs.  A batch of one is kept inline; larger ones are
+ * copied, at most FAULT_BATCH_RANGES_MAX ranges queued per client.
+ */
+static int request_push_batch(struct client *c, const void *buf, size_t len)
+{
+	const struct uz_msg_register_batch *m = buf;
+	struct client_request *req;
+	int r;
+
+	if (len < offsetof(struct uz_msg_register_batch, ranges) || m->count == 0 ||
+	    m->count > UZ_REGISTER_BATCH_MAX ||
+	    len != offsetof(struct uz_msg_register_batch, ranges) +
+		       (size_t)m->count * sizeof(m->ranges[0]) ||
+	    (m->flags & ~UZ_REGISTER_POPULATED))
+		return -EBADMSG;
+	for (uint32_t i = 0; i < m->count; i++)
+		if (!range_valid(m->ranges[i].start, m->ranges[i].len))
+			return -EBADMSG;
+	if (m->count > 1 && c->queued_batch_ranges + m->count > FAULT_BATCH_RANGES_MAX)
+		return -EBADMSG;
+	r = request_push(c, CLIENT_REQ_REGISTER_BATCH, m->header.seq, m->ranges[0].start,
+			 m->ranges[0].start + m->ranges[0].len, m->flags);
+	if (r < 0)
+		return r;
+	req = &c->requests[(c->requests_head + c->nr_requests - 1) % UZ_CLIENT_REQUESTS_MAX];
+	req->count = m->count;
+	if (m->count > 1) {
+		req->ranges = malloc(m->count * sizeof(m->ranges[0]));
+		if (!req->ranges) {
+			c->nr_requests--;
+			return -ENOMEM;
+		}
+		memcpy(req->ranges, m->ranges, m->count * sizeof(m->ranges[0]));
+		c->queued_batch_ranges += m->count;
+	}
+	return 0;
+}
+
 /* One message from the client's socket.  < 0: the client broke the protocol. */
 static int client_handle_message(struct fault_thread *t, struct client *c, const void *buf,
 				 size_t len)
@@ -1631,6 +1776,8 @@ static int client_handle_message(struct fault_thread *t, struct client *c, const
 			return -EBADMSG;
 		return request_push(c, h->type, h->seq, m->start, m->start + m->len, m->flags);
 	}
+	case UZ_MSG_REGISTER_BATCH:
+		return request_push_batch(c, buf, len);
 	case UZ_MSG_HINT: {
 		const struct uz_msg_hint *m = buf;
 
@@ -1662,6 +1809,7 @@ static int client_handle_message(struct fault_thread *t, struct client *c, const
 		if (len != sizeof(*h) || !c->shutdown_sent)
 			return -EBADMSG;
 		c->gone = true;
+		c->leave_reason = "shut down by the daemon";
 		client_kill(t, c, false);
 		return 0;
 	default:
@@ -1685,6 +1833,7 @@ static void client_handle_socket(struct fault_thread *t, struct client *c)
 			break;
 		if (len == 0) {
 			/* The process exited (or dropped us): give back what we can. */
+			c->leave_reason = "exited or closed its connection";
 			client_kill(t, c, true);
 			return;
 		}
@@ -1695,6 +1844,8 @@ static void client_handle_socket(struct fault_thread *t, struct client *c)
 			return;
 		}
 		if (client_handle_message(t, c, &buf, (size_t)len) < 0) {
+			if (!c->leave_reason)
+				c->leave_reason = "protocol error";
 			client_kill(t, c, true);
 			return;
 		}

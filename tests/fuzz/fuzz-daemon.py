@@ -50,7 +50,8 @@ RSS_GROWTH_MAX = 32 << 20  # bytes of VmRSS growth tolerated (allocator slack)
 
 MAGIC, VERSION = 0x77737A75, 2
 (HELLO, HELLO_REPLY, REGISTER, UNREGISTER, REPLY, EVICT, EVICT_DONE, FORK_PREPARE,
- FORK_DONE, SHUTDOWN, SHUTDOWN_ACK, STATS, STATS_REPLY, HINT, MSG_MAX) = range(1, 16)
+ FORK_DONE, SHUTDOWN, SHUTDOWN_ACK, STATS, STATS_REPLY, HINT, REGISTER_BATCH,
+ REGISTER_BATCH_REPLY, MSG_MAX) = range(1, 18)
 PAGE = 4096
 BATCH_MAX = 512
 HELLO_SIZE = 64
@@ -257,7 +258,8 @@ def random_message(rng, arena):
     """One post-HELLO message, mostly malformed."""
     mtype = rng.choice([REGISTER, UNREGISTER, HINT, EVICT_DONE, FORK_PREPARE, FORK_DONE,
                         STATS, SHUTDOWN_ACK, HELLO, HELLO_REPLY, REPLY, EVICT, SHUTDOWN,
-                        STATS_REPLY, 0, MSG_MAX, rng.randrange(65536)])
+                        STATS_REPLY, REGISTER_BATCH, REGISTER_BATCH_REPLY, 0, MSG_MAX,
+                        rng.randrange(65536)])
     addr = rng.choice([arena, arena + 1, arena + PAGE, 0, PAGE, 1 << 47, (1 << 64) - PAGE,
                        rng.randrange(1 << 64) & ~(PAGE - 1), rng.randrange(1 << 64)])
     length = rng.choice([PAGE, 64 * PAGE, 0, 1, 1 << 44, (1 << 64) - PAGE, rng.randrange(1 << 64)])
@@ -265,6 +267,11 @@ def random_message(rng, arena):
     if mtype in (REGISTER, UNREGISTER):
         body = struct.pack("<QQII", addr, length, rng.choice([0, 1, 2, 0xFFFFFFFF]),
                            rng.choice([0, 0, 1]))
+    elif mtype == REGISTER_BATCH:
+        count = rng.choice([0, 1, 2, 256, 257, 0xFFFFFFFF])
+        n = min(count, 300) if rng.random() < 0.7 else rng.randrange(0, 300)
+        body = struct.pack("<II", count, rng.choice([0, 1, 2, 0xFFFFFFFF])) + b"".join(
+            struct.pack("<QQ", rng.choice([addr, arena + i * PAGE]), length) for i in range(n))
     elif mtype == HINT:
         body = struct.pack("<QQII", addr, length, rng.choice([1, 2, 0, 3, 0xFFFFFFFF]), 0)
     elif mtype == EVICT_DONE:
@@ -420,7 +427,7 @@ def ctl_json(cpath, *args):
 
 
 def run_workload(sock):
-    env = dict(os.environ, UZSWAP_SOCKET=sock, LD_PRELOAD=LIBUZSWAP)
+    env = dict(os.environ, UZSWAP_SOCKET=sock, LD_PRELOAD=LIBUZSWAP, UZSWAP_JOIN_MIN="0")
     r = subprocess.run([WORKLOAD, "--size", "24M", "--passes", "2"], env=env,
                        capture_output=True, text=True, timeout=120)
     if r.returncode != 0 or "verified" not in r.stdout:

@@ -112,7 +112,10 @@ class Env:
                 with open(os.path.join(cgroup_dir, "cgroup.procs"), "w") as f:
                     f.write(str(os.getpid()))
         env = dict(os.environ, UZSWAP_SOCKET=f"{self.tmp}/d.sock",
-                   LD_PRELOAD=os.environ["LIBUZSWAP"])
+                   LD_PRELOAD=os.environ["LIBUZSWAP"], UZSWAP_JOIN_MIN="0",
+                   # only the test's own region: an injected I/O error must hit
+                   # a page the client guards, not its heap or stdio buffers
+                   UZSWAP_MIN_REGION="4M")
         env.pop("UZSWAP_TEST_INJECT", None)
         p = subprocess.Popen([os.path.join(os.environ["ITEST_BINDIR"], "itest-wb"), mode, size],
                              env=env, preexec_fn=pre, stdin=subprocess.PIPE,

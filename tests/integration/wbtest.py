@@ -49,7 +49,8 @@ def run_test(name, pool="1M", swap_size="64M", writeback=True, inject=None, size
             if daemon.poll() is not None:
                 raise Fail("uzswapd exited at start: " + daemon.stdout.read())
             time.sleep(0.05)
-        cenv = dict(os.environ, UZSWAP_SOCKET=sock, LD_PRELOAD=os.environ["LIBUZSWAP"])
+        cenv = dict(os.environ, UZSWAP_SOCKET=sock, LD_PRELOAD=os.environ["LIBUZSWAP"],
+                    UZSWAP_JOIN_MIN="0", UZSWAP_MIN_REGION="4M")  # the test's region only
         cenv.pop("UZSWAP_TEST_INJECT", None)
         loop = os.path.join(os.environ["ITEST_BINDIR"], "itest-loop")
         client = subprocess.run([loop, size, "2", "4", managed], env=cenv, timeout=60,

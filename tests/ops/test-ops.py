@@ -149,8 +149,9 @@ def wait_socket(path, timeout=10):
 
 
 def workload(tmp, size, cgroup_dir=None, hold=0, sock=None):
+    # UZSWAP_JOIN_MIN=0: join at start (no lazy join), these clients are small.
     env = dict(os.environ, UZSWAP_SOCKET=sock or os.path.join(tmp, "d.sock"),
-               LD_PRELOAD=LIBUZSWAP)
+               LD_PRELOAD=LIBUZSWAP, UZSWAP_JOIN_MIN="0")
     return spawn([WORKLOAD, "--size", size, "--passes", "2", "--hold", str(hold)],
                  env=env, cgroup_dir=cgroup_dir)
 

@@ -8,7 +8,8 @@
 #  2. it does what it says: a program started with exactly the drop-in's
 #     Environment= lines (the library found by its soname, as an installed
 #     one would be) joins a running uzswapd, is paged (pages stored) and
-#     verifies all its data.
+#     verifies all its data.  It is sized well above UZSWAP_JOIN_MIN's
+#     default (32M): the library joins once the process is that large.
 set -euo pipefail
 src=$1 uzswapd=$2 workload=$3 libdir=$4
 dropin=$src/examples/systemd/redis-server.service.d/uzswap.conf
@@ -59,7 +60,7 @@ for _ in $(seq 100); do [ -S "$tmp/d.sock" ] && break; sleep 0.1; done
 [ -S "$tmp/d.sock" ] || { cat "$tmp/daemon.log"; echo "FAIL: uzswapd did not start"; exit 1; }
 
 out=$(env "${envs[@]}" LD_LIBRARY_PATH="$libdir" UZSWAP_SOCKET="$tmp/d.sock" \
-    timeout 60 "$workload" --size 32M --passes 1 --hold 2 2>&1) || {
+    timeout 60 "$workload" --size 96M --passes 1 --hold 2 2>&1) || {
     echo "$out"
     echo "FAIL: the program under the drop-in's environment failed"
     exit 1
