@@ -440,8 +440,11 @@ def t_compaction(e):
         f"ratio {seen['total'] / seen['compressed_bytes']:.2f}, "
         f"compacted_objects {seen.get('compacted_objects')}")
     need(True, "fragmentation bounded (ratio <= 1.25)")
-    need(ratio0 > 1.25 and seen["compacted_objects"] > 0,
-         "it was compaction that bounded it (the workload left the pool sparse)")
+    # On a loaded machine compaction may have run before the first look:
+    # then the objects it had moved already are the proof of a sparse pool.
+    need(seen["compacted_objects"] > 0 and (ratio0 > 1.25 or s.get("compacted_objects", 0) > 0),
+         f"it was compaction that bounded it (the workload left the pool sparse: ratio "
+         f"{ratio0:.2f} at the first look, {s.get('compacted_objects', 0)} objects moved by then)")
     e.go_on(p)
     e.finish(p)
 
