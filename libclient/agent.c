@@ -73,6 +73,8 @@
 #include "uffd-compat.h"
 #include "util.h"
 
+#define UZ_AGENT_STACK_SIZE (256 * 1024)
+
 #define UZ_MOVE_EAGAIN_RETRIES 1000
 
 #ifndef MADV_POPULATE_WRITE
@@ -510,7 +512,7 @@ out:
 }
 
 /* Start the agent with every signal blocked.  Caller: join. */
-int uz_agent_start(void)
+int uz_agent_start(bool fork_child)
 {
 	sigset_t all, old;
 	pthread_attr_t attr;
@@ -527,7 +529,27 @@ int uz_agent_start(void)
 	}
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	pthread_attr_setstacksize(&attr, 256 * 1024);
+	if (fork_child) {
+		/*
+		 * A fork child that has just registered its holes: glibc would
+		 * take a cached stack (the parent's threads' stacks, managed
+		 * memory, cold, maybe holes) and read its descriptor.  A stack
+		 * of our own memory, never evicted, is used instead: the less
+		 * this pthread_create touches, the less it waits on the daemon
+		 * before the agent runs (fork.c).  The child has no other
+		 * thread that could still be on it.
+		 */
+		static void *child_stack;
+
+		if (!child_stack)
+			child_stack = uz_own_mmap(UZ_AGENT_STACK_SIZE);
+		if (child_stack)
+			pthread_attr_setstack(&attr, child_stack, UZ_AGENT_STACK_SIZE);
+		else
+			pthread_attr_setstacksize(&attr, UZ_AGENT_STACK_SIZE);
+	} else {
+		pthread_attr_setstacksize(&attr, UZ_AGENT_STACK_SIZE);
+	}
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	r = -pthread_create(&thread, &attr, agent_main, NULL);

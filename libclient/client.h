@@ -158,7 +158,7 @@ void uz_conn_resume(int sock);
 bool uz_conn_wait_managed(void);
 
 /* agent.c */
-int uz_agent_start(void);
+int uz_agent_start(bool fork_child);
 
 /* failclosed.c */
 /*
@@ -204,6 +204,7 @@ void uz_range_remember_locked(uint64_t start, uint64_t len);
 void uz_range_exclude_locked(uint64_t start, uint64_t len);
 void uz_ranges_unregister_all_locked(void);
 void uz_ranges_clear_locked(void);
+void uz_ranges_register_inherited(void);
 void uz_ranges_populate_locked(void);
 
 /* scan.c */

@@ -43,16 +43,31 @@
  */
 #include <dlfcn.h>
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include "client.h"
 #include "util.h"
 
+/* Stack the child's handler and join may use below fork()'s frame. */
+#define FORK_STACK_PRETOUCH (64 * 1024)
+/* The top of a thread stack glibc's fork touches in the child: descriptor, static TLS. */
+#define FORK_STACK_TOP (64 * 1024)
+
 static bool fork_was_managed; /* prepare -> parent/child, under range_lock */
 static int fork_snapshot = -1; /* the FORK_PREPARE reply's store, prepare -> parent/child */
-static __thread bool in_fork_wrapper; /* fork() below is running: it sends FORK_DONE */
-static __thread bool fork_done_owed; /* the wrapper owes the daemon a FORK_DONE */
+/*
+ * Initial-exec TLS: the child touches fork_done_owed before it has
+ * registered anything, and the first touch of a dynamic TLS variable in a
+ * thread may call malloc (__tls_get_addr resizing the dtv), which reads the
+ * heap: holes there.  libuzswap is loaded at start-up (LD_PRELOAD or
+ * linked), where static TLS is always available.
+ */
+#define FORK_TLS __thread __attribute__((tls_model("initial-exec")))
+static FORK_TLS bool in_fork_wrapper; /* fork() below is running: it sends FORK_DONE */
+static FORK_TLS bool fork_done_owed; /* the wrapper owes the daemon a FORK_DONE */
 atomic_bool uz_fork_in_progress;
 
 static void fork_done_send(pid_t child)
@@ -60,6 +75,93 @@ static void fork_done_send(pid_t child)
 	struct uz_msg_fork_done done = {.child_pid = child};
 
 	uz_conn_send(&done, sizeof(done), UZ_MSG_FORK_DONE);
+}
+
+/*
+ * The child runs its atfork handler and the join on this thread's stack,
+ * deeper than fork() itself.  On a managed thread stack the pages below
+ * may be holes that the child, touching them before it has registered,
+ * would turn into zero pages and later read as such (the next call's
+ * frame is dead data, but a hole turned zero page is never served again).
+ * Fault them in while eviction is paused, so the child inherits them.
+ */
+static __attribute__((noinline)) void stack_pretouch(void)
+{
+	volatile char pad[FORK_STACK_PRETOUCH];
+
+	for (size_t i = 0; i < sizeof(pad); i += UZ_PAGE_SIZE)
+		pad[i] = 0;
+	pad[sizeof(pad) - 1] = 0;
+}
+
+/*
+ * glibc's fork writes to every thread's descriptor (the top of its stack,
+ * with its static TLS) in the child before any atfork handler runs
+ * (reclaim_stacks), and also to the cached stacks of threads that ended.
+ * A thread that sleeps leaves those pages cold, and an evicted one would be
+ * a hole the child turns into a zero page: a crash in fork() or in its next
+ * pthread_create.  So fault in the top of every thread stack (an anonymous
+ * read-write run right above a PROT_NONE guard) while eviction is paused.
+ */
+struct stack_run {
+	uint64_t guard_end; /* the last line was a guard ending here */
+	uint64_t run_end;   /* a stack run since that guard, ending here */
+	uint64_t pages;
+};
+
+static void stack_run_touch(struct stack_run *run)
+{
+	uint64_t end = run->run_end;
+	uint64_t start = end - uz_min(end - (run->guard_end ? run->guard_end : end),
+				      (uint64_t)FORK_STACK_TOP);
+
+	for (uint64_t a = start; a < end; a += UZ_PAGE_SIZE, run->pages++)
+		(void)*(volatile const char *)(uintptr_t)a;
+	run->run_end = 0;
+}
+
+static int stack_line(char *text, void *arg)
+{
+	struct stack_run *run = arg;
+	struct uz_maps_line line;
+	bool anon;
+
+	if (!uz_maps_parse(text, &line))
+		return 0;
+	anon = line.inode == 0 && line.name[0] == 0;
+	if (run->run_end && (line.start != run->run_end || !anon ||
+			     memcmp(line.perms, "rw-p", 4) != 0))
+		stack_run_touch(run);
+	if (anon && !memcmp(line.perms, "rw-p", 4) &&
+	    (run->run_end == line.start || run->guard_end == line.start) && run->guard_end) {
+		run->run_end = line.end;
+		return 0;
+	}
+	run->guard_end = anon && !memcmp(line.perms, "---p", 4) ? line.end : 0;
+	return 0;
+}
+
+static void stack_tops_touch(void)
+{
+	static char buf[16384];
+	struct stack_run run = {0};
+
+	(void)uz_read_lines("/proc/self/maps", buf, sizeof(buf), stack_line, &run);
+	if (run.run_end)
+		stack_run_touch(&run);
+}
+
+/*
+ * The child's pthread_create of its agent allocates the thread's dtv
+ * (calloc of a few hundred bytes, by whatever malloc the program uses)
+ * from this thread's cache.  Take and give back one block of each likely
+ * size now, while eviction is paused: the child's calloc then gets a block
+ * (and cache metadata) that is present, not a hole it would wait on.
+ */
+static void dtv_pretouch(void)
+{
+	for (size_t size = 256; size <= 768; size += 16)
+		free(malloc(size));
 }
 
 static void fork_prepare(void)
@@ -105,6 +207,11 @@ static void fork_prepare(void)
 		if (r < 0 || reply.status < 0)
 			uz_ranges_populate_locked();
 		break;
+	}
+	if (fork_snapshot >= 0) {
+		stack_pretouch();
+		stack_tops_touch();
+		dtv_pretouch();
 	}
 	uz_conn_lock();
 }
@@ -162,18 +269,29 @@ static void fork_child(void)
 		uz_client.arena_fd = -1;
 	}
 
-	uz_ranges_clear_locked();
 	uz_client.joined_once = false;
 	if (was_managed)
 		uz_client.join_tried = false; /* the child joins on its own */
 	if (snapshot >= 0) {
-		/* Holes from the parent: join and register now, before the program runs. */
+		/*
+		 * Holes from the parent: join and register now, before the
+		 * program runs.  The join registers the parent's ranges with
+		 * the new uffd (kernel side) as soon as the daemon holds it,
+		 * before anything touches the heap; the scan then tells the
+		 * daemon about them and about what the table missed.
+		 */
+		int r;
+
 		uz_client.join_tried = true;
-		if (uz_client_join_snapshot(snapshot) < 0)
+		r = uz_client_join_snapshot(snapshot);
+		uz_ranges_clear_locked();
+		if (r < 0)
 			uz_fail_closed_fork_child("the fork child could not join uzswapd with its "
 						  "parent's evicted pages");
 		else
 			(void)uz_scan_run();
+	} else {
+		uz_ranges_clear_locked();
 	}
 	if (!uz_client.disabled && (!uz_client.join_tried || uz_client_managed()))
 		uz_watcher_start(was_managed && snapshot < 0, was_managed);

@@ -531,6 +531,45 @@ fail:
  * arena (the HELLO carries both; the reply's fresh descriptors replace
  * them).
  */
+/*
+ * A fork child must not register its holes before the daemon serves its
+ * uffd: between the two nobody would notice the daemon dying, and the
+ * thread would wait on its first fault for ever (pthread_create of the
+ * agent touches the heap; glibc blocks signals meanwhile, so no timer can
+ * come to the rescue).  The daemon serves a client from the moment it
+ * adopts it, and adopting the snapshot makes the store ours (owner_pid, no
+ * UZ_STORE_SNAPSHOT flag: client_adopt_snapshot): wait for that, or for
+ * the daemon to hang up.  The store's header is mapped read-only to look.
+ */
+static int snapshot_adopted_wait(int sock)
+{
+	const struct uz_store_header *h;
+	uint32_t pid = (uint32_t)getpid();
+	int r = -ETIMEDOUT;
+
+	h = uz_raw_mmap(NULL, UZ_PAGE_SIZE, PROT_READ, MAP_SHARED, uz_client.store_fd, 0);
+	if (h == MAP_FAILED)
+		return -errno;
+	for (unsigned waited_ms = 0; waited_ms < UZ_HELLO_TIMEOUT_MS; waited_ms++) {
+		struct pollfd pfd = {.fd = sock, .events = POLLRDHUP};
+
+		if (!(__atomic_load_n(&h->flags, __ATOMIC_ACQUIRE) & UZ_STORE_SNAPSHOT) &&
+		    __atomic_load_n(&h->owner_pid, __ATOMIC_RELAXED) == pid) {
+			r = 0;
+			break;
+		}
+		if (poll(&pfd, 1, 1) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+			r = -ECONNRESET;
+			break;
+		}
+	}
+	uz_raw_munmap((void *)h, UZ_PAGE_SIZE);
+	return r;
+}
+
+/* The snapshot join's retries (uz_client_join_snapshot): one notice, not one per try. */
+static bool join_quiet;
+
 static int client_join(uint32_t flags)
 {
 	struct uz_msg_hello_reply reply = {0};
@@ -618,8 +657,29 @@ static int client_join(uint32_t flags)
 	uz_client.batch_max = uz_min(reply.batch_max, (uint32_t)UZ_EVICT_BATCH_MAX);
 	uz_client.client_id = reply.client_id;
 	atomic_store(&uz_client.state, UZ_CLIENT_MANAGED);
+	/*
+	 * A fork child with its parent's snapshot: its holes are served from
+	 * now on (the daemon holds the uffd), so register them before
+	 * pthread_create touches the heap (fork.c).
+	 */
+	if (flags & UZ_HELLO_SNAPSHOT) {
+		r = snapshot_adopted_wait(sock);
+		if (r < 0) {
+			/*
+			 * The daemon went away before it served us: undo, but
+			 * keep the store and the arena (the snapshot, fds[1]
+			 * and [2]) for the next daemon.
+			 */
+			atomic_store(&uz_client.state, UZ_CLIENT_OFF);
+			uz_client.uffd = uz_client.sock = uz_client.ring_fd = -1;
+			uz_client.ring = NULL;
+			fds[1] = fds[2] = -1;
+			goto fail_unreachable;
+		}
+		uz_ranges_register_inherited();
+	}
 
-	r = uz_agent_start();
+	r = uz_agent_start(flags & UZ_HELLO_SNAPSHOT);
 	if (r < 0) {
 		atomic_store(&uz_client.state, UZ_CLIENT_OFF);
 		uz_client.uffd = uz_client.sock = -1;
@@ -632,6 +692,8 @@ static int client_join(uint32_t flags)
 	return 0;
 
 fail_unreachable:
+	if (join_quiet)
+		goto fail;
 	uz_notice("libuzswap: uzswapd not reachable at %s (%s); running unmanaged",
 		  *uz_client.socket_path ? uz_client.socket_path
 					 : "$XDG_RUNTIME_DIR/uzswap/uzswapd.sock",
@@ -663,10 +725,52 @@ int uz_client_join(bool fork_child)
 	return client_join(fork_child ? UZ_HELLO_FORK_CHILD : 0);
 }
 
+static uint64_t join_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/*
+ * The fork child's join with its parent's snapshot.  A daemon that died
+ * since it made the snapshot is waited for, as the agent waits for one
+ * (UZSWAP_RECONNECT_TIMEOUT): the next daemon adopts the snapshot from its
+ * store, which the child holds.  Only a refusal, or no daemon in time,
+ * makes the caller fail closed.
+ */
 int uz_client_join_snapshot(int snapshot_fd)
 {
+	uint64_t start = join_now_ms(), backoff_ms = 5;
+	unsigned timeout_s = uz_client.reconnect_timeout_s;
+	int r;
+
 	uz_client.store_fd = snapshot_fd;
-	return client_join(UZ_HELLO_FORK_CHILD | UZ_HELLO_SNAPSHOT);
+	for (;;) {
+		/* A try that failed after the reply left the store (the same memfd) in store_fd. */
+		r = client_join(UZ_HELLO_FORK_CHILD | UZ_HELLO_SNAPSHOT);
+		if (r >= 0)
+			break;
+		if (r != -ECONNREFUSED && r != -ENOENT && r != -ETIMEDOUT && r != -ECONNRESET &&
+		    r != -EPIPE && r != -EAGAIN && r != -EINTR)
+			break;
+		if (timeout_s && join_now_ms() - start >= (uint64_t)timeout_s * 1000)
+			break;
+		if (!join_quiet)
+			uz_notice("libuzswap: fork child: no uzswapd at %s; waiting for it (%s%u s) "
+				  "with its parent's evicted pages",
+				  uz_client.socket_path, timeout_s ? "up to " : "no limit, ",
+				  timeout_s);
+		join_quiet = true;
+		usleep((useconds_t)(backoff_ms * 1000));
+		backoff_ms = uz_min(backoff_ms * 2, (uint64_t)250);
+	}
+	if (join_quiet && r >= 0)
+		uz_notice("libuzswap: fork child: joined uzswapd after %llu ms",
+			  (unsigned long long)(join_now_ms() - start));
+	join_quiet = false;
+	return r;
 }
 
 /*

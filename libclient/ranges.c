@@ -616,6 +616,26 @@ void uz_ranges_unregister_all_locked(void)
 			uffd_unregister(ranges[i].start, ranges[i].end - ranges[i].start);
 }
 
+/*
+ * A fork child's fresh uffd: register (with the kernel only) every range the
+ * parent had registered, before the child touches anything outside the
+ * library's own memory and its stack.  Where the parent had evicted a page
+ * the child has a hole, and a hole touched while unregistered becomes a
+ * zero page for good; registered, it is a fault the daemon serves from the
+ * parent's snapshot (it needs no REGISTER for that: it serves from the
+ * page index).  The table may be stale (glibc unmapped or moved memory
+ * behind our back): a range the kernel refuses is left to the scan that
+ * follows.  Single-threaded (the fork child), no lock.
+ */
+void uz_ranges_register_inherited(void)
+{
+	size_t count = atomic_load(&range_count);
+
+	for (size_t i = 0; i < count; i++)
+		if (ranges[i].state == UZ_RANGE_REGISTERED || ranges[i].state == UZ_RANGE_PENDING)
+			(void)uffd_register(ranges[i].start, ranges[i].end - ranges[i].start);
+}
+
 void uz_ranges_clear_locked(void)
 {
 	atomic_store(&range_count, 0);
