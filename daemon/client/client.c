@@ -399,8 +399,18 @@ static int client_take_snapshot(struct daemon *daemon, struct client *client, in
 		r = parent_fd < 0 ? -errno : proc_starttime(parent_fd, &parent_start);
 		if (parent_fd >= 0)
 			close(parent_fd);
-		if (r < 0 || !(sh->flags & UZ_STORE_SNAPSHOT) || sh->parent_pid != (uint32_t)ppid ||
-		    sh->parent_starttime != parent_start ||
+		/*
+		 * A snapshot of this process's parent; or one a daemon that
+		 * died had already adopted for this very process (the child
+		 * joined it and it went away before serving a fault).
+		 */
+		bool parents = r == 0 && (sh->flags & UZ_STORE_SNAPSHOT) &&
+			       sh->parent_pid == (uint32_t)ppid && sh->parent_starttime == parent_start;
+		bool adopted = !(sh->flags & UZ_STORE_SNAPSHOT) &&
+			       sh->owner_pid == (uint32_t)client->pid &&
+			       sh->owner_starttime == client->starttime;
+
+		if ((!parents && !adopted) ||
 		    memcmp(sh->family_token, client->family->token, sizeof(sh->family_token))) {
 			*why = "the fork snapshot is not of this process's parent";
 			return -EPERM;
@@ -1097,6 +1107,15 @@ static int uffd_probe_registered(int uffd, uint64_t addr)
 	switch (errno) {
 	case EINVAL:
 	case ENOTTY:
+		return 0;
+	case EAGAIN:
+		/*
+		 * An event (REMOVE, UNMAP, REMAP) waits on the uffd: the
+		 * kernel answers every ioctl with EAGAIN until someone reads
+		 * it, and a resuming client's uffd has waited for a daemon.
+		 * Nothing to learn now; an ioctl on memory that is not
+		 * registered fails later all the same (ENOENT).
+		 */
 		return 0;
 	case ENOENT:
 		return -ENOENT;

@@ -149,6 +149,15 @@ struct client {
 	uint64_t registered_bytes;
 
 	uint64_t resident;  /* RESIDENT entries (mirrors the resident_pages gauge) */
+	/*
+	 * Of them, those the agent found shared copy-on-write with a fork
+	 * relative (EBUSY): they cannot leave, so they are outside the
+	 * budget, or a fork child whose pages are mostly its parent's would
+	 * evict every page it faults in at once.  Kept by the eviction paths,
+	 * recounted at least every second (fault.c).
+	 */
+	uint64_t shared_resident;
+	uint64_t shared_recount_usec;
 	uint64_t in_flight; /* IN_FLIGHT entries */
 	uint64_t faults;    /* faults served for this client */
 

@@ -180,5 +180,55 @@ void family_unref(struct family *f, bool gone)
 	if (gone && swap)
 		(void)swap_owner_remove(swap, f->swap_owner);
 	pool_free(f->pool);
+	free(f->recovered);
 	free(f);
+}
+
+static bool recovered_insert(uint64_t *set, size_t cap, uint64_t key)
+{
+	size_t i = (size_t)((key * 0x9e3779b97f4a7c15ULL) >> 20) & (cap - 1);
+
+	while (set[i] != 0) {
+		if (set[i] == key)
+			return false;
+		i = (i + 1) & (cap - 1);
+	}
+	set[i] = key;
+	return true;
+}
+
+bool family_recovered_has(const struct family *f, uint64_t handle)
+{
+	uint64_t key = handle + 1;
+
+	if (!f->recovered_cap)
+		return false;
+	for (size_t i = (size_t)((key * 0x9e3779b97f4a7c15ULL) >> 20) & (f->recovered_cap - 1);
+	     f->recovered[i] != 0; i = (i + 1) & (f->recovered_cap - 1))
+		if (f->recovered[i] == key)
+			return true;
+	return false;
+}
+
+bool family_recovered_first(struct family *f, uint64_t handle)
+{
+	uint64_t key = handle + 1; /* 0 marks an empty cell */
+
+	if ((f->recovered_count + 1) * 2 > f->recovered_cap) {
+		size_t cap = f->recovered_cap ? f->recovered_cap * 2 : 1024;
+		uint64_t *set = calloc(cap, sizeof(*set));
+
+		if (!set)
+			return true; /* counted twice rather than never: a gauge, not data */
+		for (size_t i = 0; i < f->recovered_cap; i++)
+			if (f->recovered[i])
+				recovered_insert(set, cap, f->recovered[i]);
+		free(f->recovered);
+		f->recovered = set;
+		f->recovered_cap = cap;
+	}
+	if (!recovered_insert(f->recovered, f->recovered_cap, key))
+		return false;
+	f->recovered_count++;
+	return true;
 }

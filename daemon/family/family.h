@@ -37,7 +37,19 @@ struct family {
 	unsigned refs;		/* members and pending fork snapshots; under clients_lock */
 	uint64_t compact_epoch; /* the thread's compaction round that last looked at it */
 	struct uz_list snapshots; /* fork snapshots waiting for their child (daemon/fault/fork.c) */
+	/*
+	 * Shared objects already counted in the group's and the daemon's
+	 * compressed_bytes by a member recovered after a restart (the others
+	 * add nothing): an open-addressing set of handles, thread only.
+	 */
+	uint64_t *recovered;
+	size_t recovered_count, recovered_cap;
 };
+
+/* Add handle to the family's recovered set: true if it was not there (or out of memory). */
+bool family_recovered_first(struct family *f, uint64_t handle);
+/* Is handle in the recovered set (counted by a member recovered before)? */
+bool family_recovered_has(const struct family *f, uint64_t handle);
 
 /*
  * A family with a fresh arena, served by `thread`, listed, one reference,

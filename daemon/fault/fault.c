@@ -779,6 +779,8 @@ static int victim_pick(uint64_t vpn, page_entry_t *entry, void *userdata)
 		    !(word & PAGEMAP_EXCLUSIVE_BIT))
 			return 0; /* still shared */
 		*entry = pe_make(*entry, PAGE_RESIDENT, pe_referenced(*entry), 0, 0, 0);
+		if (c->shared_resident)
+			c->shared_resident--;
 	}
 	if (resident_backoff(*entry)) {
 		*entry = pe_make(*entry, PAGE_RESIDENT, pe_referenced(*entry), 0,
@@ -881,10 +883,30 @@ static void client_scan_written(struct client *c)
 		}
 }
 
+static int shared_count_one(uint64_t vpn, page_entry_t *entry, void *userdata)
+{
+	(void)vpn;
+	if (pe_state(*entry) == PAGE_RESIDENT && resident_backoff(*entry) == FAULT_SHARED_MARK)
+		(*(uint64_t *)userdata)++;
+	return 0;
+}
+
+/* The shared count drifts (entries unmapped, removed, faulted): recount it now and then. */
+static void client_shared_recount(struct client *c)
+{
+	uint64_t now = uz_now_usec(), count = 0;
+
+	if (!c->shared_resident || now < c->shared_recount_usec)
+		return;
+	c->shared_recount_usec = now + 1000000;
+	page_index_walk(c->index, 0, VPN_MAX, shared_count_one, &count);
+	c->shared_resident = count;
+}
+
 static void client_reclaim(struct fault_thread *t, struct client *c)
 {
 	struct victim_ctx ctx = {.client = c, .addrs = t->evict_msg->addrs};
-	uint64_t want_pressure = 0;
+	uint64_t want_pressure = 0, charged;
 	bool cold = c->cold_start < c->cold_end;
 	size_t size;
 	int r;
@@ -893,8 +915,9 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 		return;
 	if (c->reclaim_rescan_at && uz_now_usec() >= c->reclaim_retry_usec)
 		c->reclaim_rescan_at = 0; /* a fork relative may have written its copies meanwhile */
-	if (c->resident > c->high_pages && c->resident >= c->reclaim_rescan_at)
-		want_pressure = uz_min(c->resident - c->low_pages, (uint64_t)UZ_EVICT_BATCH_MAX);
+	charged = c->resident - uz_min(c->shared_resident, c->resident);
+	if (charged > c->high_pages && c->resident >= c->reclaim_rescan_at)
+		want_pressure = uz_min(charged - c->low_pages, (uint64_t)UZ_EVICT_BATCH_MAX);
 	if (c->shrink_pages && c->resident >= c->reclaim_rescan_at)
 		want_pressure = uz_max(want_pressure, uz_min(uz_min(c->shrink_pages, c->resident),
 							     (uint64_t)UZ_EVICT_BATCH_MAX));
@@ -1148,6 +1171,8 @@ static int client_evict_done(struct fault_thread *t, struct client *c,
 								   : FAULT_EVICT_BACKOFF,
 					       0));
 			client_resident_add(c, 1);
+			if (status == -EBUSY)
+				c->shared_resident++;
 		}
 		s->state = EVICT_SLOT_EMPTY;
 		if (s->parked)
@@ -2135,8 +2160,21 @@ static int recover_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 		*entry = pe_make(e, PAGE_RESIDENT, false, 0, 0, 0);
 		page_index_set(c->index, vpn, *entry);
 		client_resident_add(c, 1);
-		if (stored)
-			pool_release(c->family->pool, pe_payload(e));
+		if (stored) {
+			/*
+			 * Counted in the group and the daemon if this daemon
+			 * made the snapshot, or another member recovered
+			 * before counted it: the last reference takes it away.
+			 */
+			bool counted = ctx->shared || family_recovered_has(c->family, pe_payload(e));
+
+			if (family_release(c->family, pe_payload(e)) && counted) {
+				stats_add(c->group->stats, UZ_STAT_compressed_bytes,
+					  -(int64_t)pe_len(e));
+				stats_add(c->daemon->stats, UZ_STAT_compressed_bytes,
+					  -(int64_t)pe_len(e));
+			}
+		}
 		if (on_disk)
 			(void)swap_slot_free(swap, pe_payload(e));
 		return 0;
@@ -2164,18 +2202,16 @@ static int recover_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 		/*
 		 * A shared object is counted by its group and the daemon once:
 		 * a fork child's snapshot adds nothing to them, its parent
-		 * counted it; after a restart each of its n referrers adds
-		 * 1/n of it (the last release takes it all away).
+		 * counted it; after a restart the first of its referrers to
+		 * be recovered counts it (the last release takes it away).
 		 */
 		if (ctx->shared) {
 			client_pool_bytes(c, pe_len(e), false);
 		} else {
 			int refs = pool_refcount(c->family->pool, pe_payload(e));
-			int64_t share = refs > 1 ? pe_len(e) / refs : pe_len(e);
+			bool first = refs <= 1 || family_recovered_first(c->family, pe_payload(e));
 
-			client_pool_bytes(c, pe_len(e), false);
-			stats_add(c->group->stats, UZ_STAT_compressed_bytes, share);
-			stats_add(c->daemon->stats, UZ_STAT_compressed_bytes, share);
+			client_pool_bytes(c, pe_len(e), first);
 		}
 		ctx->recovered++;
 		break;
@@ -2317,6 +2353,11 @@ static void client_adopt_snapshot(struct fault_thread *t, struct client *c)
 {
 	struct recover_ctx *ctx = calloc(1, sizeof(*ctx));
 	struct uz_store_header *h;
+	/*
+	 * A snapshot this daemon made: its objects are counted already.  One
+	 * taken from the store after a restart is counted like a recovery.
+	 */
+	bool counted = c->claimed != NULL;
 
 	if (c->claimed) {
 		c->store = c->claimed->store;
@@ -2335,7 +2376,7 @@ static void client_adopt_snapshot(struct fault_thread *t, struct client *c)
 	__atomic_store_n(&h->flags, h->flags & ~UZ_STORE_SNAPSHOT, __ATOMIC_RELEASE);
 	ctx->thread = t;
 	ctx->client = c;
-	ctx->shared = true;
+	ctx->shared = counted;
 	c->resume = true; /* entry_release counts nothing while the walk sets the gauges */
 	page_index_walk(c->index, 0, VPN_MAX, recover_one, ctx);
 	c->resume = false;
@@ -2597,8 +2638,10 @@ static void *fault_thread_main(void *arg)
 				struct client *c = uz_container_of(i, struct client, thread_link);
 
 				next = i->next;
-				if (!c->dead)
+				if (!c->dead) {
+					client_shared_recount(c);
 					client_reclaim(t, c);
+				}
 			}
 		}
 		fault_thread_reap(t);
