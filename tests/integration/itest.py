@@ -497,6 +497,81 @@ def t_fork_without_ptrace(h):
     _fork_test(h, drop_ptrace=True)
 
 
+def _forkshare(h, scenario, size, budget="16M", timeout=150, pool_max=None):
+    """One itest-forkshare scenario; then the daemon's side: forks counted as
+    shared (fork_snapshots, fork_shared_pages), nothing lost or served as
+    zeros, and once every process has gone no stored page and no pool byte
+    left (every reference of every child dropped)."""
+    extra = ()
+    if pool_max:
+        os.makedirs(os.path.join(h.tmp, "cgroup.d"), exist_ok=True)
+        extra = _restart_config(h, pool_max=pool_max, swap="512M")
+    h.start_daemon(budget=budget, extra=extra)
+    argv = [h.bin("itest-forkshare"), scenario, size]
+    if scenario == "big":
+        argv.append(budget)
+    h.client("itest-forkshare", argv, timeout=timeout)
+    h.wait_daemon_empty()
+    end = time.monotonic() + 15
+    while True:
+        stats, text = h.stats()
+        if stats.get("pool_total_size", 0) == 0 and stats.get("compressed_bytes", 0) == 0:
+            break
+        if time.monotonic() > end:
+            print(text)
+            raise TestFailure(f"pool_total_size {stats.get('pool_total_size')}, compressed_bytes "
+                              f"{stats.get('compressed_bytes')} 15 s after every process of "
+                              "the family exited: shared references were leaked")
+        time.sleep(0.5)
+    for key in ("fork_snapshots", "fork_shared_pages"):
+        if stats.get(key, 0) == 0:
+            print(text)
+            raise TestFailure(f"{key} = 0: the fork child did not share its parent's pages")
+    for key in ("lost_pages", "resident_missing_faults", "swap_checksum_errors"):
+        if stats.get(key, 0) != 0:
+            print(text)
+            raise TestFailure(f"{key} = {stats[key]}")
+    log(f"fork_snapshots={stats['fork_snapshots']} fork_shared_pages="
+        f"{stats['fork_shared_pages']} evict_shared_pages={stats.get('evict_shared_pages')} "
+        f"zswpwb={stats.get('zswpwb')}; pool empty at the end")
+    h.stop_daemon(require_activity=True)
+
+
+def t_forkshare_big(h):
+    """fork of a 256 MiB process under a 32 MiB budget with most pages in the pool and
+    on disk (pool capped at 24 MiB): the parent's RssAnon stays under budget + 25 %
+    through fork(), then parent and child read, rewrite and read every page at once."""
+    _forkshare(h, "big", "256M", budget="32M", pool_max="24M", timeout=300)
+
+
+def t_forkshare_exec(h):
+    """4 forks whose child execs /bin/true at once: its references go with the exec."""
+    _forkshare(h, "exec", "64M")
+
+
+def t_forkshare_exit(h):
+    """4 forks whose child _exits at once: its references go with it."""
+    _forkshare(h, "exit", "64M")
+
+
+def t_forkshare_bomb(h):
+    """32 children forked back to back, each verifying a random sample of the parent's
+    evicted pages and writing its own."""
+    _forkshare(h, "bomb", "64M", timeout=200)
+
+
+def t_forkshare_threads(h):
+    """4 forks from a parent whose 4 threads fault, verify and rewrite pages all along;
+    every child verifies every page as of its fork."""
+    _forkshare(h, "threads", "32M", timeout=180)
+
+
+def t_forkshare_nested(h):
+    """child rewrites half, is evicted, forks a grandchild: each of the three sees only
+    its own writes over the shared pages."""
+    _forkshare(h, "nested", "64M")
+
+
 def _vmops(h, scenario):
     h.start_daemon(budget="8M")
     # A bound for a hung client, not a speed test: on a loaded 2-core machine
