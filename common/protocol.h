@@ -61,6 +61,13 @@ struct uz_msg_header {
  * daemon") or refuses, and the client then fails closed.
  */
 #define UZ_HELLO_RESUME (1u << 2)
+/*
+ * A fork child joining with the snapshot its parent's FORK_PREPARE got:
+ * fds [uffd, pagemap?, snapshot store, arena] (the arena is the family's,
+ * inherited).  The child's evicted pages (holes inherited from the parent)
+ * are served from the entries it shares with its parent.
+ */
+#define UZ_HELLO_SNAPSHOT (1u << 3)
 
 struct uz_msg_hello {
 	struct uz_msg_header header;
@@ -144,9 +151,24 @@ struct uz_msg_hint {
 	uint32_t reserved;
 };
 
+/*
+ * REPLY flags.  UZ_REPLY_SNAPSHOT: a FORK_PREPARE answered with the fork
+ * child's snapshot (SCM_RIGHTS: a read-only store holding the parent's
+ * entries, shared with it by reference count) instead of every page given
+ * back; the child joins with it (UZ_HELLO_SNAPSHOT).
+ */
+#define UZ_REPLY_SNAPSHOT (1u << 0)
+
 struct uz_msg_reply {
 	struct uz_msg_header header; /* seq = the request's */
 	int32_t status;              /* 0 or -errno */
+	uint32_t flags;		     /* UZ_REPLY_* */
+};
+
+/* FORK_DONE: the fork is over (no reply). */
+struct uz_msg_fork_done {
+	struct uz_msg_header header;
+	int32_t child_pid; /* the child, -1 when fork failed, 0 when not known */
 	uint32_t reserved;
 };
 

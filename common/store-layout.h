@@ -76,8 +76,18 @@ struct uz_store_header {
 	uint32_t levels;	  /* UZ_STORE_LEVELS */
 	uint32_t owner_pid;	  /* the process this store belongs to (a fork child has its own) */
 	uint64_t owner_starttime; /* its start time (/proc/PID/stat field 22), against pid reuse */
-	uint64_t flags;		  /* reserved, 0 */
+	uint64_t flags;		  /* UZ_STORE_* */
+	/* A fork snapshot (UZ_STORE_SNAPSHOT): the process whose fork made it. */
+	uint32_t parent_pid;
+	uint32_t reserved;
+	uint64_t parent_starttime;
 };
+
+/*
+ * The store is a fork snapshot not yet claimed by the child (its owner is
+ * not known yet): the child of parent_pid claims it with UZ_HELLO_SNAPSHOT.
+ */
+#define UZ_STORE_SNAPSHOT (1ULL << 0)
 
 /*
  * The eviction batch in flight: written before EVICT is sent.  An entry

@@ -684,6 +684,7 @@ static int op_clients(void *userdata, json_object *out)
 		json_set(o, "pid", json_object_new_int64(c->pid));
 		json_set(o, "uid", json_object_new_int64(c->uid));
 		json_set(o, "comm", json_object_new_string(c->comm));
+		json_set(o, "joined", json_object_new_string(client_join_kind(c)));
 		json_set(o, "cgroup", json_object_new_string(c->assigned_group->path));
 		json_set(o, "resident_bytes",
 			 json_object_new_int64(v[UZ_STAT_resident_pages] * UZ_PAGE_SIZE));

@@ -448,6 +448,7 @@ static void *agent_main(void *arg)
 		};
 		struct cmsghdr *cmsg;
 		ssize_t n;
+		int fd;
 
 		n = recvmsg(uz_client.sock, &msg, MSG_CMSG_CLOEXEC);
 		if (n < 0 && errno == EINTR)
@@ -457,25 +458,37 @@ static void *agent_main(void *arg)
 				continue;
 			goto out;
 		}
-		/* No message to a client carries descriptors after HELLO_REPLY. */
+		/*
+		 * After HELLO_REPLY only a REPLY may carry a descriptor (the fork
+		 * snapshot of FORK_PREPARE), one at most; anything else is closed.
+		 */
+		fd = -1;
 		for (cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
 			if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS)
 				for (size_t i = 0; i < (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
 				     i++) {
-					int fd;
+					int received;
 
-					memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
-					close(fd);
+					memcpy(&received, CMSG_DATA(cmsg) + i * sizeof(int),
+					       sizeof(int));
+					if (fd < 0)
+						fd = received;
+					else
+						close(received);
 				}
 		}
-		if ((msg.msg_flags & MSG_TRUNC) || !header_valid(&buf.header, n))
+		if ((msg.msg_flags & MSG_TRUNC) || !header_valid(&buf.header, n) ||
+		    (fd >= 0 && buf.header.type != UZ_MSG_REPLY)) {
+			if (fd >= 0)
+				close(fd);
 			continue;
+		}
 
 		switch (buf.header.type) {
 		case UZ_MSG_REPLY:
 		case UZ_MSG_STATS_REPLY:
 		case UZ_MSG_REGISTER_BATCH_REPLY:
-			uz_conn_deliver(&buf.header, &buf, n);
+			uz_conn_deliver(&buf.header, &buf, n, fd);
 			break;
 		case UZ_MSG_EVICT:
 			if (n >= (ssize_t)offsetof(struct uz_msg_evict, addrs))

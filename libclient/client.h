@@ -109,6 +109,14 @@ static inline bool uz_is_agent(void)
 /* init.c */
 void uz_client_init(void);
 int uz_client_join(bool fork_child);
+/*
+ * The fork child of a managed process, in its atfork handler: join with
+ * the snapshot of the parent's pages (fork.c); the inherited arena is
+ * uz_client.arena_fd.  On failure the descriptors are the caller's still.
+ */
+int uz_client_join_snapshot(int snapshot_fd);
+/* A full userfaultfd with the features the protocol needs; *reason on failure. */
+int uz_uffd_create(int *out, uint64_t *features_out, const char **reason);
 /* Agent: connect again and resume with our uffd, store and ring.  0, or -errno. */
 int uz_client_rejoin(void);
 int uz_client_join_once(bool fork_child);
@@ -134,7 +142,14 @@ void uz_conn_unlock(void);
 int uz_conn_send(void *msg, size_t size, uint16_t type);
 int uz_conn_request(void *msg, size_t size, uint16_t type, void *reply, size_t reply_size,
 		    uint16_t reply_type);
-void uz_conn_deliver(const struct uz_msg_header *header, const void *msg, size_t size);
+/*
+ * The same, and a descriptor the reply carries goes to *fd (left alone when
+ * none comes; the caller presets it to -1).
+ */
+int uz_conn_request_fd(void *msg, size_t size, uint16_t type, void *reply, size_t reply_size,
+		       uint16_t reply_type, int *fd);
+/* Agent: a reply for its waiter, with the one descriptor it carried (or -1); never leaks it. */
+void uz_conn_deliver(const struct uz_msg_header *header, const void *msg, size_t size, int fd);
 void uz_conn_close_begin(void);
 void uz_conn_close_finish(void);
 void uz_conn_suspend(void);
@@ -154,6 +169,13 @@ int uz_agent_start(void);
  * notice first.
  */
 void uz_fail_closed(const char *why);
+/*
+ * A fork child that could not join with its snapshot: its holes (pages
+ * evicted in its parent) would read zeros.  Registers its private
+ * anonymous mappings with a fresh uffd and fails closed on the snapshot
+ * (uz_client.store_fd); every evicted page is poisoned or restored.
+ */
+void uz_fail_closed_fork_child(const char *why);
 
 /* ranges.c: the table; round trips are made without range_lock held. */
 enum uz_range_state {

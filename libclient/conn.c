@@ -32,6 +32,7 @@ struct uz_waiter {
 	int status; /* 0: reply copied; -ENOTCONN: connection closed */
 	void *reply;
 	size_t reply_size;
+	int *fd; /* where a descriptor the reply carries goes (NULL: none is wanted) */
 };
 
 static pthread_mutex_t request_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -126,10 +127,17 @@ int uz_conn_send(void *msg, size_t size, uint16_t type)
 int uz_conn_request(void *msg, size_t size, uint16_t type, void *reply, size_t reply_size,
 		    uint16_t reply_type)
 {
+	return uz_conn_request_fd(msg, size, type, reply, reply_size, reply_type, NULL);
+}
+
+int uz_conn_request_fd(void *msg, size_t size, uint16_t type, void *reply, size_t reply_size,
+		       uint16_t reply_type, int *fd)
+{
 	struct uz_waiter waiter = {
 	    .reply_type = reply_type,
 	    .reply = reply,
 	    .reply_size = reply_size,
+	    .fd = fd,
 	};
 	struct uz_waiter **p;
 	int sock, r;
@@ -172,7 +180,7 @@ int uz_conn_request(void *msg, size_t size, uint16_t type, void *reply, size_t r
 }
 
 /* Agent: hand a REPLY or STATS_REPLY to its waiter; unknown seqs are dropped. */
-void uz_conn_deliver(const struct uz_msg_header *header, const void *msg, size_t size)
+void uz_conn_deliver(const struct uz_msg_header *header, const void *msg, size_t size, int fd)
 {
 	struct uz_waiter *waiter;
 
@@ -185,12 +193,18 @@ void uz_conn_deliver(const struct uz_msg_header *header, const void *msg, size_t
 		} else {
 			memcpy(waiter->reply, msg, size);
 			waiter->status = 0;
+			if (waiter->fd) {
+				*waiter->fd = fd;
+				fd = -1;
+			}
 		}
 		waiter->done = true;
 		pthread_cond_broadcast(&request_cond);
 		break;
 	}
 	pthread_mutex_unlock(&request_lock);
+	if (fd >= 0)
+		close(fd); /* nobody asked for it */
 }
 
 /* Enter `state` (not MANAGED), fail every waiter and wake every thread waiting on us. */

@@ -152,8 +152,9 @@ static void entry_act(struct fail_ctx *ctx, uint64_t vpn, page_entry_t e)
 	const struct uz_store_batch *batch =
 	    (const struct uz_store_batch *)(ctx->store + UZ_STORE_BATCH_OFFSET);
 	const struct uz_ring_status *status =
-	    (const struct uz_ring_status *)((const char *)uz_client.ring +
-					    (size_t)UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE);
+	    uz_client.ring ? (const struct uz_ring_status *)((const char *)uz_client.ring +
+							     (size_t)UZ_EVICT_BATCH_MAX * UZ_PAGE_SIZE)
+			   : NULL;
 	uint64_t addr = vpn << UZ_PAGE_SHIFT;
 	uint64_t i = pe_payload(e);
 	int r;
@@ -173,7 +174,7 @@ static void entry_act(struct fail_ctx *ctx, uint64_t vpn, page_entry_t e)
 		return;
 	}
 	case PAGE_IN_FLIGHT:
-		if (batch->id && status->batch == batch->id && status->count == batch->count &&
+		if (uz_client.ring && batch->id && status->batch == batch->id && status->count == batch->count &&
 		    i < batch->count && batch->vpn[i] == vpn && status->status[i] == 0) {
 			r = page_act(ctx, addr, (const char *)uz_client.ring + i * UZ_PAGE_SIZE);
 			if (r == 0)
@@ -295,4 +296,55 @@ give_up:
 		  : ctx.events_overflow ? "too many memory map changes to follow"
 					: "the daemon's store of our pages is unreadable");
 	kill(getpid(), SIGKILL);
+}
+
+/* Register one maps line's mapping with the uffd when it is private anonymous read-write. */
+static int register_line(char *line, void *arg)
+{
+	struct uz_maps_line maps;
+	const char *name;
+
+	(void)arg;
+	if (!strchr(line, '-') || !uz_maps_parse(line, &maps))
+		return 0;
+	if (memcmp(maps.perms, "rw-p", 4) != 0 || maps.inode != 0)
+		return 0;
+	name = maps.name;
+	if (*name && strcmp(name, "[heap]") != 0 && strncmp(name, "[anon:", 6) != 0)
+		return 0; /* [stack], [vvar], files: never registered in the parent either */
+	{
+		struct uffdio_register reg = {.range = {maps.start, maps.end - maps.start},
+					      .mode = UFFDIO_REGISTER_MODE_MISSING};
+
+		(void)ioctl(uz_client.uffd, UFFDIO_REGISTER, &reg);
+	}
+	return 0;
+}
+
+void uz_fail_closed_fork_child(const char *why)
+{
+	static char buf[16384];
+	const char *reason = NULL;
+	uint64_t features = 0;
+	int uffd;
+
+	if (uz_uffd_create(&uffd, &features, &reason) < 0) {
+		uz_notice("libuzswap: fork child: %s, and %s; killing it so that it never reads "
+			  "zeros where its parent had data",
+			  why, reason);
+		kill(getpid(), SIGKILL);
+	}
+	uz_client.uffd = uffd;
+	uz_client.uffd_features = features;
+	uz_client.ring = NULL;
+	(void)uz_read_lines("/proc/self/maps", buf, sizeof(buf), register_line, NULL);
+	uz_fail_closed(why);
+	if (uz_client.uffd >= 0)
+		close(uz_client.uffd);
+	uz_client.uffd = -1;
+	if (uz_client.store_fd >= 0)
+		close(uz_client.store_fd);
+	if (uz_client.arena_fd >= 0)
+		close(uz_client.arena_fd);
+	uz_client.store_fd = uz_client.arena_fd = -1;
 }

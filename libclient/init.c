@@ -278,7 +278,7 @@ static int uffd_open(int *out)
  * Create the uffd and negotiate.  A uffd takes UFFDIO_API once, so the
  * supported set is probed on a throwaway one first.
  */
-static int uffd_create(int *out, uint64_t *features_out, const char **reason)
+int uz_uffd_create(int *out, uint64_t *features_out, const char **reason)
 {
 	struct uffdio_api api = {.api = UFFD_API};
 	uint64_t wanted;
@@ -424,6 +424,9 @@ static int hello_send(int sock, int uffd, int pagemap, uint32_t flags)
 		fds[nfds++] = uz_client.store_fd;
 		fds[nfds++] = uz_client.ring_fd;
 		fds[nfds++] = uz_client.arena_fd;
+	} else if (flags & UZ_HELLO_SNAPSHOT) {
+		fds[nfds++] = uz_client.store_fd;
+		fds[nfds++] = uz_client.arena_fd;
 	}
 	prctl(PR_GET_NAME, hello.comm);
 	msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
@@ -522,7 +525,13 @@ fail:
  * failure prints the one line and leaves everything closed; the graveyard
  * mapping is kept for a later join.
  */
-int uz_client_join(bool fork_child)
+/*
+ * The join itself.  flags: UZ_HELLO_FORK_CHILD, and UZ_HELLO_SNAPSHOT with
+ * uz_client.store_fd the snapshot and uz_client.arena_fd the inherited
+ * arena (the HELLO carries both; the reply's fresh descriptors replace
+ * them).
+ */
+static int client_join(uint32_t flags)
 {
 	struct uz_msg_hello_reply reply = {0};
 	const char *reason = NULL;
@@ -531,7 +540,7 @@ int uz_client_join(bool fork_child)
 	void *ring = MAP_FAILED;
 	int r;
 
-	r = uffd_create(&uffd, &features, &reason);
+	r = uz_uffd_create(&uffd, &features, &reason);
 	if (r < 0)
 		goto fail_notice;
 	uz_client.uffd_features = features;
@@ -560,7 +569,7 @@ int uz_client_join(bool fork_child)
 	r = socket_connect(uz_client.socket_path, &sock);
 	if (r < 0)
 		goto fail_unreachable;
-	r = hello_send(sock, uffd, pagemap, fork_child ? UZ_HELLO_FORK_CHILD : 0);
+	r = hello_send(sock, uffd, pagemap, flags);
 	if (r < 0)
 		goto fail_unreachable;
 	if (pagemap >= 0)
@@ -599,6 +608,10 @@ int uz_client_join(bool fork_child)
 	uz_client.sock = sock;
 	uz_client.ring = ring;
 	uz_client.ring_fd = fds[0];
+	if (uz_client.store_fd >= 0)
+		close(uz_client.store_fd); /* the snapshot: the reply's is a copy of it */
+	if (uz_client.arena_fd >= 0)
+		close(uz_client.arena_fd);
 	uz_client.store_fd = fds[1];
 	uz_client.arena_fd = fds[2];
 	uz_client.ring_size = reply.ring_size;
@@ -643,6 +656,17 @@ fail:
 	if (uffd >= 0)
 		close(uffd); /* unregisters the graveyard */
 	return r;
+}
+
+int uz_client_join(bool fork_child)
+{
+	return client_join(fork_child ? UZ_HELLO_FORK_CHILD : 0);
+}
+
+int uz_client_join_snapshot(int snapshot_fd)
+{
+	uz_client.store_fd = snapshot_fd;
+	return client_join(UZ_HELLO_FORK_CHILD | UZ_HELLO_SNAPSHOT);
 }
 
 /*

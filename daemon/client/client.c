@@ -47,6 +47,7 @@
 #include "client/client.h"
 #include "family/family.h"
 #include "fault/fault.h"
+#include "fault/fork.h"
 #include "pool/pool.h"
 #include "stats/stats.h"
 #include "uffd-compat.h"
@@ -55,7 +56,8 @@
 #define CLIENT_REQUIRED_FEATURES                                                                   \
 	(UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |         \
 	 UFFD_FEATURE_MOVE)
-#define CLIENT_KNOWN_HELLO_FLAGS (UZ_HELLO_HAS_PAGEMAP | UZ_HELLO_FORK_CHILD | UZ_HELLO_RESUME)
+#define CLIENT_KNOWN_HELLO_FLAGS                                                                   \
+	(UZ_HELLO_HAS_PAGEMAP | UZ_HELLO_FORK_CHILD | UZ_HELLO_RESUME | UZ_HELLO_SNAPSHOT)
 #define CLIENT_KEY_MASK		 ((1ULL << (64 - PAGE_INDEX_VPN_BITS)) - 1)
 
 /* ---------------------------------------------------------------------------
@@ -292,7 +294,8 @@ static int send_hello_reply(int fd, uint32_t seq, int status, const struct clien
 		struct cmsghdr *cmsg;
 		int fds[3];
 
-		store_fd = store_open_readonly(client->store);
+		/* A fork child's store is its snapshot's until the fault thread adopts it. */
+		store_fd = store_open_readonly(client->store ? client->store : client->claimed->store);
 		if (store_fd < 0)
 			return store_fd;
 		arena_fd = pool_open_readonly(client->family->pool);
@@ -321,6 +324,94 @@ static int send_hello_reply(int fd, uint32_t seq, int status, const struct clien
 	return r;
 }
 
+/* The parent pid (field 4 of /proc/PID/stat) of the process behind proc_fd. */
+static int proc_ppid(int proc_fd, pid_t *out)
+{
+	char buf[512], *p;
+	ssize_t n;
+	int fd = openat(proc_fd, "stat", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -EIO;
+	buf[n] = 0;
+	p = strrchr(buf, ')');
+	if (!p || sscanf(p + 1, " %*c %d", out) != 1)
+		return -EIO;
+	return 0;
+}
+
+/*
+ * A fork child joining with its snapshot (UZ_HELLO_SNAPSHOT): the family
+ * of the arena it inherited, and the snapshot its parent's FORK_PREPARE
+ * made -- the record this daemon keeps, or, after a daemon restart, the
+ * store itself, whose header names the parent (pid and start time): the
+ * process presenting it must be that process's child.  Another process of
+ * the same uid holding the descriptors could already read the parent's
+ * memory; one of another uid cannot have them.
+ */
+static int client_take_snapshot(struct daemon *daemon, struct client *client, int store_fd,
+				int arena_fd, struct fault_thread *next_thread, const char **why)
+{
+	struct uz_store_header *sh;
+	struct stat st;
+	pid_t ppid;
+	int r;
+
+	r = family_take_arena(daemon, arena_fd, next_thread, client->pid, client->starttime,
+			      &client->family);
+	if (r < 0) {
+		*why = "the arena of the fork snapshot is not one of ours or is damaged";
+		return r;
+	}
+	r = proc_ppid(client->proc_fd, &ppid);
+	if (r < 0 || fstat(store_fd, &st) < 0) {
+		*why = "cannot read the fork child's parent";
+		return r < 0 ? r : -errno;
+	}
+	client->from_snapshot = true;
+	client->claimed = fork_snapshot_claim(client->family, st.st_dev, st.st_ino);
+	if (client->claimed) {
+		/* Its parent, or the child FORK_DONE named (the parent may be gone already). */
+		if (client->claimed->parent_pid != ppid && client->claimed->child_pid != client->pid) {
+			*why = "the fork snapshot is not of this process's parent";
+			return -EPERM;
+		}
+		return 0; /* store and index are taken over when the child is adopted */
+	}
+	/* No record here (this daemon started after the fork): the store says whose it is. */
+	r = store_recover(&client->store, store_fd, NULL);
+	if (r < 0) {
+		*why = "the fork snapshot is not one of our stores or is damaged";
+		return r;
+	}
+	sh = store_header(client->store);
+	{
+		char path[32];
+		uint64_t parent_start = 0;
+		int parent_fd;
+
+		snprintf(path, sizeof(path), "/proc/%d", (int)ppid);
+		parent_fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+		r = parent_fd < 0 ? -errno : proc_starttime(parent_fd, &parent_start);
+		if (parent_fd >= 0)
+			close(parent_fd);
+		if (r < 0 || !(sh->flags & UZ_STORE_SNAPSHOT) || sh->parent_pid != (uint32_t)ppid ||
+		    sh->parent_starttime != parent_start ||
+		    memcmp(sh->family_token, client->family->token, sizeof(sh->family_token))) {
+			*why = "the fork snapshot is not of this process's parent";
+			return -EPERM;
+		}
+	}
+	r = page_index_recover(&client->index, client->store);
+	if (r < 0)
+		*why = "the page index of the fork snapshot is damaged";
+	return r;
+}
+
 /*
  * Validate a HELLO and build the client.  On failure *why names the problem
  * for the log and the fds are still the caller's.
@@ -344,8 +435,13 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 		*why = "unknown HELLO flags";
 		return -EINVAL;
 	}
+	if ((hello->flags & UZ_HELLO_RESUME) && (hello->flags & UZ_HELLO_SNAPSHOT)) {
+		*why = "HELLO both resumes and joins with a fork snapshot";
+		return -EINVAL;
+	}
 	if (nfds != 1u + !!(hello->flags & UZ_HELLO_HAS_PAGEMAP) +
-			(hello->flags & UZ_HELLO_RESUME ? 3u : 0u)) {
+			(hello->flags & UZ_HELLO_RESUME ? 3u : 0u) +
+			(hello->flags & UZ_HELLO_SNAPSHOT ? 2u : 0u)) {
 		*why = "wrong number of file descriptors";
 		return -EBADF;
 	}
@@ -451,6 +547,7 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 		*why = "cannot read the peer's start time";
 		goto fail;
 	}
+	client->starttime = starttime;
 	/* A new family (a fresh arena) goes to the next fault thread, round robin. */
 	next_thread = daemon->fault_threads[daemon->next_fault_thread];
 	daemon->next_fault_thread = (daemon->next_fault_thread + 1) % daemon->nr_fault_threads;
@@ -492,6 +589,17 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 			*why = "the ring passed to resume is not one of ours";
 			goto fail;
 		}
+	} else if (hello->flags & UZ_HELLO_SNAPSHOT) {
+		/* fds: uffd, [pagemap], snapshot store, arena -- the last two stay the caller's */
+		r = client_take_snapshot(daemon, client, fds[nfds - 2], fds[nfds - 1], next_thread,
+					 why);
+		if (r < 0)
+			goto fail;
+		r = ring_create(&client->ring_fd, &client->ring);
+		if (r < 0) {
+			*why = "cannot create the ring";
+			goto fail;
+		}
 	} else {
 		r = family_new(daemon, next_thread, client->pid, starttime, &client->family);
 		if (r < 0) {
@@ -522,12 +630,14 @@ static int client_from_hello(struct daemon *daemon, int sock_fd, const struct uz
 	/* fds are taken over from here on (a resume's store and ring: closed, we mapped them) */
 	client->uffd = fds[0];
 	fds[0] = -1;
-	if (client->resume) {
-		for (unsigned i = nfds - 3; i < nfds; i++) {
+	if (hello->flags & (UZ_HELLO_RESUME | UZ_HELLO_SNAPSHOT)) {
+		unsigned extra = (hello->flags & UZ_HELLO_RESUME) ? 3 : 2;
+
+		for (unsigned i = nfds - extra; i < nfds; i++) {
 			close(fds[i]);
 			fds[i] = -1;
 		}
-		nfds -= 3;
+		nfds -= extra;
 	}
 	client->owner = client->family->thread;
 	client->swap_owner = client->family->swap_owner;
@@ -673,7 +783,9 @@ static void handshake_complete(struct handshake *h)
 			     client->id,
 			     client->resume ? "resumed after a daemon restart" : "joined",
 			     (int)client->pid, (int)client->uid, client->comm, client->group->path,
-			     (client->hello_flags & UZ_HELLO_FORK_CHILD) ? " (fork child)" : "");
+			     (client->hello_flags & UZ_HELLO_SNAPSHOT) ? " (fork child, sharing its parent's evicted pages)"
+			     : (client->hello_flags & UZ_HELLO_FORK_CHILD) ? " (fork child)"
+									     : "");
 	}
 	h->fd = -1; /* the client owns the socket now */
 	fault_thread_adopt(client->owner, client);
@@ -765,6 +877,8 @@ struct client *client_free(struct client *client)
 		close(client->proc_fd);
 	page_index_free(client->index);
 	store_free(client->store);
+	if (client->claimed)
+		fork_snapshot_abandon(client->claimed); /* refused before it was adopted */
 	family_unref(client->family, client->gone);
 	stats_free(client->stats);
 	group_unref(client->group);
@@ -1158,7 +1272,21 @@ bool client_process_alive(const struct client *client)
 	buf[n] = 0;
 	p = strrchr(buf, ')');
 	/* State Z (zombie) or X (dead): its memory is gone. */
-	return !(p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'));
+	if (p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'))
+		return false;
+	/*
+	 * The process exec'd: the address space our uffd and pagemap belong
+	 * to is gone (its pagemap reads end at once), and with it every page
+	 * we kept for it.  The new image joins afresh if it loads us.
+	 */
+	if (client->pagemap_fd >= 0) {
+		uint64_t word;
+
+		n = pread(client->pagemap_fd, &word, sizeof(word), 0);
+		if (n == 0)
+			return false;
+	}
+	return true;
 }
 
 int client_page_mapped(const struct client *client, uint64_t vpn)
@@ -1172,6 +1300,42 @@ int client_page_mapped(const struct client *client, uint64_t vpn)
 	if (got != sizeof(word))
 		return got < 0 ? -errno : -EIO;
 	return (word & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED)) ? 1 : 0;
+}
+
+const char *client_join_kind(const struct client *client)
+{
+	if (client->hello_flags & UZ_HELLO_RESUME)
+		return "resumed";
+	if (client->hello_flags & UZ_HELLO_SNAPSHOT)
+		return "fork-shared";
+	if (client->hello_flags & UZ_HELLO_FORK_CHILD)
+		return "fork";
+	return "new";
+}
+
+int client_send_fd(struct client *client, const void *msg, size_t size, int fd)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} control;
+	struct iovec iov = {.iov_base = (void *)msg, .iov_len = size};
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+	struct cmsghdr *cmsg;
+	ssize_t n;
+
+	memset(&control, 0, sizeof(control));
+	mh.msg_control = control.buf;
+	mh.msg_controllen = sizeof(control.buf);
+	cmsg = CMSG_FIRSTHDR(&mh);
+	cmsg->cmsg_level = SOL_SOCKET;
+	cmsg->cmsg_type = SCM_RIGHTS;
+	cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+	n = sendmsg(client->sock_fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+	if (n < 0)
+		return -errno;
+	return (size_t)n == size ? 0 : -EIO;
 }
 
 int client_send(struct client *client, const void *msg, size_t size)

@@ -25,6 +25,7 @@
 struct sd_event;
 struct fault_thread;
 struct family;
+struct fork_snapshot;
 
 /* One registered range [start, end), page aligned. */
 struct client_region {
@@ -102,6 +103,7 @@ struct client {
 	/* owner token of this client's swap records; will become the family token */
 	uint64_t swap_owner;
 	pid_t pid;
+	uint64_t starttime; /* of the process (/proc/PID/stat field 22): pid reuse tells */
 	uid_t uid;
 	gid_t gid;
 	char comm[17];
@@ -126,6 +128,8 @@ struct client {
 	int ring_fd;
 	uint8_t *ring; /* UZ_RING_PAGES pages shared with the client: data slots, then status */
 	bool resume;   /* HELLO with UZ_HELLO_RESUME: recover from the store on adoption */
+	bool from_snapshot;		 /* a fork child joining with its snapshot (UZ_HELLO_SNAPSHOT) */
+	struct fork_snapshot *claimed;	 /* ... the snapshot's record in this daemon, if it has one */
 	uint64_t graveyard_start, graveyard_end;
 
 	/* --- thread-owned --- */
@@ -159,6 +163,7 @@ struct client {
 	uint64_t reclaim_retry_usec;   /* ... or until this time */
 	uint64_t cold_start, cold_end; /* vpns of a COLD hint still to evict; empty when equal */
 	unsigned fork_pause;	       /* FORK_PREPAREs not yet matched by FORK_DONE */
+	struct fork_snapshot *fork_snapshot; /* taken at FORK_PREPARE, until FORK_DONE */
 	bool scan_written_off;	       /* PAGEMAP_SCAN refused: the CLOCK sees faults only */
 	uint64_t grace_until;	       /* usec: a fork child is not reclaimed before (0: none) */
 
@@ -243,7 +248,7 @@ int client_pagemap_present(const struct client *client, uint64_t start, uint64_t
 
 /*
  * Is the client's process still there with its memory (not exited, not a
- * zombie)?  Unknown counts as alive: a live client's state is never
+ * zombie, not exec'd into a new address space)?  Unknown counts as alive: a live client's state is never
  * dropped on a guess.
  */
 bool client_process_alive(const struct client *client);
@@ -264,6 +269,15 @@ ssize_t client_recv(int fd, void *buf, size_t cap, int *fds, unsigned *nfds, uns
 
 /* Send a whole message without blocking; -EAGAIN when the socket is full. */
 int client_send(struct client *client, const void *msg, size_t size);
+/* The same with one descriptor attached (SCM_RIGHTS); the caller keeps its fd. */
+int client_send_fd(struct client *client, const void *msg, size_t size, int fd);
+/*
+ * How the client joined, for `uzswapctl clients`: "new", "resumed" (after a
+ * daemon restart), "fork-shared" (a fork child sharing its parent's evicted
+ * pages, UZ_HELLO_SNAPSHOT), "fork" (a fork child whose parent gave its
+ * pages back first).
+ */
+const char *client_join_kind(const struct client *client);
 
 /* The agent's status page, after the ring's data slots. */
 static inline struct uz_ring_status *client_ring_status(const struct client *client)

@@ -38,6 +38,7 @@ static int family_make(struct daemon *d, struct pool *pool, struct fault_thread 
 	}
 	close(fd);
 	uz_list_init(&f->link);
+	uz_list_init(&f->snapshots);
 	f->daemon = d;
 	f->pool = pool;
 	f->thread = thread;
@@ -141,6 +142,14 @@ int family_take_arena(struct daemon *d, int fd, struct fault_thread *thread, pid
 	}
 	*out = f;
 	return 0;
+}
+
+bool family_release(struct family *f, uint64_t handle)
+{
+	bool last = pool_refcount(f->pool, handle) == 1;
+
+	(void)pool_release(f->pool, handle);
+	return last;
 }
 
 struct family *family_ref(struct family *f)

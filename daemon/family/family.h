@@ -36,6 +36,7 @@ struct family {
 	ino_t ino;
 	unsigned refs;		/* members and pending fork snapshots; under clients_lock */
 	uint64_t compact_epoch; /* the thread's compaction round that last looked at it */
+	struct uz_list snapshots; /* fork snapshots waiting for their child (daemon/fault/fork.c) */
 };
 
 /*
@@ -54,6 +55,13 @@ int family_new(struct daemon *d, struct fault_thread *thread, pid_t pid, uint64_
  */
 int family_take_arena(struct daemon *d, int fd, struct fault_thread *thread, pid_t pid,
 		      uint64_t starttime, struct family **out);
+/*
+ * Drop one reference to a pool object of the family's arena; true when it
+ * was the last and the object is gone (its bytes leave compressed_bytes
+ * then, whoever stored it: a fork shares objects, each counted once).
+ * On the family's thread.
+ */
+bool family_release(struct family *f, uint64_t handle);
 /* Another reference (a fork child, a snapshot); clients_lock not held. */
 struct family *family_ref(struct family *f);
 /*

@@ -77,6 +77,7 @@
 #include "compress/compress.h"
 #include "daemon.h"
 #include "fault/fault.h"
+#include "fault/fork.h"
 #include "family/family.h"
 #include "fault/writeback.h"
 #include "index/index.h"
@@ -231,6 +232,21 @@ static inline void client_stat(struct client *c, enum uz_stat which, int64_t del
 }
 
 /*
+ * Compressed bytes: a client counts every object it refers to (a fork
+ * child and its parent both count the objects they share, as both count
+ * shared pages in their RSS); its group and the daemon count each object
+ * once, when it is made and when its last reference goes (`whole`).
+ */
+static inline void client_pool_bytes(struct client *c, int64_t delta, bool whole)
+{
+	stats_add(c->stats, UZ_STAT_compressed_bytes, delta);
+	if (whole) {
+		stats_add(c->group->stats, UZ_STAT_compressed_bytes, delta);
+		stats_add(c->daemon->stats, UZ_STAT_compressed_bytes, delta);
+	}
+}
+
+/*
  * The compressor for a policy: found in the thread's cache, created there
  * on first use (when a client is adopted or gets a new policy, never on
  * the fault path).  Falls back to the default one when the cache is full
@@ -337,9 +353,9 @@ static void entry_release(struct client *c, uint64_t vpn, page_entry_t entry)
 		/* still in the pool */
 		__attribute__((fallthrough));
 	case PAGE_STORED:
-		pool_release(c->family->pool, pe_payload(entry));
+		client_pool_bytes(c, -(int64_t)pe_len(entry),
+				  family_release(c->family, pe_payload(entry)));
 		client_stat(c, UZ_STAT_stored_pages, -1);
-		client_stat(c, UZ_STAT_compressed_bytes, -(int64_t)pe_len(entry));
 		break;
 	case PAGE_ON_DISK:
 		wb_entry_release(c->thread->wb, c, vpn, entry);
@@ -485,8 +501,7 @@ static page_entry_t fault_page_loaded(struct fault_thread *t, struct client *c, 
 		wb_writeback_cancel(t->wb, c, vpn); /* served from the pool: the write is moot */
 	page_index_set(c->index, vpn, resident);
 	if (pe_state(e) != PAGE_SAME_FILLED) {
-		pool_release(c->family->pool, pe_payload(e));
-		client_stat(c, UZ_STAT_compressed_bytes, -(int64_t)pe_len(e));
+		client_pool_bytes(c, -(int64_t)pe_len(e), family_release(c->family, pe_payload(e)));
 	} else {
 		client_stat(c, UZ_STAT_same_filled_pages, -1);
 	}
@@ -998,7 +1013,7 @@ static int fault_store_page(struct fault_thread *t, struct client *c, uint64_t v
 	entry_lru_push(c, vpn, &e);
 	page_index_set(c->index, vpn, e);
 	client_stat(c, UZ_STAT_stored_pages, 1);
-	client_stat(c, UZ_STAT_compressed_bytes, len);
+	client_pool_bytes(c, len, true);
 	client_stat(c, UZ_STAT_zswpout, 1);
 	return 0;
 }
@@ -1593,6 +1608,43 @@ static int request_register_batch(struct client *c, struct client_request *req)
 }
 
 /*
+ * FORK_PREPARE, the batch landed: the child's snapshot (daemon/fault/fork.c),
+ * answered with its store attached.  REQUEST_ANSWERED, or -EOPNOTSUPP when
+ * a snapshot cannot be had (an object or slot shared by too many, no
+ * memory): the caller then gives every page back, as before snapshots.
+ */
+static int client_fork_snapshot(struct client *c, uint32_t seq)
+{
+	struct uz_msg_reply reply = {0};
+	struct fork_snapshot *snapshot;
+	int fd, r;
+
+	if (c->fork_snapshot) {
+		/* A FORK_DONE never came for the last one (a parent that never forked). */
+		fork_snapshot_done(c->fork_snapshot, 0);
+		c->fork_snapshot = NULL;
+	}
+	if (fork_snapshot_take(c, &snapshot) < 0)
+		return -EOPNOTSUPP;
+	fd = fork_snapshot_fd(snapshot);
+	if (fd < 0) {
+		fork_snapshot_done(snapshot, -1);
+		return -EOPNOTSUPP;
+	}
+	uz_msg_header_init(&reply.header, UZ_MSG_REPLY, sizeof(reply), seq);
+	reply.flags = UZ_REPLY_SNAPSHOT;
+	r = client_send_fd(c, &reply, sizeof(reply), fd);
+	close(fd);
+	if (r < 0) {
+		fork_snapshot_done(snapshot, -1);
+		return r;
+	}
+	c->fork_snapshot = snapshot;
+	client_stat(c, UZ_STAT_fork_snapshots, 1);
+	return REQUEST_ANSWERED;
+}
+
+/*
  * One step of the request at the head of the queue.  Returns the status to
  * answer, REQUEST_ANSWERED, or -EINPROGRESS when it must wait (for the
  * batch to land, or to retry an EAGAIN: then t->want_retry is set).
@@ -1620,8 +1672,17 @@ static int request_step(struct fault_thread *t, struct client *c, struct client_
 		if (c->cold_start < c->cold_end && first < c->cold_end && last >= c->cold_start)
 			c->cold_start = c->cold_end = 0;
 		break;
-	case CLIENT_REQ_UNREGISTER:
 	case CLIENT_REQ_FORK_PREPARE:
+		if (c->batch_state != BATCH_IDLE)
+			return -EINPROGRESS;
+		if (!req->started) {
+			r = client_fork_snapshot(c, req->seq);
+			if (r != -EOPNOTSUPP)
+				return r;
+			/* No snapshot possible: every page goes back before the fork. */
+		}
+		break;
+	case CLIENT_REQ_UNREGISTER:
 	case CLIENT_REQ_SHUTDOWN:
 		break;
 	default:
@@ -1793,12 +1854,19 @@ static int client_handle_message(struct fault_thread *t, struct client *c, const
 		c->fork_pause++;
 		return request_push(c, CLIENT_REQ_FORK_PREPARE, h->seq, 0,
 				    (VPN_MAX + 1) << UZ_PAGE_SHIFT, 0);
-	case UZ_MSG_FORK_DONE:
-		if (len != sizeof(*h))
+	case UZ_MSG_FORK_DONE: {
+		const struct uz_msg_fork_done *m = buf;
+
+		if (len != sizeof(*m) || m->reserved)
 			return -EBADMSG;
+		if (c->fork_snapshot) {
+			fork_snapshot_done(c->fork_snapshot, m->child_pid);
+			c->fork_snapshot = NULL;
+		}
 		if (c->fork_pause)
 			c->fork_pause--;
 		return 0;
+	}
 	case UZ_MSG_STATS:
 		if (len != sizeof(*h))
 			return -EBADMSG;
@@ -1872,14 +1940,21 @@ static void client_handle_uffd_msg(struct fault_thread *t, struct client *c,
 		    m->arg.remove.end <= c->graveyard_end)
 			break; /* the agent dropping its graveyard */
 		client_forget_range(c, m->arg.remove.start, m->arg.remove.end);
+		if (c->fork_snapshot && fork_snapshot_open(c->fork_snapshot))
+			fork_snapshot_forget(c->fork_snapshot, m->arg.remove.start, m->arg.remove.end);
 		break;
 	case UFFD_EVENT_UNMAP:
 		client_forget_range(c, m->arg.remove.start, m->arg.remove.end);
 		client_region_remove(c, m->arg.remove.start & UZ_PAGE_MASK,
 				     (m->arg.remove.end + UZ_PAGE_SIZE - 1) & UZ_PAGE_MASK);
+		if (c->fork_snapshot && fork_snapshot_open(c->fork_snapshot))
+			fork_snapshot_forget(c->fork_snapshot, m->arg.remove.start, m->arg.remove.end);
 		break;
 	case UFFD_EVENT_REMAP:
 		client_remap(c, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
+		if (c->fork_snapshot && fork_snapshot_open(c->fork_snapshot))
+			fork_snapshot_remap(c->fork_snapshot, m->arg.remap.from, m->arg.remap.to,
+					    m->arg.remap.len);
 		break;
 	case UFFD_EVENT_FORK:
 		/* Not requested by the protocol; a child's uffd we never serve. */
@@ -2010,6 +2085,7 @@ struct recover_ctx {
 	/* IN_FLIGHT entries of the batch the previous daemon had out, and its record */
 	uint64_t in_flight_vpns[UZ_EVICT_BATCH_MAX];
 	struct uz_store_batch record;
+	bool shared; /* a fork child's snapshot: its objects are its parent's too */
 	unsigned nr_in_flight;
 	uint64_t recovered, lost;
 };
@@ -2085,7 +2161,22 @@ static int recover_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 		e = pe_make(e, PAGE_STORED, true, pe_algo(e), pe_len(e), pe_payload(e));
 		entry_lru_push(c, vpn, &e);
 		client_stat(c, UZ_STAT_stored_pages, 1);
-		client_stat(c, UZ_STAT_compressed_bytes, pe_len(e));
+		/*
+		 * A shared object is counted by its group and the daemon once:
+		 * a fork child's snapshot adds nothing to them, its parent
+		 * counted it; after a restart each of its n referrers adds
+		 * 1/n of it (the last release takes it all away).
+		 */
+		if (ctx->shared) {
+			client_pool_bytes(c, pe_len(e), false);
+		} else {
+			int refs = pool_refcount(c->family->pool, pe_payload(e));
+			int64_t share = refs > 1 ? pe_len(e) / refs : pe_len(e);
+
+			client_pool_bytes(c, pe_len(e), false);
+			stats_add(c->group->stats, UZ_STAT_compressed_bytes, share);
+			stats_add(c->daemon->stats, UZ_STAT_compressed_bytes, share);
+		}
 		ctx->recovered++;
 		break;
 	case PAGE_ON_DISK:
@@ -2215,6 +2306,45 @@ static void client_recover(struct fault_thread *t, struct client *c)
 		client_batch_install(t, c);
 }
 
+/*
+ * A fork child joining with its snapshot: it takes the snapshot's store and
+ * index over, and every entry is checked against its page tables as after
+ * a restart (recover_one): a page it has (inherited present, copy on
+ * write) is RESIDENT and its reference goes; a hole is served from the
+ * shared entry.  Its regions come with the REGISTERs that follow.
+ */
+static void client_adopt_snapshot(struct fault_thread *t, struct client *c)
+{
+	struct recover_ctx *ctx = calloc(1, sizeof(*ctx));
+	struct uz_store_header *h;
+
+	if (c->claimed) {
+		c->store = c->claimed->store;
+		c->index = c->claimed->index;
+		fork_snapshot_adopted(c->claimed);
+		c->claimed = NULL;
+	}
+	if (!ctx || !c->index) {
+		free(ctx);
+		client_kill(t, c, false);
+		return;
+	}
+	h = store_header(c->store);
+	h->owner_pid = (uint32_t)c->pid;
+	h->owner_starttime = c->starttime;
+	__atomic_store_n(&h->flags, h->flags & ~UZ_STORE_SNAPSHOT, __ATOMIC_RELEASE);
+	ctx->thread = t;
+	ctx->client = c;
+	ctx->shared = true;
+	c->resume = true; /* entry_release counts nothing while the walk sets the gauges */
+	page_index_walk(c->index, 0, VPN_MAX, recover_one, ctx);
+	c->resume = false;
+	client_stat(c, UZ_STAT_fork_shared_pages, (int64_t)ctx->recovered);
+	client_stat(c, UZ_STAT_lost_pages, (int64_t)ctx->lost);
+	c->from_snapshot = false;
+	free(ctx);
+}
+
 static void fault_thread_adopt_inbox(struct fault_thread *t)
 {
 	struct uz_list inbox;
@@ -2286,6 +2416,11 @@ static void fault_thread_adopt_inbox(struct fault_thread *t)
 		(void)fault_compressor(t, c->policy.algo, c->policy.level, true);
 		if (c->resume) {
 			client_recover(t, c);
+			if (c->dead)
+				continue;
+		}
+		if (c->from_snapshot) {
+			client_adopt_snapshot(t, c);
 			if (c->dead)
 				continue;
 		}
@@ -2457,6 +2592,7 @@ static void *fault_thread_main(void *arg)
 			 * the relative writes, without a fault of its own.
 			 */
 			t->reclaim_tick_usec = uz_now_usec() + FAULT_RECLAIM_RETRY_MS * 1000ULL;
+			fork_snapshots_reap(t);
 			for (struct uz_list *i = t->clients.next, *next; i != &t->clients; i = next) {
 				struct client *c = uz_container_of(i, struct client, thread_link);
 
@@ -2666,6 +2802,11 @@ void fault_client_stat(struct client *c, enum uz_stat which, int64_t delta)
 	client_stat(c, which, delta);
 }
 
+void fault_client_pool_bytes(struct client *c, int64_t delta, bool whole)
+{
+	client_pool_bytes(c, delta, whole);
+}
+
 void fault_client_resident_add(struct client *c, int64_t delta)
 {
 	client_resident_add(c, delta);
@@ -2713,6 +2854,11 @@ void fault_client_resume(struct fault_thread *t, struct client *c)
 void fault_thread_want_retry(struct fault_thread *t)
 {
 	t->want_retry = true;
+}
+
+struct daemon *fault_thread_daemon(struct fault_thread *t)
+{
+	return t->daemon;
 }
 
 struct wb *fault_thread_wb(struct fault_thread *t)

@@ -40,3 +40,5 @@ uint64_t fault_thread_heartbeat(const struct fault_thread *thread);
  */
 void fault_thread_drain(struct fault_thread *thread, uint64_t deadline_usec);
 void fault_thread_join(struct fault_thread *thread);
+/* The daemon a thread belongs to. */
+struct daemon *fault_thread_daemon(struct fault_thread *thread);

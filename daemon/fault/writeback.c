@@ -807,9 +807,8 @@ static void batch_done(struct swap_object *objs, size_t count, int result, void 
 		e = page_index_get(c->index, it->vpn);
 		page_index_set(c->index, it->vpn,
 			       pe_make(e, PAGE_ON_DISK, false, pe_algo(e), it->len, objs[i].slot));
-		pool_release(c->family->pool, it->handle);
+		fault_client_pool_bytes(c, -(int64_t)it->len, family_release(c->family, it->handle));
 		fault_client_stat(c, UZ_STAT_stored_pages, -1);
-		fault_client_stat(c, UZ_STAT_compressed_bytes, -(int64_t)it->len);
 		fault_client_stat(c, UZ_STAT_on_disk_pages, 1);
 		fault_client_stat(c, UZ_STAT_swap_bytes_on_disk,
 				  (int64_t)swap_slot_disk_bytes(d->swap, objs[i].slot));

@@ -103,6 +103,8 @@ void fault_thread_request_shrink(struct fault_thread *thread, struct uz_group *g
 
 /* --- provided by fault.c for writeback.c (fault thread only) --- */
 void fault_client_stat(struct client *c, enum uz_stat which, int64_t delta);
+/* Compressed bytes of a client; its group's and the daemon's only when `whole` (fault.c). */
+void fault_client_pool_bytes(struct client *c, int64_t delta, bool whole);
 void fault_client_resident_add(struct client *c, int64_t delta);
 /* The client of an LRU key on this thread (dead ones too when dead_ok), or NULL. */
 struct client *fault_thread_client(struct fault_thread *t, uint64_t key, bool dead_ok);

@@ -44,6 +44,8 @@
 	X(reject_reclaim_fail, COUNTER, "stores refused: the pool was full and nothing could be written back") \
 	X(pool_limit_hit, COUNTER, "stores refused because a pool limit was reached")              \
 	X(decompress_fail, COUNTER, "loads whose data did not decompress: the page was poisoned")  \
+	X(fork_snapshots, COUNTER, "forks that kept the parent's pages evicted, shared with the child") \
+	X(fork_shared_pages, COUNTER, "evicted pages fork children got from their parent, shared by reference") \
 	X(recovered_clients, COUNTER, "clients that re-joined after a daemon restart with their state") \
 	X(recovered_pages, COUNTER, "evicted pages taken back from a re-joining client's state")     \
 	X(lost_pages, COUNTER, "evicted pages whose bytes could not be recovered: poisoned, SIGBUS on touch")

@@ -50,12 +50,12 @@ if grep -rl '@[A-Z_]*@' ./*/share/man 2>/dev/null; then
     echo "an installed man page still has a @PLACEHOLDER@"
     missing=1
 fi
-# The installed library exports only its API and the mmap-family hooks: no
+# The installed library exports only its API and the mmap-family and fork hooks: no
 # malloc of its own, the program's allocator stays the program's.
 lib=$(find . -name 'libuzswap.so.0*' -type f | head -1)
 if [ -n "$lib" ]; then
     bad=$(nm -D --defined-only "$lib" | awk '{print $3}' | sed 's/@.*//' |
-        grep -Ev '^(uzswap_[a-z_]+|UZSWAP_[0-9_.]+|mmap|mmap64|munmap|mremap)$' || true)
+        grep -Ev '^(uzswap_[a-z_]+|UZSWAP_[0-9_.]+|mmap|mmap64|munmap|mremap|fork)$' || true)
     if [ -n "$bad" ]; then
         echo "libuzswap exports more than its API:"
         echo "$bad"
