@@ -296,6 +296,8 @@ int daemon_client_resolve(struct daemon *d, pid_t pid, struct uz_group **group,
 			p.algo = o->algo;
 			p.level = o->level;
 		}
+		if (o->fault_around_set)
+			p.fault_around_max = o->fault_around;
 	}
 	r = group_get(&d->groups, path, group);
 	free(info);
