@@ -575,7 +575,9 @@ static int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vp
  *
  * Put-back pages never push the client over its budget (high_pages), stop
  * at the first neighbour that is not in the pool (resident, in flight, on
- * disk, never touched) or at the end of its registered region, and enter
+ * disk, never touched) or at the end of its registered region (a run that
+ * crosses into another VMA fails as a whole: the faulting page then goes
+ * back alone), and enter
  * the index unreferenced: the CLOCK takes one the first time it passes,
  * with no second chance, so a page nobody touches is cheap to evict again.
  *
@@ -655,6 +657,19 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 	if (ioctl(c->uffd, UFFDIO_COPY, &copy) < 0)
 		r = -errno;
 	copied = r == 0 ? n : copy.copy > 0 ? (uint64_t)copy.copy / UZ_PAGE_SIZE : 0;
+	if (!copied && n > 1 && r != -EAGAIN && r != -EEXIST) {
+		/*
+		 * A run must lie in one VMA (else ENOENT for all of it), and a
+		 * registered region may span several (adjacent mappings merged,
+		 * mremap): the faulting page alone, as without fault-around.
+		 */
+		page_entry_t resident;
+
+		r = fault_load_page(t, c, vpn, e, &resident);
+		if (r == 0)
+			page_index_set(c->index, vpn, resident);
+		return r;
+	}
 	if (!copied) {
 		/* The faulting page itself: the single-page rules. */
 		if (r == -EAGAIN)
