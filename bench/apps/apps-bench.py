@@ -454,7 +454,9 @@ def report(args):
             if not rs:
                 continue
             phases = {k: statistics.median(r["phases"][k] for r in rs) for k in rs[0]["phases"]}
+            # pages put back ahead (fault-around) are in zswpin but were no fault
             faults = (statistics.median(r.get("uzswap_zswpin", 0) + r.get("uzswap_disk_swapins", 0)
+                                        - r.get("uzswap_faultaround_pages", 0)
                                         for r in rs) if m == "uzswap"
                       else statistics.median(r["kernel_pswpin"] + r["kernel_zswpin"] for r in rs))
             text = ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
