@@ -1048,7 +1048,14 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 		return;
 	if (c->reclaim_rescan_at && uz_now_usec() >= c->reclaim_retry_usec)
 		c->reclaim_rescan_at = 0; /* a fork relative may have written its copies meanwhile */
-	if (c->resident > c->high_pages && c->resident >= c->reclaim_rescan_at)
+	/*
+	 * Room for the next fault-around run is made ahead of it: a client
+	 * with an open window is reclaimed once it is within a window of its
+	 * budget, so a scan does not run out of room (and fault page by page)
+	 * while a batch is on its way.
+	 */
+	if (c->resident + c->around_window > c->high_pages &&
+	    c->resident >= c->reclaim_rescan_at && c->resident > c->low_pages)
 		want_pressure = uz_min(c->resident - c->low_pages, (uint64_t)UZ_EVICT_BATCH_MAX);
 	if (c->shrink_pages && c->resident >= c->reclaim_rescan_at)
 		want_pressure = uz_max(want_pressure, uz_min(uz_min(c->shrink_pages, c->resident),
