@@ -170,6 +170,7 @@ struct client {
 	/* fault-around from the pool (daemon/fault/fault.c, fault_around_*) */
 	uint64_t around_last_vpn;	     /* the last fault served from the pool */
 	uint64_t around_lo, around_hi;	     /* pages it put back ahead: [lo, hi), empty if equal */
+	bool around_hi_stored;		     /* ... and the page at hi was in the pool then */
 	unsigned around_window;		     /* pages to put back ahead next time, 0..policy max */
 
 	/* requests */

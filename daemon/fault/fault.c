@@ -566,12 +566,16 @@ static int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vp
  *
  * "Used" is inferred from the program's next fault from the pool, because
  * a read of a present page is invisible to us (no page_idle here; pagemap
- * and PAGEMAP_SCAN report writes only): a next fault just past the run
- * (within one run length of its end) means the program went through it,
- * and all of it counts; a next fault inside the run (its tail was evicted
- * again first) counts the pages before it; anything else counts none.  For
- * sequential scans this is exact; for a scan with a stride shorter than
- * the run it is an upper bound (the pages skipped count as used).
+ * and PAGEMAP_SCAN report writes only).  A next fault on the page right
+ * after the run means the program went through it, and all of it counts;
+ * when that page was not in the pool (the run stopped at a resident or
+ * never-touched page), a fault within one run length past the end counts
+ * the same.  A next fault inside the run (its tail was evicted again
+ * first) counts the pages before it; anything else counts none.  So a
+ * scan with a stride skips the stored page after the run and scores no
+ * hit: the window closes (measured: put-back pages a stride-4 scan skips
+ * cost more than the faults they save).  For sequential scans the count
+ * is exact; for a stride it is a lower bound.
  *
  * Put-back pages never push the client over its budget (high_pages), stop
  * at the first neighbour that is not in the pool (resident, in flight, on
@@ -591,7 +595,7 @@ static void fault_around_account(struct client *c, uint64_t vpn)
 	if (run) {
 		if (vpn >= lo && vpn < hi)
 			used = vpn - lo;
-		else if (vpn >= hi && vpn - hi < run)
+		else if (c->around_hi_stored ? vpn == hi : vpn >= hi && vpn - hi < run)
 			used = run;
 		if (used)
 			client_stat(c, UZ_STAT_faultaround_hits, (int64_t)used);
@@ -688,9 +692,13 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 		page_index_set(c->index, next, pe_make(resident, PAGE_RESIDENT, false, 0, 0, 0));
 	}
 	if (copied > 1) {
+		enum page_state after = pe_state(page_index_get(c->index, vpn + copied));
+
 		client_stat(c, UZ_STAT_faultaround_pages, (int64_t)(copied - 1));
 		c->around_lo = vpn + 1;
 		c->around_hi = vpn + copied;
+		c->around_hi_stored = after == PAGE_STORED || after == PAGE_WRITEBACK ||
+				      after == PAGE_SAME_FILLED;
 	}
 	return 0;
 }
