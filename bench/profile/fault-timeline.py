@@ -23,8 +23,11 @@ by a uzswapd fault thread, the segments between these events:
   copy_out   sys_exit_ioctl
   resumed    sched_switch back to the program
 
-It prints the median, p10 and p90 of each segment and of the whole, over
-the faults where every event was seen in that order.
+It prints fault -> resumed for every fault that blocked and was served by
+a UFFDIO_COPY, split by whether a sleeping fault thread had to be woken or
+it was busy (then the fault waits for whatever it is doing: compressing an
+eviction batch, serving another fault), then the median, p10 and p90 of
+each segment over the faults where every event was seen.
 """
 import argparse
 import re
@@ -50,6 +53,7 @@ def main():
         if not m:
             continue
         tid, t, ev, trace = int(m["tid"]), float(m["time"]) * 1e6, m["event"], m["trace"]
+        comm = m["comm"].strip()
         if ev == "exceptions:page_fault_user" and tid == target:
             cur, handler = {"fault": t}, None
             continue
@@ -62,22 +66,41 @@ def main():
                 cur["blocked"] = t
             if nxt and handler and int(nxt[1]) == handler and "running" not in cur:
                 cur["running"] = t
-            if nxt and int(nxt[1]) == target and "copy_out" in cur:
+            if nxt and int(nxt[1]) == target and "blocked" in cur:
                 cur["resumed"] = t
                 done.append(cur)
                 cur = None
-        elif ev == "sched:sched_wakeup" and "woken" not in cur:
+        elif ev == "sched:sched_wakeup" and "woken" not in cur and "copy_in" not in cur:
             wm = re.search(r"comm=(\S+) pid=(\d+)", trace)
             if wm and wm[1].startswith("uzswapd-fault"):
                 cur["woken"], handler = t, int(wm[2])
         elif ev == "syscalls:sys_exit_epoll_wait" and tid == handler and "running" in cur:
             cur.setdefault("epoll_ret", t)
-        elif ev == "syscalls:sys_enter_ioctl" and tid == handler and "epoll_ret" in cur:
+        elif ev == "syscalls:sys_enter_ioctl" and comm.startswith("uzswapd-fault") and \
+                "copy_in" not in cur:
             cm = re.search(r"cmd: (0x[0-9a-f]+)", trace)
-            if cm and int(cm[1], 16) == UFFDIO_COPY and "copy_in" not in cur:
-                cur["copy_in"] = t
+            if cm and int(cm[1], 16) == UFFDIO_COPY and (handler is None or tid == handler):
+                cur["copy_in"], handler = t, tid
         elif ev == "syscalls:sys_exit_ioctl" and tid == handler and "copy_in" in cur:
             cur.setdefault("copy_out", t)
+    def line(label, xs):
+        xs = sorted(xs)
+        q = statistics.quantiles(xs, n=10) if len(xs) > 1 else [xs[0]] * 9
+        print(f"{label:<34}{q[0]:>9.1f}{statistics.median(xs):>9.1f}{q[8]:>9.1f}"
+              f"{len(xs):>9}")
+
+    served = [f for f in done if "copy_out" in f]
+    woke = [f["resumed"] - f["fault"] for f in served if "woken" in f]
+    busy = [f["resumed"] - f["fault"] for f in served if "woken" not in f]
+    if served:
+        print(f"{'every blocked fault served by a UFFDIO_COPY':<34}{'p10 µs':>9}{'p50 µs':>9}"
+              f"{'p90 µs':>9}{'faults':>9}")
+        line("  fault -> resumed, all", [f["resumed"] - f["fault"] for f in served])
+        if woke:
+            line("  ... the fault thread was asleep", woke)
+        if busy:
+            line("  ... it was busy (no wake-up)", busy)
+        print()
     full = [f for f in done if all(s in f for s in STEPS)]
     if not full:
         print("no complete fault sequence found (is the program single-threaded and "
@@ -85,7 +108,7 @@ def main():
         return 1
     print(f"{len(full)} faults served from the pool followed end to end "
           f"({len(done)} ended, the rest lacked an event)")
-    print(f"{'segment':<34}{'p10 µs':>9}{'p50 µs':>9}{'p90 µs':>9}")
+    print(f"{'segment (faults with every event)':<34}{'p10 µs':>9}{'p50 µs':>9}{'p90 µs':>9}")
     for a, b in zip(STEPS, STEPS[1:]):
         xs = sorted(f[b] - f[a] for f in full)
         q = statistics.quantiles(xs, n=10) if len(xs) > 1 else [xs[0]] * 9
