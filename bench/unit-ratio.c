@@ -24,7 +24,7 @@
 #include <string.h>
 #include <zstd.h>
 
-#define PAGE 4096
+#define PAGE	 4096
 #define UNIT_MAX 16
 
 static bool same_filled(const uint8_t *page)
@@ -87,10 +87,10 @@ int main(int argc, char **argv)
 		size_t unit = (size_t)units[u] * PAGE;
 
 		for (size_t off = 0; off + unit <= len; off += unit) {
-			int n = LZ4_compress_default((const char *)data + off, (char *)out, (int)unit,
-						     LZ4_compressBound((int)unit));
-			size_t z = ZSTD_compressCCtx(zctx, out, ZSTD_compressBound(unit), data + off,
-						     unit, 1);
+			int n = LZ4_compress_default((const char *)data + off, (char *)out,
+						     (int)unit, LZ4_compressBound((int)unit));
+			size_t z = ZSTD_compressCCtx(zctx, out, ZSTD_compressBound(unit),
+						     data + off, unit, 1);
 
 			/* a unit that does not shrink would be stored raw */
 			lz4_bytes[u] += n > 0 && (size_t)n < unit ? (size_t)n : unit;

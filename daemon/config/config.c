@@ -766,7 +766,8 @@ static int parse_limit(struct parse_ctx *ctx, const struct key_def *key, const c
 		}
 		break;
 	case LIMIT_FAULT_AROUND:
-		r = parse_count(ctx, key->name, value, 0, UZ_FAULT_AROUND_MAX, &limits->fault_around);
+		r = parse_count(ctx, key->name, value, 0, UZ_FAULT_AROUND_MAX,
+				&limits->fault_around);
 		break;
 	default:
 		r = -EINVAL;

@@ -577,13 +577,13 @@ static int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vp
  * cost more than the faults they save).  For sequential scans the count
  * is exact; for a stride it is a lower bound.
  *
- * Put-back pages never push the client over its budget (high_pages), stop
- * at the first neighbour that is not in the pool (resident, in flight, on
- * disk, never touched) or at the end of its registered region (a run that
- * crosses into another VMA fails as a whole: the faulting page then goes
- * back alone), and enter
- * the index unreferenced: the CLOCK takes one the first time it passes,
- * with no second chance, so a page nobody touches is cheap to evict again.
+ * Put-back pages never push the client over its budget (high_pages; and
+ * client_reclaim makes room a window ahead), stop at the first neighbour
+ * that is not in the pool (resident, in flight, on disk, never touched) or
+ * at the end of its registered region (a run that crosses into another VMA
+ * fails as a whole: the faulting page then goes back alone), and enter the
+ * index unreferenced: the CLOCK takes one the first time it passes, with
+ * no second chance, so a page nobody touches is cheap to evict again.
  *
  * No allocation, no lock, no logging: the buffer is the thread's.
  */
