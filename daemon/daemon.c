@@ -296,6 +296,8 @@ int daemon_client_resolve(struct daemon *d, pid_t pid, struct uz_group **group,
 			p.algo = o->algo;
 			p.level = o->level;
 		}
+		if (o->fault_around_set)
+			p.fault_around_max = o->fault_around;
 	}
 	r = group_get(&d->groups, path, group);
 	free(info);
@@ -702,8 +704,10 @@ void daemon_print_summary(struct daemon *d, FILE *f)
 	ratio = v[UZ_STAT_compressed_bytes] > 0
 		    ? (double)compressible * UZ_PAGE_SIZE / (double)v[UZ_STAT_compressed_bytes]
 		    : 0.0;
-	faults = (uint64_t)(v[UZ_STAT_zero_fill_faults] + v[UZ_STAT_zswpin] +
-			    v[UZ_STAT_inflight_faults] + v[UZ_STAT_disk_swapins]);
+	/* pages put back ahead (fault-around) are in zswpin but were no fault */
+	faults = (uint64_t)(v[UZ_STAT_zero_fill_faults] + v[UZ_STAT_zswpin] -
+			    v[UZ_STAT_faultaround_pages] + v[UZ_STAT_inflight_faults] +
+			    v[UZ_STAT_disk_swapins]);
 	samples = latency_hist_count(d->fault_latency);
 	format_size(stored, sizeof(stored), (double)v[UZ_STAT_stored_pages] * UZ_PAGE_SIZE);
 	format_size(compressed, sizeof(compressed), (double)v[UZ_STAT_compressed_bytes]);
@@ -721,6 +725,8 @@ void daemon_print_summary(struct daemon *d, FILE *f)
 		v[UZ_STAT_zswpin]);
 	fprintf(f, "  faults        %12" PRIu64 "   zero-fill %" PRId64 ", in-flight %" PRId64 "\n",
 		faults, v[UZ_STAT_zero_fill_faults], v[UZ_STAT_inflight_faults]);
+	fprintf(f, "  fault-around  %12" PRId64 " pages put back ahead, hits %" PRId64 "\n",
+		v[UZ_STAT_faultaround_pages], v[UZ_STAT_faultaround_hits]);
 	fprintf(f, "  evictions     %12" PRId64 " batches, %" PRId64 " pages not moved\n",
 		v[UZ_STAT_evict_requests], v[UZ_STAT_evict_failed_pages]);
 	fprintf(f,

@@ -12,7 +12,8 @@
  * socket (daemon/control) for uzswapctl.
  *
  * Precedence: command-line options over the config file over built-in
- * defaults.  --resident-max, --resident-low and --compressor override the
+ * defaults.  --resident-max, --resident-low, --compressor and --fault-around
+ * override the
  * config's [Defaults] (a cgroup.d file that matches a client still wins).
  *
  * Timers on the loop: every 2 s the cgroup of every client is looked up
@@ -105,6 +106,7 @@ static void usage(FILE *f)
 		"  --resident-low SIZE|PCT  reclaim stops below this (default 90%%)\n"
 		"  --fault-threads N      fault threads (default 2)\n"
 		"  --compressor ALGO      lz4 (default) or zstd[:LEVEL]\n"
+		"  --fault-around PAGES   largest fault-around window, 0 = off (default 32)\n"
 		"  --swap-file PATH       swap file of the writeback tier ([Swap] File=)\n"
 		"  --swap-size SIZE       its size, 0 for none ([Swap] Size=)\n"
 		"  -h, --help             this help\n"
@@ -198,6 +200,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		OPT_RESIDENT_LOW,
 		OPT_FAULT_THREADS,
 		OPT_COMPRESSOR,
+		OPT_FAULT_AROUND,
 		OPT_SWAP_FILE,
 		OPT_SWAP_SIZE,
 		OPT_VERSION,
@@ -213,6 +216,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 	    {"resident-low", required_argument, NULL, OPT_RESIDENT_LOW},
 	    {"fault-threads", required_argument, NULL, OPT_FAULT_THREADS},
 	    {"compressor", required_argument, NULL, OPT_COMPRESSOR},
+	    {"fault-around", required_argument, NULL, OPT_FAULT_AROUND},
 	    {"swap-file", required_argument, NULL, OPT_SWAP_FILE},
 	    {"swap-size", required_argument, NULL, OPT_SWAP_SIZE},
 	    {"help", no_argument, NULL, 'h'},
@@ -289,6 +293,19 @@ static int parse_options(int argc, char **argv, struct options *o)
 			}
 			ov->compressor_set = true;
 			break;
+		case OPT_FAULT_AROUND: {
+			char *end;
+			unsigned long n = strtoul(optarg, &end, 10);
+
+			if (!optarg[0] || *end || n > UZ_FAULT_AROUND_MAX) {
+				fprintf(stderr, "uzswapd: --fault-around: \"%s\" is not 0..%d\n",
+					optarg, UZ_FAULT_AROUND_MAX);
+				return -EINVAL;
+			}
+			ov->fault_around = (unsigned)n;
+			ov->fault_around_set = true;
+			break;
+		}
 		case OPT_SWAP_FILE:
 			o->swap_file = optarg;
 			break;
@@ -582,6 +599,7 @@ static json_object *policy_json(const struct uz_policy *p)
 	else
 		snprintf(comp, sizeof(comp), "%s", compressor_algo_name(p->algo));
 	json_set(o, "compressor", json_object_new_string(comp));
+	json_set(o, "fault_around", json_object_new_int64(p->fault_around_max));
 	return o;
 }
 
@@ -1079,6 +1097,8 @@ int main(int argc, char **argv)
 		policy.algo = o.override.algo;
 		policy.level = o.override.level;
 	}
+	if (o.override.fault_around_set)
+		policy.fault_around_max = o.override.fault_around;
 	r = daemon_new(&m.daemon, &policy, o.fault_threads ? o.fault_threads : cd->fault_threads);
 	if (r < 0) {
 		uz_log(LOG_ERR, "cannot start: %s", strerror(-r));

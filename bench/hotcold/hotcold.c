@@ -18,12 +18,24 @@
  * service latency as the program sees it, measured the same way on both
  * sides.  The pagemap read is outside the timed section.
  *
+ * --pattern sequential reads the working set in page order instead (the
+ * access phase is ACCESSES consecutive pages, wrapping round: a scan of
+ * evicted memory), --pattern strided every STRIDE-th page (--stride,
+ * default 4), wrapping round with an offset so every page is visited in
+ * turn; the hot set and HOT_PERCENT do not apply to them.
+ *
+ * --histogram FILE writes the program-seen fault latency histogram there,
+ * one "lower-bound-ns count" line per non-empty bucket (bench/apps plots
+ * its CDF).
+ *
  * Output: one "key value" line per result (the script parses them).  With
  * --hold SECONDS the program prints "HOLD" and keeps its memory that long
  * before exiting, so the caller can read pool statistics meanwhile.
  *
  * usage: hotcold [--size SIZE] [--hot SIZE] [--hot-percent N]
  *                [--write-percent N] [--accesses N] [--seed N] [--hold S]
+ *                [--pattern random|sequential|strided] [--stride N]
+ *                [--histogram FILE]
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -105,6 +117,13 @@ static void histogram_add(uint64_t ns)
 	histogram_count++;
 }
 
+static uint64_t histogram_bucket_low(unsigned i)
+{
+	if (i < HIST_SUB)
+		return i;
+	return (uint64_t)((i - HIST_SUB) % HIST_SUB + HIST_SUB) << ((i - HIST_SUB) / HIST_SUB);
+}
+
 /* The lower bound of the bucket holding the q-quantile. */
 static uint64_t histogram_quantile(double q)
 {
@@ -112,14 +131,22 @@ static uint64_t histogram_quantile(double q)
 
 	for (unsigned i = 0; i < HIST_BUCKETS; i++) {
 		seen += histogram[i];
-		if (seen > target) {
-			if (i < HIST_SUB)
-				return i;
-			return (uint64_t)((i - HIST_SUB) % HIST_SUB + HIST_SUB)
-			       << ((i - HIST_SUB) / HIST_SUB);
-		}
+		if (seen > target)
+			return histogram_bucket_low(i);
 	}
 	return 0;
+}
+
+static int histogram_write(const char *path)
+{
+	FILE *f = fopen(path, "w");
+
+	if (!f)
+		return -errno;
+	for (unsigned i = 0; i < HIST_BUCKETS; i++)
+		if (histogram[i])
+			fprintf(f, "%" PRIu64 " %" PRIu64 "\n", histogram_bucket_low(i), histogram[i]);
+	return fclose(f) ? -errno : 0;
 }
 
 static uint64_t now_ns(void)
@@ -182,6 +209,9 @@ int main(int argc, char **argv)
 {
 	size_t size = 512UL << 20, hot = 32UL << 20;
 	unsigned hot_percent = 90, write_percent = 20, hold = 0;
+	enum { PATTERN_RANDOM, PATTERN_SEQUENTIAL, PATTERN_STRIDED } pattern = PATTERN_RANDOM;
+	uint64_t stride = 4;
+	const char *histogram_path = NULL;
 	uint64_t accesses = 1000000, seed = 1, pages, hot_pages, faults = 0, writes = 0;
 	uint64_t *checksum, *version, t_start, t_fill, t_access, t_end;
 	unsigned char *region;
@@ -208,6 +238,16 @@ int main(int argc, char **argv)
 			seed = strtoull(value, NULL, 10);
 		else if (!strcmp(arg, "--hold"))
 			hold = (unsigned)atoi(value);
+		else if (!strcmp(arg, "--stride"))
+			stride = strtoull(value, NULL, 10);
+		else if (!strcmp(arg, "--histogram"))
+			histogram_path = value;
+		else if (!strcmp(arg, "--pattern") && !strcmp(value, "random"))
+			pattern = PATTERN_RANDOM;
+		else if (!strcmp(arg, "--pattern") && !strcmp(value, "sequential"))
+			pattern = PATTERN_SEQUENTIAL;
+		else if (!strcmp(arg, "--pattern") && !strcmp(value, "strided"))
+			pattern = PATTERN_STRIDED;
 		else {
 			fprintf(stderr, "hotcold: unknown option %s\n", arg);
 			return 2;
@@ -217,7 +257,7 @@ int main(int argc, char **argv)
 	pages = size / page_size;
 	hot_pages = hot / page_size;
 	if (pages < 2 || hot_pages < 1 || hot_pages > pages || hot_percent > 100 ||
-	    write_percent > 100) {
+	    write_percent > 100 || stride < 1) {
 		fprintf(stderr, "hotcold: bad sizes or percentages\n");
 		return 2;
 	}
@@ -247,7 +287,11 @@ int main(int argc, char **argv)
 		unsigned char *page;
 		volatile unsigned char sink;
 
-		if (r % 100 < hot_percent) /* hot pages are scattered: p = k * stride mod pages */
+		if (pattern == PATTERN_SEQUENTIAL)
+			p = i % pages;
+		else if (pattern == PATTERN_STRIDED) /* every stride-th page, then shifted by one */
+			p = (i * stride % pages + i * stride / pages) % pages;
+		else if (r % 100 < hot_percent) /* hot pages are scattered: p = k * stride mod pages */
 			p = ((r >> 8) % hot_pages) * (pages / hot_pages) % pages;
 		else
 			p = (r >> 8) % pages;
@@ -289,6 +333,10 @@ int main(int argc, char **argv)
 	printf("fault_latency_p50_ns %" PRIu64 "\n", histogram_quantile(0.50));
 	printf("fault_latency_p99_ns %" PRIu64 "\n", histogram_quantile(0.99));
 	print_uzswap_stats();
+	if (histogram_path && histogram_write(histogram_path) < 0) {
+		fprintf(stderr, "hotcold: cannot write \"%s\": %s\n", histogram_path, strerror(errno));
+		return 1;
+	}
 	if (hold) {
 		printf("HOLD\n");
 		sleep(hold);

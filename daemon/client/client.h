@@ -176,6 +176,12 @@ struct client {
 	bool scan_written_off;	       /* PAGEMAP_SCAN refused: the CLOCK sees faults only */
 	uint64_t grace_until;	       /* usec: a fork child is not reclaimed before (0: none) */
 
+	/* fault-around from the pool (daemon/fault/fault.c, fault_around_*) */
+	uint64_t around_last_vpn;      /* the last fault served from the pool */
+	uint64_t around_lo, around_hi; /* pages it put back ahead: [lo, hi), empty if equal */
+	bool around_hi_stored;	       /* ... and the page at hi was in the pool then */
+	unsigned around_window;	       /* pages to put back ahead next time, 0..policy max */
+
 	/* requests */
 	struct client_request *requests; /* ring of UZ_CLIENT_REQUESTS_MAX */
 	unsigned requests_head, nr_requests;

@@ -68,6 +68,7 @@ enum limit_key {
 	LIMIT_SWAP_MAX,
 	LIMIT_WRITEBACK,
 	LIMIT_COMPRESSOR,
+	LIMIT_FAULT_AROUND,
 	LIMIT__COUNT
 };
 
@@ -81,6 +82,7 @@ struct limits {
 	bool writeback;
 	enum compressor_algo algo;
 	int level;
+	unsigned int fault_around; /* pages, 0..UZ_FAULT_AROUND_MAX */
 };
 
 struct cgroup_file {
@@ -159,6 +161,7 @@ static const struct key_def key_table[] = {
     {FILE_MAIN, "Defaults", "SwapMax", KEY_LIMIT, LIMIT_SWAP_MAX},
     {FILE_MAIN, "Defaults", "Writeback", KEY_LIMIT, LIMIT_WRITEBACK},
     {FILE_MAIN, "Defaults", "Compressor", KEY_LIMIT, LIMIT_COMPRESSOR},
+    {FILE_MAIN, "Defaults", "FaultAround", KEY_LIMIT, LIMIT_FAULT_AROUND},
     {FILE_CGROUP, "Match", "Cgroup", KEY_MATCH_CGROUP},
     {FILE_CGROUP, "Limits", "ResidentMax", KEY_LIMIT, LIMIT_RESIDENT_MAX},
     {FILE_CGROUP, "Limits", "ResidentLow", KEY_LIMIT, LIMIT_RESIDENT_LOW},
@@ -166,6 +169,7 @@ static const struct key_def key_table[] = {
     {FILE_CGROUP, "Limits", "SwapMax", KEY_LIMIT, LIMIT_SWAP_MAX},
     {FILE_CGROUP, "Limits", "Writeback", KEY_LIMIT, LIMIT_WRITEBACK},
     {FILE_CGROUP, "Limits", "Compressor", KEY_LIMIT, LIMIT_COMPRESSOR},
+    {FILE_CGROUP, "Limits", "FaultAround", KEY_LIMIT, LIMIT_FAULT_AROUND},
 };
 
 static const char *const main_sections[] = {"Daemon", "Pool", "Swap", "Defaults", NULL};
@@ -382,6 +386,7 @@ static void limits_builtin(struct limits *limits)
 	    .writeback = true,
 	    .algo = COMPRESSOR_LZ4,
 	    .level = 0,
+	    .fault_around = UZ_DEFAULT_FAULT_AROUND,
 	};
 }
 
@@ -759,6 +764,10 @@ static int parse_limit(struct parse_ctx *ctx, const struct key_def *key, const c
 				    key->name, value);
 			r = -EINVAL;
 		}
+		break;
+	case LIMIT_FAULT_AROUND:
+		r = parse_count(ctx, key->name, value, 0, UZ_FAULT_AROUND_MAX,
+				&limits->fault_around);
 		break;
 	default:
 		r = -EINVAL;
@@ -1282,6 +1291,8 @@ int config_policy_for_cgroup(const struct uz_config *config, const char *cgroup_
 		policy.algo = src->algo;
 		policy.level = src->level;
 	}
+	policy.fault_around_max =
+	    config_source(config, path, LIMIT_FAULT_AROUND, &builtin)->fault_around;
 	policy.poor_threshold = config->daemon.poor_threshold;
 	policy.poor_policy = config->daemon.poor_policy;
 	*out = policy;
@@ -1336,6 +1347,8 @@ static void dump_limits(FILE *out, const struct limits *limits, bool all)
 		else
 			fprintf(out, "Compressor=%s\n", compressor_name(limits->algo));
 	}
+	if (all || limits->set & (1U << LIMIT_FAULT_AROUND))
+		fprintf(out, "FaultAround=%u\n", limits->fault_around);
 }
 
 int config_dump(const struct uz_config *config, FILE *out)
@@ -1384,6 +1397,9 @@ int config_dump(const struct uz_config *config, FILE *out)
 		case LIMIT_COMPRESSOR:
 			defaults.algo = config->defaults.algo;
 			defaults.level = config->defaults.level;
+			break;
+		case LIMIT_FAULT_AROUND:
+			defaults.fault_around = config->defaults.fault_around;
 			break;
 		}
 	}

@@ -28,12 +28,15 @@ struct uz_policy {
 	int level;                    /* compressor level (zstd) */
 	uint32_t poor_threshold;      /* compressed bytes above which a page is "poor" */
 	enum uz_poor_policy poor_policy;
+	unsigned fault_around_max;    /* pages: largest fault-around window from the pool; 0 = off */
 };
 
 /* The built-in defaults, used with no config file at all. */
 #define UZ_DEFAULT_RESIDENT_MAX (64ULL << 20)
 #define UZ_DEFAULT_RESIDENT_LOW_PERCENT 90
 #define UZ_DEFAULT_POOR_THRESHOLD 3584 /* 7/8 of a page */
+#define UZ_DEFAULT_FAULT_AROUND 32	/* pages put back ahead at most, per fault */
+#define UZ_FAULT_AROUND_MAX 256		/* the largest FaultAround= accepted */
 
 static inline void uz_policy_default(struct uz_policy *p)
 {
@@ -47,5 +50,6 @@ static inline void uz_policy_default(struct uz_policy *p)
 		.level = 0,
 		.poor_threshold = UZ_DEFAULT_POOR_THRESHOLD,
 		.poor_policy = UZ_POOR_KEEP_RAW,
+		.fault_around_max = UZ_DEFAULT_FAULT_AROUND,
 	};
 }

@@ -112,6 +112,8 @@ enum {
 #define FAULT_SPIN_USEC_MIN   4	  /* the spin never shrinks below this once armed */
 #define FAULT_FORK_GRACE_MS   1000 /* a fork child's pages stay resident this long */
 #define FAULT_RESTORE_RUN     64   /* pages given back with one UFFDIO_COPY */
+#define FAULT_AROUND_START    2	   /* window of a client that just showed a forward run */
+#define FAULT_AROUND_NEAR     2	   /* ... two pool faults this close, forward, show one */
 #define FAULT_BATCH_RANGES_MAX (4 * UZ_REGISTER_BATCH_MAX) /* REGISTER_BATCH ranges queued */
 
 /*
@@ -206,6 +208,7 @@ struct fault_thread {
 	uint8_t *zero_page;
 	uint8_t *compressed;
 	uint8_t *restore_buf; /* FAULT_RESTORE_RUN pages: a run being given back */
+	uint8_t *around_buf;  /* 1 + UZ_FAULT_AROUND_MAX pages: a fault and its fault-around */
 	struct uz_msg_evict *evict_msg;
 	struct fault_retry *retries;
 	unsigned nr_retries;
@@ -544,6 +547,162 @@ static int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vp
 	return 0;
 }
 
+/*
+ * Fault-around from the pool.
+ *
+ * kernel zram is a synchronous block device: no swap readahead, one fault
+ * per page.  A fault served here costs two thread wake-ups however little
+ * the daemon works, so where the program's access has locality the lever
+ * is fewer faults: on a fault on a stored page, the stored neighbours that
+ * follow it are decoded too and the whole run goes back with one
+ * UFFDIO_COPY (one wake-up of the faulting thread).
+ *
+ * The window (pages put back ahead, per client) adapts like the kernel's
+ * swap readahead (swapin_nr_pages): it opens at FAULT_AROUND_START when two
+ * pool faults come FAULT_AROUND_NEAR pages apart or closer, forward;
+ * doubles (up to the policy's fault_around_max) when every page of the
+ * last run was used; stays when at least half were; halves otherwise, down
+ * to 0 (off until the next forward pair).
+ *
+ * "Used" is inferred from the program's next fault from the pool, because
+ * a read of a present page is invisible to us (no page_idle here; pagemap
+ * and PAGEMAP_SCAN report writes only).  A next fault on the page right
+ * after the run means the program went through it, and all of it counts;
+ * when that page was not in the pool (the run stopped at a resident or
+ * never-touched page), a fault within one run length past the end counts
+ * the same.  A next fault inside the run (its tail was evicted again
+ * first) counts the pages before it; anything else counts none.  So a
+ * scan with a stride skips the stored page after the run and scores no
+ * hit: the window closes (measured: put-back pages a stride-4 scan skips
+ * cost more than the faults they save).  For sequential scans the count
+ * is exact; for a stride it is a lower bound.
+ *
+ * Put-back pages never push the client over its budget (high_pages; and
+ * client_reclaim makes room a window ahead), stop at the first neighbour
+ * that is not in the pool (resident, in flight, on disk, never touched) or
+ * at the end of its registered region (a run that crosses into another VMA
+ * fails as a whole: the faulting page then goes back alone), and enter the
+ * index unreferenced: the CLOCK takes one the first time it passes, with
+ * no second chance, so a page nobody touches is cheap to evict again.
+ *
+ * No allocation, no lock, no logging: the buffer is the thread's.
+ */
+static void fault_around_account(struct client *c, uint64_t vpn)
+{
+	uint64_t lo = c->around_lo, hi = c->around_hi, run = hi - lo, used = 0;
+	unsigned max = c->policy.fault_around_max, window = c->around_window;
+
+	if (run) {
+		if (vpn >= lo && vpn < hi)
+			used = vpn - lo;
+		else if (c->around_hi_stored ? vpn == hi : vpn >= hi && vpn - hi < run)
+			used = run;
+		if (used)
+			client_stat(c, UZ_STAT_faultaround_hits, (int64_t)used);
+		if (used == run && run >= window)
+			window = window ? window * 2 : FAULT_AROUND_START;
+		else if (used * 2 < run)
+			window /= 2;
+		c->around_lo = c->around_hi = 0;
+	} else if (!window && vpn > c->around_last_vpn &&
+		   vpn - c->around_last_vpn <= FAULT_AROUND_NEAR) {
+		window = FAULT_AROUND_START;
+	}
+	c->around_window = uz_min(window, max);
+	c->around_last_vpn = vpn;
+}
+
+/*
+ * Serve a fault on the stored page vpn (entry e) with its fault-around run.
+ * Returns what fault_load_page would: 0 served (or lost, poisoned),
+ * -EAGAIN nothing changed, other errors: the mapping or process is gone.
+ */
+static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t vpn,
+			      page_entry_t e)
+{
+	const struct client_region *region = client_region_find(c, vpn << UZ_PAGE_SHIFT);
+	uint64_t end, room, copied;
+	unsigned want, n = 1;
+	struct uffdio_copy copy;
+	int r = 0;
+
+	fault_around_account(c, vpn);
+	want = c->around_window;
+	room = c->high_pages > c->resident + 1 ? c->high_pages - c->resident - 1 : 0;
+	if (!want || !room || !region || fault_decode_page(t, c, e, t->around_buf) < 0) {
+		page_entry_t resident;
+
+		r = fault_load_page(t, c, vpn, e, &resident);
+		if (r == 0)
+			page_index_set(c->index, vpn, resident);
+		return r;
+	}
+	want = (unsigned)uz_min((uint64_t)want, room);
+	end = uz_min(vpn + 1 + want, region->end >> UZ_PAGE_SHIFT);
+	if (c->graveyard_end > c->graveyard_start && (c->graveyard_start >> UZ_PAGE_SHIFT) > vpn)
+		end = uz_min(end, c->graveyard_start >> UZ_PAGE_SHIFT);
+	for (uint64_t next = vpn + 1; next < end; next++) {
+		page_entry_t ne = page_index_get(c->index, next);
+		enum page_state state = pe_state(ne);
+
+		if (state != PAGE_STORED && state != PAGE_WRITEBACK && state != PAGE_SAME_FILLED)
+			break;
+		if (fault_decode_page(t, c, ne, t->around_buf + (size_t)n * UZ_PAGE_SIZE) < 0)
+			break; /* a lost neighbour is poisoned when it is touched, not now */
+		n++;
+	}
+
+	copy = (struct uffdio_copy){
+	    .dst = vpn << UZ_PAGE_SHIFT,
+	    .src = (uint64_t)(uintptr_t)t->around_buf,
+	    .len = (uint64_t)n * UZ_PAGE_SIZE,
+	    .mode = 0,
+	};
+	if (ioctl(c->uffd, UFFDIO_COPY, &copy) < 0)
+		r = -errno;
+	copied = r == 0 ? n : copy.copy > 0 ? (uint64_t)copy.copy / UZ_PAGE_SIZE : 0;
+	if (!copied && n > 1 && r != -EAGAIN && r != -EEXIST) {
+		/*
+		 * A run must lie in one VMA (else ENOENT for all of it), and a
+		 * registered region may span several (adjacent mappings merged,
+		 * mremap): the faulting page alone, as without fault-around.
+		 */
+		page_entry_t resident;
+
+		r = fault_load_page(t, c, vpn, e, &resident);
+		if (r == 0)
+			page_index_set(c->index, vpn, resident);
+		return r;
+	}
+	if (!copied) {
+		/* The faulting page itself: the single-page rules. */
+		if (r == -EAGAIN)
+			return r;
+		uffd_wake(c->uffd, vpn << UZ_PAGE_SHIFT, UZ_PAGE_SIZE);
+		if (r != -EEXIST)
+			return r;
+		copied = 1; /* mapped already: taken as put back, like fault_load_page */
+	}
+	/* A partial copy woke the faulting thread (its page was first); the rest stay stored. */
+	page_index_set(c->index, vpn, fault_page_loaded(t, c, vpn, e));
+	for (uint64_t i = 1; i < copied; i++) {
+		uint64_t next = vpn + i;
+		page_entry_t resident = fault_page_loaded(t, c, next, page_index_get(c->index, next));
+
+		page_index_set(c->index, next, pe_make(resident, PAGE_RESIDENT, false, 0, 0, 0));
+	}
+	if (copied > 1) {
+		enum page_state after = pe_state(page_index_get(c->index, vpn + copied));
+
+		client_stat(c, UZ_STAT_faultaround_pages, (int64_t)(copied - 1));
+		c->around_lo = vpn + 1;
+		c->around_hi = vpn + copied;
+		c->around_hi_stored = after == PAGE_STORED || after == PAGE_WRITEBACK ||
+				      after == PAGE_SAME_FILLED;
+	}
+	return 0;
+}
+
 /* Serve one MISSING fault.  0: served or parked; -EAGAIN: retry later. */
 static int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, bool write)
 {
@@ -590,13 +749,17 @@ static int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, 
 	case PAGE_WRITEBACK:
 	case PAGE_SAME_FILLED:
 		start_ns = uz_now_nsec();
-		r = fault_load_page(t, c, vpn, e, &new_entry);
+		if (c->policy.fault_around_max) {
+			r = fault_around_serve(t, c, vpn, e);
+		} else {
+			r = fault_load_page(t, c, vpn, e, &new_entry);
+			if (r == 0)
+				page_index_set(c->index, vpn, new_entry);
+		}
 		if (r == -EAGAIN)
 			return r;
-		if (r == 0) {
-			page_index_set(c->index, vpn, new_entry);
+		if (r == 0)
 			latency_hist_record(c->daemon->fault_latency, uz_now_nsec() - start_ns);
-		}
 		return 0;
 	case PAGE_LOST: {
 		/* Its bytes were not recovered after a daemon restart: SIGBUS, never zeros. */
@@ -915,8 +1078,16 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 		return;
 	if (c->reclaim_rescan_at && uz_now_usec() >= c->reclaim_retry_usec)
 		c->reclaim_rescan_at = 0; /* a fork relative may have written its copies meanwhile */
+	/*
+	 * Room for the next fault-around run is made ahead of it: a client
+	 * with an open window is reclaimed once it is within a window of its
+	 * budget, so a scan does not run out of room (and fault page by page)
+	 * while a batch is on its way.  Resident pages shared with a fork
+	 * relative are outside the budget (they cannot leave).
+	 */
 	charged = c->resident - uz_min(c->shared_resident, c->resident);
-	if (charged > c->high_pages && c->resident >= c->reclaim_rescan_at)
+	if (charged + c->around_window > c->high_pages &&
+	    c->resident >= c->reclaim_rescan_at && charged > c->low_pages)
 		want_pressure = uz_min(charged - c->low_pages, (uint64_t)UZ_EVICT_BATCH_MAX);
 	if (c->shrink_pages && c->resident >= c->reclaim_rescan_at)
 		want_pressure = uz_max(want_pressure, uz_min(uz_min(c->shrink_pages, c->resident),
@@ -2707,10 +2878,11 @@ int fault_thread_new(struct fault_thread **out, struct daemon *daemon, unsigned 
 	t->zero_page = aligned_alloc(UZ_PAGE_SIZE, UZ_PAGE_SIZE);
 	t->compressed = aligned_alloc(UZ_PAGE_SIZE, UZ_PAGE_SIZE);
 	t->restore_buf = aligned_alloc(UZ_PAGE_SIZE, FAULT_RESTORE_RUN * UZ_PAGE_SIZE);
+	t->around_buf = aligned_alloc(UZ_PAGE_SIZE, (1 + UZ_FAULT_AROUND_MAX) * UZ_PAGE_SIZE);
 	t->evict_msg = calloc(1, evict_size);
 	t->retries = calloc(FAULT_RETRY_MAX, sizeof(*t->retries));
-	if (!t->page || !t->zero_page || !t->compressed || !t->restore_buf || !t->evict_msg ||
-	    !t->retries)
+	if (!t->page || !t->zero_page || !t->compressed || !t->restore_buf || !t->around_buf ||
+	    !t->evict_msg || !t->retries)
 		goto fail;
 	memset(t->zero_page, 0, UZ_PAGE_SIZE);
 	t->spin_max_usec = daemon->fault_spin_usec;
@@ -2829,6 +3001,7 @@ struct fault_thread *fault_thread_free(struct fault_thread *t)
 	free(t->zero_page);
 	free(t->compressed);
 	free(t->restore_buf);
+	free(t->around_buf);
 	free(t->evict_msg);
 	free(t->retries);
 	pthread_mutex_destroy(&t->lock);

@@ -26,6 +26,8 @@
 	X(zswpwb, COUNTER, "pages written back from the pool to the swap file")                    \
 	X(written_back_pages, COUNTER, "same as zswpwb, the kernel's debugfs name")                \
 	X(disk_swapins, COUNTER, "pages faulted back from the swap file")                          \
+	X(faultaround_pages, COUNTER, "pages put back ahead of a fault from the pool (fault-around), counted in zswpin too") \
+	X(faultaround_hits, COUNTER, "pages put back ahead that the program went on to use (inferred from its next fault; see docs/PERFORMANCE.md)") \
 	X(zero_fill_faults, COUNTER, "faults on never-touched pages served with zeros")            \
 	X(inflight_faults, COUNTER, "faults on pages in flight, served once the eviction landed")  \
 	X(evict_requests, COUNTER, "eviction batches sent to client agents")                       \

@@ -281,13 +281,20 @@ def t_memcached(h):
 # --- sqlite3 ----------------------------------------------------------------------
 
 SQLITE_ROWS = 300000
-SQLITE_BUILD = f"""
+
+
+def sqlite_build(rows):
+    """The script that fills the :memory: database (bench/apps uses other sizes)."""
+    return f"""
 PRAGMA cache_size=-2000000;
 CREATE TABLE t(id INTEGER PRIMARY KEY, a INTEGER, b TEXT);
-WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {SQLITE_ROWS})
+WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {rows})
 INSERT INTO t SELECT x, (x * 7919) % 100003, printf('%0400d-%d', (x * x) % 1000003, x) FROM c;
 .print READY
 """
+
+
+SQLITE_BUILD = sqlite_build(SQLITE_ROWS)
 SQLITE_QUERY = """
 SELECT count(*), sum(a), sum(length(b)), sum(CAST(substr(b, 390, 10) AS INTEGER) % 9973),
   max(b) FROM t;
@@ -295,9 +302,9 @@ SELECT count(*), sum(a), sum(length(b)), sum(CAST(substr(b, 390, 10) AS INTEGER)
 """
 
 
-def run_sqlite(h, name, preload, measure):
+def run_sqlite(h, name, preload, measure, build=SQLITE_BUILD):
     proc = h.spawn(name, [need("sqlite3"), ":memory:"], preload=preload, stdin_pipe=True)
-    send_line(proc, SQLITE_BUILD)
+    send_line(proc, build)
     proc.wait_for_output("READY", 240)
     if measure:
         check_managed(h, proc, "sqlite3")
@@ -331,10 +338,10 @@ def t_sqlite3(h):
 
 # --- python3 ----------------------------------------------------------------------
 
-PYTHON_SCRIPT = r"""
+PYTHON_SCRIPT_TEMPLATE = r"""
 import hashlib, sys
-table = {f"key-{i:08d}": (i * 2654435761) % 4294967296 for i in range(300000)}
-blobs = [(b"%08d" % i) * 125 for i in range(100000)]
+table = {f"key-{i:08d}": (i * 2654435761) % 4294967296 for i in range(KEYS)}
+blobs = [(b"%08d" % i) * 125 for i in range(BLOBS)]
 
 def checksum():
     h = hashlib.sha256()
@@ -352,8 +359,16 @@ print("AGAIN", checksum(), flush=True)
 """
 
 
-def run_python(h, name, preload, measure):
-    proc = h.spawn(name, [need("python3"), "-c", PYTHON_SCRIPT], preload=preload,
+def python_script(keys=300000, blobs=100000):
+    """The python3 program: a dict of `keys` entries and `blobs` byte strings of 1000 bytes."""
+    return PYTHON_SCRIPT_TEMPLATE.replace("KEYS", str(keys)).replace("BLOBS", str(blobs))
+
+
+PYTHON_SCRIPT = python_script()
+
+
+def run_python(h, name, preload, measure, script=PYTHON_SCRIPT):
+    proc = h.spawn(name, [need("python3"), "-c", script], preload=preload,
                    stdin_pipe=True)
     proc.wait_for_output("READY", 240)
     if measure:

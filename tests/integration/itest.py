@@ -1038,6 +1038,64 @@ def t_debian_xz(h):
     h.stop_daemon(require_activity=True)
 
 
+def _faultaround(h, pattern, passes, window):
+    """One itest-around run under a 16 MiB budget over 64 MiB; returns the daemon's
+    counters (global, after the client exited) and the client's own figures."""
+    h.start_daemon(budget="16M", extra=("--fault-around", str(window)))
+    proc = h.client("itest-around", [h.bin("itest-around"), "64M", pattern, str(passes), "yes"],
+                    timeout=150)
+    figures = dict(line.split() for line in proc.stdout().splitlines()
+                   if len(line.split()) == 2 and line.split()[1].isdigit())
+    stats = h.wait_daemon_empty()
+    h.stop_daemon(require_activity=True)
+    pages, hits, zswpin = (stats.get(k, 0) for k in ("faultaround_pages", "faultaround_hits",
+                                                       "zswpin"))
+    log(f"{pattern}, window {window}: zswpin {zswpin}, faultaround_pages {pages}, "
+        f"faultaround_hits {hits}, absent accesses {figures.get('absent_accesses')}")
+    if "faultaround_pages" not in stats or "faultaround_hits" not in stats:
+        raise TestFailure("uzswapctl stats --json has no faultaround_pages/faultaround_hits")
+    if hits > pages:
+        raise TestFailure(f"faultaround_hits {hits} > faultaround_pages {pages}")
+    return stats, figures
+
+
+def t_faultaround_sequential(h):
+    """fault-around on sequential scans: 64 MiB read back 3 times (and partly rewritten)
+    under a 16 MiB budget, every read checked by checksum and pattern; faultaround_pages
+    and faultaround_hits > 0, hits >= 70% of pages, fewer absent accesses than pages
+    read back from the pool."""
+    stats, figures = _faultaround(h, "sequential", 3, 32)
+    pages, hits = stats["faultaround_pages"], stats["faultaround_hits"]
+    if pages == 0 or hits == 0:
+        raise TestFailure(f"sequential scans: faultaround_pages {pages}, hits {hits}: "
+                          "fault-around never worked")
+    if hits < 0.7 * pages:
+        raise TestFailure(f"sequential scans: only {hits} of {pages} pages put back ahead used")
+    absent = int(figures["absent_accesses"])
+    if absent * 2 > stats["zswpin"]:
+        raise TestFailure(f"sequential scans: {absent} absent accesses for {stats['zswpin']} "
+                          "pages read back: fault-around saved less than half the faults")
+
+
+def t_faultaround_random(h):
+    """fault-around on random access: 64 MiB, 3 passes' worth of uniform reads and writes
+    under a 16 MiB budget, every read checked by checksum and pattern; the window stays
+    shut: pages put back ahead are under 10% of the pages read back."""
+    stats, _ = _faultaround(h, "random", 3, 32)
+    if stats["faultaround_pages"] > 0.1 * stats["zswpin"]:
+        raise TestFailure(f"random access: {stats['faultaround_pages']} pages put back ahead "
+                          f"for {stats['zswpin']} read back: the window did not close")
+
+
+def t_faultaround_off(h):
+    """--fault-around 0: the sequential scans of faultaround-sequential, every read checked,
+    and not one page put back ahead."""
+    stats, _ = _faultaround(h, "sequential", 2, 0)
+    if stats["faultaround_pages"] or stats["faultaround_hits"]:
+        raise TestFailure(f"fault-around off: faultaround_pages {stats['faultaround_pages']}, "
+                          f"hits {stats['faultaround_hits']}")
+
+
 TESTS = {name[2:].replace("_", "-"): fn for name, fn in globals().items()
          if name.startswith("t_") and callable(fn)}
 

@@ -132,6 +132,7 @@ static void test_defaults_without_files(void **state)
 	assert_true(policy.swap_max == UZ_UNLIMITED);
 	assert_true(policy.writeback);
 	assert_int_equal(policy.algo, COMPRESSOR_LZ4);
+	assert_int_equal(policy.fault_around_max, UZ_DEFAULT_FAULT_AROUND);
 	config_free(config);
 
 	/* NULL paths, and config_new_default, are the same */
@@ -329,6 +330,10 @@ static void test_errors_cgroup_file(void **state)
 	    {"[Match]\nCgroup=/redis\n[Limits]\nCompressor=gzip\n",
 	     "cgroup.d/redis.conf:4: Compressor: unknown compressor \"gzip\" (lz4, zstd, "
 	     "zstd:1..19)"},
+	    {"[Match]\nCgroup=/redis\n[Limits]\nFaultAround=257\n",
+	     "cgroup.d/redis.conf:4: FaultAround: out of range \"257\" (0..256)"},
+	    {"[Match]\nCgroup=/redis\n[Limits]\nFaultAround=-1\n",
+	     "cgroup.d/redis.conf:4: FaultAround: invalid number \"-1\" (0..256)"},
 	    {"[Match]\nCgroup=/redis\n[Limits]\nPoolMax=1G\nPoolMax=2G\n",
 	     "cgroup.d/redis.conf:5: PoolMax: set twice (first on line 4)"},
 	    {"[Match]\nCgroup=/redis\n[Limits]\nPoolMax=\n",
@@ -451,10 +456,10 @@ static void test_nested_inheritance(void **state)
 	struct uz_config *config;
 	struct uz_policy policy;
 
-	write_file(f->main_path, "[Defaults]\nWriteback=no\nSwapMax=3G\n");
+	write_file(f->main_path, "[Defaults]\nWriteback=no\nSwapMax=3G\nFaultAround=8\n");
 	write_cgroup_file(f, "10-a.conf",
 			  "[Match]\nCgroup=/a\n[Limits]\nResidentMax=100M\n"
-			  "Compressor=zstd:3\n");
+			  "Compressor=zstd:3\nFaultAround=0\n");
 	write_cgroup_file(f, "20-ab.conf",
 			  "[Match]\nCgroup=/a/b/\n[Limits]\nPoolMax=10M\n"
 			  "ResidentLow=50%\n");
@@ -475,6 +480,7 @@ static void test_nested_inheritance(void **state)
 	assert_false(policy.writeback);
 	assert_int_equal(policy.algo, COMPRESSOR_ZSTD);
 	assert_int_equal(policy.level, 3);
+	assert_int_equal(policy.fault_around_max, 0); /* off for /a and below */
 	assert_string_equal(config_match_cgroup(config, "/a/b/c"), "/a/b");
 
 	/* /a/b/c/d/e: its own file overrides ResidentMax (25% of 4G) and Writeback */
@@ -495,6 +501,7 @@ static void test_nested_inheritance(void **state)
 	assert_int_equal(policy.resident_max, 64 * MiB);
 	assert_int_equal(policy.algo, COMPRESSOR_LZ4);
 	assert_false(policy.writeback);
+	assert_int_equal(policy.fault_around_max, 8); /* [Defaults] */
 	assert_null(config_match_cgroup(config, "/ab"));
 
 	/* a bad path */
