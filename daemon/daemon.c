@@ -144,6 +144,7 @@ struct daemon *daemon_free(struct daemon *d)
 	config_free(d->config);
 	cgroup_layout_free(d->cgroup_layout);
 	free(d->swap_file);
+	free(d->swap_uri);
 	free(d);
 	return NULL;
 }

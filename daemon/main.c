@@ -63,6 +63,7 @@
 #include "group/group.h"
 #include "pool/pool.h"
 #include "stats/stats.h"
+#include "swap/swapfile.h"
 #include "util.h"
 
 struct options {
@@ -908,6 +909,7 @@ static int on_recheck(sd_event_source *s, uint64_t usec, void *userdata)
 	unsigned changed = daemon_reassign_clients(m->daemon, false);
 
 	daemon_log_swap_errors(m->daemon);
+	writeback_retry_open(m->daemon);
 	daemon_swap_collect(m->daemon);
 	daemon_sample_clients(m->daemon);
 	if (changed)
@@ -1094,6 +1096,16 @@ int main(int argc, char **argv)
 	if (o.swap_file || cd->swap_file) {
 		m.daemon->swap_file = strdup(o.swap_file ? o.swap_file : cd->swap_file);
 		if (!m.daemon->swap_file) {
+			r = -ENOMEM;
+			goto out;
+		}
+	}
+	m.daemon->swap_backend = cd->swap_backend == CONFIG_SWAP_NBD ? SWAP_BACKEND_NBD
+								     : SWAP_BACKEND_FILE;
+	m.daemon->swap_read_timeout_ms = cd->swap_read_timeout_ms;
+	if (cd->swap_uri) {
+		m.daemon->swap_uri = strdup(cd->swap_uri);
+		if (!m.daemon->swap_uri) {
 			r = -ENOMEM;
 			goto out;
 		}
