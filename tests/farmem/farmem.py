@@ -49,6 +49,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
@@ -226,10 +227,19 @@ def t_tls(e):
     t_plain(e, tcp=True, psk=psk)
 
 
-def bounce(server, down_s, delay_s=0.0):
-    """Kill the server (after delay_s), start it again down_s later; in the background."""
-    import threading
+def background(e, fn):
+    """Run fn in a thread that lives until the test ends: nbdkit runs with
+    --exit-with-parent, which is the thread that started it (PDEATHSIG)."""
+    def run():
+        fn()
+        e.done.wait()
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    e.threads.append(t)
 
+
+def bounce(e, server, down_s, delay_s=0.0):
+    """Kill the server (after delay_s), start it again down_s later; in the background."""
     def run():
         time.sleep(delay_s)
         log("killing nbdkit")
@@ -237,9 +247,7 @@ def bounce(server, down_s, delay_s=0.0):
         time.sleep(down_s)
         log("restarting nbdkit")
         server.start()
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
+    background(e, run)
 
 
 def t_restart(e):
@@ -249,14 +257,11 @@ def t_restart(e):
     server = Nbdkit(e.tmp, ["file", f"file={image}"])
     e.servers.append(server)
     server.start()
-    threads = []
     # Killed as the read pass starts, then while the rewrite pass writes back.
     p1, p2, before, mid, after = run_far(
         e, server, timeout="20s",
-        on_ondisk=lambda: threads.append(bounce(server, 1.5)),
-        on_read=lambda: threads.append(bounce(server, 1.5, 0.5)))
-    for t in threads:
-        t.join(10)
+        on_ondisk=lambda: bounce(e, server, 1.5),
+        on_read=lambda: bounce(e, server, 1.5, 0.5))
     need(p1 == 0 and p2 == 0, f"every page survived the restarts (poisoned: {p1}, {p2})")
     b = backend(e)
     need(b["backend_reconnects"] >= 2, f"{b['backend_reconnects']} reconnects")
@@ -295,8 +300,6 @@ def t_stall(e):
     server = Nbdkit(e.tmp, ["memory", "256M"])
     e.servers.append(server)
     server.start()
-    import threading
-
     def stall():
         def run():
             log("SIGSTOP nbdkit for 3 s")
@@ -304,9 +307,7 @@ def t_stall(e):
             time.sleep(3)
             server.signal(signal.SIGCONT)
             log("SIGCONT nbdkit")
-        t = threading.Thread(target=run, daemon=True)
-        t.start()
-        e.threads.append(t)
+        background(e, run)
     p1, p2, before, mid, after = run_far(e, server, timeout="1s", on_ondisk=stall)
     b = backend(e)
     need(p1 >= 1, f"{p1} pages poisoned by the stall")
@@ -362,6 +363,7 @@ def main():
     e = Env(name)
     e.servers = []
     e.threads = []
+    e.done = threading.Event()
     try:
         TESTS[name](e)
     except Fail as err:
@@ -370,9 +372,10 @@ def main():
     finally:
         for s in e.servers:
             s.signal(signal.SIGCONT)
-        e.cleanup()
+        e.cleanup()  # uzswapd drains through the server: kill it after
         for s in e.servers:
             s.kill()
+        e.done.set()
     print(f"PASS: {name}")
     return 0
 
