@@ -59,6 +59,12 @@
 #define NBD_BACKOFF_MIN_MS 100u
 #define NBD_BACKOFF_MAX_MS 5000u
 #define NBD_WAIT_MAX_MS	   100 /* a wait() polls at least this often */
+/*
+ * A connection attempt may take this long (or timeout_ms if longer): the
+ * handshake is several round trips, and a loaded server (or host) must not
+ * be taken for a dead one.  Reads waiting meanwhile keep their own deadline.
+ */
+#define NBD_CONNECT_MIN_MS 5000u
 #define NBD_TAG_SOCKET	   1u
 #define NBD_TAG_TIMER	   2u
 
@@ -217,7 +223,9 @@ static void link_connect(struct swap_io *io)
 	    nbd_aio_connect_uri(h, swap->uri) == 0) {
 		l->handle = h;
 		l->state = LINK_CONNECTING;
-		l->connect_deadline_ns = now + ms_to_ns(swap->timeout_ms);
+		l->connect_deadline_ns =
+		    now + ms_to_ns(swap->timeout_ms > NBD_CONNECT_MIN_MS ? swap->timeout_ms
+									 : NBD_CONNECT_MIN_MS);
 		return;
 	}
 	if (h)

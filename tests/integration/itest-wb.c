@@ -29,7 +29,9 @@
  *                  the NBD server); read every page with a SIGBUS handler:
  *                  a page is either verified or poisoned (counted, never
  *                  wrong data); STEP read; drop the poisoned pages, write
- *                  every page again (generation 2); wait until half is on
+ *                  every page again (generation 2: a page on disk is read
+ *                  first, so it may be poisoned too: dropped, written,
+ *                  counted in "far fill"); wait until half is on
  *                  disk; STEP ondisk2; verify every page again, poison
  *                  counted.  Prints "far pass N: P poisoned, V verified".
  *
@@ -130,6 +132,7 @@ static int mode_far(char *a, uint64_t pages)
 {
 	struct sigaction sa = {.sa_handler = on_sigbus};
 	unsigned char *bad = calloc(pages, 1);
+	volatile uint64_t fill_poisoned = 0;
 
 	if (!bad)
 		it_fail("out of memory");
@@ -141,13 +144,19 @@ static int mode_far(char *a, uint64_t pages)
 	step("ondisk");
 	far_pass(a, pages, 1, bad, 1);
 	step("read");
-	for (uint64_t p = 0; p < pages; p++) {
-		/* A poisoned page stays so until dropped. */
+	for (volatile uint64_t p = 0; p < pages; p++) {
+		/* A poisoned page stays so until dropped; writing one faults it in first. */
+		if (sigsetjmp(bus_env, 1)) {
+			bad[p] = 1;
+			fill_poisoned++;
+		}
 		if (bad[p] && madvise(a + p * it_page_size, it_page_size, MADV_DONTNEED) < 0)
 			it_fail("madvise");
 		bad[p] = 0;
+		it_page_fill(a + p * it_page_size, p, 2);
 	}
-	it_range_fill(a, 0, pages, 2);
+	printf("far fill: %llu poisoned\n", (unsigned long long)fill_poisoned);
+	fflush(stdout);
 	wait_on_disk(pages / 2, 30000);
 	step("ondisk2");
 	far_pass(a, pages, 2, bad, 2);
