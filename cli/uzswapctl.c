@@ -403,7 +403,8 @@ static uint64_t object_u64(json_object *o, const char *key)
 static void print_backend(json_object *backend)
 {
 	static const char *const counters[] = {"backend_reconnects", "backend_errors",
-					       "backend_read_timeouts", "backend_quarantined_slots"};
+					       "backend_read_timeouts",
+					       "backend_quarantined_slots"};
 	static const char *const latencies[][2] = {{"read_latency_ns", "reads"},
 						   {"write_latency_ns", "writes"}};
 	json_object *kind = NULL, *target = NULL, *latency;
@@ -422,8 +423,7 @@ static void print_backend(json_object *backend)
 	for (size_t i = 0; i < UZ_ARRAY_SIZE(latencies); i++) {
 		if (!json_object_object_get_ex(backend, latencies[i][0], &latency))
 			continue;
-		snprintf(title, sizeof(title), "backend %s latency",
-			 i == 0 ? "read" : "write");
+		snprintf(title, sizeof(title), "backend %s latency", i == 0 ? "read" : "write");
 		printf("  %-26s p50 %s  p99 %s  (%" PRIu64 " %s)\n", title,
 		       format_ns(object_u64(latency, "p50"), a, sizeof(a)),
 		       format_ns(object_u64(latency, "p99"), b, sizeof(b)),

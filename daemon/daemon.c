@@ -769,8 +769,8 @@ void daemon_print_summary(struct daemon *d, FILE *f)
 		else
 			fprintf(f, "  disk swapins  %12" PRId64 "\n", v[UZ_STAT_disk_swapins]);
 		fprintf(f, "  swap %-8s %12" PRIu64 " bytes written, %" PRIu64 " read\n",
-			swap_backend_name((enum swap_backend_kind)d->swap_backend), ss.bytes_written,
-			ss.bytes_read);
+			swap_backend_name((enum swap_backend_kind)d->swap_backend),
+			ss.bytes_written, ss.bytes_read);
 		if (d->swap_backend == SWAP_BACKEND_NBD)
 			fprintf(f,
 				"  backend       %12" PRIu64 " reconnects, %" PRIu64

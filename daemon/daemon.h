@@ -188,12 +188,12 @@ struct daemon {
 	/* [Pool] and [Swap] of the config (command line overrides), for the writeback tier. */
 	uint64_t pool_max_size;		       /* bytes; UZ_UNLIMITED for none */
 	unsigned accept_threshold_percent;     /* refill the pool below this percent of max */
-	char *swap_file; /* path; NULL or "" for none (NBD: the local metadata file) */
+	char *swap_file;    /* path; NULL or "" for none (NBD: the local metadata file) */
 	uint64_t swap_size; /* bytes; 0 = no swap file (file backend) */
 	int swap_backend;   /* enum swap_backend_kind: [Swap] Backend */
 	char *swap_uri;	    /* [Swap] URI of the NBD export; NULL for the file */
 	unsigned swap_read_timeout_ms; /* [Swap] ReadTimeout (NBD) */
-	uint64_t swap_retry_usec;      /* NBD unreachable at start: try writeback_open() again then */
+	uint64_t swap_retry_usec; /* NBD unreachable at start: try writeback_open() again then */
 
 	/*
 	 * The writeback tier (daemon/fault/writeback.c).  swap is published

@@ -558,8 +558,9 @@ static int op_status(void *userdata, json_object *out)
 				  UZ_PAGE_SIZE));
 	json_set(swap, "size_bytes", control_json_u64(d->swap_size));
 	json_set(swap, "file", json_object_new_string(d->swap_file ? d->swap_file : ""));
-	json_set(swap, "backend",
-		 json_object_new_string(swap_backend_name((enum swap_backend_kind)d->swap_backend)));
+	json_set(
+	    swap, "backend",
+	    json_object_new_string(swap_backend_name((enum swap_backend_kind)d->swap_backend)));
 	if (d->swap_backend == SWAP_BACKEND_NBD) {
 		struct swap *open_swap = __atomic_load_n(&d->swap, __ATOMIC_ACQUIRE);
 		struct swap_info info = {0};
@@ -1139,8 +1140,8 @@ int main(int argc, char **argv)
 			goto out;
 		}
 	}
-	m.daemon->swap_backend = cd->swap_backend == CONFIG_SWAP_NBD ? SWAP_BACKEND_NBD
-								     : SWAP_BACKEND_FILE;
+	m.daemon->swap_backend =
+	    cd->swap_backend == CONFIG_SWAP_NBD ? SWAP_BACKEND_NBD : SWAP_BACKEND_FILE;
 	m.daemon->swap_read_timeout_ms = cd->swap_read_timeout_ms;
 	if (cd->swap_uri) {
 		m.daemon->swap_uri = strdup(cd->swap_uri);

@@ -212,7 +212,7 @@ int config_parse_duration_ms(const char *text, unsigned int *out)
 
 const char *config_check_nbd_uri(const char *uri)
 {
-	static const char *const schemes[] = {"nbd://",	      "nbds://",       "nbd+unix://",
+	static const char *const schemes[] = {"nbd://",	      "nbds://",      "nbd+unix://",
 					      "nbds+unix://", "nbd+vsock://", "nbds+vsock://"};
 	const char *rest = NULL;
 
@@ -1512,8 +1512,8 @@ int config_dump(const struct uz_config *config, FILE *out)
 		d->accept_threshold_percent, d->poor_threshold,
 		d->poor_policy == UZ_POOR_REJECT ? "reject" : "keep", d->swap_file);
 	if (d->swap_backend == CONFIG_SWAP_NBD)
-		fprintf(out, "Backend=nbd\nURI=%s\nReadTimeout=%ums\n", d->swap_uri ? d->swap_uri : "",
-			d->swap_read_timeout_ms);
+		fprintf(out, "Backend=nbd\nURI=%s\nReadTimeout=%ums\n",
+			d->swap_uri ? d->swap_uri : "", d->swap_read_timeout_ms);
 	else
 		dump_size(out, "Size", d->swap_size);
 

@@ -1185,7 +1185,7 @@ static const char *swap_start_name(enum swap_start start)
 	return "?";
 }
 
-#define WB_OPEN_RETRY_MIN_MS 2000  /* an NBD server unreachable at start: try again */
+#define WB_OPEN_RETRY_MIN_MS 2000 /* an NBD server unreachable at start: try again */
 #define WB_OPEN_RETRY_MAX_MS 60000
 
 int writeback_open(struct daemon *d)

@@ -232,7 +232,8 @@ static void link_connect(struct swap_io *io)
 		nbd_close(h);
 	stat_add(swap, backend_errors, 1);
 	l->retry_at_ns = now + ms_to_ns(l->backoff_ms);
-	l->backoff_ms = l->backoff_ms * 2 > NBD_BACKOFF_MAX_MS ? NBD_BACKOFF_MAX_MS : l->backoff_ms * 2;
+	l->backoff_ms =
+	    l->backoff_ms * 2 > NBD_BACKOFF_MAX_MS ? NBD_BACKOFF_MAX_MS : l->backoff_ms * 2;
 }
 
 /*
@@ -264,7 +265,8 @@ static void link_down(struct swap_io *io, struct swap_req **failed)
 	l->state = LINK_DOWN;
 	l->broken = false;
 	l->retry_at_ns = swap_now_nsec() + ms_to_ns(l->backoff_ms);
-	l->backoff_ms = l->backoff_ms * 2 > NBD_BACKOFF_MAX_MS ? NBD_BACKOFF_MAX_MS : l->backoff_ms * 2;
+	l->backoff_ms =
+	    l->backoff_ms * 2 > NBD_BACKOFF_MAX_MS ? NBD_BACKOFF_MAX_MS : l->backoff_ms * 2;
 
 	while ((req = swap_backlog_pop(io))) {
 		if (req->op == REQ_WRITE) {
@@ -290,8 +292,7 @@ static void link_up(struct swap_io *io, struct swap_req **failed)
 	struct swap *swap = io->swap;
 	int64_t size = nbd_get_size(l->handle);
 
-	if (size < 0 || (uint64_t)size < swap->info.file_size ||
-	    nbd_is_read_only(l->handle) == 1) {
+	if (size < 0 || (uint64_t)size < swap->info.file_size || nbd_is_read_only(l->handle) == 1) {
 		/* Another export behind the same URI: never write into it. */
 		stat_add(swap, backend_errors, 1);
 		l->backoff_ms = NBD_BACKOFF_MAX_MS;
@@ -313,7 +314,8 @@ static int link_flush(struct swap_io *io)
 	struct swap *swap = io->swap;
 	struct swap_req *req;
 
-	while (l->state == LINK_UP && !l->broken && l->nr_sent < swap->max_inflight && (req = swap_backlog_pop(io))) {
+	while (l->state == LINK_UP && !l->broken && l->nr_sent < swap->max_inflight &&
+	       (req = swap_backlog_pop(io))) {
 		nbd_completion_callback cb = {.callback = nbd_command_done, .user_data = req};
 		void *buf = (char *)req->buffer + req->done;
 		size_t count = req->length - req->done;
@@ -379,7 +381,8 @@ static int nbd_reap(struct swap_io *io)
 	now = swap_now_nsec();
 	if (l->handle) {
 		if (l->broken || nbd_aio_is_dead(l->handle) || nbd_aio_is_closed(l->handle)) {
-			stat_add(swap, backend_errors, 1); /* a connection lost, or an attempt failed */
+			stat_add(swap, backend_errors,
+				 1); /* a connection lost, or an attempt failed */
 			link_down(io, &failed);
 		} else if (l->state == LINK_CONNECTING && nbd_aio_is_ready(l->handle)) {
 			link_up(io, &failed);
@@ -460,7 +463,8 @@ static int nbd_reap(struct swap_io *io)
 			}
 			continue;
 		}
-		finished += answer(io, req, req->op == REQ_WRITE && lost ? SWAP_RESULT_UNCERTAIN : -EIO);
+		finished +=
+		    answer(io, req, req->op == REQ_WRITE && lost ? SWAP_RESULT_UNCERTAIN : -EIO);
 	}
 
 	if (l->state == LINK_DOWN && swap_now_nsec() >= l->retry_at_ns)

@@ -90,11 +90,11 @@ struct cluster_list_head {
 struct swap {
 	int fd; /* the file (file backend), or the local metadata file (NBD backend) */
 	const struct swap_backend_ops *backend;
-	char *uri;		/* NBD: the export's URI (libnbd syntax) */
-	unsigned timeout_ms;	/* NBD: reads not done in this time fail with -ETIMEDOUT */
-	unsigned max_inflight;	/* NBD: requests handed to libnbd at once, per swap_io */
-	uint64_t export_size;	/* NBD: bytes of the export when it was opened */
-	struct latency_hist *read_latency;  /* submission to completion, every backend */
+	char *uri;	       /* NBD: the export's URI (libnbd syntax) */
+	unsigned timeout_ms;   /* NBD: reads not done in this time fail with -ETIMEDOUT */
+	unsigned max_inflight; /* NBD: requests handed to libnbd at once, per swap_io */
+	uint64_t export_size;  /* NBD: bytes of the export when it was opened */
+	struct latency_hist *read_latency; /* submission to completion, every backend */
 	struct latency_hist *write_latency;
 	struct swap_info info;
 	unsigned granules_per_cluster;
@@ -143,11 +143,11 @@ struct swap_req {
 	uint64_t deadline_ns; /* reads: fail with -ETIMEDOUT after this (NBD); 0 none */
 	/* NBD backend: requests handed to libnbd (see nbd.c) */
 	struct swap_req *link_prev, *link_next;
-	bool link_sent;	     /* libnbd owns buffer until link_done */
-	bool link_done;	     /* its completion callback ran */
-	bool link_lost;	     /* the connection went away under it */
-	bool link_abandoned; /* its caller was answered (timeout): only release it */
-	int link_error;	     /* errno from the completion callback */
+	bool link_sent;	       /* libnbd owns buffer until link_done */
+	bool link_done;	       /* its completion callback ran */
+	bool link_lost;	       /* the connection went away under it */
+	bool link_abandoned;   /* its caller was answered (timeout): only release it */
+	int link_error;	       /* errno from the completion callback */
 	struct swap_req *next; /* idle cache or backlog */
 	enum req_op op;
 	bool injected;
@@ -211,6 +211,5 @@ extern const struct swap_backend_ops swap_backend_nbd;
  * Connect to uri once (at most timeout_ms), read the export's size and
  * let go.  -errno with a message in err (libnbd's own words).
  */
-int swap_nbd_probe(const char *uri, unsigned timeout_ms, uint64_t *size, char *err,
-		   size_t errlen);
+int swap_nbd_probe(const char *uri, unsigned timeout_ms, uint64_t *size, char *err, size_t errlen);
 #endif

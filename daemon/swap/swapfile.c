@@ -259,7 +259,6 @@ struct swap_layout {
 
 /* The in-memory structures are in swap/swap-internal.h (shared with the NBD backend). */
 
-
 static inline uint64_t slot_make(uint64_t granule, unsigned granules)
 {
 	return granule << SLOT_SIZE_BITS | (granules - 1);
@@ -1115,8 +1114,8 @@ int swap_new(struct swap **out, const struct swap_config *config)
 			return r;
 		file_size = export_size / SWAP_CLUSTER_SIZE * SWAP_CLUSTER_SIZE;
 		if (file_size == 0) {
-			swap_error(config, "the export is smaller than one 64 KiB cluster: ",
-				   config->uri);
+			swap_error(config,
+				   "the export is smaller than one 64 KiB cluster: ", config->uri);
 			return -EINVAL;
 		}
 #else
@@ -1826,8 +1825,7 @@ void swap_req_answer(struct swap_io *io, struct swap_req *req, int result)
 
 	io->inflight--;
 	if (result == 0 && req->submit_ns)
-		latency_hist_record(req->op == REQ_WRITE ? swap->write_latency
-							 : swap->read_latency,
+		latency_hist_record(req->op == REQ_WRITE ? swap->write_latency : swap->read_latency,
 				    swap_now_nsec() - req->submit_ns);
 	if (req->op == REQ_WRITE) {
 		batch_finish_request(io, req, result);

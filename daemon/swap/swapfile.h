@@ -137,10 +137,10 @@ struct swap_info {
 	unsigned granule_size;	   /* allocation unit, bytes */
 	unsigned cluster_size;	   /* bytes per cluster */
 	uint64_t clusters;	   /* clusters in the data region */
-	uint64_t file_size; /* bytes of the file: data_offset + clusters * cluster_size (NBD:
-			       the export's whole clusters) */
-	uint64_t data_offset; /* bytes of metadata before cluster 0 (whole clusters; NBD: 0) */
-	uint64_t meta_size;   /* bytes of the metadata region (NBD: of the local file) */
+	uint64_t file_size;	   /* bytes of the file: data_offset + clusters * cluster_size (NBD:
+				      the export's whole clusters) */
+	uint64_t data_offset;	   /* bytes of metadata before cluster 0 (whole clusters; NBD: 0) */
+	uint64_t meta_size;	   /* bytes of the metadata region (NBD: of the local file) */
 	unsigned owner_capacity; /* owner table entries (the recovered file's own, if recovered) */
 	uint64_t generation;	 /* bumped each time the file starts empty or is reset */
 	enum swap_start start;
@@ -186,11 +186,11 @@ struct swap_stats {
 	uint64_t bytes_on_disk;	  /* gauge: bytes of allocated granules */
 	/* Far backends (NBD); always 0 with the file. */
 	uint64_t backend_reconnects; /* connections made again after one was lost */
-	uint64_t backend_errors; /* requests that failed at the far end or with the connection,
-				    connections that failed, reads timed out */
-	uint64_t read_timeouts;	 /* reads not completed within timeout_ms (-ETIMEDOUT) */
-	uint64_t quarantined_slots; /* gauge: slots of uncertain writes held until reconnected */
-	uint64_t links_up;	    /* gauge: swap_io connections up */
+	uint64_t backend_errors;     /* requests that failed at the far end or with the connection,
+					connections that failed, reads timed out */
+	uint64_t read_timeouts;	     /* reads not completed within timeout_ms (-ETIMEDOUT) */
+	uint64_t quarantined_slots;  /* gauge: slots of uncertain writes held until reconnected */
+	uint64_t links_up;	     /* gauge: swap_io connections up */
 };
 
 /* Latency of completed requests, submission to completion (both backends). */

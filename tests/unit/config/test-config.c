@@ -376,9 +376,8 @@ static void test_errors_main_file(void **state)
 	     "uzswapd.conf:2: PoorPolicy: expected keep or reject, not \"drop\""},
 	    {"[Swap]\nSize=infinity\n", "uzswapd.conf:2: Size: must be a finite size \"infinity\""},
 	    {"[Swap]\nBackend=nfs\n", "uzswapd.conf:2: Backend: expected file or nbd, not \"nfs\""},
-	    {"[Swap]\nBackend=nbd\n",
-	     "uzswapd.conf:2: Backend: nbd needs URI= (the export, like "
-	     "nbd+unix:///?socket=/run/nbd.sock or nbd://host/export)"},
+	    {"[Swap]\nBackend=nbd\n", "uzswapd.conf:2: Backend: nbd needs URI= (the export, like "
+				      "nbd+unix:///?socket=/run/nbd.sock or nbd://host/export)"},
 	    {"[Swap]\nBackend=nbd\nURI=nbd://storage/swap\nSize=1G\n",
 	     "uzswapd.conf:4: Size: not used with Backend=nbd (the export's size sets how much can "
 	     "be written back); remove it"},
@@ -424,9 +423,10 @@ static void test_swap_nbd(void **state)
 	struct uz_config *config;
 	unsigned int ms = 0;
 
-	write_file(f->main_path, "[Swap]\nBackend=nbd\n"
-				 "URI=nbds://uzswap@storage:10809/swap?tls-psk-file=/etc/uzswap/psk\n"
-				 "ReadTimeout=750ms\n");
+	write_file(f->main_path,
+		   "[Swap]\nBackend=nbd\n"
+		   "URI=nbds://uzswap@storage:10809/swap?tls-psk-file=/etc/uzswap/psk\n"
+		   "ReadTimeout=750ms\n");
 	config = load_ok(f);
 	d = config_daemon(config);
 	assert_int_equal(d->swap_backend, CONFIG_SWAP_NBD);
