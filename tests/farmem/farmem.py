@@ -28,6 +28,9 @@ checksummed by the daemon: a record that does not verify is never served.
                     only, exactly backend_read_timeouts of them; after SIGCONT
                     all is well (an nbdkit that aborted on resuming, a bug of
                     nbdkit 1.32, is started again on the same file)
+  far-daemon-killed uzswapd SIGKILLed with half the client on the export, a
+                    new one started on the same metadata file: the client
+                    re-joins and every page comes back from the export
   far-error-write   error filter, 30% of writes fail: entries stay in the
                     pool and are written again; nothing poisoned
   far-error-read    error filter, 1% of reads fail: those pages poisoned,
@@ -399,6 +402,31 @@ def t_stall(e):
          f"after the stall nothing is poisoned ({e.fill_poisoned}, {p2})")
 
 
+def t_daemon_killed(e):
+    server = Nbdkit(e.tmp, ["memory", "256M"])
+    e.servers.append(server)
+    server.start()
+
+    def kill_daemon():
+        log("SIGKILL uzswapd; a new one on the same metadata file and export")
+        os.killpg(e.daemon.pid, signal.SIGKILL)
+        e.daemon.wait()
+        e.daemon.stdout.close()
+        for name in ("d.sock", "control.sock"):
+            try:
+                os.unlink(os.path.join(e.tmp, name))
+            except FileNotFoundError:
+                pass
+        e.start()
+    p1, p2, before, mid, after = run_far(e, server, on_ondisk=kill_daemon)
+    need(p1 == 0 and p2 == 0 and e.fill_poisoned == 0,
+         f"every page on the export survived the daemon's death (poisoned: {p1}, "
+         f"{e.fill_poisoned}, {p2})")
+    need(mid["recovered_clients"] >= 1 and mid["disk_swapins"] > 2048,
+         f"the client re-joined ({mid['recovered_clients']}) and read "
+         f"{mid['disk_swapins']} pages back from the export")
+
+
 def t_error_write(e):
     server = Nbdkit(e.tmp, ["memory", "256M"],
                     filters=[("error", "error-pwrite=EIO", "error-pwrite-rate=30%")])
@@ -432,6 +460,7 @@ TESTS = {
     "far-restart-lost": t_restart_lost,
     "far-slow": t_slow,
     "far-stall": t_stall,
+    "far-daemon-killed": t_daemon_killed,
     "far-error-write": t_error_write,
     "far-error-read": t_error_read,
     "far-tls": t_tls,
