@@ -146,7 +146,6 @@ struct swap_req {
 	bool link_sent;	       /* libnbd owns buffer until link_done */
 	bool link_done;	       /* its completion callback ran */
 	bool link_lost;	       /* the connection went away under it */
-	bool link_abandoned;   /* its caller was answered (timeout): only release it */
 	int link_error;	       /* errno from the completion callback */
 	struct swap_req *next; /* idle cache or backlog */
 	enum req_op op;

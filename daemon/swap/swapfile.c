@@ -1627,7 +1627,7 @@ static struct swap_req *req_get(struct swap_io *io, size_t capacity)
 	req->batch = NULL;
 	req->submit_ns = req->deadline_ns = 0;
 	req->link_prev = req->link_next = NULL;
-	req->link_sent = req->link_done = req->link_lost = req->link_abandoned = false;
+	req->link_sent = req->link_done = req->link_lost = false;
 	req->link_error = 0;
 	req->dst = NULL;
 	req->read_cb = NULL;
