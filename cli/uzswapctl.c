@@ -392,6 +392,45 @@ static int64_t block_value(json_object *block, const char *group, const char *na
 	return *found ? json_object_get_int64(value) : 0;
 }
 
+static uint64_t object_u64(json_object *o, const char *key)
+{
+	json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) && v ? (uint64_t)json_object_get_int64(v) : 0;
+}
+
+/* The swap backend: where written-back records go, its faults and latencies. */
+static void print_backend(json_object *backend)
+{
+	static const char *const counters[] = {"backend_reconnects", "backend_errors",
+					       "backend_read_timeouts",
+					       "backend_quarantined_slots"};
+	static const char *const latencies[][2] = {{"read_latency_ns", "reads"},
+						   {"write_latency_ns", "writes"}};
+	json_object *kind = NULL, *target = NULL, *latency;
+	char a[64], b[64], title[64];
+
+	json_object_object_get_ex(backend, "kind", &kind);
+	json_object_object_get_ex(backend, "target", &target);
+	printf("  %-26s %s \"%s\"", "backend", kind ? json_object_get_string(kind) : "?",
+	       target ? json_object_get_string(target) : "");
+	if (kind && !strcmp(json_object_get_string(kind), "nbd"))
+		printf(" (%" PRIu64 " connection%s up)", object_u64(backend, "links_up"),
+		       object_u64(backend, "links_up") == 1 ? "" : "s");
+	printf("\n");
+	for (size_t i = 0; i < UZ_ARRAY_SIZE(counters); i++)
+		printf("  %-26s %" PRIu64 "\n", counters[i], object_u64(backend, counters[i]));
+	for (size_t i = 0; i < UZ_ARRAY_SIZE(latencies); i++) {
+		if (!json_object_object_get_ex(backend, latencies[i][0], &latency))
+			continue;
+		snprintf(title, sizeof(title), "backend %s latency", i == 0 ? "read" : "write");
+		printf("  %-26s p50 %s  p99 %s  (%" PRIu64 " %s)\n", title,
+		       format_ns(object_u64(latency, "p50"), a, sizeof(a)),
+		       format_ns(object_u64(latency, "p99"), b, sizeof(b)),
+		       object_u64(latency, "count"), latencies[i][1]);
+	}
+}
+
 static void print_stats_block(json_object *block, const char *title)
 {
 	json_object *pool, *latency, *ratio, *v;
@@ -435,6 +474,8 @@ static void print_stats_block(json_object *block, const char *title)
 		       format_ns(p[1], b, sizeof(b)), format_ns(p[2], c, sizeof(c)),
 		       format_ns(p[3], d, sizeof(d)), count);
 	}
+	if (json_object_object_get_ex(block, "backend", &v))
+		print_backend(v);
 #define UZ_STAT_ROW(name, kind, help)                                                              \
 	{                                                                                          \
 		int64_t value =                                                                    \
@@ -548,6 +589,56 @@ static bool get_path(json_object *block, const void *arg, double *out)
 	return true;
 }
 
+/* The global block's "backend": counters, connections up, read and write latency summaries. */
+static void print_backend_prometheus(json_object *result)
+{
+	static const struct {
+		const char *key, *metric, *type, *help;
+	} values[] = {
+	    {"backend_reconnects", "uzswap_backend_reconnects_total", "counter",
+	     "connections to the swap backend made again after one was lost"},
+	    {"backend_errors", "uzswap_backend_errors_total", "counter",
+	     "swap backend requests or connection attempts that failed, reads timed out"},
+	    {"backend_read_timeouts", "uzswap_backend_read_timeouts_total", "counter",
+	     "swap backend reads not done within [Swap] ReadTimeout (the page was poisoned)"},
+	    {"backend_quarantined_slots", "uzswap_backend_quarantined_slots_total", "counter",
+	     "slots of writes cut off by a lost connection, never reused"},
+	    {"links_up", "uzswap_backend_links_up", "gauge",
+	     "connections to the swap backend up (NBD: one per fault thread)"},
+	};
+	static const char *const ops[] = {"read", "write"};
+	json_object *global, *backend, *latency, *kind = NULL;
+
+	if (!json_object_object_get_ex(result, "global", &global) ||
+	    !json_object_object_get_ex(global, "backend", &backend))
+		return;
+	json_object_object_get_ex(backend, "kind", &kind);
+	printf("# HELP uzswap_backend_info where written-back records go\n"
+	       "# TYPE uzswap_backend_info gauge\nuzswap_backend_info{kind=\"%s\"} 1\n",
+	       kind ? json_object_get_string(kind) : "");
+	for (size_t i = 0; i < UZ_ARRAY_SIZE(values); i++)
+		printf("# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", values[i].metric,
+		       values[i].help, values[i].metric, values[i].type, values[i].metric,
+		       object_u64(backend, values[i].key));
+	for (size_t i = 0; i < UZ_ARRAY_SIZE(ops); i++) {
+		char key[32];
+
+		snprintf(key, sizeof(key), "%s_latency_ns", ops[i]);
+		if (!json_object_object_get_ex(backend, key, &latency))
+			continue;
+		printf("# HELP uzswap_backend_%s_latency_seconds swap backend %s latency, "
+		       "submission to completion\n"
+		       "# TYPE uzswap_backend_%s_latency_seconds summary\n",
+		       ops[i], ops[i], ops[i]);
+		printf("uzswap_backend_%s_latency_seconds{quantile=\"0.5\"} %.9f\n", ops[i],
+		       (double)object_u64(latency, "p50") / 1e9);
+		printf("uzswap_backend_%s_latency_seconds{quantile=\"0.99\"} %.9f\n", ops[i],
+		       (double)object_u64(latency, "p99") / 1e9);
+		printf("uzswap_backend_%s_latency_seconds_count %" PRIu64 "\n", ops[i],
+		       object_u64(latency, "count"));
+	}
+}
+
 static void print_stats_prometheus(json_object *result)
 {
 	char metric[128];
@@ -614,6 +705,7 @@ static void print_stats_prometheus(json_object *result)
 		}
 		prometheus_samples(result, "uzswap_fault_latency_seconds_count", get_path, count);
 	}
+	print_backend_prometheus(result);
 }
 
 /* Per client: what is managed against the process's anonymous memory. */

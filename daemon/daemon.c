@@ -144,6 +144,7 @@ struct daemon *daemon_free(struct daemon *d)
 	config_free(d->config);
 	cgroup_layout_free(d->cgroup_layout);
 	free(d->swap_file);
+	free(d->swap_uri);
 	free(d);
 	return NULL;
 }
@@ -773,8 +774,16 @@ void daemon_print_summary(struct daemon *d, FILE *f)
 				latency_hist_percentile(d->disk_fault_latency, 99) / 1000.0);
 		else
 			fprintf(f, "  disk swapins  %12" PRId64 "\n", v[UZ_STAT_disk_swapins]);
-		fprintf(f, "  swap file     %12" PRIu64 " bytes written, %" PRIu64 " read\n",
+		fprintf(f, "  swap %-8s %12" PRIu64 " bytes written, %" PRIu64 " read\n",
+			swap_backend_name((enum swap_backend_kind)d->swap_backend),
 			ss.bytes_written, ss.bytes_read);
+		if (d->swap_backend == SWAP_BACKEND_NBD)
+			fprintf(f,
+				"  backend       %12" PRIu64 " reconnects, %" PRIu64
+				" errors, %" PRIu64 " read timeouts, %" PRIu64
+				" quarantined slots\n",
+				ss.backend_reconnects, ss.backend_errors, ss.read_timeouts,
+				ss.quarantined_slots);
 	}
 	fflush(f);
 }

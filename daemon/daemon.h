@@ -189,8 +189,12 @@ struct daemon {
 	/* [Pool] and [Swap] of the config (command line overrides), for the writeback tier. */
 	uint64_t pool_max_size;		       /* bytes; UZ_UNLIMITED for none */
 	unsigned accept_threshold_percent;     /* refill the pool below this percent of max */
-	char *swap_file;		       /* path; NULL or "" for none */
-	uint64_t swap_size;		       /* bytes; 0 = no swap file */
+	char *swap_file;    /* path; NULL or "" for none (NBD: the local metadata file) */
+	uint64_t swap_size; /* bytes; 0 = no swap file (file backend) */
+	int swap_backend;   /* enum swap_backend_kind: [Swap] Backend */
+	char *swap_uri;	    /* [Swap] URI of the NBD export; NULL for the file */
+	unsigned swap_read_timeout_ms; /* [Swap] ReadTimeout (NBD) */
+	uint64_t swap_retry_usec; /* NBD unreachable at start: try writeback_open() again then */
 
 	/*
 	 * The writeback tier (daemon/fault/writeback.c).  swap is published
@@ -214,6 +218,12 @@ struct daemon {
  * docs/SWAP.md).  0 or -errno (logged).
  */
 int writeback_open(struct daemon *d);
+/*
+ * Main thread, every few seconds: an NBD backend whose server did not
+ * answer at start is opened again, with backoff (writeback stays off
+ * until then; pages stay in the pool).
+ */
+void writeback_retry_open(struct daemon *d);
 
 int daemon_new(struct daemon **out, const struct uz_policy *policy, unsigned nr_fault_threads);
 /* Stops the fault threads (without draining) and frees everything. */

@@ -64,6 +64,7 @@
 #include "group/group.h"
 #include "pool/pool.h"
 #include "stats/stats.h"
+#include "swap/swapfile.h"
 #include "util.h"
 
 struct options {
@@ -574,6 +575,20 @@ static int op_status(void *userdata, json_object *out)
 				  UZ_PAGE_SIZE));
 	json_set(swap, "size_bytes", control_json_u64(d->swap_size));
 	json_set(swap, "file", json_object_new_string(d->swap_file ? d->swap_file : ""));
+	json_set(
+	    swap, "backend",
+	    json_object_new_string(swap_backend_name((enum swap_backend_kind)d->swap_backend)));
+	if (d->swap_backend == SWAP_BACKEND_NBD) {
+		struct swap *open_swap = __atomic_load_n(&d->swap, __ATOMIC_ACQUIRE);
+		struct swap_info info = {0};
+
+		if (open_swap)
+			swap_get_info(open_swap, &info);
+		/* Records fit the export's whole clusters; null until it answered. */
+		json_set(swap, "size_bytes",
+			 open_swap ? control_json_u64(info.file_size) : json_object_new_null());
+		json_set(swap, "uri", json_object_new_string(d->swap_uri ? d->swap_uri : ""));
+	}
 	json_set(out, "swap", swap);
 	config = json_object_new_object();
 	json_set(config, "main", json_object_new_string(config_main_path(d->config)));
@@ -656,13 +671,39 @@ static int op_stats(void *userdata, const char *cgroup, json_object *out)
 	struct pool_usage usage;
 	struct control_pool_usage pool;
 	struct stats_walk w = {.m = m, .out = out};
+	struct swap *swap;
 	json_object *block;
 
 	pool_totals_get(d->pool_totals, &usage);
 	pool = (struct control_pool_usage){.pool_total_size = usage.total_size,
 					   .limit = d->pool_max_size};
 	block = control_json_stats_block_from(d->stats, d->fault_latency, &pool);
-	if (!block || control_json_stats_set_global(out, block) < 0)
+	if (!block)
+		return -ENOMEM;
+	swap = __atomic_load_n(&d->swap, __ATOMIC_ACQUIRE);
+	if (swap) {
+		struct swap_stats ss;
+		struct swap_latency rl, wl;
+		struct control_backend backend;
+
+		swap_get_stats(swap, &ss);
+		swap_get_latency(swap, &rl, &wl);
+		backend = (struct control_backend){
+		    .kind = swap_backend_name((enum swap_backend_kind)d->swap_backend),
+		    .target = d->swap_backend == SWAP_BACKEND_NBD ? d->swap_uri : d->swap_file,
+		    .links_up = ss.links_up,
+		    .reconnects = ss.backend_reconnects,
+		    .errors = ss.backend_errors,
+		    .read_timeouts = ss.read_timeouts,
+		    .quarantined = ss.quarantined_slots,
+		    .bytes_written = ss.bytes_written,
+		    .bytes_read = ss.bytes_read,
+		    .read = {.count = rl.count, .p50_ns = rl.p50_ns, .p99_ns = rl.p99_ns},
+		    .write = {.count = wl.count, .p50_ns = wl.p50_ns, .p99_ns = wl.p99_ns},
+		};
+		json_set(block, "backend", control_json_backend(&backend));
+	}
+	if (control_json_stats_set_global(out, block) < 0)
 		return -ENOMEM;
 	json_set(out, "cgroups", json_object_new_array());
 	if (cgroup) {
@@ -926,6 +967,7 @@ static int on_recheck(sd_event_source *s, uint64_t usec, void *userdata)
 	unsigned changed = daemon_reassign_clients(m->daemon, false);
 
 	daemon_log_swap_errors(m->daemon);
+	writeback_retry_open(m->daemon);
 	daemon_swap_collect(m->daemon);
 	daemon_sample_clients(m->daemon);
 	if (changed)
@@ -1114,6 +1156,16 @@ int main(int argc, char **argv)
 	if (o.swap_file || cd->swap_file) {
 		m.daemon->swap_file = strdup(o.swap_file ? o.swap_file : cd->swap_file);
 		if (!m.daemon->swap_file) {
+			r = -ENOMEM;
+			goto out;
+		}
+	}
+	m.daemon->swap_backend =
+	    cd->swap_backend == CONFIG_SWAP_NBD ? SWAP_BACKEND_NBD : SWAP_BACKEND_FILE;
+	m.daemon->swap_read_timeout_ms = cd->swap_read_timeout_ms;
+	if (cd->swap_uri) {
+		m.daemon->swap_uri = strdup(cd->swap_uri);
+		if (!m.daemon->swap_uri) {
 			r = -ENOMEM;
 			goto out;
 		}

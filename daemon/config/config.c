@@ -101,6 +101,12 @@ struct uz_config {
 	char *socket_path;
 	char *control_socket_path;
 	char *swap_file;
+	char *swap_uri;
+	int swap_file_line; /* lines of [Swap] keys in the main file (0: not given) */
+	int swap_size_line;
+	int swap_backend_line;
+	int swap_uri_line;
+	int swap_timeout_line;
 	char *control_group;
 	struct amount pool_max_size;
 	uint64_t memory_total;
@@ -126,6 +132,9 @@ enum key_id {
 	KEY_POOL_POOR_POLICY,
 	KEY_SWAP_FILE,
 	KEY_SWAP_SIZE,
+	KEY_SWAP_BACKEND,
+	KEY_SWAP_URI,
+	KEY_SWAP_READ_TIMEOUT,
 	KEY_MATCH_CGROUP,
 	KEY_LIMIT, /* one of enum limit_key, in [Defaults] or [Limits] */
 };
@@ -155,6 +164,9 @@ static const struct key_def key_table[] = {
     {FILE_MAIN, "Pool", "PoorPolicy", KEY_POOL_POOR_POLICY},
     {FILE_MAIN, "Swap", "File", KEY_SWAP_FILE},
     {FILE_MAIN, "Swap", "Size", KEY_SWAP_SIZE},
+    {FILE_MAIN, "Swap", "Backend", KEY_SWAP_BACKEND},
+    {FILE_MAIN, "Swap", "URI", KEY_SWAP_URI},
+    {FILE_MAIN, "Swap", "ReadTimeout", KEY_SWAP_READ_TIMEOUT},
     {FILE_MAIN, "Defaults", "ResidentMax", KEY_LIMIT, LIMIT_RESIDENT_MAX},
     {FILE_MAIN, "Defaults", "ResidentLow", KEY_LIMIT, LIMIT_RESIDENT_LOW},
     {FILE_MAIN, "Defaults", "PoolMax", KEY_LIMIT, LIMIT_POOL_MAX},
@@ -176,6 +188,59 @@ static const char *const main_sections[] = {"Daemon", "Pool", "Swap", "Defaults"
 static const char *const cgroup_sections[] = {"Match", "Limits", NULL};
 
 /* --- value parsers (no context: reused by the CLI and tests) ------------ */
+
+int config_parse_duration_ms(const char *text, unsigned int *out)
+{
+	unsigned long long value;
+	char *end;
+
+	if (!text[0] || text[0] < '0' || text[0] > '9')
+		return -EINVAL;
+	errno = 0;
+	value = strtoull(text, &end, 10);
+	if (errno || value > 1000000000ULL)
+		return -ERANGE;
+	if (!strcmp(end, "ms"))
+		;
+	else if (!strcmp(end, "s") || !end[0])
+		value *= 1000;
+	else if (!strcmp(end, "min"))
+		value *= 60000;
+	else
+		return -EINVAL;
+	if (value > UINT32_MAX)
+		return -ERANGE;
+	*out = (unsigned int)value;
+	return 0;
+}
+
+const char *config_check_nbd_uri(const char *uri)
+{
+	static const char *const schemes[] = {"nbd://",	      "nbds://",      "nbd+unix://",
+					      "nbds+unix://", "nbd+vsock://", "nbds+vsock://"};
+	const char *rest = NULL;
+
+	if (strlen(uri) > CONFIG_SWAP_URI_MAX)
+		return "too long (at most 4095 characters)";
+	for (size_t i = 0; i < UZ_ARRAY_SIZE(schemes); i++)
+		if (!strncmp(uri, schemes[i], strlen(schemes[i])))
+			rest = uri + strlen(schemes[i]);
+	if (!rest)
+		return "not an NBD URI (nbd://, nbds://, nbd+unix://, nbds+unix://, "
+		       "nbd+vsock:// or nbds+vsock://)";
+	for (const char *p = uri; *p; p++)
+		if ((unsigned char)*p <= ' ' || *p == 0x7f)
+			return "spaces or control characters (percent-encode them)";
+	if (strstr(uri, "+unix://")) {
+		if (!strstr(rest, "socket=/"))
+			return "a +unix URI needs ?socket=/absolute/path";
+	} else if (strstr(rest, "socket=")) {
+		return "socket= is only for the +unix transports";
+	} else if (!strstr(uri, "+vsock://") && (rest[0] == '/' || rest[0] == '?' || !rest[0])) {
+		return "no host (like nbd://storage.example:10809/export)";
+	}
+	return NULL;
+}
 
 int config_parse_size(const char *text, uint64_t *out)
 {
@@ -448,6 +513,7 @@ static int config_alloc(struct uz_config **out)
 	    .poor_threshold = UZ_DEFAULT_POOR_THRESHOLD,
 	    .poor_policy = UZ_POOR_KEEP_RAW,
 	    .swap_size = 1ULL << 30,
+	    .swap_read_timeout_ms = CONFIG_SWAP_READ_TIMEOUT_DEFAULT_MS,
 	};
 	config->pool_max_size = (struct amount){AMOUNT_PERCENT, 0, 20};
 	config->memory_total = host_memory_total();
@@ -461,7 +527,19 @@ static void config_publish(struct uz_config *config)
 {
 	config->daemon.socket_path = config->socket_path;
 	config->daemon.control_socket_path = config->control_socket_path;
+	if (config->daemon.swap_backend == CONFIG_SWAP_NBD && !config->swap_file_line) {
+		/* The NBD backend's metadata: never the swap file of the file backend. */
+		char *meta = strdup(UZSWAP_STATEDIR "/farmem.meta");
+
+		if (meta) {
+			free(config->swap_file);
+			config->swap_file = meta;
+			config->swap_file_line = -1; /* resolved: publish may run again */
+		}
+	}
 	config->daemon.swap_file = config->swap_file;
+	config->daemon.swap_uri =
+	    config->daemon.swap_backend == CONFIG_SWAP_NBD ? config->swap_uri : NULL;
 	config_resolve_daemon(config);
 }
 
@@ -490,6 +568,7 @@ struct uz_config *config_free(struct uz_config *config)
 	free(config->socket_path);
 	free(config->control_socket_path);
 	free(config->swap_file);
+	free(config->swap_uri);
 	free(config->control_group);
 	free(config->main_path);
 	free(config->cgroup_dir);
@@ -856,14 +935,53 @@ static int parse_key(struct parse_ctx *ctx, const struct key_def *key, const cha
 			    value);
 		return -EINVAL;
 	case KEY_SWAP_FILE:
+		config->swap_file_line = ctx->line;
 		return parse_path_value(ctx, key->name, value, PATH_MAX - 1, &config->swap_file);
 	case KEY_SWAP_SIZE: {
 		struct amount amount;
 
+		config->swap_size_line = ctx->line;
 		r = parse_amount(ctx, key->name, value, false, false, &amount);
 		if (r < 0)
 			return r;
 		d->swap_size = amount.bytes & UZ_PAGE_MASK;
+		return 0;
+	}
+	case KEY_SWAP_BACKEND:
+		config->swap_backend_line = ctx->line;
+		if (!strcmp(value, "file")) {
+			d->swap_backend = CONFIG_SWAP_FILE;
+			return 0;
+		}
+		if (!strcmp(value, "nbd")) {
+			d->swap_backend = CONFIG_SWAP_NBD;
+			return 0;
+		}
+		parse_error(ctx, ctx->line, "%s: expected file or nbd, not \"%s\"", key->name,
+			    value);
+		return -EINVAL;
+	case KEY_SWAP_URI: {
+		const char *why = config_check_nbd_uri(value);
+
+		config->swap_uri_line = ctx->line;
+		if (why) {
+			parse_error(ctx, ctx->line, "%s: %s: \"%s\"", key->name, why, value);
+			return -EINVAL;
+		}
+		return set_string(ctx, &config->swap_uri, value);
+	}
+	case KEY_SWAP_READ_TIMEOUT: {
+		unsigned int ms;
+
+		config->swap_timeout_line = ctx->line;
+		if (config_parse_duration_ms(value, &ms) < 0 || ms < 10 || ms > 600000) {
+			parse_error(ctx, ctx->line,
+				    "%s: expected a time from 10ms to 600s (like 5s or 500ms), not "
+				    "\"%s\"",
+				    key->name, value);
+			return -EINVAL;
+		}
+		d->swap_read_timeout_ms = ms;
 		return 0;
 	}
 	case KEY_MATCH_CGROUP:
@@ -933,6 +1051,39 @@ static int parse_handler(void *user, const char *section, const char *name, cons
 	return r < 0 ? 0 : 1;
 }
 
+/* [Swap]: the keys of one backend only, and what that backend needs. */
+static int check_swap_keys(struct parse_ctx *ctx)
+{
+	struct uz_config *config = ctx->config;
+
+	if (config->daemon.swap_backend == CONFIG_SWAP_NBD) {
+		if (!config->swap_uri) {
+			parse_error(ctx, config->swap_backend_line,
+				    "Backend: nbd needs URI= (the export, like "
+				    "nbd+unix:///?socket=/run/nbd.sock or nbd://host/export)");
+			return -EINVAL;
+		}
+		if (config->swap_size_line) {
+			parse_error(ctx, config->swap_size_line,
+				    "Size: not used with Backend=nbd (the export's size sets how "
+				    "much can be written back); remove it");
+			return -EINVAL;
+		}
+		return 0;
+	}
+	if (config->swap_uri_line) {
+		parse_error(ctx, config->swap_uri_line,
+			    "URI: only used with Backend=nbd (set Backend=nbd, or remove URI=)");
+		return -EINVAL;
+	}
+	if (config->swap_timeout_line) {
+		parse_error(ctx, config->swap_timeout_line,
+			    "ReadTimeout: only used with Backend=nbd (the local file has none)");
+		return -EINVAL;
+	}
+	return 0;
+}
+
 /*
  * Parse one file into config (main) or cgroup_file (cgroup.d).  A missing
  * file is -ENOENT with no message; the caller decides whether that is fine.
@@ -973,6 +1124,8 @@ static int parse_file(struct uz_config *config, const char *path, enum file_kind
 		parse_error(&ctx, 0, "Cgroup: missing (every cgroup.d file needs [Match] Cgroup=)");
 		return -EINVAL;
 	}
+	if (kind == FILE_MAIN)
+		return check_swap_keys(&ctx);
 	return 0;
 }
 
@@ -1371,7 +1524,11 @@ int config_dump(const struct uz_config *config, FILE *out)
 	fprintf(out, "AcceptThreshold=%u%%\nPoorThreshold=%u\nPoorPolicy=%s\n\n[Swap]\nFile=%s\n",
 		d->accept_threshold_percent, d->poor_threshold,
 		d->poor_policy == UZ_POOR_REJECT ? "reject" : "keep", d->swap_file);
-	dump_size(out, "Size", d->swap_size);
+	if (d->swap_backend == CONFIG_SWAP_NBD)
+		fprintf(out, "Backend=nbd\nURI=%s\nReadTimeout=%ums\n",
+			d->swap_uri ? d->swap_uri : "", d->swap_read_timeout_ms);
+	else
+		dump_size(out, "Size", d->swap_size);
 
 	/* [Defaults]: what is set, over the built-in values */
 	limits_builtin(&defaults);

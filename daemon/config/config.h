@@ -41,6 +41,14 @@
 
 struct uz_config;
 
+/* [Swap] Backend: where written-back records go. */
+enum config_swap_backend {
+	CONFIG_SWAP_FILE = 0, /* the local swap file (File=, Size=), io_uring */
+	CONFIG_SWAP_NBD,      /* an NBD export (URI=), libnbd: the far-memory tier */
+};
+#define CONFIG_SWAP_READ_TIMEOUT_DEFAULT_MS 5000
+#define CONFIG_SWAP_URI_MAX		    4095
+
 /* Daemon-wide settings, all resolved to plain values. */
 struct config_daemon {
 	const char *socket_path;	     /* [Daemon] Socket */
@@ -56,8 +64,11 @@ struct config_daemon {
 	unsigned int accept_threshold_percent; /* [Pool] AcceptThreshold */
 	uint32_t poor_threshold;	       /* [Pool] PoorThreshold */
 	enum uz_poor_policy poor_policy;       /* [Pool] PoorPolicy */
-	const char *swap_file;		       /* [Swap] File */
-	uint64_t swap_size;		       /* [Swap] Size; 0 = no swap file */
+	const char *swap_file; /* [Swap] File (Backend=nbd: the local metadata file) */
+	uint64_t swap_size;    /* [Swap] Size; 0 = no swap file (Backend=file only) */
+	enum config_swap_backend swap_backend; /* [Swap] Backend */
+	const char *swap_uri;		       /* [Swap] URI (Backend=nbd), NULL otherwise */
+	unsigned int swap_read_timeout_ms;     /* [Swap] ReadTimeout (Backend=nbd) */
 };
 
 /*
@@ -101,6 +112,16 @@ const char *config_match_cgroup(const struct uz_config *config, const char *cgro
  * -EINVAL/-errno with the message in err.
  */
 int config_check_file(const char *path, char *err, size_t errlen);
+
+/* Parse a time: "500ms", "5s", "5" (seconds), "2min".  -EINVAL/-ERANGE. */
+int config_parse_duration_ms(const char *text, unsigned int *out);
+/*
+ * Why uri is not an NBD URI uzswapd can use (libnbd's syntax: scheme
+ * nbd, nbds, nbd+unix, nbds+unix, nbd+vsock or nbds+vsock; a host, or
+ * ?socket=/PATH for +unix), or NULL when it looks right.  Whether the
+ * server answers is checked when uzswapd opens it.
+ */
+const char *config_check_nbd_uri(const char *uri);
 
 /* Parse "512M", "1G", "4096", "infinity"/"unlimited" (UINT64_MAX). -EINVAL/-ERANGE. */
 int config_parse_size(const char *text, uint64_t *out);

@@ -119,6 +119,25 @@ json_object *control_json_stats_block(const int64_t values[UZ_STAT__COUNT],
 json_object *control_json_stats_block_from(const struct stats *stats,
 					   const struct latency_hist *hist,
 					   const struct control_pool_usage *pool);
+/*
+ * Where written-back records go (the swap backend), for the global block
+ * of the statistics: "backend": {"kind", "target", counters, latencies}.
+ */
+struct control_backend {
+	const char *kind;	     /* "file" or "nbd" */
+	const char *target;	     /* the file's path or the export's URI */
+	uint64_t links_up;	     /* NBD connections up (one per fault thread) */
+	uint64_t reconnects;	     /* backend_reconnects */
+	uint64_t errors;	     /* backend_errors */
+	uint64_t read_timeouts;	     /* backend_read_timeouts */
+	uint64_t quarantined;	     /* backend_quarantined_slots */
+	uint64_t bytes_written;	     /* record bytes the backend accepted */
+	uint64_t bytes_read;	     /* record bytes read back */
+	struct control_latency read; /* count, p50_ns, p99_ns used */
+	struct control_latency write;
+};
+/* The "backend" object (NULL: out of memory). */
+json_object *control_json_backend(const struct control_backend *backend);
 /* out["global"] = block (takes the reference). */
 int control_json_stats_set_global(json_object *out, json_object *block);
 /* Append block to out["cgroups"] with its "cgroup" key (takes the reference). */

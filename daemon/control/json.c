@@ -107,6 +107,54 @@ out_put:
 	return NULL;
 }
 
+static json_object *latency_json(const struct control_latency *latency)
+{
+	json_object *o = json_object_new_object();
+
+	if (!o || add(o, "count", control_json_u64(latency->count)) < 0 ||
+	    add(o, "p50", control_json_u64(latency->p50_ns)) < 0 ||
+	    add(o, "p99", control_json_u64(latency->p99_ns)) < 0) {
+		json_object_put(o);
+		return NULL;
+	}
+	return o;
+}
+
+json_object *control_json_backend(const struct control_backend *b)
+{
+	json_object *o = json_object_new_object(), *read = NULL, *write = NULL;
+
+	if (!o)
+		return NULL;
+	read = latency_json(&b->read);
+	write = latency_json(&b->write);
+	if (!read || !write || add(o, "kind", json_object_new_string(b->kind)) < 0 ||
+	    add(o, "target", json_object_new_string(b->target ? b->target : "")) < 0 ||
+	    add(o, "links_up", control_json_u64(b->links_up)) < 0 ||
+	    add(o, "backend_reconnects", control_json_u64(b->reconnects)) < 0 ||
+	    add(o, "backend_errors", control_json_u64(b->errors)) < 0 ||
+	    add(o, "backend_read_timeouts", control_json_u64(b->read_timeouts)) < 0 ||
+	    add(o, "backend_quarantined_slots", control_json_u64(b->quarantined)) < 0 ||
+	    add(o, "bytes_written", control_json_u64(b->bytes_written)) < 0 ||
+	    add(o, "bytes_read", control_json_u64(b->bytes_read)) < 0)
+		goto fail;
+	if (add(o, "read_latency_ns", read) < 0) {
+		read = NULL;
+		goto fail;
+	}
+	read = NULL;
+	if (add(o, "write_latency_ns", write) < 0) {
+		write = NULL;
+		goto fail;
+	}
+	return o;
+fail:
+	json_object_put(read);
+	json_object_put(write);
+	json_object_put(o);
+	return NULL;
+}
+
 int control_json_stats_set_global(json_object *out, json_object *block)
 {
 	if (!block)

@@ -1185,11 +1185,21 @@ static const char *swap_start_name(enum swap_start start)
 	return "?";
 }
 
+#define WB_OPEN_RETRY_MIN_MS 2000 /* an NBD server unreachable at start: try again */
+#define WB_OPEN_RETRY_MAX_MS 60000
+
 int writeback_open(struct daemon *d)
 {
+	bool nbd = d->swap_backend == SWAP_BACKEND_NBD;
+	char err[512] = "";
 	struct swap_config config = {
 	    .path = d->swap_file,
 	    .size = d->swap_size,
+	    .backend = nbd ? SWAP_BACKEND_NBD : SWAP_BACKEND_FILE,
+	    .uri = d->swap_uri,
+	    .timeout_ms = d->swap_read_timeout_ms,
+	    .errbuf = err,
+	    .errlen = sizeof(err),
 	    .owner_capacity = d->max_clients <= SWAP_OWNERS_MAX ? d->max_clients : SWAP_OWNERS_MAX,
 	    /* A predecessor killed a moment ago holds the file until its last I/O completed. */
 	    .lock_wait_ms = WB_SWAP_LOCK_WAIT_MS,
@@ -1198,13 +1208,28 @@ int writeback_open(struct daemon *d)
 	struct swap *swap;
 	int r;
 
-	if (!d->swap_size || !d->swap_file || !d->swap_file[0] || d->swap)
+	if (d->swap || !d->swap_file || !d->swap_file[0])
+		return 0;
+	if (nbd ? !d->swap_uri : !d->swap_size)
 		return 0;
 	r = swap_new(&swap, &config);
+	if (r < 0 && nbd) {
+		static unsigned retry_ms;
+
+		retry_ms = retry_ms ? uz_min(retry_ms * 2, (unsigned)WB_OPEN_RETRY_MAX_MS)
+				    : WB_OPEN_RETRY_MIN_MS;
+		d->swap_retry_usec = uz_now_usec() + retry_ms * 1000ULL;
+		uz_log(LOG_ERR,
+		       "NBD export \"%s\" (metadata \"%s\"): %s; writeback off, trying again "
+		       "in %u s",
+		       d->swap_uri, d->swap_file, err[0] ? err : strerror(-r), retry_ms / 1000);
+		return r;
+	}
 	if (r < 0) {
 		uz_log(LOG_ERR, "swap file \"%s\": %s; writeback off", d->swap_file, strerror(-r));
 		return r;
 	}
+	d->swap_retry_usec = 0;
 	swap_get_info(swap, &info);
 	if (info.start == SWAP_START_RECOVERED && info.recovered_slots)
 		/*
@@ -1218,11 +1243,25 @@ int writeback_open(struct daemon *d)
 		       " KiB) of a previous uzswapd kept for its clients",
 		       d->swap_file, info.recovered_slots, info.recovered_bytes >> 10);
 	writeback_test_injection(swap);
-	uz_log(LOG_INFO, "swap file \"%s\": %" PRIu64 " MiB, %s I/O, %s", d->swap_file,
-	       info.file_size >> 20, info.direct_io ? "direct" : "buffered",
-	       swap_start_name(info.start));
+	if (nbd)
+		uz_log(LOG_INFO,
+		       "far memory: NBD export \"%s\": %" PRIu64 " MiB of records, metadata \"%s\" "
+		       "(%" PRIu64 " KiB), %s",
+		       d->swap_uri, info.file_size >> 20, d->swap_file, info.meta_size >> 10,
+		       swap_start_name(info.start));
+	else
+		uz_log(LOG_INFO, "swap file \"%s\": %" PRIu64 " MiB, %s I/O, %s", d->swap_file,
+		       info.file_size >> 20, info.direct_io ? "direct" : "buffered",
+		       swap_start_name(info.start));
 	__atomic_store_n(&d->swap, swap, __ATOMIC_RELEASE);
 	for (unsigned i = 0; i < d->nr_fault_threads; i++)
 		fault_thread_kick_assign(d->fault_threads[i]);
 	return 0;
+}
+
+void writeback_retry_open(struct daemon *d)
+{
+	if (d->swap || !d->swap_retry_usec || uz_now_usec() < d->swap_retry_usec)
+		return;
+	(void)writeback_open(d);
 }

@@ -168,16 +168,19 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "stats/stats.h"
+#include "swap/swap-internal.h"
 #include "swap/swapfile.h"
 
 #define SWAP_CLUSTER_SIZE    (64u * 1024)
 #define SWAP_GRANULE_MIN     512u
 #define SWAP_GRANULE_DEFAULT 512u
 #define SWAP_RING_DEFAULT    64u
-#define SWAP_STRIPES	     64u
 #define SWAP_RUN_MAX	     (128u * 1024) /* largest write request a batch builds */
 #define SWAP_REQ_CACHE	     64u	   /* idle requests (with buffers) kept per swap_io */
 #define SWAP_STALLS_MAX	     4u		   /* short completions in a row without progress */
@@ -188,8 +191,6 @@
 
 #define SLOT_SIZE_BITS	 SWAP_SLOT_SIZE_BITS
 #define SLOT_GRANULE_MAX (1ULL << (SWAP_SLOT_BITS - SLOT_SIZE_BITS))
-#define CLUSTER_NONE	 UINT32_MAX
-#define RECORD_HEADER	 SWAP_RECORD_HEADER_SIZE
 
 #ifndef STATX_DIOALIGN
 #define STATX_DIOALIGN 0x00002000U
@@ -249,116 +250,14 @@ _Static_assert(sizeof(struct swap_record) == RECORD_HEADER, "record header layou
 /* Where the regions are, for a file size, granule and owner capacity. */
 struct swap_layout {
 	uint64_t clusters;
+	uint64_t meta_size; /* bytes of the metadata region (whole clusters) */
 	uint64_t owners_offset;
 	uint64_t maps_offset;
 	uint64_t refs_offset;
 	uint64_t data_offset;
 };
 
-/* --- in memory --------------------------------------------------------------- */
-
-enum cluster_list {
-	LIST_NONE = 0, /* owned, or full */
-	LIST_FREE,
-	LIST_PARTIAL,
-	LIST_FRAGMENTED,
-	LIST__COUNT,
-};
-
-struct swap_cluster {
-	uint16_t used; /* granules allocated; stripe lock */
-	uint8_t list;  /* enum cluster_list; swap->lock to write, atomic to read */
-	uint8_t owned; /* a swap_io allocates here; swap->lock to write, atomic to read */
-	uint32_t prev; /* list links; swap->lock */
-	uint32_t next;
-};
-
-struct cluster_list_head {
-	uint32_t head;
-	uint64_t count;
-};
-
-struct swap {
-	int fd;
-	struct swap_info info;
-	unsigned granules_per_cluster;
-	unsigned object_granules_max; /* granules of the record of a SWAP_OBJECT_MAX object */
-	unsigned ring_entries;
-	unsigned io_align; /* O_DIRECT: alignment of offsets, lengths and buffers; 1 buffered */
-	unsigned nr_ios;   /* swap_io objects alive; atomic */
-
-	/* The metadata region, MAP_SHARED (see the top of the file). */
-	void *meta;
-	size_t meta_size;
-	struct swap_super *super;
-	struct swap_owner_disk *owners; /* info.owner_capacity entries; owners_lock */
-	uint64_t *maps;			/* 2 words per cluster; stripe lock to write, atomic */
-	uint8_t *refs;			/* per granule; stripe lock to write, atomic */
-
-	pthread_mutex_t lock;
-	struct cluster_list_head lists[LIST__COUNT];
-	uint64_t fresh_next; /* clusters from here on were never used: free */
-	struct swap_cluster *clusters;
-	pthread_mutex_t stripes[SWAP_STRIPES];
-	pthread_mutex_t owners_lock;
-
-	struct swap_stats stats; /* updated with relaxed atomics */
-
-	unsigned inject_what;	 /* enum swap_fault mask; atomic */
-	unsigned inject_percent; /* atomic */
-	int64_t inject_left;	 /* alterations left; -1 unlimited; atomic */
-};
-
-enum req_op { REQ_WRITE, REQ_READ };
-
-struct swap_batch {
-	struct swap_object *objs;
-	size_t count;
-	size_t *order; /* object indices sorted by slot; requests cover slices */
-	size_t pending;
-	int result;
-	swap_write_cb cb;
-	void *userdata;
-};
-
-struct swap_req {
-	struct swap_io *io;
-	struct swap_req *next; /* idle cache or backlog */
-	enum req_op op;
-	bool injected;
-	unsigned stalls;
-	uint64_t offset; /* file offset of buffer[0] */
-	size_t length;	 /* bytes to move */
-	size_t done;	 /* bytes moved so far */
-	void *buffer;
-	size_t capacity;
-	/* write */
-	struct swap_batch *batch;
-	size_t first, count; /* slice of batch->order */
-	/* read */
-	size_t len;
-	uint64_t owner;
-	void *dst;
-	swap_read_cb read_cb;
-	void *userdata;
-};
-
-struct swap_io {
-	struct swap *swap;
-	struct io_uring ring;
-	bool ring_ready;
-	int event_fd;
-	size_t inflight; /* requests handed to us and not finished (backlog included) */
-	struct swap_req *idle;
-	size_t idle_count;
-	struct swap_req *backlog_head, *backlog_tail;
-	uint32_t cluster; /* current cluster or CLUSTER_NONE */
-	unsigned hint;	  /* next-fit position in it */
-	uint64_t rng;
-};
-
-#define stat_add(swap, field, n) __atomic_fetch_add(&(swap)->stats.field, (n), __ATOMIC_RELAXED)
-#define stat_sub(swap, field, n) __atomic_fetch_sub(&(swap)->stats.field, (n), __ATOMIC_RELAXED)
+/* The in-memory structures are in swap/swap-internal.h (shared with the NBD backend). */
 
 static inline uint64_t slot_make(uint64_t granule, unsigned granules)
 {
@@ -843,7 +742,8 @@ static uint64_t layout_regions(uint64_t clusters, unsigned per, unsigned capacit
 	at += round_up64(clusters * 2 * sizeof(uint64_t), SWAP_META_ALIGN);
 	l->refs_offset = at;
 	at += round_up64(clusters * per, SWAP_META_ALIGN);
-	l->data_offset = round_up64(at, SWAP_CLUSTER_SIZE);
+	l->meta_size = round_up64(at, SWAP_CLUSTER_SIZE);
+	l->data_offset = l->meta_size;
 	return l->data_offset;
 }
 
@@ -873,6 +773,25 @@ static int layout_compute(uint64_t file_size, unsigned granule, unsigned capacit
 	if (clusters == 0)
 		return -EINVAL;
 	layout_regions(clusters, per, capacity, out);
+	return 0;
+}
+
+/*
+ * The layout of this swap: a file carves its metadata out of file_size;
+ * an NBD export (file_size: its whole clusters) is all data, the
+ * metadata region being the local file, and cluster 0 is at offset 0.
+ */
+static int layout_for(enum swap_backend_kind backend, uint64_t file_size, unsigned granule,
+		      unsigned capacity, struct swap_layout *out)
+{
+	uint64_t clusters = file_size / SWAP_CLUSTER_SIZE;
+
+	if (backend == SWAP_BACKEND_FILE)
+		return layout_compute(file_size, granule, capacity, out);
+	if (clusters == 0)
+		return -EINVAL;
+	layout_regions(clusters, SWAP_CLUSTER_SIZE / granule, capacity, out);
+	out->data_offset = 0;
 	return 0;
 }
 
@@ -984,6 +903,7 @@ static int probe_direct_io(struct swap *swap)
 	return 0;
 }
 
+/* Open, lock, and size (0: leave the size alone) the file. */
 static int swap_open_file(struct swap *swap, const char *path, uint64_t size, unsigned lock_wait_ms)
 {
 	bool created = false;
@@ -1024,6 +944,8 @@ static int swap_open_file(struct swap *swap, const char *path, uint64_t size, un
 		}
 		usleep(SWAP_LOCK_POLL_MS * 1000);
 	}
+	if (size == 0)
+		return 0; /* the caller sizes it (the NBD metadata file) */
 	if ((uint64_t)st.st_size != size && ftruncate(swap->fd, (off_t)size) < 0) {
 		r = -errno;
 		goto fail;
@@ -1072,9 +994,9 @@ static int file_zero_range(int fd, uint64_t size)
  * Why the file left by a previous user cannot be recovered (enum
  * swap_start), or SWAP_START_RECOVERED with its layout in *l.
  */
-static enum swap_start recovery_check(const struct swap_super *sb, const uint8_t boot_id[16],
-				      bool have_boot_id, uint64_t file_size, unsigned granule,
-				      struct swap_layout *l)
+static enum swap_start recovery_check(enum swap_backend_kind backend, const struct swap_super *sb,
+				      const uint8_t boot_id[16], bool have_boot_id,
+				      uint64_t file_size, unsigned granule, struct swap_layout *l)
 {
 	if (!super_valid(sb))
 		return SWAP_START_NEW;
@@ -1085,7 +1007,7 @@ static enum swap_start recovery_check(const struct swap_super *sb, const uint8_t
 	if (sb->granule_size != granule || sb->cluster_size != SWAP_CLUSTER_SIZE ||
 	    sb->file_size != file_size || sb->record_header_size != RECORD_HEADER ||
 	    sb->owner_capacity == 0 || sb->owner_capacity > SWAP_OWNERS_MAX ||
-	    layout_compute(file_size, granule, sb->owner_capacity, l) < 0 ||
+	    layout_for(backend, file_size, granule, sb->owner_capacity, l) < 0 ||
 	    l->clusters != sb->clusters || l->data_offset != sb->data_offset ||
 	    l->owners_offset != sb->owners_offset || l->maps_offset != sb->maps_offset ||
 	    l->refs_offset != sb->refs_offset)
@@ -1136,12 +1058,34 @@ static void swap_rebuild(struct swap *swap)
 	swap->info.recovered_bytes = granules * swap->info.granule_size;
 }
 
+/* NBD: the metadata file sized for the layout (it may have been another size). */
+static int swap_size_meta_file(struct swap *swap, uint64_t size)
+{
+	struct stat st;
+
+	if (fstat(swap->fd, &st) < 0)
+		return -errno;
+	if ((uint64_t)st.st_size != size && ftruncate(swap->fd, (off_t)size) < 0)
+		return -errno;
+	if (fallocate(swap->fd, 0, 0, (off_t)size) < 0)
+		return errno == ENOSYS ? -EOPNOTSUPP : -errno;
+	return 0;
+}
+
+static void swap_error(const struct swap_config *config, const char *what, const char *arg)
+{
+	if (config->errbuf && config->errlen && !config->errbuf[0])
+		snprintf(config->errbuf, config->errlen, "%s%s", what, arg);
+}
+
 int swap_new(struct swap **out, const struct swap_config *config)
 {
 	const char *path = config->path ? config->path : SWAP_DEFAULT_PATH;
 	unsigned granule = config->granule_size ? config->granule_size : SWAP_GRANULE_DEFAULT;
 	unsigned capacity = config->owner_capacity ? config->owner_capacity : SWAP_OWNERS_DEFAULT;
+	enum swap_backend_kind backend = config->backend;
 	uint64_t file_size = config->size / SWAP_CLUSTER_SIZE * SWAP_CLUSTER_SIZE;
+	uint64_t export_size = 0;
 	struct swap_super old;
 	struct swap_layout layout;
 	uint8_t boot_id[16] = {0};
@@ -1150,19 +1094,50 @@ int swap_new(struct swap **out, const struct swap_config *config)
 	void *meta;
 	int r;
 
+	if (config->errbuf && config->errlen)
+		config->errbuf[0] = 0;
 	if (granule < SWAP_GRANULE_MIN || granule > SWAP_OBJECT_MAX || (granule & (granule - 1)))
 		return -EINVAL;
 	if (capacity > SWAP_OWNERS_MAX)
 		return -EINVAL;
+	if (backend == SWAP_BACKEND_NBD) {
+		if (!config->uri || !config->uri[0]) {
+			swap_error(config, "no URI for the NBD backend", "");
+			return -EINVAL;
+		}
+#ifdef UZSWAP_HAVE_NBD
+		r = swap_nbd_probe(config->uri,
+				   config->timeout_ms ? config->timeout_ms
+						      : SWAP_NBD_TIMEOUT_DEFAULT_MS,
+				   &export_size, config->errbuf, config->errlen);
+		if (r < 0)
+			return r;
+		file_size = export_size / SWAP_CLUSTER_SIZE * SWAP_CLUSTER_SIZE;
+		if (file_size == 0) {
+			swap_error(config,
+				   "the export is smaller than one 64 KiB cluster: ", config->uri);
+			return -EINVAL;
+		}
+#else
+		swap_error(config, "built without libnbd: no NBD backend", "");
+		return -EOPNOTSUPP;
+#endif
+	} else if (backend != SWAP_BACKEND_FILE) {
+		return -EINVAL;
+	}
 	/* Any granule (up to 4 KiB) leaves a data cluster in this size, or none would. */
-	if (layout_compute(file_size, SWAP_GRANULE_MIN, capacity, &layout) < 0)
+	if (layout_for(backend, file_size, SWAP_GRANULE_MIN, capacity, &layout) < 0)
 		return -EINVAL;
 
 	swap = calloc(1, sizeof(*swap));
 	if (!swap)
 		return -ENOMEM;
 	swap->fd = -1;
+	swap->backend = &swap_backend_file;
 	swap->ring_entries = config->ring_entries ? config->ring_entries : SWAP_RING_DEFAULT;
+	swap->max_inflight = swap->ring_entries;
+	swap->info.backend = backend;
+	swap->info.export_size = export_size;
 	swap->info.cluster_size = SWAP_CLUSTER_SIZE;
 	swap->info.file_size = file_size;
 	swap->inject_left = -1;
@@ -1172,12 +1147,31 @@ int swap_new(struct swap **out, const struct swap_config *config)
 	pthread_mutex_init(&swap->owners_lock, NULL);
 	for (unsigned i = 0; i < SWAP_STRIPES; i++)
 		pthread_mutex_init(&swap->stripes[i], NULL);
+	if (latency_hist_new(&swap->read_latency) < 0 ||
+	    latency_hist_new(&swap->write_latency) < 0) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	if (backend == SWAP_BACKEND_NBD) {
+#ifdef UZSWAP_HAVE_NBD
+		swap->backend = &swap_backend_nbd;
+#endif
+		swap->timeout_ms =
+		    config->timeout_ms ? config->timeout_ms : SWAP_NBD_TIMEOUT_DEFAULT_MS;
+		swap->export_size = export_size;
+		swap->uri = strdup(config->uri);
+		if (!swap->uri) {
+			r = -ENOMEM;
+			goto fail;
+		}
+	}
 
-	r = swap_open_file(swap, path, file_size, config->lock_wait_ms);
+	r = swap_open_file(swap, path, backend == SWAP_BACKEND_FILE ? file_size : 0,
+			   config->lock_wait_ms);
 	if (r < 0)
 		goto fail;
 	super_read(swap->fd, &old);
-	if (!(config->flags & SWAP_FLAG_BUFFERED)) {
+	if (backend == SWAP_BACKEND_FILE && !(config->flags & SWAP_FLAG_BUFFERED)) {
 		r = probe_direct_io(swap);
 		if (r < 0)
 			goto fail;
@@ -1196,17 +1190,38 @@ int swap_new(struct swap **out, const struct swap_config *config)
 	/* Recover, or start empty. */
 	have_boot_id = read_boot_id(config->boot_id_path ? config->boot_id_path : SWAP_BOOT_ID_PATH,
 				    boot_id) == 0;
-	swap->info.start = recovery_check(&old, boot_id, have_boot_id, file_size, granule, &layout);
+	swap->info.start =
+	    recovery_check(backend, &old, boot_id, have_boot_id, file_size, granule, &layout);
 	if (swap->info.start == SWAP_START_RECOVERED) {
 		capacity = old.owner_capacity;
 		swap->info.generation = old.generation;
+		if (backend == SWAP_BACKEND_NBD) {
+			r = swap_size_meta_file(swap, layout.meta_size);
+			if (r < 0)
+				goto fail;
+		}
 	} else {
-		r = layout_compute(file_size, granule, capacity, &layout);
+		r = layout_for(backend, file_size, granule, capacity, &layout);
 		if (r < 0)
 			goto fail;
 		swap->info.generation = super_valid(&old) ? old.generation + 1 : 1;
+		if (backend == SWAP_BACKEND_NBD) {
+			/*
+			 * The export may hold records of an earlier metadata file
+			 * (deleted, or of another host): start from a generation
+			 * they were not written with, so none of them verifies.
+			 */
+			uint64_t random = 0;
+
+			if (!super_valid(&old) &&
+			    getrandom(&random, sizeof(random), 0) == (ssize_t)sizeof(random))
+				swap->info.generation = random | 1;
+			r = swap_size_meta_file(swap, layout.meta_size);
+			if (r < 0)
+				goto fail;
+		}
 		/* The superblock is zeroed with the rest: a kill from here on finds none valid. */
-		r = file_zero_range(swap->fd, layout.data_offset);
+		r = file_zero_range(swap->fd, layout.meta_size);
 		if (r < 0)
 			goto fail;
 		zeroed = r > 0;
@@ -1218,6 +1233,7 @@ int swap_new(struct swap **out, const struct swap_config *config)
 	}
 	swap->info.clusters = layout.clusters;
 	swap->info.data_offset = layout.data_offset;
+	swap->info.meta_size = layout.meta_size;
 	swap->info.owner_capacity = capacity;
 
 	swap->clusters = calloc(layout.clusters, sizeof(*swap->clusters));
@@ -1225,13 +1241,13 @@ int swap_new(struct swap **out, const struct swap_config *config)
 		r = -ENOMEM;
 		goto fail;
 	}
-	meta = mmap(NULL, layout.data_offset, PROT_READ | PROT_WRITE, MAP_SHARED, swap->fd, 0);
+	meta = mmap(NULL, layout.meta_size, PROT_READ | PROT_WRITE, MAP_SHARED, swap->fd, 0);
 	if (meta == MAP_FAILED) {
 		r = -errno;
 		goto fail;
 	}
 	swap->meta = meta;
-	swap->meta_size = layout.data_offset;
+	swap->meta_size = layout.meta_size;
 	swap->super = meta;
 	swap->owners = (struct swap_owner_disk *)((char *)meta + layout.owners_offset);
 	swap->maps = (uint64_t *)((char *)meta + layout.maps_offset);
@@ -1243,7 +1259,7 @@ int swap_new(struct swap **out, const struct swap_config *config)
 		if (!zeroed) {
 			memset(swap->super, 0, sizeof(*swap->super));
 			__atomic_thread_fence(__ATOMIC_RELEASE);
-			memset(meta, 0, layout.data_offset);
+			memset(meta, 0, layout.meta_size);
 		}
 		super_write(swap, SUPER_IN_USE, boot_id);
 	}
@@ -1269,6 +1285,9 @@ static struct swap *swap_release(struct swap *swap, bool clean)
 	if (swap->fd >= 0)
 		close(swap->fd);
 	free(swap->clusters);
+	free(swap->uri);
+	latency_hist_free(swap->read_latency);
+	latency_hist_free(swap->write_latency);
 	for (unsigned i = 0; i < SWAP_STRIPES; i++)
 		pthread_mutex_destroy(&swap->stripes[i]);
 	pthread_mutex_destroy(&swap->owners_lock);
@@ -1606,6 +1625,10 @@ static struct swap_req *req_get(struct swap_io *io, size_t capacity)
 	req->stalls = 0;
 	req->done = 0;
 	req->batch = NULL;
+	req->submit_ns = req->deadline_ns = 0;
+	req->link_prev = req->link_next = NULL;
+	req->link_sent = req->link_done = req->link_lost = false;
+	req->link_error = 0;
 	req->dst = NULL;
 	req->read_cb = NULL;
 	return req;
@@ -1681,7 +1704,7 @@ static int inject_error(struct swap_io *io, struct swap_req *req, int res)
 	return -EIO;
 }
 
-static void backlog_push(struct swap_io *io, struct swap_req *req)
+void swap_backlog_push(struct swap_io *io, struct swap_req *req)
 {
 	req->next = NULL;
 	if (io->backlog_tail)
@@ -1691,11 +1714,42 @@ static void backlog_push(struct swap_io *io, struct swap_req *req)
 	io->backlog_tail = req;
 }
 
+struct swap_req *swap_backlog_pop(struct swap_io *io)
+{
+	struct swap_req *req = io->backlog_head;
+
+	if (!req)
+		return NULL;
+	io->backlog_head = req->next;
+	if (!io->backlog_head)
+		io->backlog_tail = NULL;
+	req->next = NULL;
+	return req;
+}
+
+void swap_backlog_unpop(struct swap_io *io, struct swap_req *req)
+{
+	req->next = io->backlog_head;
+	io->backlog_head = req;
+	if (!io->backlog_tail)
+		io->backlog_tail = req;
+}
+
+uint64_t swap_now_nsec(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+#define backlog_push swap_backlog_push
+
 /*
  * Move backlogged requests onto the submission queue and submit.  What
  * does not fit stays in the backlog for the next reap.
  */
-static int io_flush(struct swap_io *io)
+static int uring_flush(struct swap_io *io)
 {
 	for (;;) {
 		unsigned queued = 0;
@@ -1742,7 +1796,11 @@ static void batch_finish_request(struct swap_io *io, struct swap_req *req, int r
 		struct swap_object *obj = &batch->objs[batch->order[i]];
 
 		obj->result = result;
-		if (result < 0) {
+		if (result == SWAP_RESULT_UNCERTAIN && swap->backend->quarantine) {
+			/* It may still land: the slot stays taken until it cannot. */
+			swap->backend->quarantine(io, obj->slot);
+			stat_add(swap, io_errors, 1);
+		} else if (result < 0) {
 			swap_slot_free(swap, obj->slot);
 			stat_add(swap, io_errors, 1);
 		} else {
@@ -1760,11 +1818,15 @@ static void batch_finish_request(struct swap_io *io, struct swap_req *req, int r
 	}
 }
 
-static void req_finish(struct swap_io *io, struct swap_req *req, int result)
+/* Answer the caller of req (its callback runs); req itself is not recycled. */
+void swap_req_answer(struct swap_io *io, struct swap_req *req, int result)
 {
 	struct swap *swap = io->swap;
 
 	io->inflight--;
+	if (result == 0 && req->submit_ns)
+		latency_hist_record(req->op == REQ_WRITE ? swap->write_latency : swap->read_latency,
+				    swap_now_nsec() - req->submit_ns);
 	if (req->op == REQ_WRITE) {
 		batch_finish_request(io, req, result);
 	} else if (result < 0) {
@@ -1785,11 +1847,21 @@ static void req_finish(struct swap_io *io, struct swap_req *req, int result)
 			req->read_cb(0, req->dst ? req->dst : object, req->len, vpn, req->userdata);
 		}
 	}
+}
+
+void swap_req_release(struct swap_io *io, struct swap_req *req)
+{
+	req_put(io, req);
+}
+
+static void req_finish(struct swap_io *io, struct swap_req *req, int result)
+{
+	swap_req_answer(io, req, result);
 	req_put(io, req);
 }
 
 /* A completion arrived for req: finish it or resubmit what is left. */
-static int req_complete(struct swap_io *io, struct swap_req *req, int res)
+int swap_req_complete(struct swap_io *io, struct swap_req *req, int res)
 {
 	size_t done;
 
@@ -1822,81 +1894,44 @@ static int req_complete(struct swap_io *io, struct swap_req *req, int res)
 	return 0;
 }
 
-/* --- swap_io ---------------------------------------------------------------- */
+/* --- the file backend: io_uring ---------------------------------------------- */
 
-int swap_io_new(struct swap_io **out, struct swap *swap)
+static int uring_io_init(struct swap_io *io)
 {
-	struct swap_io *io;
 	int r;
 
-	io = calloc(1, sizeof(*io));
-	if (!io)
-		return -ENOMEM;
-	io->swap = swap;
-	io->cluster = CLUSTER_NONE;
-	io->rng = (uint64_t)(uintptr_t)io * 0x9e3779b97f4a7c15ULL | 1;
-
 	io->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (io->event_fd < 0) {
-		r = -errno;
-		goto fail;
-	}
-	r = io_uring_queue_init(swap->ring_entries, &io->ring, 0);
+	if (io->event_fd < 0)
+		return -errno;
+	r = io_uring_queue_init(io->swap->ring_entries, &io->ring, 0);
 	if (r < 0)
 		goto fail;
 	io->ring_ready = true;
 	r = io_uring_register_eventfd(&io->ring, io->event_fd);
 	if (r < 0)
 		goto fail;
-
-	__atomic_fetch_add(&swap->nr_ios, 1, __ATOMIC_RELEASE);
-	*out = io;
 	return 0;
-
 fail:
 	if (io->ring_ready)
 		io_uring_queue_exit(&io->ring);
-	if (io->event_fd >= 0)
-		close(io->event_fd);
-	free(io);
+	io->ring_ready = false;
+	close(io->event_fd);
+	io->event_fd = -1;
 	return r;
 }
 
-struct swap_io *swap_io_free(struct swap_io *io)
+static void uring_io_fini(struct swap_io *io)
 {
-	if (!io)
-		return NULL;
-	while (io->inflight) {
-		if (swap_io_wait(io) < 0)
-			break; /* the ring's teardown cancels what is left */
-	}
-	if (io->cluster != CLUSTER_NONE)
-		cluster_release(io->swap, io->cluster);
 	io_uring_queue_exit(&io->ring);
 	close(io->event_fd);
-	while (io->idle) {
-		struct swap_req *req = io->idle;
-
-		io->idle = req->next;
-		free(req->buffer);
-		free(req);
-	}
-	__atomic_fetch_sub(&io->swap->nr_ios, 1, __ATOMIC_RELEASE);
-	free(io);
-	return NULL;
 }
 
-int swap_io_fd(const struct swap_io *io)
+static int uring_io_fd(const struct swap_io *io)
 {
 	return io->event_fd;
 }
 
-size_t swap_io_inflight(const struct swap_io *io)
-{
-	return io->inflight;
-}
-
-int swap_io_reap(struct swap_io *io)
+static int uring_reap(struct swap_io *io)
 {
 	eventfd_t value;
 	int finished = 0;
@@ -1913,10 +1948,10 @@ int swap_io_reap(struct swap_io *io)
 		req = io_uring_cqe_get_data(cqe);
 		res = cqe->res;
 		io_uring_cqe_seen(&io->ring, cqe);
-		finished += req_complete(io, req, res);
+		finished += swap_req_complete(io, req, res);
 	}
 	if (io->backlog_head) {
-		int r = io_flush(io);
+		int r = uring_flush(io);
 
 		if (r < 0 && !finished)
 			return r;
@@ -1924,14 +1959,12 @@ int swap_io_reap(struct swap_io *io)
 	return finished;
 }
 
-int swap_io_wait(struct swap_io *io)
+static int uring_wait(struct swap_io *io)
 {
 	struct io_uring_cqe *cqe;
 	int r;
 
-	if (!io->inflight)
-		return 0;
-	r = io_flush(io);
+	r = uring_flush(io);
 	if (r < 0)
 		return r;
 	do
@@ -1939,7 +1972,108 @@ int swap_io_wait(struct swap_io *io)
 	while (r == -EINTR);
 	if (r < 0)
 		return r;
-	return swap_io_reap(io);
+	return uring_reap(io);
+}
+
+const struct swap_backend_ops swap_backend_file = {
+    .name = "file",
+    .io_init = uring_io_init,
+    .io_fini = uring_io_fini,
+    .io_fd = uring_io_fd,
+    .flush = uring_flush,
+    .reap = uring_reap,
+    .wait = uring_wait,
+};
+
+const char *swap_backend_name(enum swap_backend_kind kind)
+{
+	return kind == SWAP_BACKEND_NBD ? "nbd" : "file";
+}
+
+void swap_get_latency(const struct swap *swap, struct swap_latency *read,
+		      struct swap_latency *write)
+{
+	const struct latency_hist *hists[2] = {swap->read_latency, swap->write_latency};
+	struct swap_latency *outs[2] = {read, write};
+
+	for (int i = 0; i < 2; i++) {
+		if (!outs[i])
+			continue;
+		*outs[i] = (struct swap_latency){
+		    .count = latency_hist_count(hists[i]),
+		    .p50_ns = latency_hist_percentile(hists[i], 50),
+		    .p99_ns = latency_hist_percentile(hists[i], 99),
+		};
+	}
+}
+
+/* --- swap_io ---------------------------------------------------------------- */
+
+int swap_io_new(struct swap_io **out, struct swap *swap)
+{
+	struct swap_io *io;
+	int r;
+
+	io = calloc(1, sizeof(*io));
+	if (!io)
+		return -ENOMEM;
+	io->swap = swap;
+	io->event_fd = -1;
+	io->cluster = CLUSTER_NONE;
+	io->rng = (uint64_t)(uintptr_t)io * 0x9e3779b97f4a7c15ULL | 1;
+	r = swap->backend->io_init(io);
+	if (r < 0) {
+		free(io);
+		return r;
+	}
+	__atomic_fetch_add(&swap->nr_ios, 1, __ATOMIC_RELEASE);
+	*out = io;
+	return 0;
+}
+
+struct swap_io *swap_io_free(struct swap_io *io)
+{
+	if (!io)
+		return NULL;
+	while (io->inflight) {
+		if (swap_io_wait(io) < 0)
+			break; /* the backend's teardown cancels what is left */
+	}
+	if (io->cluster != CLUSTER_NONE)
+		cluster_release(io->swap, io->cluster);
+	io->swap->backend->io_fini(io);
+	while (io->idle) {
+		struct swap_req *req = io->idle;
+
+		io->idle = req->next;
+		free(req->buffer);
+		free(req);
+	}
+	__atomic_fetch_sub(&io->swap->nr_ios, 1, __ATOMIC_RELEASE);
+	free(io);
+	return NULL;
+}
+
+int swap_io_fd(const struct swap_io *io)
+{
+	return io->swap->backend->io_fd(io);
+}
+
+size_t swap_io_inflight(const struct swap_io *io)
+{
+	return io->inflight;
+}
+
+int swap_io_reap(struct swap_io *io)
+{
+	return io->swap->backend->reap(io);
+}
+
+int swap_io_wait(struct swap_io *io)
+{
+	if (!io->inflight)
+		return 0;
+	return io->swap->backend->wait(io);
 }
 
 static int slot_cmp(const void *a, const void *b, void *userdata)
@@ -1958,6 +2092,7 @@ int swap_io_write(struct swap_io *io, struct swap_object *objs, size_t count, sw
 	struct swap_req *reqs = NULL;
 	struct swap_batch *batch;
 	size_t allocated = 0, nreqs = 0;
+	uint64_t now = swap_now_nsec();
 	int r;
 
 	if (count == 0 || !cb)
@@ -1965,6 +2100,11 @@ int swap_io_write(struct swap_io *io, struct swap_object *objs, size_t count, sw
 	for (size_t i = 0; i < count; i++)
 		if (!objs[i].data || objs[i].len == 0 || objs[i].len > SWAP_OBJECT_MAX)
 			return -EINVAL;
+	if (swap->backend->writable) {
+		r = swap->backend->writable(io);
+		if (r < 0)
+			return r; /* a far end that is down: nothing taken */
+	}
 
 	batch = calloc(1, sizeof(*batch));
 	if (!batch)
@@ -2010,6 +2150,7 @@ int swap_io_write(struct swap_io *io, struct swap_object *objs, size_t count, sw
 			goto fail;
 		}
 		req->op = REQ_WRITE;
+		req->submit_ns = now;
 		req->offset = swap->info.data_offset + start * granule;
 		req->length = (end - start) * granule;
 		req->batch = batch;
@@ -2038,7 +2179,7 @@ int swap_io_write(struct swap_io *io, struct swap_object *objs, size_t count, sw
 	io->inflight += nreqs;
 	stat_add(swap, write_batches, 1);
 	stat_add(swap, write_ios, nreqs);
-	(void)io_flush(io); /* on failure the backlog keeps them for the next reap */
+	(void)swap->backend->flush(io); /* on failure the backlog keeps them for the next reap */
 	return 0;
 
 fail:
@@ -2072,6 +2213,8 @@ int swap_io_read(struct swap_io *io, uint64_t slot, size_t len, uint64_t owner, 
 	if (!req)
 		return -ENOMEM;
 	req->op = REQ_READ;
+	req->submit_ns = swap_now_nsec();
+	req->deadline_ns = swap->timeout_ms ? req->submit_ns + swap->timeout_ms * 1000000ULL : 0;
 	req->offset = swap->info.data_offset + slot_granule(slot) * swap->info.granule_size;
 	req->length = (size_t)n * swap->info.granule_size;
 	req->len = len;
@@ -2082,7 +2225,7 @@ int swap_io_read(struct swap_io *io, uint64_t slot, size_t len, uint64_t owner, 
 	backlog_push(io, req);
 	io->inflight++;
 	stat_add(swap, read_ios, 1);
-	(void)io_flush(io);
+	(void)swap->backend->flush(io);
 	return 0;
 }
 

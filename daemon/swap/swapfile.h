@@ -13,6 +13,17 @@
  * without contending with other threads.  The design is written up at the
  * top of swapfile.c and in docs/SWAP.md.
  *
+ * Backends.  Where the data region lives is the backend's business: the
+ * local file (io_uring, the default) or an NBD export (libnbd, nbd.c: the
+ * far-memory tier), chosen by swap_config.backend.  Slots, records,
+ * checksums, the owner table and the metadata region that outlives the
+ * daemon are the same on both; with NBD the metadata region is a small
+ * local file (swap_config.path) and the export holds only records, its
+ * size fixing the number of slots.  The callers (daemon/fault/writeback.c)
+ * do not know which one they talk to, except that a far backend may
+ * refuse writes for a while (-ENOTCONN from swap_io_write: the server is
+ * down, nothing was taken) and fail reads with -ETIMEDOUT.
+ *
  * What survives.  Which slots are allocated, their reference counts and
  * the owner table survive a kill of the daemon at any instruction: a new
  * swap_new() on the same file during the same boot recovers them (at worst
@@ -58,8 +69,36 @@ enum swap_flags {
 	SWAP_FLAG_BUFFERED = 1u << 0, /* never use O_DIRECT, even where the filesystem allows it */
 };
 
+enum swap_backend_kind {
+	SWAP_BACKEND_FILE = 0, /* the local file, io_uring */
+	SWAP_BACKEND_NBD,      /* an NBD export, libnbd (far memory) */
+};
+
+#define SWAP_NBD_TIMEOUT_DEFAULT_MS 5000 /* a far read not done in this time fails */
+
 struct swap_config {
-	const char *path; /* NULL: SWAP_DEFAULT_PATH; its directory is created if missing */
+	/*
+	 * NULL: SWAP_DEFAULT_PATH; its directory is created if missing.  With
+	 * SWAP_BACKEND_NBD: the local metadata file (slot maps, counts,
+	 * owners), sized for the export.
+	 */
+	const char *path;
+	enum swap_backend_kind backend;
+	/*
+	 * NBD: the export, in libnbd's URI syntax (nbd://host[:port]/export,
+	 * nbd+unix:///export?socket=PATH, nbds://... with TLS, e.g.
+	 * ?tls-psk-file=PATH).  size is ignored: the export's size decides.
+	 */
+	const char *uri;
+	/*
+	 * NBD: a read not completed in this many ms fails with -ETIMEDOUT and
+	 * the connection is dropped and made again; it bounds the connect at
+	 * swap_new() too.  0: SWAP_NBD_TIMEOUT_DEFAULT_MS.
+	 */
+	unsigned timeout_ms;
+	/* NULL or room for a message saying why swap_new() failed (libnbd's words for NBD). */
+	char *errbuf;
+	size_t errlen;
 	/* Bytes of the whole file (metadata included); rounded down to whole
 	 * clusters; must leave at least one data cluster after the metadata. */
 	uint64_t size;
@@ -90,14 +129,18 @@ enum swap_start {
 
 /* What swap_new() found and chose. */
 struct swap_info {
+	enum swap_backend_kind backend;
+	uint64_t export_size; /* NBD: bytes of the export (the data region is its whole clusters) */
 	bool direct_io;		   /* O_DIRECT in use; false: buffered I/O (page cache) */
 	unsigned dio_mem_align;	   /* buffer alignment O_DIRECT needs (0 when buffered) */
 	unsigned dio_offset_align; /* offset/length alignment O_DIRECT needs (0 when buffered) */
 	unsigned granule_size;	   /* allocation unit, bytes */
 	unsigned cluster_size;	   /* bytes per cluster */
 	uint64_t clusters;	   /* clusters in the data region */
-	uint64_t file_size;	   /* bytes of the file: data_offset + clusters * cluster_size */
-	uint64_t data_offset;	   /* bytes of metadata before cluster 0 (whole clusters) */
+	uint64_t file_size;	   /* bytes of the file: data_offset + clusters * cluster_size (NBD:
+				      the export's whole clusters) */
+	uint64_t data_offset;	   /* bytes of metadata before cluster 0 (whole clusters; NBD: 0) */
+	uint64_t meta_size;	   /* bytes of the metadata region (NBD: of the local file) */
 	unsigned owner_capacity; /* owner table entries (the recovered file's own, if recovered) */
 	uint64_t generation;	 /* bumped each time the file starts empty or is reset */
 	enum swap_start start;
@@ -141,7 +184,25 @@ struct swap_stats {
 	uint64_t injected_faults; /* completions altered by fault injection */
 	uint64_t slots_in_use;	  /* gauge: allocated slots */
 	uint64_t bytes_on_disk;	  /* gauge: bytes of allocated granules */
+	/* Far backends (NBD); always 0 with the file. */
+	uint64_t backend_reconnects; /* connections made again after one was lost */
+	uint64_t backend_errors;     /* requests that failed at the far end or with the connection,
+					connections that failed, reads timed out */
+	uint64_t read_timeouts;	     /* reads not completed within timeout_ms (-ETIMEDOUT) */
+	uint64_t quarantined_slots;  /* gauge: slots of uncertain writes held until reconnected */
+	uint64_t links_up;	     /* gauge: swap_io connections up */
 };
+
+/* Latency of completed requests, submission to completion (both backends). */
+struct swap_latency {
+	uint64_t count;
+	uint64_t p50_ns;
+	uint64_t p99_ns;
+};
+void swap_get_latency(const struct swap *swap, struct swap_latency *read,
+		      struct swap_latency *write);
+/* "file" or "nbd". */
+const char *swap_backend_name(enum swap_backend_kind kind);
 
 /*
  * Create (or resize) and preallocate the file, probe O_DIRECT, map the
@@ -262,7 +323,11 @@ int swap_io_new(struct swap_io **out, struct swap *swap);
 /* Wait for every request in flight (their callbacks run), give the cluster back.  NULL ok. */
 struct swap_io *swap_io_free(struct swap_io *io);
 
-/* An eventfd that becomes readable when completions wait; call swap_io_reap() then. */
+/*
+ * An fd that becomes readable when completions wait (the file: an
+ * eventfd; NBD: an epoll fd over the socket and a timer, stable across
+ * reconnections); call swap_io_reap() then.
+ */
 int swap_io_fd(const struct swap_io *io);
 /* Requests submitted and not yet completed. */
 size_t swap_io_inflight(const struct swap_io *io);
@@ -296,6 +361,12 @@ struct swap_object {
 	int result;	  /* out (in cb): 0 or -errno */
 };
 typedef void (*swap_write_cb)(struct swap_object *objs, size_t count, int result, void *userdata);
+/*
+ * A far backend whose server is down refuses the batch with -ENOTCONN (no
+ * slot taken).  An object whose write failed has result -errno; its slot
+ * was freed, or, when the write may still land (-ENOTCONN: the connection
+ * died under it), is held by the backend until that cannot happen.
+ */
 int swap_io_write(struct swap_io *io, struct swap_object *objs, size_t count, swap_write_cb cb,
 		  void *userdata);
 
@@ -311,6 +382,7 @@ int swap_io_write(struct swap_io *io, struct swap_object *objs, size_t count, sw
  * with: a page moved by mremap since has another one, so whether it must
  * match is the caller's decision.  Does not block.
  */
+/* A far backend also fails a read with -ETIMEDOUT (timeout_ms) or -EIO. */
 typedef void (*swap_read_cb)(int result, const void *data, size_t len, uint64_t vpn,
 			     void *userdata);
 int swap_io_read(struct swap_io *io, uint64_t slot, size_t len, uint64_t owner, void *dst,

@@ -24,6 +24,16 @@
  *                  pool is left sparse); STEP settled; verify all of A
  *                  (dropped pages read as zeros).
  *   hold SIZE      fill A; STEP filled; STEP shrunk; verify all of A.
+ *   far SIZE       the far-memory tests (tests/farmem): fill A; wait until
+ *                  half of it is on disk; STEP ondisk (the harness breaks
+ *                  the NBD server); read every page with a SIGBUS handler:
+ *                  a page is either verified or poisoned (counted, never
+ *                  wrong data); STEP read; drop the poisoned pages, write
+ *                  every page again (generation 2: a page on disk is read
+ *                  first, so it may be poisoned too: dropped, written,
+ *                  counted in "far fill"); wait until half is on
+ *                  disk; STEP ondisk2; verify every page again, poison
+ *                  counted.  Prints "far pass N: P poisoned, V verified".
  *
  * usage: itest-wb MODE SIZE
  */
@@ -98,6 +108,62 @@ static int mode_readerr(char *a, uint64_t pages, const char *step_name)
 	return 0;
 }
 
+/* Read pages [0, pages) of a, expecting generation gen: the number poisoned (bitmap in bad). */
+static uint64_t far_pass(char *a, uint64_t pages, uint32_t gen, unsigned char *bad, int pass)
+{
+	volatile uint64_t poisoned = 0;
+	volatile uint64_t p;
+
+	for (p = 0; p < pages; p++) {
+		if (sigsetjmp(bus_env, 1)) {
+			bad[p] = 1;
+			poisoned++;
+			continue;
+		}
+		it_page_verify(a + p * it_page_size, p, gen, "far pass");
+	}
+	printf("far pass %d: %llu poisoned, %llu verified\n", pass, (unsigned long long)poisoned,
+	       (unsigned long long)(pages - poisoned));
+	fflush(stdout);
+	return poisoned;
+}
+
+static int mode_far(char *a, uint64_t pages)
+{
+	struct sigaction sa = {.sa_handler = on_sigbus};
+	unsigned char *bad = calloc(pages, 1);
+	volatile uint64_t fill_poisoned = 0;
+
+	if (!bad)
+		it_fail("out of memory");
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGBUS, &sa, NULL) < 0)
+		it_fail("sigaction");
+	wait_on_disk(pages / 2, 30000);
+	it_stats_print("ondisk");
+	step("ondisk");
+	far_pass(a, pages, 1, bad, 1);
+	step("read");
+	for (volatile uint64_t p = 0; p < pages; p++) {
+		/* A poisoned page stays so until dropped; writing one faults it in first. */
+		if (sigsetjmp(bus_env, 1)) {
+			bad[p] = 1;
+			fill_poisoned++;
+		}
+		if (bad[p] && madvise(a + p * it_page_size, it_page_size, MADV_DONTNEED) < 0)
+			it_fail("madvise");
+		bad[p] = 0;
+		it_page_fill(a + p * it_page_size, p, 2);
+	}
+	printf("far fill: %llu poisoned\n", (unsigned long long)fill_poisoned);
+	fflush(stdout);
+	wait_on_disk(pages / 2, 30000);
+	step("ondisk2");
+	far_pass(a, pages, 2, bad, 2);
+	free(bad);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode;
@@ -167,6 +233,8 @@ int main(int argc, char **argv)
 		for (uint64_t p = 0; p < pages; p++)
 			it_page_verify(a + p * it_page_size, p, gen[p], "final pass");
 		free(gen);
+	} else if (!strcmp(mode, "far")) {
+		mode_far(a, pages);
 	} else if (!strcmp(mode, "hold")) {
 		step("filled");
 		step("shrunk");

@@ -380,6 +380,33 @@ static void test_errors_main_file(void **state)
 	    {"[Pool]\nPoorPolicy=drop\n",
 	     "uzswapd.conf:2: PoorPolicy: expected keep or reject, not \"drop\""},
 	    {"[Swap]\nSize=infinity\n", "uzswapd.conf:2: Size: must be a finite size \"infinity\""},
+	    {"[Swap]\nBackend=nfs\n", "uzswapd.conf:2: Backend: expected file or nbd, not \"nfs\""},
+	    {"[Swap]\nBackend=nbd\n", "uzswapd.conf:2: Backend: nbd needs URI= (the export, like "
+				      "nbd+unix:///?socket=/run/nbd.sock or nbd://host/export)"},
+	    {"[Swap]\nBackend=nbd\nURI=nbd://storage/swap\nSize=1G\n",
+	     "uzswapd.conf:4: Size: not used with Backend=nbd (the export's size sets how much can "
+	     "be written back); remove it"},
+	    {"[Swap]\nURI=nbd://storage/swap\n",
+	     "uzswapd.conf:2: URI: only used with Backend=nbd (set Backend=nbd, or remove URI=)"},
+	    {"[Swap]\nReadTimeout=5s\n",
+	     "uzswapd.conf:2: ReadTimeout: only used with Backend=nbd (the local file has none)"},
+	    {"[Swap]\nBackend=nbd\nURI=http://storage/swap\n",
+	     "uzswapd.conf:3: URI: not an NBD URI (nbd://, nbds://, nbd+unix://, nbds+unix://, "
+	     "nbd+vsock:// or nbds+vsock://): \"http://storage/swap\""},
+	    {"[Swap]\nBackend=nbd\nURI=nbd+unix:///swap\n",
+	     "uzswapd.conf:3: URI: a +unix URI needs ?socket=/absolute/path: \"nbd+unix:///swap\""},
+	    {"[Swap]\nBackend=nbd\nURI=nbd:///swap\n",
+	     "uzswapd.conf:3: URI: no host (like nbd://storage.example:10809/export): "
+	     "\"nbd:///swap\""},
+	    {"[Swap]\nBackend=nbd\nURI=nbd://host/swap?socket=/x\n",
+	     "uzswapd.conf:3: URI: socket= is only for the +unix transports: "
+	     "\"nbd://host/swap?socket=/x\""},
+	    {"[Swap]\nBackend=nbd\nURI=nbd://storage/swap\nReadTimeout=5 s\n",
+	     "uzswapd.conf:4: ReadTimeout: expected a time from 10ms to 600s (like 5s or 500ms), "
+	     "not \"5 s\""},
+	    {"[Swap]\nBackend=nbd\nURI=nbd://storage/swap\nReadTimeout=1ms\n",
+	     "uzswapd.conf:4: ReadTimeout: expected a time from 10ms to 600s (like 5s or 500ms), "
+	     "not \"1ms\""},
 	    {"[Match]\nCgroup=/x\n",
 	     "uzswapd.conf:1: section [Match] belongs in a cgroup.d file, not in uzswapd.conf"},
 	    {"[Defaults]\nResidentMax=12Q\n", "uzswapd.conf:2: ResidentMax: invalid size \"12Q\""},
@@ -391,6 +418,67 @@ static void test_errors_main_file(void **state)
 		write_file(f->main_path, cases[i].text);
 		load_fails(f, cases[i].message);
 	}
+}
+
+/* [Swap] Backend=nbd: the URI, the timeout, the metadata file's default, the dump. */
+static void test_swap_nbd(void **state)
+{
+	struct fixture *f = *state;
+	const struct config_daemon *d;
+	struct uz_config *config;
+	unsigned int ms = 0;
+
+	write_file(f->main_path,
+		   "[Swap]\nBackend=nbd\n"
+		   "URI=nbds://uzswap@storage:10809/swap?tls-psk-file=/etc/uzswap/psk\n"
+		   "ReadTimeout=750ms\n");
+	config = load_ok(f);
+	d = config_daemon(config);
+	assert_int_equal(d->swap_backend, CONFIG_SWAP_NBD);
+	assert_string_equal(d->swap_uri,
+			    "nbds://uzswap@storage:10809/swap?tls-psk-file=/etc/uzswap/psk");
+	assert_int_equal(d->swap_read_timeout_ms, 750);
+	assert_non_null(strstr(d->swap_file, "/farmem.meta")); /* never the file backend's */
+	{
+		char dump_path[PATH_MAX + 16];
+		struct uz_config *again;
+		FILE *out;
+
+		snprintf(dump_path, sizeof(dump_path), "%s/dump.conf", f->dir);
+		out = fopen(dump_path, "w");
+		assert_non_null(out);
+		assert_int_equal(config_dump(config, out), 0);
+		fclose(out);
+		assert_int_equal(config_load(&again, dump_path, NULL, f->err, sizeof(f->err)), 0);
+		assert_int_equal(config_daemon(again)->swap_backend, CONFIG_SWAP_NBD);
+		assert_string_equal(config_daemon(again)->swap_uri, d->swap_uri);
+		assert_int_equal(config_daemon(again)->swap_read_timeout_ms, 750);
+		config_free(again);
+	}
+	config_free(config);
+
+	write_file(f->main_path, "[Swap]\nBackend=nbd\nURI=nbd+unix:///?socket=/run/nbd.sock\n"
+				 "File=/var/tmp/meta\n");
+	config = load_ok(f);
+	d = config_daemon(config);
+	assert_string_equal(d->swap_file, "/var/tmp/meta");
+	assert_int_equal(d->swap_read_timeout_ms, CONFIG_SWAP_READ_TIMEOUT_DEFAULT_MS);
+	config_free(config);
+
+	/* The file backend by default: no URI. */
+	write_file(f->main_path, "[Swap]\nBackend=file\nSize=64M\n");
+	config = load_ok(f);
+	assert_int_equal(config_daemon(config)->swap_backend, CONFIG_SWAP_FILE);
+	assert_null(config_daemon(config)->swap_uri);
+	config_free(config);
+
+	assert_int_equal(config_parse_duration_ms("2min", &ms), 0);
+	assert_int_equal(ms, 120000);
+	assert_int_equal(config_parse_duration_ms("3", &ms), 0);
+	assert_int_equal(ms, 3000);
+	assert_int_equal(config_parse_duration_ms("3h", &ms), -EINVAL);
+	assert_null(config_check_nbd_uri("nbd+vsock:///"));
+	assert_null(config_check_nbd_uri("nbd://[::1]:10809/"));
 }
 
 static void test_line_too_long(void **state)
@@ -586,6 +674,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_errors_cgroup_file, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_errors_main_file, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_line_too_long, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_swap_nbd, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_percentages, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_nested_inheritance, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_root_cgroup_file_and_duplicates, setup, teardown),
