@@ -155,8 +155,8 @@ static void stack_tops_touch(void)
  * The child's pthread_create of its agent allocates the thread's dtv
  * (calloc of a few hundred bytes, by whatever malloc the program uses)
  * from this thread's cache.  Take and give back one block of each likely
- * size now, while eviction is paused: the child's calloc then gets a block
- * (and cache metadata) that is present, not a hole it would wait on.
+ * size now: the child's calloc then gets a block (and cache metadata) that
+ * is present, not a hole it would wait on.
  */
 static void dtv_pretouch(void)
 {
@@ -166,6 +166,13 @@ static void dtv_pretouch(void)
 
 static void fork_prepare(void)
 {
+	/*
+	 * Before range_lock: the program's malloc may map memory, and our
+	 * mmap hooks take range_lock.  Eviction is not paused yet, but these
+	 * blocks were just written (referenced): CLOCK passes them over.
+	 */
+	if (uz_client_managed() && !uz_is_agent())
+		dtv_pretouch();
 	uz_ranges_lock();
 	/* From here until the fork is over, the agent moves no page out (agent.c). */
 	atomic_store(&uz_fork_in_progress, true);
@@ -211,7 +218,6 @@ static void fork_prepare(void)
 	if (fork_snapshot >= 0) {
 		stack_pretouch();
 		stack_tops_touch();
-		dtv_pretouch();
 	}
 	uz_conn_lock();
 }
