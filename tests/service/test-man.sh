@@ -63,6 +63,9 @@ names = set(re.findall(r"X\((\w+), (?:COUNTER|GAUGE),", stats_h))
 section = plain.split(".SH STATISTICS", 1)[1].split(".SH", 1)[0] if ".SH STATISTICS" in plain else ""
 listed = set(re.findall(r"(?m)^\.B ([a-z_0-9]+)$", section))
 derived = {"compression_ratio", "pool_total_size", "fault_latency_ns"}
+# The swap backend's block (global.backend in the JSON): its keys, as the daemon writes them.
+json_c = open(f"{src}/daemon/control/json.c").read()
+derived |= {"backend"} | set(re.findall(r'add\(o, "(backend_\w+)"', json_c))
 for n in sorted(names - listed):
     print(f"not ok: statistic {n} missing from STATISTICS in uzswapctl(8)")
     bad = 1
