@@ -234,24 +234,38 @@ static int ring_take(int fd, uint8_t **ring_out)
 	return 0;
 }
 
-/* Field 22 of /proc/PID/stat: the start time, which a recycled pid does not share. */
-static int proc_starttime(int proc_fd, uint64_t *out)
+/*
+ * /proc/PID/stat of the process behind proc_fd into buf; *fields points at
+ * the space before field 3 (after the comm, which may hold spaces and
+ * parentheses).
+ */
+static int proc_stat_read(int proc_fd, char *buf, size_t size, char **fields)
 {
-	char buf[1024], *p;
 	ssize_t n;
 	int fd = openat(proc_fd, "stat", O_RDONLY | O_CLOEXEC);
 
 	if (fd < 0)
 		return -errno;
-	n = read(fd, buf, sizeof(buf) - 1);
+	n = read(fd, buf, size - 1);
 	close(fd);
 	if (n <= 0)
 		return -EIO;
 	buf[n] = 0;
-	p = strrchr(buf, ')'); /* comm may hold spaces and parentheses */
-	if (!p)
+	*fields = strrchr(buf, ')');
+	if (!*fields)
 		return -EIO;
-	p++;
+	++*fields;
+	return 0;
+}
+
+/* Field 22 of /proc/PID/stat: the start time, which a recycled pid does not share. */
+static int proc_starttime(int proc_fd, uint64_t *out)
+{
+	char buf[1024], *p;
+	int r = proc_stat_read(proc_fd, buf, sizeof(buf), &p);
+
+	if (r < 0)
+		return r;
 	for (int field = 3; field < 22 && p; field++) /* p is before field 3 */
 		p = strchr(p + 1, ' ');
 	if (!p)
@@ -327,21 +341,12 @@ static int send_hello_reply(int fd, uint32_t seq, int status, const struct clien
 /* The parent pid (field 4 of /proc/PID/stat) of the process behind proc_fd. */
 static int proc_ppid(int proc_fd, pid_t *out)
 {
-	char buf[512], *p;
-	ssize_t n;
-	int fd = openat(proc_fd, "stat", O_RDONLY | O_CLOEXEC);
+	char buf[1024], *p;
+	int r = proc_stat_read(proc_fd, buf, sizeof(buf), &p);
 
-	if (fd < 0)
-		return -errno;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -EIO;
-	buf[n] = 0;
-	p = strrchr(buf, ')');
-	if (!p || sscanf(p + 1, " %*c %d", out) != 1)
-		return -EIO;
-	return 0;
+	if (r < 0)
+		return r;
+	return sscanf(p, " %*c %d", out) == 1 ? 0 : -EIO;
 }
 
 /*
