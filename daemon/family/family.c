@@ -14,7 +14,9 @@
 #include <unistd.h>
 
 #include "family/family.h"
+#include "group/group.h"
 #include "pool/pool.h"
+#include "stats/stats.h"
 #include "swap/swapfile.h"
 #include "util.h"
 
@@ -179,40 +181,39 @@ void family_unref(struct family *f, bool gone)
 	swap = __atomic_load_n(&d->swap, __ATOMIC_ACQUIRE);
 	if (gone && swap)
 		(void)swap_owner_remove(swap, f->swap_owner);
+	/* The objects of leaked references leave the gauges with the arena. */
+	stats_add(d->stats, UZ_STAT_compressed_bytes, -f->counted_bytes);
+	for (unsigned i = 0; i < FAMILY_GROUPS_MAX && f->counted[i].group; i++) {
+		stats_add(f->counted[i].group->stats, UZ_STAT_compressed_bytes,
+			  -f->counted[i].bytes);
+		group_unref(f->counted[i].group);
+	}
 	pool_free(f->pool);
 	free(f->recovered);
 	free(f);
 }
 
-static bool recovered_insert(uint64_t *set, size_t cap, uint64_t key)
+/* The cell of key in the open-addressing set, or the empty cell where it would go. */
+static uint64_t *recovered_find(uint64_t *set, size_t cap, uint64_t key)
 {
 	size_t i = (size_t)((key * 0x9e3779b97f4a7c15ULL) >> 20) & (cap - 1);
 
-	while (set[i] != 0) {
-		if (set[i] == key)
-			return false;
+	while (set[i] != 0 && set[i] != key)
 		i = (i + 1) & (cap - 1);
-	}
-	set[i] = key;
-	return true;
+	return &set[i];
 }
 
 bool family_recovered_has(const struct family *f, uint64_t handle)
 {
 	uint64_t key = handle + 1;
 
-	if (!f->recovered_cap)
-		return false;
-	for (size_t i = (size_t)((key * 0x9e3779b97f4a7c15ULL) >> 20) & (f->recovered_cap - 1);
-	     f->recovered[i] != 0; i = (i + 1) & (f->recovered_cap - 1))
-		if (f->recovered[i] == key)
-			return true;
-	return false;
+	return f->recovered_cap && *recovered_find(f->recovered, f->recovered_cap, key) == key;
 }
 
 bool family_recovered_first(struct family *f, uint64_t handle)
 {
 	uint64_t key = handle + 1; /* 0 marks an empty cell */
+	uint64_t *cell;
 
 	if ((f->recovered_count + 1) * 2 > f->recovered_cap) {
 		size_t cap = f->recovered_cap ? f->recovered_cap * 2 : 1024;
@@ -222,13 +223,43 @@ bool family_recovered_first(struct family *f, uint64_t handle)
 			return true; /* counted twice rather than never: a gauge, not data */
 		for (size_t i = 0; i < f->recovered_cap; i++)
 			if (f->recovered[i])
-				recovered_insert(set, cap, f->recovered[i]);
+				*recovered_find(set, cap, f->recovered[i]) = f->recovered[i];
 		free(f->recovered);
 		f->recovered = set;
 		f->recovered_cap = cap;
 	}
-	if (!recovered_insert(f->recovered, f->recovered_cap, key))
+	cell = recovered_find(f->recovered, f->recovered_cap, key);
+	if (*cell == key)
 		return false;
+	*cell = key;
 	f->recovered_count++;
 	return true;
+}
+
+void family_count_bytes(struct family *f, struct uz_group *group, int64_t delta)
+{
+	stats_add(group->stats, UZ_STAT_compressed_bytes, delta);
+	stats_add(f->daemon->stats, UZ_STAT_compressed_bytes, delta);
+	__atomic_add_fetch(&f->counted_bytes, delta, __ATOMIC_RELAXED);
+	for (unsigned i = 0; i < FAMILY_GROUPS_MAX; i++) {
+		struct uz_group *g = __atomic_load_n(&f->counted[i].group, __ATOMIC_ACQUIRE);
+
+		if (!g) {
+			struct uz_group *expected = NULL;
+
+			group_ref(group);
+			if (__atomic_compare_exchange_n(&f->counted[i].group, &expected, group, false,
+							__ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+				g = group;
+			else {
+				group_unref(group);
+				g = expected;
+			}
+		}
+		if (g == group) {
+			__atomic_add_fetch(&f->counted[i].bytes, delta, __ATOMIC_RELAXED);
+			return;
+		}
+	}
+	/* More groups than the ledger tracks: this group's gauge may not return to 0. */
 }

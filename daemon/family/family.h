@@ -24,6 +24,9 @@
 
 struct pool;
 struct fault_thread;
+struct uz_group;
+
+#define FAMILY_GROUPS_MAX 4 /* groups whose bytes a family's ledger tracks one by one */
 
 struct family {
 	struct uz_list link; /* daemon->families, under clients_lock */
@@ -44,7 +47,27 @@ struct family {
 	 */
 	uint64_t *recovered;
 	size_t recovered_count, recovered_cap;
+	/*
+	 * The ledger: what the family added to its groups' and the daemon's
+	 * compressed_bytes (each shared object once), atomic.  References can
+	 * outlive their holder: a fork child that exits while no daemon runs,
+	 * or a snapshot whose daemon was killed, never drops them.  Their
+	 * objects stay counted while the arena holds them, and when the family
+	 * ends the ledger's balance is taken back, so the gauges return to 0.
+	 */
+	int64_t counted_bytes;
+	struct {
+		struct uz_group *group; /* a reference, set once (compare and swap) */
+		int64_t bytes;
+	} counted[FAMILY_GROUPS_MAX];
 };
+
+/*
+ * Add delta to the compressed_bytes of group and of the daemon for an
+ * object of the family made or gone (not for each referrer), and to the
+ * ledger.  Any thread.
+ */
+void family_count_bytes(struct family *f, struct uz_group *group, int64_t delta);
 
 /* Add handle to the family's recovered set: true if it was not there (or out of memory). */
 bool family_recovered_first(struct family *f, uint64_t handle);

@@ -243,10 +243,8 @@ static inline void client_stat(struct client *c, enum uz_stat which, int64_t del
 static inline void client_pool_bytes(struct client *c, int64_t delta, bool whole)
 {
 	stats_add(c->stats, UZ_STAT_compressed_bytes, delta);
-	if (whole) {
-		stats_add(c->group->stats, UZ_STAT_compressed_bytes, delta);
-		stats_add(c->daemon->stats, UZ_STAT_compressed_bytes, delta);
-	}
+	if (whole)
+		family_count_bytes(c->family, c->group, delta);
 }
 
 /*
@@ -2339,12 +2337,8 @@ static int recover_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 			 */
 			bool counted = ctx->shared || family_recovered_has(c->family, pe_payload(e));
 
-			if (family_release(c->family, pe_payload(e)) && counted) {
-				stats_add(c->group->stats, UZ_STAT_compressed_bytes,
-					  -(int64_t)pe_len(e));
-				stats_add(c->daemon->stats, UZ_STAT_compressed_bytes,
-					  -(int64_t)pe_len(e));
-			}
+			if (family_release(c->family, pe_payload(e)) && counted)
+				family_count_bytes(c->family, c->group, -(int64_t)pe_len(e));
 		}
 		if (on_disk)
 			(void)swap_slot_free(swap, pe_payload(e));

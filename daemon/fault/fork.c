@@ -74,11 +74,8 @@ static void entry_unref(struct fork_snapshot *snapshot, page_entry_t e)
 
 	switch (pe_state(e)) {
 	case PAGE_STORED:
-		if (family_release(f, pe_payload(e))) {
-			stats_add(snapshot->group->stats, UZ_STAT_compressed_bytes,
-				  -(int64_t)pe_len(e));
-			stats_add(f->daemon->stats, UZ_STAT_compressed_bytes, -(int64_t)pe_len(e));
-		}
+		if (family_release(f, pe_payload(e)))
+			family_count_bytes(f, snapshot->group, -(int64_t)pe_len(e));
 		break;
 	case PAGE_ON_DISK:
 		if (swap)

@@ -4,7 +4,7 @@
  * shares the parent's stored pages (pool and disk) instead of the parent
  * paging everything back in before fork() (docs/PROTOCOL.md section 4).
  *
- * usage: itest-forkshare SCENARIO SIZE [BUDGET]
+ * usage: itest-forkshare SCENARIO SIZE [BUDGET | FILE]
  *
  *   big      most of SIZE in the pool and on disk; the parent's RssAnon is
  *            sampled every millisecond from just before fork() until a second
@@ -21,6 +21,12 @@
  *   nested   the child rewrites half the pages, is evicted, and forks a
  *            grandchild; the grandchild sees the child's pages, the child and
  *            the parent see only their own
+ *   orphan   (needs FILE) the child verifies a sample of the shared pages,
+ *            prints "CHILD READY" and exits once FILE exists; the harness
+ *            kills uzswapd before it creates FILE, so the child's shared
+ *            references die with no daemon to drop them; the parent prints
+ *            "CHILD GONE", then reads, rewrites and reads every page (waiting
+ *            for the next daemon)
  *
  * Every page read is checked against its (page number, generation) pattern.
  * The harness checks the daemon's side: fork_snapshots and
@@ -352,13 +358,41 @@ static void scenario_nested(void)
 	it_range_verify(region, 0, page_count, 1, "parent after child and grandchild");
 }
 
+/* --- orphan: a child that exits while no daemon runs ------------------------ */
+
+static void scenario_orphan(const char *file)
+{
+	pid_t pid;
+
+	fill_and_evict(1, page_count / 2);
+	pid = fork_checked();
+	if (pid == 0) {
+		uint64_t state = 7;
+
+		for (int i = 0; i < 512; i++) {
+			uint64_t p = it_rand(&state) % page_count;
+
+			it_page_verify(PAGE(p), p, 1, "orphan child sample");
+		}
+		printf("CHILD READY\n");
+		fflush(stdout);
+		while (access(file, F_OK) != 0)
+			usleep(10000);
+		_exit(0);
+	}
+	wait_child(pid, "child");
+	printf("CHILD GONE\n");
+	fflush(stdout);
+	both_sides(1, 2, "parent after the orphaned child");
+}
+
 int main(int argc, char **argv)
 {
 	const char *scenario;
 
 	it_init("itest-forkshare");
 	if (argc < 3)
-		it_fail("usage: itest-forkshare big|exec|exit|bomb|threads|nested SIZE [BUDGET]");
+		it_fail("usage: itest-forkshare big|exec|exit|bomb|threads|nested|orphan SIZE [BUDGET|FILE]");
 	scenario = argv[1];
 	size = it_parse_size(argv[2]);
 	page_count = size / it_page_size;
@@ -382,6 +416,10 @@ int main(int argc, char **argv)
 		scenario_threads();
 	} else if (!strcmp(scenario, "nested")) {
 		scenario_nested();
+	} else if (!strcmp(scenario, "orphan")) {
+		if (argc != 4)
+			it_fail("orphan needs FILE");
+		scenario_orphan(argv[3]);
 	} else {
 		it_fail("unknown scenario %s", scenario);
 	}

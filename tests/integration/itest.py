@@ -572,6 +572,55 @@ def t_forkshare_nested(h):
     _forkshare(h, "nested", "64M")
 
 
+def t_forkshare_orphan(h):
+    """SIGKILL of uzswapd while a fork child holds references to its parent's pages;
+    the child exits while no daemon runs, so nobody can drop them.  The next daemon
+    takes the parent back, every page verifies, and once the parent has gone the
+    pool and compressed_bytes return to 0 (the leaked references end with the
+    family) and nothing is lost."""
+    os.makedirs(os.path.join(h.tmp, "cgroup.d"), exist_ok=True)
+    extra = _restart_config(h, pool_max="16M", swap="256M")
+    flag = os.path.join(h.tmp, "child-may-exit")
+    h.start_daemon(budget="16M", extra=extra, name="uzswapd-1")
+    client = h.spawn("itest-forkshare", [h.bin("itest-forkshare"), "orphan", "64M", flag])
+    client.wait_for_output("CHILD READY", 90)
+    stats, text = h.stats()
+    if stats.get("fork_snapshots", 0) == 0 or stats.get("compressed_bytes", 0) == 0:
+        print(text)
+        raise TestFailure("the child does not share any stored page with its parent: "
+                          "the test would prove nothing")
+    log("SIGKILL to uzswapd while the child holds shared references")
+    h.daemon.kill()
+    h.daemon.wait(10)
+    with open(flag, "w"):
+        pass
+    client.wait_for_output("CHILD GONE", 30)
+    time.sleep(0.5)
+    h.start_daemon(budget="16M", extra=extra, name="uzswapd-2")
+    rc = client.wait(150)
+    client.report()
+    if rc != 0:
+        raise TestFailure(f"itest-forkshare exited with {rc}")
+    h.wait_daemon_empty()
+    end = time.monotonic() + 15
+    while True:
+        stats, text = h.stats()
+        if stats.get("pool_total_size", 0) == 0 and stats.get("compressed_bytes", 0) == 0:
+            break
+        if time.monotonic() > end:
+            print(text)
+            raise TestFailure(f"pool_total_size {stats.get('pool_total_size')}, compressed_bytes "
+                              f"{stats.get('compressed_bytes')} 15 s after the family ended")
+        time.sleep(0.5)
+    for key in ("lost_pages", "resident_missing_faults", "swap_checksum_errors"):
+        if stats.get(key, 0) != 0:
+            print(text)
+            raise TestFailure(f"{key} = {stats[key]}")
+    if stats.get("recovered_clients", 0) < 1:
+        raise TestFailure("the parent did not re-join the second daemon")
+    h.stop_daemon()
+
+
 def _vmops(h, scenario):
     h.start_daemon(budget="8M")
     # A bound for a hung client, not a speed test: on a loaded 2-core machine
