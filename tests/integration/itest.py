@@ -713,8 +713,15 @@ def t_daemon_killed_restart(h):
                for i in range(4)]
     for c in clients:
         c.wait_for_output("READY", 90)
-    stats, _ = h.stats()
-    held = stats["stored_pages"] + stats.get("on_disk_pages", 0)
+    # READY comes after each client's fill; the daemon may still be evicting
+    # and writing back the last of it: give it up to 20 s to hold them.
+    end = time.monotonic() + 20
+    while True:
+        stats, _ = h.stats()
+        held = stats["stored_pages"] + stats.get("on_disk_pages", 0)
+        if (held >= 100000 and stats.get("on_disk_pages", 0) > 0) or time.monotonic() > end:
+            break
+        time.sleep(0.2)
     log(f"before the first kill: stored {stats['stored_pages']}, on disk "
         f"{stats.get('on_disk_pages', 0)}, zswpwb {stats.get('zswpwb', 0)}")
     if held < 100000 or stats.get("on_disk_pages", 0) == 0:
