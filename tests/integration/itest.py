@@ -539,7 +539,7 @@ def _forkshare(h, scenario, size, budget="16M", timeout=150, pool_max=None):
 
 def t_forkshare_big(h):
     """fork of a 256 MiB process under a 32 MiB budget with most pages in the pool and
-    on disk (pool capped at 24 MiB): the parent's RssAnon stays under budget + 25 %
+    on disk (pool capped at 24 MiB): the parent's RssAnon stays under budget + 10 %
     through fork(), then parent and child read, rewrite and read every page at once."""
     _forkshare(h, "big", "256M", budget="32M", pool_max="24M", timeout=300)
 
