@@ -137,9 +137,20 @@ static void reap_children(bool block)
 			children[kept++] = children[i];
 			continue;
 		}
-		if (w < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
-			it_fail("fork child %d failed (status %#x): it found a wrong page",
-				(int)children[i], w < 0 ? -1 : status);
+		if (w < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+			/*
+			 * Whose copy is damaged?  The parent checks all of its
+			 * own pages first (a failure there names the page).
+			 */
+			all_locks(true);
+			for (unsigned ri = 0; ri < REGIONS; ri++)
+				for (uint64_t p = 0; p < regions[ri].pages; p++)
+					page_check(&regions[ri], ri, p, "parent, after a child failed");
+			all_locks(false);
+			it_fail("fork child %d failed (status %#x): it found a wrong page; every "
+				"page of the parent verifies", (int)children[i],
+				w < 0 ? -1 : status);
+		}
 	}
 	nr_children = kept;
 }

@@ -838,6 +838,22 @@ def t_daemon_never_returns(h):
                           "lost page")
 
 
+def _chaos_daemon_clean(h, kills):
+    """The running daemon's own count of losses must be 0: lost_pages (not taken
+    back at a restart), resident_missing_faults (a page it believed present was
+    not), decompress_fail."""
+    try:
+        stats, text = h.stats()
+    except Exception as e:  # the daemon may be starting: nothing to read yet
+        log(f"no statistics from uzswapd-{kills}: {e}")
+        return
+    bad = {k: stats.get(k, 0) for k in ("lost_pages", "resident_missing_faults",
+                                        "decompress_fail") if stats.get(k, 0)}
+    if bad:
+        print(text)
+        raise TestFailure(f"uzswapd-{kills} counted {bad}: pages were lost")
+
+
 def t_chaos(h):
     """Chaos: 3 clients (3 threads each, mremap, MADV_DONTNEED, munmap+mmap and fork
     under them; budgets far below their footprint, writeback on) while uzswapd is
@@ -865,7 +881,11 @@ def t_chaos(h):
         for c in clients:
             if not c.alive() and c.popen.returncode != 0:
                 c.report()
+                _chaos_daemon_clean(h, kills)
                 raise TestFailure(f"{c.name} failed ({c.popen.returncode}) after {kills} kills")
+        # What this daemon saw before it dies: a page it had to serve as
+        # zeros, or could not take back, is a loss even if no client read it.
+        _chaos_daemon_clean(h, kills)
         h.daemon.kill()
         h.daemon.wait(10)
         kills += 1
