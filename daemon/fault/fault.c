@@ -2289,8 +2289,13 @@ static bool recover_page_mapped(struct recover_ctx *ctx, uint64_t vpn)
 {
 	uint64_t word;
 
+	/*
+	 * Cannot tell: not mapped.  That keeps what the entry names (a stale
+	 * copy under a present page is never served: no fault comes for it),
+	 * where "mapped" would release the only copy of a page that is not.
+	 */
 	if (!pagemap_word(ctx->client, &ctx->pagemap, vpn, &word))
-		return true;
+		return false;
 	return word & (PAGEMAP_PRESENT_BIT | PAGEMAP_SWAPPED_BIT);
 }
 
