@@ -589,9 +589,9 @@ static void format_size(char *buf, size_t cap, double bytes)
 	snprintf(buf, cap, u ? "%.1f %s" : "%.0f %s", bytes, units[u]);
 }
 
-void daemon_note_swap_error(struct daemon *d, enum uz_swap_error_kind kind, int pid, uint64_t addr)
+void daemon_note_page_error(struct daemon *d, enum uz_page_error_kind kind, int pid, uint64_t addr)
 {
-	struct uz_swap_error_note *note = &d->swap_errors[kind];
+	struct uz_page_error_note *note = &d->page_errors[kind];
 	unsigned expected = 0;
 
 	if (!__atomic_compare_exchange_n(&note->state, &expected, 1, false, __ATOMIC_ACQUIRE,
@@ -660,14 +660,22 @@ void daemon_swap_collect(struct daemon *d)
 		       freed);
 }
 
-void daemon_log_swap_errors(struct daemon *d)
+void daemon_log_page_errors(struct daemon *d)
 {
-	for (unsigned kind = 0; kind < UZ_SWAP_ERROR__COUNT; kind++) {
-		struct uz_swap_error_note *note = &d->swap_errors[kind];
+	for (unsigned kind = 0; kind < UZ_PAGE_ERROR__COUNT; kind++) {
+		struct uz_page_error_note *note = &d->page_errors[kind];
 
 		if (__atomic_load_n(&note->state, __ATOMIC_ACQUIRE) != 2)
 			continue;
-		if (kind == UZ_SWAP_ERROR_CHECKSUM)
+		if (kind == UZ_PAGE_ERROR_RESIDENT_MISSING)
+			uz_log(LOG_ERR,
+			       "page 0x%" PRIx64 " of pid %d faulted although uzswapd had it as "
+			       "present: it was served zeros.  This is a bug of uzswapd or of the "
+			       "kernel; please report it with this log.  %" PRId64 " so far, further "
+			       "ones only counted (resident_missing_faults)",
+			       note->addr, note->pid,
+			       stats_read(d->stats, UZ_STAT_resident_missing_faults));
+		else if (kind == UZ_PAGE_ERROR_SWAP_CHECKSUM)
 			uz_log(LOG_ERR,
 			       "swap file \"%s\": a record read back did not verify (checksum, "
 			       "owner or length): page 0x%" PRIx64 " of pid %d poisoned (SIGBUS on "

@@ -102,17 +102,18 @@ struct group_registry {
 #define UZ_FAULT_SPIN_USEC_DEFAULT 0 /* off: no gain measured on a loaded 2-vCPU VM (bench/hotcold/README.md) */
 
 /*
- * A swap read failure noted by a fault thread, which never logs, for the
- * main thread to log once (daemon_log_swap_errors).  state: 0 nothing,
+ * A page error noted by a fault thread, which never logs, for the main
+ * thread to log once per kind (daemon_log_page_errors).  state: 0 nothing,
  * 1 a fault thread is filling it in, 2 filled in, 3 logged (atomic).
  */
-enum uz_swap_error_kind {
-	UZ_SWAP_ERROR_READ,	/* the read failed (io_errors) */
-	UZ_SWAP_ERROR_CHECKSUM, /* the record did not verify (swap_checksum_errors) */
-	UZ_SWAP_ERROR__COUNT,
+enum uz_page_error_kind {
+	UZ_PAGE_ERROR_SWAP_READ,	/* a swap read failed (io_errors) */
+	UZ_PAGE_ERROR_SWAP_CHECKSUM,	/* a swap record did not verify (swap_checksum_errors) */
+	UZ_PAGE_ERROR_RESIDENT_MISSING, /* a page we had as present faulted (resident_missing_faults) */
+	UZ_PAGE_ERROR__COUNT,
 };
 
-struct uz_swap_error_note {
+struct uz_page_error_note {
 	unsigned state;
 	int pid;
 	uint64_t addr;
@@ -207,8 +208,8 @@ struct daemon {
 	struct swap *swap;
 	struct latency_hist *disk_fault_latency; /* faults served from the swap file */
 	bool pool_limit_hit;
-	/* The first swap read failure of each kind (see struct uz_swap_error_note). */
-	struct uz_swap_error_note swap_errors[UZ_SWAP_ERROR__COUNT];
+	/* The first swap read failure of each kind (see struct uz_page_error_note). */
+	struct uz_page_error_note page_errors[UZ_PAGE_ERROR__COUNT];
 };
 
 /*
@@ -277,10 +278,10 @@ bool daemon_threads_alive(struct daemon *daemon, uint64_t max_age_usec);
  * remember the first of each kind for the main thread.  Never blocks,
  * never logs; any thread.
  */
-void daemon_note_swap_error(struct daemon *daemon, enum uz_swap_error_kind kind, int pid,
+void daemon_note_page_error(struct daemon *daemon, enum uz_page_error_kind kind, int pid,
 			    uint64_t addr);
 /* Log each noted swap read failure kind once (main thread: its timer and exit). */
-void daemon_log_swap_errors(struct daemon *daemon);
+void daemon_log_page_errors(struct daemon *daemon);
 
 /*
  * Main thread, every few seconds: owners in the swap file's owner table

@@ -966,7 +966,7 @@ static int on_recheck(sd_event_source *s, uint64_t usec, void *userdata)
 	struct main_state *m = userdata;
 	unsigned changed = daemon_reassign_clients(m->daemon, false);
 
-	daemon_log_swap_errors(m->daemon);
+	daemon_log_page_errors(m->daemon);
 	writeback_retry_open(m->daemon);
 	daemon_swap_collect(m->daemon);
 	daemon_sample_clients(m->daemon);
@@ -1290,7 +1290,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	daemon_drain(m.daemon, UZ_DRAIN_TIMEOUT_USEC);
-	daemon_log_swap_errors(m.daemon);
+	daemon_log_page_errors(m.daemon);
 	daemon_log_departures(m.daemon);
 	if (m.daemon->drain_timeouts)
 		uz_log(LOG_WARNING, "%u client%s did not acknowledge SHUTDOWN in time",

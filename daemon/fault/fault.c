@@ -734,8 +734,10 @@ static int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, 
 		 * unnoticed.
 		 */
 		r = fault_zero_one(t, c, addr, write);
-		if (r == 0)
+		if (r == 0) {
 			client_stat(c, UZ_STAT_resident_missing_faults, 1);
+			daemon_note_page_error(c->daemon, UZ_PAGE_ERROR_RESIDENT_MISSING, c->pid, addr);
+		}
 		if (r < 0 && r != -EAGAIN && r != -EEXIST)
 			uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
 		return r == -EAGAIN ? r : 0;

@@ -54,7 +54,7 @@
  * becomes NEVER (a later MADV_DONTNEED makes it zeros, as for any
  * poisoned page), io_errors or swap_checksum_errors counted, and the
  * first of each kind noted for the main thread to log
- * (daemon_note_swap_error).
+ * (daemon_note_page_error).
  *
  * Freeing.  An entry freed while its I/O is in flight (munmap, DONTNEED,
  * exit, unregister) marks the write item or read context cancelled; the
@@ -414,8 +414,8 @@ static int read_install(struct wb *wb, struct wb_read *rd)
 		/* Counted here, logged once by the main thread (the fault path never logs). */
 		fault_client_stat(
 		    c, rd->bad_record ? UZ_STAT_swap_checksum_errors : UZ_STAT_io_errors, 1);
-		daemon_note_swap_error(d,
-				       rd->bad_record ? UZ_SWAP_ERROR_CHECKSUM : UZ_SWAP_ERROR_READ,
+		daemon_note_page_error(d,
+				       rd->bad_record ? UZ_PAGE_ERROR_SWAP_CHECKSUM : UZ_PAGE_ERROR_SWAP_READ,
 				       (int)c->pid, addr);
 		page_index_set(c->index, rd->vpn, pe_make(e, PAGE_NEVER, false, 0, 0, 0));
 	} else if (r == 0 || r == -EEXIST) {
