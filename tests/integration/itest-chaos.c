@@ -21,6 +21,10 @@
  * naming the page and what it held.
  *
  * usage: itest-chaos SIZE THREADS SECONDS MANAGED(yes|no|any) [SEED]
+ *
+ * ITEST_CHAOS_OPS (default "mduf") picks the map changes: m mremap,
+ * d MADV_DONTNEED, u munmap+mmap, f fork -- to find which one a failure
+ * needs.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -52,6 +56,7 @@ static atomic_uint_fast64_t accesses, map_changes, forks;
 static pid_t children[CHILDREN_MAX];
 static unsigned nr_children;
 static const char zero_page[65536];
+static const char *chaos_ops = "mduf";
 
 static void page_check(const struct region *r, unsigned ri, uint64_t p, const char *context)
 {
@@ -162,6 +167,8 @@ static void vm_change(uint64_t *state)
 	struct region *r = &regions[ri];
 	size_t len = r->pages * it_page_size;
 
+	if (!strchr(chaos_ops, "mduf"[(rnd >> 8) % 4]))
+		return;
 	switch ((rnd >> 8) % 4) {
 	case 0: { /* move the region */
 		void *spot = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -240,6 +247,8 @@ int main(int argc, char **argv)
 	size_t size;
 
 	it_init("itest-chaos");
+	if (getenv("ITEST_CHAOS_OPS"))
+		chaos_ops = getenv("ITEST_CHAOS_OPS");
 	if (argc != 5 && argc != 6)
 		it_fail("usage: itest-chaos SIZE THREADS SECONDS MANAGED [SEED]");
 	size = it_parse_size(argv[1]);
