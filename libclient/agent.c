@@ -108,6 +108,13 @@ static unsigned int move_short_count;
  * the injected short count really loses pages without it.
  */
 static bool reconcile_off;
+/*
+ * Test only: UZSWAP_TEST_AGENT_DELAY_US=N makes the agent wait N µs after
+ * an EVICT arrives before it moves anything, as a preempted agent on a
+ * busy host would: the program and the daemon go on meanwhile (REMOVE,
+ * UNMAP, REMAP, faults on the victims' addresses).
+ */
+static unsigned int agent_delay_us;
 
 static int agent_ioctl_move(struct uffdio_move *move)
 {
@@ -304,6 +311,8 @@ static void agent_evict(const struct uz_msg_evict *evict, size_t size)
 		return;
 	}
 
+	if (uz_unlikely(agent_delay_us))
+		usleep(agent_delay_us);
 	batch.addrs = evict->addrs;
 	batch.count = count;
 	i = 0;
@@ -524,7 +533,10 @@ int uz_agent_start(bool fork_child)
 
 		const char *off = getenv("UZSWAP_TEST_NO_RECONCILE");
 
+		const char *delay = getenv("UZSWAP_TEST_AGENT_DELAY_US");
+
 		move_short_every = every ? (unsigned int)strtoul(every, NULL, 10) : 0;
+		agent_delay_us = delay ? (unsigned int)strtoul(delay, NULL, 10) : 0;
 		reconcile_off = off && strcmp(off, "1") == 0;
 	}
 	pthread_attr_init(&attr);

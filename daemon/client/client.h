@@ -41,10 +41,12 @@ enum evict_slot_state {
 };
 
 struct evict_slot {
-	uint64_t vpn;	/* follows REMAP events */
-	uint8_t state;	/* enum evict_slot_state */
-	bool parked;	/* a fault arrived for this page while in flight */
-	bool discarded; /* REMOVE/UNMAP freed the entry: drop the bytes */
+	uint64_t vpn;	   /* follows REMAP events */
+	uint64_t sent_vpn; /* the address the agent was sent: it moves from there */
+	uint8_t state;	   /* enum evict_slot_state */
+	bool parked;	   /* a fault arrived for this page while in flight */
+	bool parked_sent;  /* a fault arrived at sent_vpn after the page left it */
+	bool discarded;	   /* REMOVE/UNMAP freed the entry: drop the bytes */
 };
 
 enum batch_state {
@@ -165,6 +167,12 @@ struct client {
 	enum batch_state batch_state;
 	uint32_t batch_id;
 	uint32_t batch_count;
+	/*
+	 * Slots of the batch out whose page left its sent address (REMOVE,
+	 * UNMAP, REMAP) while the agent may still move from there: faults
+	 * at those addresses wait for EVICT_DONE (client_address_in_flight).
+	 */
+	unsigned batch_stale;
 	unsigned batch_pending_installs;
 	struct evict_slot slots[UZ_EVICT_BATCH_MAX];
 	uint64_t clock_hand;	       /* next vpn the CLOCK looks at */

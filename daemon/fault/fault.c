@@ -347,6 +347,7 @@ static void entry_release(struct client *c, uint64_t vpn, page_entry_t entry)
 		break;
 	case PAGE_IN_FLIGHT:
 		c->slots[pe_payload(entry) % UZ_EVICT_BATCH_MAX].discarded = true;
+		c->batch_stale++;
 		c->in_flight--;
 		break;
 	case PAGE_WRITEBACK:
@@ -373,6 +374,31 @@ static void entry_release(struct client *c, uint64_t vpn, page_entry_t entry)
 /* ---------------------------------------------------------------------------
  * Serving a fault
  */
+
+/*
+ * May the agent still move a page out of vpn?  While a batch is out, a
+ * victim whose entry was freed (REMOVE, UNMAP) or moved (REMAP) leaves
+ * its sent address untracked, but the agent works from the addresses it
+ * was sent and may not have reached it yet.  Were a fault there served
+ * (zeros, and the program then writes), the agent would move that new
+ * page out and EVICT_DONE would drop it as the old one: the program would
+ * read zeros where it wrote.  Such faults wait for EVICT_DONE instead.
+ */
+static bool client_address_in_flight(struct client *c, uint64_t vpn, unsigned *slot)
+{
+	if (uz_likely(!c->batch_stale) || c->batch_state != BATCH_SENT)
+		return false;
+	for (unsigned i = 0; i < c->batch_count; i++) {
+		const struct evict_slot *s = &c->slots[i];
+
+		if (s->sent_vpn == vpn && (s->discarded || s->vpn != vpn)) {
+			if (slot)
+				*slot = i;
+			return true;
+		}
+	}
+	return false;
+}
 
 static void zero_range_mark(struct client *c, uint64_t lo, uint64_t hi)
 {
@@ -402,8 +428,8 @@ static void fault_zero_neighbours(struct client *c, uint64_t vpn)
 	const struct client_region *region = client_region_find(c, vpn << UZ_PAGE_SHIFT);
 	uint64_t win_lo, win_hi, lo, hi, g_lo, g_hi;
 
-	if (!region)
-		return;
+	if (!region || (c->batch_stale && c->batch_state == BATCH_SENT))
+		return; /* a neighbour may be one the agent still moves from */
 	win_lo = uz_max(vpn & ~(uint64_t)(FAULT_ZERO_WINDOW - 1), region->start >> UZ_PAGE_SHIFT);
 	win_hi = uz_min((vpn | (FAULT_ZERO_WINDOW - 1)) + 1, region->end >> UZ_PAGE_SHIFT);
 	g_lo = c->graveyard_start >> UZ_PAGE_SHIFT;
@@ -645,6 +671,8 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 
 		if (state != PAGE_STORED && state != PAGE_WRITEBACK && state != PAGE_SAME_FILLED)
 			break;
+		if (uz_unlikely(c->batch_stale) && client_address_in_flight(c, next, NULL))
+			break;
 		if (fault_decode_page(t, c, ne, t->around_buf + (size_t)n * UZ_PAGE_SIZE) < 0)
 			break; /* a lost neighbour is poisoned when it is touched, not now */
 		n++;
@@ -722,6 +750,15 @@ static int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, 
 	}
 
 	e = page_index_get(c->index, vpn);
+	if (uz_unlikely(c->batch_stale) && pe_state(e) != PAGE_IN_FLIGHT) {
+		unsigned slot;
+
+		if (client_address_in_flight(c, vpn, &slot)) {
+			c->slots[slot].parked_sent = true;
+			client_stat(c, UZ_STAT_inflight_faults, 1);
+			return 0;
+		}
+	}
 	switch (pe_state(e)) {
 	case PAGE_NEVER:
 		return fault_zero_fill(t, c, vpn, write);
@@ -840,6 +877,7 @@ static int remap_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 
 	if (pe_state(*entry) == PAGE_IN_FLIGHT) {
 		c->slots[pe_payload(*entry) % UZ_EVICT_BATCH_MAX].vpn = to;
+		c->batch_stale++;
 		store_batch(c->store)->vpn[pe_payload(*entry) % UZ_EVICT_BATCH_MAX] = to;
 	}
 	wb_entry_moved(c->thread->wb, c, vpn, to, *entry);
@@ -955,7 +993,7 @@ static int victim_pick(uint64_t vpn, page_entry_t *entry, void *userdata)
 		return 0;
 	}
 	slot = ctx->count++;
-	c->slots[slot] = (struct evict_slot){.vpn = vpn, .state = EVICT_SLOT_SENT};
+	c->slots[slot] = (struct evict_slot){.vpn = vpn, .sent_vpn = vpn, .state = EVICT_SLOT_SENT};
 	ctx->addrs[slot] = vpn << UZ_PAGE_SHIFT;
 	*entry = pe_make(*entry, PAGE_IN_FLIGHT, false, 0, 0, slot);
 	return ctx->count >= ctx->want ? 1 : 0;
@@ -1158,6 +1196,7 @@ static void client_reclaim(struct fault_thread *t, struct client *c)
 		return;
 	}
 	c->batch_id++;
+	c->batch_stale = 0;
 	c->shrink_pages -= uz_min(c->shrink_pages, (uint64_t)ctx.count);
 	c->batch_count = ctx.count;
 	c->batch_state = BATCH_SENT;
@@ -1279,11 +1318,16 @@ static int client_evict_done(struct fault_thread *t, struct client *c,
 
 	c->batch_state = BATCH_LANDING;
 	c->batch_pending_installs = 0;
+	c->batch_stale = 0;
 	for (unsigned i = 0; i < m->count; i++) {
 		struct evict_slot *s = &c->slots[i];
 		int status = m->status[i];
 		page_entry_t e;
 		int mapped;
+
+		/* The agent is done with the address: what faulted there is served now. */
+		if (s->parked_sent)
+			fault_retry_add(t, c, s->sent_vpn << UZ_PAGE_SHIFT, false);
 
 		if (s->discarded) {
 			/* REMOVE/UNMAP came first: the page reads as zeros now. */
@@ -1685,7 +1729,7 @@ static int populate_one(uint64_t vpn, void *userdata)
 	page_entry_t e = page_index_get(c->index, vpn);
 	int r;
 
-	if (pe_state(e) != PAGE_NEVER)
+	if (pe_state(e) != PAGE_NEVER || client_address_in_flight(c, vpn, NULL))
 		return 0;
 	r = page_index_set(c->index, vpn, pe_make(e, PAGE_RESIDENT, false, 0, 0, 0));
 	if (r < 0)

@@ -17,6 +17,12 @@
  *   dontneed       MADV_DONTNEED of a range and of scattered single pages
  *                  that are evicted: they read as zeros afterwards, the rest
  *                  verifies, and new data written there survives eviction.
+ *   dontneed-race  (run with a slow agent, UZSWAP_TEST_AGENT_DELAY_US)
+ *                  single pages dropped with MADV_DONTNEED and written
+ *                  again at once, over and over, while eviction batches
+ *                  are out: a page written after its drop must keep its
+ *                  data even when it was a victim the agent had not moved
+ *                  yet; every page verifies at the end.
  *   syscalls       write(2) to a file and to a pipe from evicted pages sends
  *                  their exact bytes; read(2) from a file and from a pipe
  *                  into evicted pages lands the file's bytes (kernel-mode
@@ -224,6 +230,33 @@ static void scenario_dontneed(void)
 	free(dropped);
 }
 
+static void scenario_dontneed_race(void)
+{
+	char *region = setup();
+	uint32_t *gen = calloc(pages, sizeof(*gen));
+	uint64_t state = 42, rounds = 0, end = it_now_ns() + 8ULL * 1000000000ULL;
+
+	if (!gen)
+		it_fail("out of memory");
+	for (uint64_t p = 0; p < pages; p++)
+		gen[p] = 1;
+	while (it_now_ns() < end || rounds < 2000) {
+		uint64_t p = it_rand(&state) % pages, q = it_rand(&state) % pages;
+
+		if (madvise(page_at(region, p), it_page_size, MADV_DONTNEED))
+			it_fail("madvise: %m");
+		gen[p] = (uint32_t)(2 + rounds % 1000000);
+		it_page_fill(page_at(region, p), p, gen[p]);
+		/* Another page read now and then, so faults and eviction keep going. */
+		it_page_verify(page_at(region, q), q, gen[q], "random page during the drops");
+		rounds++;
+	}
+	it_log("%" PRIu64 " pages dropped and written again", rounds);
+	for (uint64_t p = 0; p < pages; p++)
+		it_page_verify(page_at(region, p), p, gen[p], "every page at end");
+	free(gen);
+}
+
 static int temp_file(void)
 {
 	const char *dir = getenv("TMPDIR");
@@ -347,6 +380,7 @@ int main(int argc, char **argv)
 	    {"mremap-move", scenario_mremap_move},     {"mremap-grow", scenario_mremap_grow},
 	    {"mremap-shrink", scenario_mremap_shrink}, {"munmap", scenario_munmap},
 	    {"dontneed", scenario_dontneed},	       {"syscalls", scenario_syscalls},
+	    {"dontneed-race", scenario_dontneed_race},
 	};
 
 	it_init("itest-vmops");

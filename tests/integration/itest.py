@@ -661,6 +661,26 @@ def t_syscalls_read_write(h):
     _vmops(h, "syscalls")
 
 
+def t_dontneed_race(h):
+    """Single pages dropped with MADV_DONTNEED and written again at once, for 8 s,
+    while a slow agent (UZSWAP_TEST_AGENT_DELAY_US, as a preempted one would be)
+    has eviction batches out.  A dropped victim's address must not be served
+    before the agent is done with it: the agent would then move the page just
+    written and it would read zeros.  Every page verifies; the daemon counted no
+    page it had as present faulting (resident_missing_faults)."""
+    inject = {"UZSWAP_TEST_AGENT_DELAY_US": "3000", "UZSWAP_MIN_REGION": "4M"}
+    h.start_daemon(budget="4M")
+    h.client("itest-vmops-dontneed-race", [h.bin("itest-vmops"), "dontneed-race", "16M", "yes"],
+             timeout=150, extra_env=inject)
+    stats, text = h.stats()
+    for key in ("resident_missing_faults", "lost_pages"):
+        if stats.get(key, 0):
+            print(text)
+            raise TestFailure(f"{key} = {stats[key]}")
+    h.wait_daemon_empty()
+    h.stop_daemon(require_activity=True)
+
+
 def t_evict_move_short(h):
     """UFFDIO_MOVE reporting one page fewer than it moved, with EAGAIN (seen
     on 6.18, docs/RELIABILITY.md), injected into every 3rd multi-page move
