@@ -29,7 +29,7 @@
 	X(faultaround_pages, COUNTER, "pages put back ahead of a fault from the pool (fault-around), counted in zswpin too") \
 	X(faultaround_hits, COUNTER, "pages put back ahead that the program went on to use (inferred from its next fault; see docs/PERFORMANCE.md)") \
 	X(zero_fill_faults, COUNTER, "faults on never-touched pages served with zeros")            \
-	X(inflight_faults, COUNTER, "faults on pages in flight, served once the eviction landed")  \
+	X(inflight_faults, COUNTER, "faults on pages in flight (or at an address the agent may still move from), served once the eviction landed")  \
 	X(evict_requests, COUNTER, "eviction batches sent to client agents")                       \
 	X(evict_failed_pages, COUNTER, "victims the agent could not move (gone, shared)")          \
 	X(evict_shared_pages, COUNTER, "victims left resident: shared copy-on-write with a fork parent or child (never compressed twice)") \
