@@ -497,6 +497,30 @@ def t_fork_without_ptrace(h):
     _fork_test(h, drop_ptrace=True)
 
 
+def _wait_family_gone(h):
+    """Once every process of a fork family has gone: no stored page, and within
+    15 s no pool byte and no compressed byte left (every shared reference
+    dropped, or given back with the family); nothing lost on the way.  Returns
+    the daemon's statistics and their text."""
+    h.wait_daemon_empty()
+    end = time.monotonic() + 15
+    while True:
+        stats, text = h.stats()
+        if stats.get("pool_total_size", 0) == 0 and stats.get("compressed_bytes", 0) == 0:
+            break
+        if time.monotonic() > end:
+            print(text)
+            raise TestFailure(f"pool_total_size {stats.get('pool_total_size')}, compressed_bytes "
+                              f"{stats.get('compressed_bytes')} 15 s after every process of "
+                              "the family exited: shared references were leaked")
+        time.sleep(0.5)
+    for key in ("lost_pages", "resident_missing_faults", "swap_checksum_errors"):
+        if stats.get(key, 0) != 0:
+            print(text)
+            raise TestFailure(f"{key} = {stats[key]}")
+    return stats, text
+
+
 def _forkshare(h, scenario, size, budget="16M", timeout=150, pool_max=None):
     """One itest-forkshare scenario; then the daemon's side: forks counted as
     shared (fork_snapshots, fork_shared_pages), nothing lost or served as
@@ -511,26 +535,11 @@ def _forkshare(h, scenario, size, budget="16M", timeout=150, pool_max=None):
     if scenario == "big":
         argv.append(budget)
     h.client("itest-forkshare", argv, timeout=timeout)
-    h.wait_daemon_empty()
-    end = time.monotonic() + 15
-    while True:
-        stats, text = h.stats()
-        if stats.get("pool_total_size", 0) == 0 and stats.get("compressed_bytes", 0) == 0:
-            break
-        if time.monotonic() > end:
-            print(text)
-            raise TestFailure(f"pool_total_size {stats.get('pool_total_size')}, compressed_bytes "
-                              f"{stats.get('compressed_bytes')} 15 s after every process of "
-                              "the family exited: shared references were leaked")
-        time.sleep(0.5)
+    stats, text = _wait_family_gone(h)
     for key in ("fork_snapshots", "fork_shared_pages"):
         if stats.get(key, 0) == 0:
             print(text)
             raise TestFailure(f"{key} = 0: the fork child did not share its parent's pages")
-    for key in ("lost_pages", "resident_missing_faults", "swap_checksum_errors"):
-        if stats.get(key, 0) != 0:
-            print(text)
-            raise TestFailure(f"{key} = {stats[key]}")
     log(f"fork_snapshots={stats['fork_snapshots']} fork_shared_pages="
         f"{stats['fork_shared_pages']} evict_shared_pages={stats.get('evict_shared_pages')} "
         f"zswpwb={stats.get('zswpwb')}; pool empty at the end")
@@ -601,21 +610,7 @@ def t_forkshare_orphan(h):
     client.report()
     if rc != 0:
         raise TestFailure(f"itest-forkshare exited with {rc}")
-    h.wait_daemon_empty()
-    end = time.monotonic() + 15
-    while True:
-        stats, text = h.stats()
-        if stats.get("pool_total_size", 0) == 0 and stats.get("compressed_bytes", 0) == 0:
-            break
-        if time.monotonic() > end:
-            print(text)
-            raise TestFailure(f"pool_total_size {stats.get('pool_total_size')}, compressed_bytes "
-                              f"{stats.get('compressed_bytes')} 15 s after the family ended")
-        time.sleep(0.5)
-    for key in ("lost_pages", "resident_missing_faults", "swap_checksum_errors"):
-        if stats.get(key, 0) != 0:
-            print(text)
-            raise TestFailure(f"{key} = {stats[key]}")
+    stats, _ = _wait_family_gone(h)
     if stats.get("recovered_clients", 0) < 1:
         raise TestFailure("the parent did not re-join the second daemon")
     h.stop_daemon()
