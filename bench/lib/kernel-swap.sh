@@ -46,7 +46,7 @@ if [ -f /sys/fs/cgroup/memory/memory.limit_in_bytes ]; then
 elif grep -qw memory /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; then
     ks_cgroup_version=2 ks_cgroup_root=/sys/fs/cgroup ks_cgroup_limit_file=memory.max
 else
-    ks_cgroup_version= ks_cgroup_root=/sys/fs/cgroup/memory ks_cgroup_limit_file=
+    ks_cgroup_version='' ks_cgroup_root=/sys/fs/cgroup/memory ks_cgroup_limit_file=''
 fi
 
 ks_undo_all() {
