@@ -103,6 +103,21 @@ class Bench(itest.Harness):
         self.daemon = None
 
 
+def cgroup_oom_kills(path):
+    """The kernel's count of processes OOM-killed in the memory cgroup (v1
+    memory.oom_control, v2 memory.events), or None."""
+    for name in ("memory.oom_control", "memory.events"):
+        try:
+            with open(os.path.join(path, name)) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except OSError:
+            continue
+    return None
+
+
 def vmstat():
     out = {}
     with open("/proc/vmstat") as f:
@@ -250,13 +265,21 @@ def w_redis(h, size, ctx):
     def bgsave():
         before = r.info("rdb_last_save_time")
         r.cmd("BGSAVE")
-        end = time.monotonic() + 600
-        while r.info("rdb_bgsave_in_progress") != "0" or r.info("rdb_last_save_time") == before:
+        limit = max(120, 2 * size // MiB)  # a child stuck for good is a failure
+        end = time.monotonic() + limit
+        # Done when no save is in progress and either a new save time is in
+        # (success) or the status says err (a child that died: the save time
+        # stays the old one).
+        while (r.info("rdb_bgsave_in_progress") != "0" or
+               (r.info("rdb_last_save_time") == before and
+                r.info("rdb_last_bgsave_status") == "ok")):
             if time.monotonic() > end:
-                raise TestFailure("BGSAVE did not finish within 600 s")
+                raise TestFailure(f"BGSAVE did not finish within {limit} s")
             time.sleep(0.05)
         if r.info("rdb_last_bgsave_status") != "ok":
-            raise TestFailure(f"BGSAVE failed: {r.info('rdb_last_bgsave_status')}")
+            r.server_log()
+            raise TestFailure(f"BGSAVE failed: {r.info('rdb_last_bgsave_status')} "
+                              "(the child's end is in redis.log)")
 
     timed(phases, "populate", populate)
     digest = r.cmd("DEBUG", "DIGEST")
@@ -430,6 +453,7 @@ def run(args):
         record = {"workload": name, "mode": args.mode, "run": args.run, "size": args.size,
                   "budget": args.budget, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "loadavg_start": os.getloadavg()[0]}
+        ooms = cgroup_oom_kills(args.cgroup) if args.cgroup else None
         try:
             h.daemon_up()
             before = vmstat()
@@ -449,16 +473,23 @@ def run(args):
                 f"({', '.join(f'{k} {v:.2f}' for k, v in phases.items())}): {verdict}")
         except (TestFailure, itest.TestSkip) as e:
             say(f"  {args.mode} {name} run {args.run}: FAILED: {e}")
-            record["error"] = str(e)
+            record["error"] = " ".join(str(e).split())
             failed += 1
         except Exception as e:  # a program that died mid-reply, a socket timeout
             import traceback
             traceback.print_exc()
             say(f"  {args.mode} {name} run {args.run}: FAILED: {type(e).__name__}: {e}")
-            record["error"] = f"{type(e).__name__}: {e}"
+            record["error"] = " ".join(f"{type(e).__name__}: {e}".split())
             failed += 1
         finally:
             record["loadavg_end"] = os.getloadavg()[0]
+            if ooms is not None:
+                record["kernel_oom_kills"] = cgroup_oom_kills(args.cgroup) - ooms
+                if "error" in record and record["kernel_oom_kills"]:
+                    record["error"] += (f" [the kernel OOM-killed {record['kernel_oom_kills']}"
+                                        f" process(es) in the memory cgroup]")
+                    say(f"  {args.mode} {name} run {args.run}: the kernel OOM-killed "
+                        f"{record['kernel_oom_kills']} process(es) in the cgroup")
             if "error" in record:
                 keep_failure(h, args, name, record)
                 say(f"  logs of the failed {name} kept in {record['logs']}")
