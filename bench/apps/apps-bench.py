@@ -601,11 +601,11 @@ def report(args):
         for r in rs:
             where = f" (logs: {r['logs']})" if "logs" in r else ""
             print(f"  FAILED {w} {m} run {r['run']}: {r['error']}{where}")
-    plots(args, records, med, workloads, modes)
+    plots(args, records, med, errors, workloads, modes)
     return 1 if errors else 0
 
 
-def plots(args, records, med, workloads, modes):
+def plots(args, records, med, errors, workloads, modes):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -617,14 +617,26 @@ def plots(args, records, med, workloads, modes):
     colors = {"unmanaged": "#999999", "uzswap": "#d62728", "zram": "#1f77b4", "zswap": "#2ca02c"}
     fig, ax = plt.subplots(figsize=(11, 5))
     width = 0.8 / max(len(modes), 1)
+    top = max(med.values(), default=1)
     for i, m in enumerate(modes):
         xs = [j + (i - (len(modes) - 1) / 2) * width for j in range(len(workloads))]
         ys = [med.get((w, m), 0) for w in workloads]
         ax.bar(xs, ys, width, label=m, color=colors.get(m))
+        for x, y, w in zip(xs, ys, workloads):
+            n_ok = sum(1 for r in records if r["workload"] == w and r["mode"] == m
+                       and "error" not in r)
+            n_failed = len(errors.get((w, m), []))
+            if n_failed and not n_ok:
+                ax.text(x, top * 0.02, "FAIL", rotation=90, ha="center", va="bottom",
+                        fontsize=8, color=colors.get(m))
+            elif n_failed:
+                ax.text(x, y + top * 0.01, f"{n_ok}/{n_ok + n_failed}", ha="center",
+                        va="bottom", fontsize=7)
     ax.set_xticks(range(len(workloads)))
     ax.set_xticklabels(workloads)
     ax.set_ylabel("wall time, median (s)")
-    ax.set_title("bench/apps: wall time per program (same memory limit)")
+    ax.set_title("bench/apps: wall time per program (same memory limit); "
+                 "n/N: runs that passed, FAIL: none did")
     ax.legend()
     fig.tight_layout()
     path = os.path.join(args.plots, "apps-wall.png")
