@@ -186,6 +186,8 @@ enum uz_range_state {
 void uz_ranges_lock(void);
 void uz_ranges_unlock(void);
 void uz_ranges_reset_lock(void);
+/* The calling thread holds range_lock (a join in progress): hooks do not lock. */
+bool uz_ranges_held(void);
 bool uz_ranges_any(void);
 uint64_t uz_ranges_gen_locked(void);
 int uz_range_register(uint64_t start, uint64_t len, uint32_t flags, bool fresh);

@@ -27,7 +27,10 @@
  *
  * The real calls are made with syscall(2), never through dlsym: the hooks
  * may run before the constructor and inside the dynamic linker's own
- * allocations.  The agent thread always takes the plain path.
+ * allocations.  The agent thread always takes the plain path.  So does a
+ * thread that already holds range_lock (a join: pthread_create of the
+ * agent callocs through the program's malloc, which may mmap): it updates
+ * the table without locking again and leaves a new mapping to the scan.
  */
 /*
  * <sys/mman.h> renames mmap to mmap64 under _FILE_OFFSET_BITS=64 (meson's
@@ -72,12 +75,13 @@ static bool mapping_wanted(size_t len, int prot, int flags)
 	}
 	if (len < uz_client.min_region || !mapping_candidate(len, prot, flags))
 		return false;
-	return !uz_is_agent();
+	return !uz_is_agent() && !uz_ranges_held();
 }
 
 static void *mmap_hook(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
 	bool fixed = flags & (MAP_FIXED | MAP_FIXED_NOREPLACE);
+	bool held = uz_ranges_held();
 	void *p;
 	int saved;
 
@@ -85,11 +89,13 @@ static void *mmap_hook(void *addr, size_t len, int prot, int flags, int fd, off_
 		if (!(flags & MAP_FIXED) || !uz_ranges_any() || uz_is_agent())
 			return uz_raw_mmap(addr, len, prot, flags, fd, off);
 		/* MAP_FIXED over registered memory: the old range is gone. */
-		uz_ranges_lock();
+		if (!held)
+			uz_ranges_lock();
 		p = uz_raw_mmap(addr, len, prot, flags, fd, off);
 		if (p != MAP_FAILED)
 			uz_range_forget_locked((uintptr_t)p, page_round_up(len));
-		uz_ranges_unlock();
+		if (!held)
+			uz_ranges_unlock();
 		return p;
 	}
 
@@ -122,19 +128,23 @@ UZ_EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_
 
 int uz_munmap_tracked(void *addr, size_t len)
 {
+	bool held = uz_ranges_held();
 	int r;
 
 	if (!uz_ranges_any() || uz_is_agent())
 		return uz_raw_munmap(addr, len);
-	uz_ranges_lock();
+	if (!held)
+		uz_ranges_lock();
 	if (!uz_range_overlaps_locked((uintptr_t)addr, page_round_up(len))) {
-		uz_ranges_unlock();
+		if (!held)
+			uz_ranges_unlock();
 		return uz_raw_munmap(addr, len);
 	}
 	r = uz_raw_munmap(addr, len);
 	if (r == 0)
 		uz_range_forget_locked((uintptr_t)addr, page_round_up(len));
-	uz_ranges_unlock();
+	if (!held)
+		uz_ranges_unlock();
 	return r;
 }
 
@@ -147,22 +157,25 @@ void *uz_mremap_tracked(void *old, size_t old_len, size_t new_len, int flags, vo
 {
 	uint64_t old_start = (uintptr_t)old;
 	uint64_t old_size = page_round_up(old_len), new_size = page_round_up(new_len);
-	bool contained;
+	bool contained, held = uz_ranges_held();
 	void *p;
 	int saved;
 
 	if (!uz_ranges_any() || uz_is_agent())
 		return uz_raw_mremap(old, old_len, new_len, flags, new_addr);
-	uz_ranges_lock();
+	if (!held)
+		uz_ranges_lock();
 	if (!uz_range_overlaps_locked(old_start, old_size) &&
 	    !((flags & MREMAP_FIXED) && uz_range_overlaps_locked((uintptr_t)new_addr, new_size))) {
-		uz_ranges_unlock();
+		if (!held)
+			uz_ranges_unlock();
 		return uz_raw_mremap(old, old_len, new_len, flags, new_addr);
 	}
 	contained = uz_range_contains_locked(old_start, old_size);
 	p = uz_raw_mremap(old, old_len, new_len, flags, new_addr);
 	if (p == MAP_FAILED) {
-		uz_ranges_unlock();
+		if (!held)
+			uz_ranges_unlock();
 		return p;
 	}
 	saved = errno;
@@ -172,7 +185,8 @@ void *uz_mremap_tracked(void *old, size_t old_len, size_t new_len, int flags, vo
 	uz_range_forget_locked((uintptr_t)p, new_size);
 	if (contained)
 		uz_range_remember_locked((uintptr_t)p, uz_min(old_size, new_size));
-	uz_ranges_unlock();
+	if (!held)
+		uz_ranges_unlock();
 	/* The kernel registered the grown tail with the mapping: tell the daemon. */
 	if (contained && new_size > old_size && uz_client_managed())
 		uz_range_register((uintptr_t)p + old_size, new_size - old_size, 0, false);

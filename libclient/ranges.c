@@ -51,6 +51,14 @@ struct uz_range {
 };
 
 static pthread_mutex_t range_lock = PTHREAD_MUTEX_INITIALIZER;
+/*
+ * This thread holds range_lock.  A join runs with it held and its
+ * pthread_create of the agent callocs the dtv from the program's malloc,
+ * which may mmap (jemalloc maps a fresh extent): our hooks must not take
+ * the lock again then (uz_ranges_held).  Initial-exec TLS: a dynamic TLS
+ * access may malloc (fork.c).
+ */
+static __thread __attribute__((tls_model("initial-exec"))) bool range_lock_mine;
 static struct uz_range *ranges; /* under range_lock */
 static size_t range_capacity;
 static atomic_size_t range_count; /* written under range_lock, read anywhere */
@@ -60,15 +68,23 @@ static uint64_t table_gen = 1;	  /* under range_lock */
 void uz_ranges_lock(void)
 {
 	pthread_mutex_lock(&range_lock);
+	range_lock_mine = true;
 }
 
 void uz_ranges_unlock(void)
 {
+	range_lock_mine = false;
 	pthread_mutex_unlock(&range_lock);
+}
+
+bool uz_ranges_held(void)
+{
+	return range_lock_mine;
 }
 
 void uz_ranges_reset_lock(void)
 {
+	range_lock_mine = false;
 	pthread_mutex_init(&range_lock, NULL);
 }
 
@@ -457,7 +473,7 @@ int uz_range_register(uint64_t start, uint64_t len, uint32_t flags, bool fresh)
 	uint32_t token;
 	int r;
 
-	if (uz_is_agent())
+	if (uz_is_agent() || uz_ranges_held())
 		return -EDEADLK;
 	uz_ranges_lock();
 	token = next_token++;

@@ -3,11 +3,18 @@
 """The workloads of bench/apps/run-bench, and its report.
 
   apps-bench.py run --mode MODE --run N --size BYTES --budget SIZE
-                    --workloads a,b,... --results FILE [--cgroup PATH]
+                    --workloads a,b,... --results FILE --tmp DIR [--cgroup PATH]
+                    [--build DIR] [--of TEXT] [--progress]
   apps-bench.py report --results FILE --plots DIR [--command TEXT]
 
 `run` runs each workload once in one mode and appends one JSON line per
-workload to FILE.  Modes: `unmanaged` (no uzswap, no limit), `uzswap` (a
+workload to FILE (a failed one too, with its error; the logs of its
+processes are kept in failed.MODE.WORKLOAD.runN/ beside FILE).  DIR holds
+what the runs share: the sort input, the answers without paging that
+sqlite3, python3 and sort are checked against (the unmanaged mode's, or
+computed outside uzswap and the cgroup when it has not run first) and
+the latency histograms.  --progress prints a line per workload started
+and finished on stderr.  Modes: `unmanaged` (no uzswap, no limit), `uzswap` (a
 private uzswapd per workload, --resident-max BUDGET, lz4, no swap file;
 the program under LD_PRELOAD=libuzswap.so with the library's defaults),
 `zram` and `zswap` (no uzswap; the program started inside the memory
@@ -94,6 +101,21 @@ class Bench(itest.Harness):
                 record["uzswap_" + key] = stats[key]
         self.stop_daemon(check_empty=False)
         self.daemon = None
+
+
+def cgroup_oom_kills(path):
+    """The kernel's count of processes OOM-killed in the memory cgroup (v1
+    memory.oom_control, v2 memory.events), or None."""
+    for name in ("memory.oom_control", "memory.events"):
+        try:
+            with open(os.path.join(path, name)) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except OSError:
+            continue
+    return None
 
 
 def vmstat():
@@ -243,13 +265,21 @@ def w_redis(h, size, ctx):
     def bgsave():
         before = r.info("rdb_last_save_time")
         r.cmd("BGSAVE")
-        end = time.monotonic() + 600
-        while r.info("rdb_bgsave_in_progress") != "0" or r.info("rdb_last_save_time") == before:
+        limit = max(120, 2 * size // MiB)  # a child stuck for good is a failure
+        end = time.monotonic() + limit
+        # Done when no save is in progress and either a new save time is in
+        # (success) or the status says err (a child that died: the save time
+        # stays the old one).
+        while (r.info("rdb_bgsave_in_progress") != "0" or
+               (r.info("rdb_last_save_time") == before and
+                r.info("rdb_last_bgsave_status") == "ok")):
             if time.monotonic() > end:
-                raise TestFailure("BGSAVE did not finish within 600 s")
+                raise TestFailure(f"BGSAVE did not finish within {limit} s")
             time.sleep(0.05)
         if r.info("rdb_last_bgsave_status") != "ok":
-            raise TestFailure(f"BGSAVE failed: {r.info('rdb_last_bgsave_status')}")
+            r.server_log()
+            raise TestFailure(f"BGSAVE failed: {r.info('rdb_last_bgsave_status')} "
+                              "(the child's end is in redis.log)")
 
     timed(phases, "populate", populate)
     digest = r.cmd("DEBUG", "DIGEST")
@@ -268,37 +298,45 @@ def w_redis(h, size, ctx):
 
 # --- sqlite3, python3 (the apps suite's programs, scaled) ---------------------------
 
-def reference(ctx, key, value):
-    """The unmanaged run's answer is the reference of every other mode (kept in a file)."""
+def reference(ctx, key, value, compute):
+    """The answer without paging is the reference of every mode: the unmanaged run's
+    (kept in a file), or compute() (the program run outside uzswap and the cgroup)
+    when the unmanaged mode did not run first."""
     path = os.path.join(ctx["tmp"], f"reference.{key}")
-    if os.path.exists(path):
-        with open(path) as f:
-            expected = f.read()
-        if expected != value:
-            raise TestFailure(f"{key}: answered\n{value}\nexpected (unmanaged run)\n{expected}")
-        return "equal to the unmanaged run's"
-    if ctx["mode"] != "unmanaged":
-        return "no unmanaged run to compare with"
-    with open(path, "w") as f:
-        f.write(value)
-    return "reference"
+    if not os.path.exists(path):
+        fresh = value if ctx["mode"] == "unmanaged" else compute()
+        with open(path + ".part", "w") as f:
+            f.write(fresh)
+        os.rename(path + ".part", path)
+        if ctx["mode"] == "unmanaged":
+            return "reference"
+    with open(path) as f:
+        expected = f.read()
+    if expected != value:
+        raise TestFailure(f"{key}: answered\n{value}\nexpected (without paging)\n{expected}")
+    return "equal to the answer without paging"
 
 
 def w_sqlite3(h, size, ctx):
     rows = size // 520
+    build = apps.sqlite_build(rows)
     phases = {}
-    answer = timed(phases, "build+query", apps.run_sqlite, h, "sqlite3", True, False,
-                   apps.sqlite_build(rows))
-    return phases, f"{rows} rows, aggregates {reference(ctx, f'sqlite3.{rows}', answer)}"
+    answer = timed(phases, "build+query", apps.run_sqlite, h, "sqlite3", True, False, build)
+    verdict = reference(ctx, f"sqlite3.{rows}", answer,
+                        lambda: apps.run_sqlite(h, "sqlite3-reference", False, False, build))
+    return phases, f"{rows} rows, aggregates {verdict}"
 
 
 def w_python3(h, size, ctx):
     scale = size / (160 * MiB)
     keys, blobs = int(300000 * scale), int(100000 * scale)
+    script = apps.python_script(keys, blobs)
     phases = {}
     answer = timed(phases, "build+checksums", apps.run_python, h, "python3", True, False,
-                   apps.python_script(keys, blobs))
-    return phases, f"checksum twice equal, {reference(ctx, f'python3.{keys}', answer)}"
+                   script)
+    verdict = reference(ctx, f"python3.{keys}", answer,
+                        lambda: apps.run_python(h, "python3-reference", False, False, script))
+    return phases, f"checksum twice equal, {verdict}"
 
 
 # --- GNU sort ---------------------------------------------------------------------
@@ -309,20 +347,26 @@ def w_sort(h, size, ctx):
         itest.write_text_file(data + ".part", size // 2, 12)
         os.rename(data + ".part", data)
     out = os.path.join(h.tmp, "sorted")
-    phases = {}
 
-    def sort():
-        proc = h.spawn("sort", [apps.need("sort"), "-S", str(size * 2), "--parallel=1", "-o", out,
-                                data], extra_env={"LC_ALL": "C"})
+    def sort(name, preload):
+        proc = h.spawn(name, [apps.need("sort"), "-S", str(size * 2), "--parallel=1", "-o",
+                              out, data], preload=preload, extra_env={"LC_ALL": "C"})
         rc = proc.wait(1200)
         if rc != 0:
             proc.report()
-            raise TestFailure(f"sort exited with {rc}")
+            raise TestFailure(f"{name} exited with {rc}")
 
-    timed(phases, "sort", sort)
-    digest = itest.sha256_file(out)
-    os.unlink(out)
-    return phases, f"{size // 2 >> 20} MiB sorted, output {reference(ctx, f'sort.{size}', digest)}"
+    def sorted_digest():
+        digest = itest.sha256_file(out)
+        os.unlink(out)
+        return digest
+
+    phases = {}
+    timed(phases, "sort", sort, "sort", True)
+    digest = sorted_digest()
+    verdict = reference(ctx, f"sort.{size}", digest,
+                        lambda: (sort("sort-reference", False), sorted_digest())[1])
+    return phases, f"{size // 2 >> 20} MiB sorted, output {verdict}"
 
 
 # --- hotcold and the scans ----------------------------------------------------------
@@ -362,23 +406,54 @@ def w_strided(h, size, ctx):
                                   "--accesses", str(size // 4096 * 2)], ctx)
 
 
+def keep_failure(h, args, name, record):
+    """Print what the failed workload's processes said, and keep their logs (the
+    harness's temp dir goes at cleanup) beside the results file."""
+    for proc in h.procs:
+        proc.report()
+    keep = os.path.join(os.path.dirname(os.path.abspath(args.results)),
+                        f"failed.{args.mode}.{name}.run{args.run}")
+    os.makedirs(keep, exist_ok=True)
+    for entry in os.listdir(h.tmp):
+        path = os.path.join(h.tmp, entry)
+        if entry.endswith((".out", ".err", ".log")) and os.path.isfile(path):
+            with open(path, "rb") as src, open(os.path.join(keep, entry), "wb") as dst:
+                dst.write(src.read(16 << 20))
+    record["logs"] = keep
+
+
 def run(args):
-    ctx = {"mode": args.mode, "run": args.run, "tmp": args.tmp,
-           "hotcold": os.path.join(args.build, "bench", "hotcold", "hotcold")}
-    os.environ.setdefault("UZSWAPD", os.path.join(args.build, "daemon", "uzswapd"))
-    os.environ.setdefault("LIBUZSWAP", os.path.join(args.build, "libclient", "libuzswap.so"))
-    os.environ.setdefault("UZSWAPCTL", os.path.join(args.build, "cli", "uzswapctl"))
+    # The programs run with the harness's temp dir as cwd: every path absolute.
+    build = os.path.abspath(args.build)
+    ctx = {"mode": args.mode, "run": args.run, "tmp": os.path.abspath(args.tmp),
+           "hotcold": os.path.join(build, "bench", "hotcold", "hotcold")}
+    os.environ.setdefault("UZSWAPD", os.path.join(build, "daemon", "uzswapd"))
+    os.environ.setdefault("LIBUZSWAP", os.path.join(build, "libclient", "libuzswap.so"))
+    os.environ.setdefault("UZSWAPCTL", os.path.join(build, "cli", "uzswapctl"))
 
     def on_signal(signum, frame):
         raise Stop(signal.Signals(signum).name)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    # Stop (and so clean up) when run-bench dies without telling us.
+    itest.libc.prctl(itest.PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    def say(msg):
+        """The harness's log (stdout), and with --progress the terminal (stderr)."""
+        itest.log(msg)
+        if args.progress:
+            print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
     failed = 0
-    for name in args.workloads.split(","):
+    names = args.workloads.split(",")
+    for i, name in enumerate(names, 1):
+        say(f"run {args.run}{args.of}, {args.mode}: {name} ({i}/{len(names)}), "
+            f"load average {os.getloadavg()[0]:.1f}")
         h = Bench(args.mode, args.cgroup, args.budget, args.tmp)
         record = {"workload": name, "mode": args.mode, "run": args.run, "size": args.size,
-                  "budget": args.budget}
+                  "budget": args.budget, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "loadavg_start": os.getloadavg()[0]}
+        ooms = cgroup_oom_kills(args.cgroup) if args.cgroup else None
         try:
             h.daemon_up()
             before = vmstat()
@@ -394,13 +469,30 @@ def run(args):
             for k in ("pswpin", "pswpout", "zswpin", "zswpout"):
                 record["kernel_" + k] = after.get(k, 0) - before.get(k, 0)
             h.daemon_down(record)
-            itest.log(f"{args.mode} {name} run {args.run}: {record['wall']:.2f} s "
-                      f"({', '.join(f'{k} {v:.2f}' for k, v in phases.items())}): {verdict}")
-        except TestFailure as e:
-            itest.log(f"{args.mode} {name} run {args.run}: FAILED: {e}")
-            record["error"] = str(e)
+            say(f"  {args.mode} {name} run {args.run}: {record['wall']:.2f} s "
+                f"({', '.join(f'{k} {v:.2f}' for k, v in phases.items())}): {verdict}")
+        except (TestFailure, itest.TestSkip) as e:
+            say(f"  {args.mode} {name} run {args.run}: FAILED: {e}")
+            record["error"] = " ".join(str(e).split())
+            failed += 1
+        except Exception as e:  # a program that died mid-reply, a socket timeout
+            import traceback
+            traceback.print_exc()
+            say(f"  {args.mode} {name} run {args.run}: FAILED: {type(e).__name__}: {e}")
+            record["error"] = " ".join(f"{type(e).__name__}: {e}".split())
             failed += 1
         finally:
+            record["loadavg_end"] = os.getloadavg()[0]
+            if ooms is not None:
+                record["kernel_oom_kills"] = cgroup_oom_kills(args.cgroup) - ooms
+                if "error" in record and record["kernel_oom_kills"]:
+                    record["error"] += (f" [the kernel OOM-killed {record['kernel_oom_kills']}"
+                                        f" process(es) in the memory cgroup]")
+                    say(f"  {args.mode} {name} run {args.run}: the kernel OOM-killed "
+                        f"{record['kernel_oom_kills']} process(es) in the cgroup")
+            if "error" in record:
+                keep_failure(h, args, name, record)
+                say(f"  logs of the failed {name} kept in {record['logs']}")
             h.cleanup()
         with open(args.results, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -419,10 +511,14 @@ def medians(records):
     for r in records:
         key = (r["workload"], r["mode"])
         if "error" in r:
-            errors[key] = r["error"]
+            errors.setdefault(key, []).append(r)
         else:
             walls.setdefault(key, []).append(r["wall"])
     return {k: statistics.median(v) for k, v in walls.items()}, walls, errors
+
+
+def phase_medians(rs):
+    return {k: statistics.median(r["phases"][k] for r in rs) for k in rs[0]["phases"]}
 
 
 def report(args):
@@ -430,30 +526,44 @@ def report(args):
     med, walls, errors = medians(records)
     workloads = [w for w in WORKLOADS if any(r["workload"] == w for r in records)]
     modes = [m for m in MODES if any(r["mode"] == m for r in records)]
-    runs = max((len(v) for v in walls.values()), default=0)
+    runs = max((r["run"] for r in records), default=0)
     print(f"\nbench/apps: median wall time (s) of {runs} run(s) per cell"
           f"{': ' + args.command if args.command else ''}")
+    loads = [r[k] for r in records for k in ("loadavg_start", "loadavg_end") if k in r]
+    if records:
+        r0 = records[0]
+        print(f"working set {r0['size'] >> 20} MiB, budget {r0['budget']}, {os.cpu_count()} CPUs, "
+              f"{os.uname().release}" +
+              (f", load average {min(loads):.1f}-{max(loads):.1f} during the runs" if loads else ""))
     head = f"{'workload':<11}" + "".join(f"{m:>11}" for m in modes)
     ratio_modes = [m for m in ("zram", "zswap") if m in modes and "uzswap" in modes]
     head += "".join(f"{'uz/' + m:>10}" for m in ratio_modes)
     print(head)
+    partial = False
     for w in workloads:
         line = f"{w:<11}"
         for m in modes:
-            line += f"{med[(w, m)]:>11.2f}" if (w, m) in med else f"{'FAIL' if (w, m) in errors else '-':>11}"
+            if (w, m) in med:
+                mark = "*" if (w, m) in errors else ""
+                partial = partial or bool(mark)
+                line += f"{med[(w, m)]:>10.2f}{mark or ' '}"
+            else:
+                line += f"{'FAIL' if (w, m) in errors else '-':>10} "
         for m in ratio_modes:
             if (w, "uzswap") in med and (w, m) in med and med[(w, m)] > 0:
                 line += f"{med[(w, 'uzswap')] / med[(w, m)]:>10.2f}"
             else:
                 line += f"{'-':>10}"
         print(line)
+    if partial:
+        print("(* some runs of this cell failed: the median of the others; see FAILED below)")
     print("\nphases (median s) and fault counts:")
     for w in workloads:
         for m in modes:
             rs = [r for r in records if r["workload"] == w and r["mode"] == m and "error" not in r]
             if not rs:
                 continue
-            phases = {k: statistics.median(r["phases"][k] for r in rs) for k in rs[0]["phases"]}
+            phases = phase_medians(rs)
             # pages put back ahead (fault-around) are in zswpin but were no fault
             faults = (statistics.median(r.get("uzswap_zswpin", 0) + r.get("uzswap_disk_swapins", 0)
                                         - r.get("uzswap_faultaround_pages", 0)
@@ -469,14 +579,33 @@ def report(args):
                 fa = statistics.median(r["uzswap_faultaround_pages"] for r in rs)
                 hits = statistics.median(r["uzswap_faultaround_hits"] for r in rs)
                 extra += f", fault-around {fa:.0f} pages, {hits:.0f} hits"
+                if fa:
+                    extra += f" ({hits / fa:.2f})"
             print(f"  {w:<10} {m:<10} {text}; faults {faults:.0f}{extra}")
-    for (w, m), e in sorted(errors.items()):
-        print(f"  FAILED {w} {m}: {e}")
-    plots(args, records, med, workloads, modes)
+    lines = []
+    for w in workloads:
+        ups = [r for r in records if r["workload"] == w and r["mode"] == "uzswap"
+               and "error" not in r]
+        for m in ratio_modes:
+            kps = [r for r in records if r["workload"] == w and r["mode"] == m
+                   and "error" not in r]
+            if not ups or not kps or len(ups[0]["phases"]) < 2:
+                continue
+            up, kp = phase_medians(ups), phase_medians(kps)
+            parts = [f"{k} {up[k] / kp[k]:.2f}" for k in up if kp.get(k)]
+            lines.append(f"  {w:<10} uzswap/{m:<6} {', '.join(parts)}")
+    if lines:
+        print("\nphase ratios (medians):")
+        print("\n".join(lines))
+    for (w, m), rs in sorted(errors.items()):
+        for r in rs:
+            where = f" (logs: {r['logs']})" if "logs" in r else ""
+            print(f"  FAILED {w} {m} run {r['run']}: {r['error']}{where}")
+    plots(args, records, med, errors, workloads, modes)
     return 1 if errors else 0
 
 
-def plots(args, records, med, workloads, modes):
+def plots(args, records, med, errors, workloads, modes):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -488,14 +617,26 @@ def plots(args, records, med, workloads, modes):
     colors = {"unmanaged": "#999999", "uzswap": "#d62728", "zram": "#1f77b4", "zswap": "#2ca02c"}
     fig, ax = plt.subplots(figsize=(11, 5))
     width = 0.8 / max(len(modes), 1)
+    top = max(med.values(), default=1)
     for i, m in enumerate(modes):
         xs = [j + (i - (len(modes) - 1) / 2) * width for j in range(len(workloads))]
         ys = [med.get((w, m), 0) for w in workloads]
         ax.bar(xs, ys, width, label=m, color=colors.get(m))
+        for x, y, w in zip(xs, ys, workloads):
+            n_ok = sum(1 for r in records if r["workload"] == w and r["mode"] == m
+                       and "error" not in r)
+            n_failed = len(errors.get((w, m), []))
+            if n_failed and not n_ok:
+                ax.text(x, top * 0.02, "FAIL", rotation=90, ha="center", va="bottom",
+                        fontsize=8, color=colors.get(m))
+            elif n_failed:
+                ax.text(x, y + top * 0.01, f"{n_ok}/{n_ok + n_failed}", ha="center",
+                        va="bottom", fontsize=7)
     ax.set_xticks(range(len(workloads)))
     ax.set_xticklabels(workloads)
     ax.set_ylabel("wall time, median (s)")
-    ax.set_title("bench/apps: wall time per program (same memory limit)")
+    ax.set_title("bench/apps: wall time per program (same memory limit); "
+                 "n/N: runs that passed, FAIL: none did")
     ax.legend()
     fig.tight_layout()
     path = os.path.join(args.plots, "apps-wall.png")
@@ -551,6 +692,9 @@ def main():
     r.add_argument("--cgroup")
     r.add_argument("--tmp", required=True)
     r.add_argument("--build", default=os.path.join(TOP, "build"))
+    r.add_argument("--of", default="", help="text after the run number (run-bench: '/N')")
+    r.add_argument("--progress", action="store_true",
+                   help="one line per workload started and finished on stderr")
     q = sub.add_parser("report")
     q.add_argument("--results", required=True)
     q.add_argument("--plots", required=True)

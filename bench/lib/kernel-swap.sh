@@ -11,9 +11,15 @@
 # file removed, debugfs unmounted if we mounted it, zswap parameters
 # restored, cgroup emptied (its processes killed) and removed.
 #
+# The memory controller may be on cgroup v1 (/sys/fs/cgroup/memory, the
+# limit is memory.limit_in_bytes) or on cgroup v2 (/sys/fs/cgroup with
+# "memory" in cgroup.subtree_control, the limit is memory.max; swap is
+# left unlimited, memory.swap.max "max"): ks_cgroup_version says which
+# (1, 2, or empty when there is none), ks_cgroup_limit_file the file.
+#
 #   ks_usable                      0 when the kernel side can run here (root,
-#                                  cgroup v1 memory controller, no swap active);
-#                                  else says why on stderr
+#                                  a cgroup v1 or v2 memory controller, no swap
+#                                  active); else says why on stderr
 #   ks_swap_on SIDE SIZE COMPRESSOR [POOL_PERCENT [SHRINKER]]
 #                                  SIDE zram: /dev/zram0 of SIZE bytes with
 #                                  COMPRESSOR, kernel zswap off; SIDE zswap:
@@ -22,7 +28,8 @@
 #                                  SHRINKER Y/N, default left alone) over a
 #                                  swap file of SIZE bytes in /var/tmp.
 #                                  Sets ks_swapdev.  1 when SIDE cannot run
-#   ks_cgroup_create PATH LIMIT    a memory cgroup v1 with memory.limit_in_bytes LIMIT
+#   ks_cgroup_create PATH LIMIT    a memory cgroup (under ks_cgroup_root) whose
+#                                  limit is LIMIT bytes
 #   ks_cgroup_remove PATH          kill what is in it, remove it
 #   ks_cgroup_run PATH CMD...      exec CMD inside the cgroup (the wrapper
 #                                  writes its own pid first, so every page
@@ -32,8 +39,15 @@
 #   ks_vmstat KEY                  a /proc/vmstat counter
 #   ks_undo_all                    run and clear the undo stack
 ks_zswap_params=/sys/module/zswap/parameters
-ks_cgroup_root=/sys/fs/cgroup/memory
 ks_swapdev=
+if [ -f /sys/fs/cgroup/memory/memory.limit_in_bytes ]; then
+    ks_cgroup_version=1 ks_cgroup_root=/sys/fs/cgroup/memory
+    ks_cgroup_limit_file=memory.limit_in_bytes
+elif grep -qw memory /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; then
+    ks_cgroup_version=2 ks_cgroup_root=/sys/fs/cgroup ks_cgroup_limit_file=memory.max
+else
+    ks_cgroup_version='' ks_cgroup_root=/sys/fs/cgroup/memory ks_cgroup_limit_file=''
+fi
 
 ks_undo_all() {
     local i
@@ -46,7 +60,8 @@ ks_undo_all() {
 ks_usable() {
     local why=
     [ "$(id -u)" -eq 0 ] || why="not root"
-    [ -d "$ks_cgroup_root" ] || why="${why:+$why, }no cgroup v1 memory controller"
+    [ -n "$ks_cgroup_version" ] ||
+        why="${why:+$why, }no memory cgroup controller (neither v1 at /sys/fs/cgroup/memory nor v2 enabled in /sys/fs/cgroup/cgroup.subtree_control)"
     if [ -n "$(swapon --noheadings --show=NAME 2>/dev/null)" ]; then
         why="${why:+$why, }swap already active on this host"
     fi
@@ -59,7 +74,7 @@ ks_usable() {
 ks_cgroup_create() { # path limit-bytes
     mkdir "$1"
     undo+=("ks_cgroup_remove $1")
-    echo "$2" >"$1/memory.limit_in_bytes"
+    echo "$2" >"$1/$ks_cgroup_limit_file"
 }
 
 ks_cgroup_remove() { # path
