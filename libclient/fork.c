@@ -109,34 +109,39 @@ struct stack_run {
 	uint64_t pages;
 };
 
-static void stack_run_touch(struct stack_run *run)
+/*
+ * The top of one mapping of a stack run.  Every mapping of the run, not
+ * only the last: a stack whose VMA was split (part of it registered with
+ * our uffd) continues in the next line, and so may an unrelated mapping
+ * placed right after it (jemalloc's extents) -- the descriptor is at the
+ * end of one of them, and redis's BGSAVE child crashed in reclaim_stacks
+ * when only the top of the whole run was touched.
+ */
+static void stack_top_touch(struct stack_run *run, uint64_t start, uint64_t end)
 {
-	uint64_t end = run->run_end;
-	uint64_t start = end - uz_min(end - (run->guard_end ? run->guard_end : end),
-				      (uint64_t)FORK_STACK_TOP);
-
-	for (uint64_t a = start; a < end; a += UZ_PAGE_SIZE, run->pages++)
+	for (uint64_t a = end - uz_min(end - start, (uint64_t)FORK_STACK_TOP); a < end;
+	     a += UZ_PAGE_SIZE, run->pages++)
 		(void)*(volatile const char *)(uintptr_t)a;
-	run->run_end = 0;
 }
 
 static int stack_line(char *text, void *arg)
 {
 	struct stack_run *run = arg;
 	struct uz_maps_line line;
-	bool anon;
+	bool anon, rw;
 
 	if (!uz_maps_parse(text, &line))
 		return 0;
 	anon = line.inode == 0 && line.name[0] == 0;
-	if (run->run_end && (line.start != run->run_end || !anon ||
-			     memcmp(line.perms, "rw-p", 4) != 0))
-		stack_run_touch(run);
-	if (anon && !memcmp(line.perms, "rw-p", 4) &&
-	    (run->run_end == line.start || run->guard_end == line.start) && run->guard_end) {
+	rw = anon && !memcmp(line.perms, "rw-p", 4);
+	if (rw && ((run->run_end && line.start == run->run_end) ||
+		   (run->guard_end && line.start == run->guard_end))) {
+		stack_top_touch(run, line.start, line.end);
 		run->run_end = line.end;
+		run->guard_end = 0;
 		return 0;
 	}
+	run->run_end = 0;
 	run->guard_end = anon && !memcmp(line.perms, "---p", 4) ? line.end : 0;
 	return 0;
 }
@@ -147,8 +152,6 @@ static void stack_tops_touch(void)
 	struct stack_run run = {0};
 
 	(void)uz_read_lines("/proc/self/maps", buf, sizeof(buf), stack_line, &run);
-	if (run.run_end)
-		stack_run_touch(&run);
 }
 
 /*
