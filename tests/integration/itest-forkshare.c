@@ -21,6 +21,12 @@
  *   nested   the child rewrites half the pages, is evicted, and forks a
  *            grandchild; the grandchild sees the child's pages, the child and
  *            the parent see only their own
+ *   stacknext  two threads sleep while their stacks' tops (the thread
+ *            descriptors glibc's fork writes in the child) are evicted;
+ *            each stack mapping is followed right after by another
+ *            mapping, so the top of the run of mappings is not the
+ *            descriptor; the parent forks 4 times and each child must come
+ *            out of fork() alive and verify a sample of pages
  *   orphan   (needs FILE) the child verifies a sample of the shared pages,
  *            prints "CHILD READY" and exits once FILE exists; the harness
  *            kills uzswapd before it creates FILE, so the child's shared
@@ -40,6 +46,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -358,6 +365,93 @@ static void scenario_nested(void)
 	it_range_verify(region, 0, page_count, 1, "parent after child and grandchild");
 }
 
+/* --- stacknext: a mapping right after each thread stack --------------------- */
+
+static pthread_mutex_t sleep_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t sleep_cond = PTHREAD_COND_INITIALIZER;
+static bool sleepers_stop;
+
+static void *sleeper(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&sleep_lock);
+	while (!sleepers_stop)
+		pthread_cond_wait(&sleep_cond, &sleep_lock);
+	pthread_mutex_unlock(&sleep_lock);
+	return NULL;
+}
+
+static void scenario_stacknext(void)
+{
+	enum { SLEEPERS = 2, NEXT_SIZE = 4 << 20 };
+	pthread_t threads[SLEEPERS];
+	uint64_t evicted = 0;
+
+	for (int n = 0; n < SLEEPERS; n++) {
+		/*
+		 * The kernel hands out address space top down, packed: a stack
+		 * mapped right after our next mapping lands just below it.
+		 */
+		char *next = mmap(NULL, NEXT_SIZE, PROT_READ | PROT_WRITE,
+				  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		pthread_attr_t attr;
+		void *stack;
+		size_t stack_size;
+
+		if (next == MAP_FAILED)
+			it_fail("mmap the next mapping: %m");
+		memset(next, 0x5a, NEXT_SIZE);
+		if (pthread_create(&threads[n], NULL, sleeper, NULL))
+			it_fail("pthread_create");
+		if (pthread_getattr_np(threads[n], &attr) ||
+		    pthread_attr_getstack(&attr, &stack, &stack_size))
+			it_fail("pthread_getattr_np");
+		pthread_attr_destroy(&attr);
+		if ((char *)stack + stack_size != next)
+			it_fail("thread %d's stack [%p, %p) is not right below the mapping at %p: "
+				"the layout this test needs could not be made", n, stack,
+				(void *)((char *)stack + stack_size), (void *)next);
+	}
+	fill_and_evict(1, page_count / 2);
+	/* The descriptors (pthread_t points at them) must be holes for the fork to matter. */
+	for (int round = 0; round < 200 && evicted < SLEEPERS; round++) {
+		evicted = 0;
+		for (int n = 0; n < SLEEPERS; n++)
+			evicted += it_page_absent((void *)(threads[n] & ~(uintptr_t)(it_page_size - 1)));
+		if (evicted < SLEEPERS) {
+			it_range_verify(region, 0, page_count, 1, "pressure pass");
+			usleep(50000);
+		}
+	}
+	if (evicted < SLEEPERS)
+		it_fail("the sleeping threads' descriptors were never evicted (%" PRIu64 " of %d): "
+			"the test would prove nothing", evicted, SLEEPERS);
+	it_log("both sleeping threads' descriptors evicted; forking");
+	for (int round = 0; round < 4; round++) {
+		pid_t pid = fork_checked();
+
+		if (pid == 0) {
+			uint64_t state = 99 + (uint64_t)round;
+
+			it_name = "itest-forkshare(stacknext child)";
+			for (int i = 0; i < 256; i++) {
+				uint64_t p = it_rand(&state) % page_count;
+
+				it_page_verify(PAGE(p), p, 1, "child sample");
+			}
+			_exit(0);
+		}
+		wait_child(pid, "child forked with evicted thread descriptors");
+	}
+	pthread_mutex_lock(&sleep_lock);
+	sleepers_stop = true;
+	pthread_cond_broadcast(&sleep_cond);
+	pthread_mutex_unlock(&sleep_lock);
+	for (int n = 0; n < SLEEPERS; n++)
+		pthread_join(threads[n], NULL);
+	it_range_verify(region, 0, page_count, 1, "parent at end");
+}
+
 /* --- orphan: a child that exits while no daemon runs ------------------------ */
 
 static void scenario_orphan(const char *file)
@@ -392,7 +486,7 @@ int main(int argc, char **argv)
 
 	it_init("itest-forkshare");
 	if (argc < 3)
-		it_fail("usage: itest-forkshare big|exec|exit|bomb|threads|nested|orphan SIZE [BUDGET|FILE]");
+		it_fail("usage: itest-forkshare big|exec|exit|bomb|threads|nested|stacknext|orphan SIZE [BUDGET|FILE]");
 	scenario = argv[1];
 	size = it_parse_size(argv[2]);
 	page_count = size / it_page_size;
@@ -416,6 +510,8 @@ int main(int argc, char **argv)
 		scenario_threads();
 	} else if (!strcmp(scenario, "nested")) {
 		scenario_nested();
+	} else if (!strcmp(scenario, "stacknext")) {
+		scenario_stacknext();
 	} else if (!strcmp(scenario, "orphan")) {
 		if (argc != 4)
 			it_fail("orphan needs FILE");

@@ -581,6 +581,13 @@ def t_forkshare_nested(h):
     _forkshare(h, "nested", "64M")
 
 
+def t_forkshare_stacknext(h):
+    """fork while two sleeping threads' descriptors are evicted and each thread stack
+    is followed by another mapping: every child comes out of fork() alive (glibc
+    writes those descriptors in the child before any handler runs) and verifies."""
+    _forkshare(h, "stacknext", "32M", budget="8M")
+
+
 def t_forkshare_orphan(h):
     """SIGKILL of uzswapd while a fork child holds references to its parent's pages;
     the child exits while no daemon runs, so nobody can drop them.  The next daemon
