@@ -384,9 +384,14 @@ static void entry_release(struct client *c, uint64_t vpn, page_entry_t entry)
  * page out and EVICT_DONE would drop it as the old one: the program would
  * read zeros where it wrote.  Such faults wait for EVICT_DONE instead.
  */
+static inline bool client_batch_stale(const struct client *c)
+{
+	return uz_unlikely(c->batch_stale) && c->batch_state == BATCH_SENT;
+}
+
 static bool client_address_in_flight(struct client *c, uint64_t vpn, unsigned *slot)
 {
-	if (uz_likely(!c->batch_stale) || c->batch_state != BATCH_SENT)
+	if (!client_batch_stale(c))
 		return false;
 	for (unsigned i = 0; i < c->batch_count; i++) {
 		const struct evict_slot *s = &c->slots[i];
@@ -428,7 +433,7 @@ static void fault_zero_neighbours(struct client *c, uint64_t vpn)
 	const struct client_region *region = client_region_find(c, vpn << UZ_PAGE_SHIFT);
 	uint64_t win_lo, win_hi, lo, hi, g_lo, g_hi;
 
-	if (!region || (c->batch_stale && c->batch_state == BATCH_SENT))
+	if (!region || client_batch_stale(c))
 		return; /* a neighbour may be one the agent still moves from */
 	win_lo = uz_max(vpn & ~(uint64_t)(FAULT_ZERO_WINDOW - 1), region->start >> UZ_PAGE_SHIFT);
 	win_hi = uz_min((vpn | (FAULT_ZERO_WINDOW - 1)) + 1, region->end >> UZ_PAGE_SHIFT);
@@ -671,7 +676,7 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 
 		if (state != PAGE_STORED && state != PAGE_WRITEBACK && state != PAGE_SAME_FILLED)
 			break;
-		if (uz_unlikely(c->batch_stale) && client_address_in_flight(c, next, NULL))
+		if (client_address_in_flight(c, next, NULL))
 			break;
 		if (fault_decode_page(t, c, ne, t->around_buf + (size_t)n * UZ_PAGE_SIZE) < 0)
 			break; /* a lost neighbour is poisoned when it is touched, not now */
@@ -735,6 +740,7 @@ static int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, 
 	uint64_t vpn = addr >> UZ_PAGE_SHIFT;
 	page_entry_t e, new_entry;
 	uint64_t start_ns;
+	unsigned slot;
 	int r;
 
 	if (uz_unlikely(vpn > VPN_MAX)) {
@@ -750,14 +756,10 @@ static int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, 
 	}
 
 	e = page_index_get(c->index, vpn);
-	if (uz_unlikely(c->batch_stale) && pe_state(e) != PAGE_IN_FLIGHT) {
-		unsigned slot;
-
-		if (client_address_in_flight(c, vpn, &slot)) {
-			c->slots[slot].parked_sent = true;
-			client_stat(c, UZ_STAT_inflight_faults, 1);
-			return 0;
-		}
+	if (pe_state(e) != PAGE_IN_FLIGHT && client_address_in_flight(c, vpn, &slot)) {
+		c->slots[slot].parked_sent = true;
+		client_stat(c, UZ_STAT_inflight_faults, 1);
+		return 0;
 	}
 	switch (pe_state(e)) {
 	case PAGE_NEVER:
