@@ -296,7 +296,24 @@ int uz_watcher_start(bool join_now, bool fork_child)
 
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	pthread_attr_setstacksize(&attr, WATCHER_STACK_SIZE);
+	if (fork_child) {
+		/*
+		 * As for the agent (agent.c): a cached stack of the parent's
+		 * threads would have glibc realloc its old dtv, heap memory the
+		 * child may not have yet ("realloc(): invalid pointer" in a
+		 * long chaos run).  A stack of our own memory skips the cache.
+		 */
+		static void *child_stack;
+
+		if (!child_stack)
+			child_stack = uz_own_mmap(WATCHER_STACK_SIZE);
+		if (child_stack)
+			pthread_attr_setstack(&attr, child_stack, WATCHER_STACK_SIZE);
+		else
+			pthread_attr_setstacksize(&attr, WATCHER_STACK_SIZE);
+	} else {
+		pthread_attr_setstacksize(&attr, WATCHER_STACK_SIZE);
+	}
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	r = -pthread_create(&thread, &attr, watcher_main, NULL);
