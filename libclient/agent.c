@@ -553,12 +553,7 @@ int uz_agent_start(bool fork_child)
 		 */
 		static void *child_stack;
 
-		if (!child_stack)
-			child_stack = uz_own_mmap(UZ_AGENT_STACK_SIZE);
-		if (child_stack)
-			pthread_attr_setstack(&attr, child_stack, UZ_AGENT_STACK_SIZE);
-		else
-			pthread_attr_setstacksize(&attr, UZ_AGENT_STACK_SIZE);
+		uz_attr_own_stack(&attr, &child_stack, UZ_AGENT_STACK_SIZE);
 	} else {
 		pthread_attr_setstacksize(&attr, UZ_AGENT_STACK_SIZE);
 	}

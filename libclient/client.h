@@ -131,6 +131,13 @@ void *uz_raw_mremap(void *old, size_t old_len, size_t new_len, int flags, void *
  */
 #define UZ_OWN_MAX 32
 void *uz_own_mmap(size_t len);
+/*
+ * A fork child's thread (agent, watcher) on a stack of our own memory,
+ * mapped once into *stack: glibc's cached stacks are the parent threads'
+ * memory, and reusing one reads its descriptor and reallocs its old dtv,
+ * heap the child may not have yet.  Falls back to a glibc stack of size.
+ */
+void uz_attr_own_stack(pthread_attr_t *attr, void **stack, size_t size);
 void uz_own_munmap(void *addr, size_t len);
 size_t uz_own_snapshot(struct uz_register_range *out, size_t max);
 void uz_own_reset_lock(void);

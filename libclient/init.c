@@ -116,6 +116,16 @@ void *uz_own_mmap(size_t len)
 	return p;
 }
 
+void uz_attr_own_stack(pthread_attr_t *attr, void **stack, size_t size)
+{
+	if (!*stack)
+		*stack = uz_own_mmap(size);
+	if (*stack)
+		pthread_attr_setstack(attr, *stack, size);
+	else
+		pthread_attr_setstacksize(attr, size);
+}
+
 void uz_own_munmap(void *addr, size_t len)
 {
 	pthread_mutex_lock(&own_lock);

@@ -305,12 +305,7 @@ int uz_watcher_start(bool join_now, bool fork_child)
 		 */
 		static void *child_stack;
 
-		if (!child_stack)
-			child_stack = uz_own_mmap(WATCHER_STACK_SIZE);
-		if (child_stack)
-			pthread_attr_setstack(&attr, child_stack, WATCHER_STACK_SIZE);
-		else
-			pthread_attr_setstacksize(&attr, WATCHER_STACK_SIZE);
+		uz_attr_own_stack(&attr, &child_stack, WATCHER_STACK_SIZE);
 	} else {
 		pthread_attr_setstacksize(&attr, WATCHER_STACK_SIZE);
 	}
