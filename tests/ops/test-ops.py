@@ -156,6 +156,17 @@ def workload(tmp, size, cgroup_dir=None, hold=0, sock=None):
                  env=env, cgroup_dir=cgroup_dir)
 
 
+def wait_line(p, word):
+    """Read a workload's stdout up to its line starting with word.  (Blocking
+    reads: the workload's own run is short, meson's timeout bounds it.)"""
+    for line in p.stdout:
+        if os.environ.get("UZOPS_DEBUG"):
+            log(f"workload {p.pid}: {line.rstrip()}")
+        if line.startswith(word):
+            return line
+    raise Fail(f"workload ended before printing {word!r}: rc {p.wait()}")
+
+
 def finish(p, timeout=90):
     out, err = p.communicate(timeout=timeout)
     if p.returncode != 0 or "verified" not in out:
@@ -373,7 +384,9 @@ def t_matching(tmp):
           "memory path named by no file (only Cgroup=/): matched by the v2 path, its budget")
     check(cl[ps.pid]["cgroup"] == name_s and cl[ps.pid]["resident_max"] == want_s,
           f"ResidentMax=80% of the v1 soft limit 32M (memory.high's v1 twin) = {want_s}")
-    st = json.loads(ctl(tmp, "stats", "--json").stdout)
+    for p in (pm, pv, ps):  # written and verified, now holding: the figures settle
+        wait_line(p, "verified")
+    st = quiet_stats(tmp)
     check({name_m, name_v, name_s} <= {c["cgroup"] for c in st["cgroups"]} and sums_match(st),
           "stats JSON has a block per matched cgroup (v1 and v2 paths), sums match")
     # Raise the v1 limit: the budget follows on the next recheck.
@@ -386,6 +399,25 @@ def t_matching(tmp):
         p.kill()
         p.communicate(timeout=10)
     check(stop_daemon(d) == 0, "daemon exits 0")
+
+
+def quiet_stats(tmp, timeout=20):
+    """stats --json once two reads in a row agree: the counters are read one
+    by one while the fault threads move them, so a comparison of per-cgroup
+    sums with the global figures means something only when nothing moves."""
+    def figures(st):
+        return [(b.get("cgroup"), b["counters"], b["gauges"])
+                for b in [st["global"], *st["cgroups"]]]
+    deadline = time.time() + timeout
+    last = json.loads(ctl(tmp, "stats", "--json").stdout)
+    while True:
+        time.sleep(0.2)
+        st = json.loads(ctl(tmp, "stats", "--json").stdout)
+        if figures(st) == figures(last):
+            return st
+        if time.time() > deadline:
+            raise Fail(f"the statistics did not settle within {timeout} s")
+        last = st
 
 
 def sums_match(st):
@@ -434,15 +466,8 @@ def t_cgroups(tmp):
 
     # Sample only once each workload has written and verified everything
     # (it prints "verified" and then holds its memory).
-    # (Blocking reads: the workload's own run is short, meson's timeout bounds it.)
     for p in (pa, pb):
-        for line in p.stdout:
-            if os.environ.get("UZOPS_DEBUG"):
-                log(f"workload {p.pid}: {line.rstrip()}")
-            if line.startswith("verified"):
-                break
-        else:
-            raise Fail(f"workload ended before verifying: rc {p.wait()}")
+        wait_line(p, "verified")
     seen = {}
     for name, budget in ((name_a, 4 * 2**20), (name_b, 12 * 2**20)):
         try:
@@ -470,8 +495,9 @@ def t_cgroups(tmp):
     pb = workload(tmp, "16M", dir_b, hold=30)
     wait_for(lambda: len(json.loads(ctl(tmp, "clients", "--json").stdout)["clients"]) == 2
              and all(p.stdout.readable() for p in (pa, pb)), 20, "two clients")
-    time.sleep(4)  # both have written and verified and now hold
-    st = json.loads(ctl(tmp, "stats", "--json").stdout)
+    for p in (pa, pb):  # written and verified, now holding: the figures settle
+        wait_line(p, "verified")
+    st = quiet_stats(tmp)
     check(sums_match(st), "per-cgroup sums equal the global figures (JSON)")
     cl = json.loads(ctl(tmp, "clients", "--json").stdout)["clients"]
     check({c["cgroup"] for c in cl} == {name_a, name_b}, "clients shows each client's cgroup")
@@ -499,8 +525,7 @@ def t_cgroups(tmp):
                          json.loads(ctl(tmp, "clients", "--json").stdout)["clients"]),
              10, "moved process matched again")
     check(True, "a process moved to another cgroup is matched again")
-    st = json.loads(ctl(tmp, "stats", "--json").stdout)
-    check(sums_match(st), "sums still match after the move")
+    check(sums_match(quiet_stats(tmp)), "sums still match after the move")
 
     # shrink as root
     r = json.loads(ctl(tmp, "shrink", "--cgroup", name_b, "--bytes", "1M", "--json").stdout)
