@@ -341,6 +341,15 @@ static int link_flush(struct swap_io *io)
 			break;
 		}
 	}
+	/*
+	 * The connection can die inside one of the calls above (a send that
+	 * fails): libnbd then closes the socket itself, so no event of it
+	 * will ever wake reap, and the commands sent would wait for their
+	 * deadline.  Broken arms the timer at once instead.
+	 */
+	if (l->handle && l->state != LINK_DOWN &&
+	    (nbd_aio_is_dead(l->handle) || nbd_aio_is_closed(l->handle)))
+		l->broken = true;
 	link_watch(l);
 	link_arm(io);
 	return 0;
