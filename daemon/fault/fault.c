@@ -77,6 +77,7 @@
 #include "compress/compress.h"
 #include "daemon.h"
 #include "fault/fault.h"
+#include "fault/fault-internal.h"
 #include "fault/fork.h"
 #include "family/family.h"
 #include "fault/writeback.h"
@@ -104,14 +105,9 @@ enum {
 #define FAULT_FORK_PAUSE_MAX 1024 /* FORK_PREPAREs outstanding per client */
 #define FAULT_EVICT_BACKOFF  256  /* CLOCK visits a page the agent could not move sits out */
 #define FAULT_SHARED_MARK    0x1fff /* backoff value: shared with a fork relative (see below) */
-#define FAULT_RECLAIM_RESCAN 64	  /* after a fruitless sweep, wait for this many new pages */
-#define FAULT_RECLAIM_RETRY_MS 200 /* ... or this long (shared pages become free by writes) */
-#define VPN_MAX		     ((1ULL << PAGE_INDEX_VPN_BITS) - 1)
-#define FAULT_COMPRESSORS_MAX 8	  /* distinct (algo, level) pairs a thread keeps */
 #define FAULT_IDLE_TICK_MS    500 /* wake at least this often: the heartbeat ticks */
 #define FAULT_SPIN_USEC_MIN   4	  /* the spin never shrinks below this once armed */
 #define FAULT_FORK_GRACE_MS   1000 /* a fork child's pages stay resident this long */
-#define FAULT_RESTORE_RUN     64   /* pages given back with one UFFDIO_COPY */
 #define FAULT_AROUND_START    2	   /* window of a client that just showed a forward run */
 #define FAULT_AROUND_NEAR     2	   /* ... two pool faults this close, forward, show one */
 #define FAULT_BATCH_RANGES_MAX (4 * UZ_REGISTER_BATCH_MAX) /* REGISTER_BATCH ranges queued */
@@ -122,130 +118,24 @@ enum {
  * with a fork child or parent until copy-on-write breaks).  Without it a
  * process whose resident pages are all shared would be sent the same
  * doomed batch over and over.
- */
-static inline unsigned resident_backoff(page_entry_t e)
-{
-	return pe_len(e);
-}
-
-/*
+ *
  * A page the agent left because it is shared copy-on-write with a fork
  * parent or child (EBUSY) sits out until the client's pagemap says this
  * process alone maps it (bit 56: the relative wrote its copy or exited);
  * then it is a victim like any other.  Its bytes are never compressed
  * twice, and it does not wait a fixed number of sweeps once it is free.
  */
-struct pagemap_window {
-	uint64_t start;
-	unsigned len;
-	uint64_t words[512];
-};
-
-#define PAGEMAP_PRESENT_BIT   (1ULL << 63)
-#define PAGEMAP_SWAPPED_BIT   (1ULL << 62)
-#define PAGEMAP_EXCLUSIVE_BIT (1ULL << 56)
-
-/* The pagemap word of the client's vpn, read 512 pages at a time; false: unknown. */
-static bool pagemap_word(const struct client *c, struct pagemap_window *w, uint64_t vpn,
-			 uint64_t *word)
+static inline unsigned resident_backoff(page_entry_t e)
 {
-	if (vpn < w->start || vpn >= w->start + w->len) {
-		ssize_t got = -1;
-
-		w->start = vpn;
-		w->len = 0;
-		if (c->pagemap_fd >= 0)
-			got = pread(c->pagemap_fd, w->words, sizeof(w->words),
-				    (off_t)(vpn * sizeof(uint64_t)));
-		if (got < (ssize_t)sizeof(uint64_t))
-			return false;
-		w->len = (unsigned)(got / sizeof(uint64_t));
-	}
-	*word = w->words[vpn - w->start];
-	return true;
+	return pe_len(e);
 }
 
 /* A positive outcome of a request step: the answer was already sent (or none is due). */
 #define REQUEST_ANSWERED 1
 
-struct fault_retry {
-	struct client *client;
-	uint64_t addr;
-	bool write;
-};
-
-struct fault_thread {
-	struct daemon *daemon;
-	unsigned index;
-	pthread_t thread;
-	bool started;
-	int epoll_fd;
-	int event_fd;
-	struct fault_source event_source;
-	struct fault_source swap_source;
-
-	pthread_mutex_t lock; /* guards inbox, stop, drain, drain_deadline */
-	struct uz_list inbox; /* clients handed over, not yet adopted (client.thread_link) */
-	bool stop;
-	bool drain;
-	uint64_t drain_deadline;
-
-	/* --- owned by the thread --- */
-	struct uz_list clients; /* client.thread_link */
-	struct uz_list dead;	/* killed this round, freed at the end of it */
-	bool draining;
-	uint64_t deadline;
-	struct compressor *compressor; /* the default policy's; decompresses anything */
-	struct {
-		enum compressor_algo algo;
-		int level;
-		struct compressor *compressor;
-	} compressors[FAULT_COMPRESSORS_MAX]; /* by the (algo, level) clients' policies ask for */
-	unsigned nr_compressors;
-	uint64_t heartbeat; /* atomic: bumped once per loop iteration (watchdog) */
-	unsigned test_stall_ms; /* test only: UZSWAP_TEST_STALL_FAULT_THREAD, see below */
-	uint8_t *page; /* page-aligned buffers, one page each */
-	uint8_t *zero_page;
-	uint8_t *compressed;
-	uint8_t *restore_buf; /* FAULT_RESTORE_RUN pages: a run being given back */
-	uint8_t *around_buf;  /* 1 + UZ_FAULT_AROUND_MAX pages: a fault and its fault-around */
-	struct uz_msg_evict *evict_msg;
-	struct fault_retry *retries;
-	unsigned nr_retries;
-	bool want_retry; /* something returned EAGAIN: poll without sleeping */
-	struct wb *wb;	 /* writeback tier: LRU, swap_io, reads (writeback.c) */
-
-	/* adaptive spinning before sleeping (fault_thread_wait) */
-	unsigned spin_usec;	/* the current budget, FAULT_SPIN_USEC_MIN..spin_max_usec */
-	unsigned spin_max_usec; /* 0: never spin */
-	bool spin_armed;	/* the last wake-up had work: spin before the next sleep */
-	uint64_t grace_until;	/* usec: the earliest client grace_until to act on (0: none) */
-	uint64_t reclaim_tick_usec; /* next sweep of every client, events or not */
-};
-
 /* ---------------------------------------------------------------------------
  * Small helpers
  */
-
-static inline void client_stat(struct client *c, enum uz_stat which, int64_t delta)
-{
-	stats_add(c->stats, which, delta);
-	stats_add(c->group->stats, which, delta);
-	stats_add(c->daemon->stats, which, delta);
-}
-
-/*
- * Compressed bytes: a client counts every object it refers to (a fork
- * child and its parent both count the objects they share, as both count
- * shared pages in their RSS); its group and the daemon count each object
- * once, when it is made and when its last reference goes (`whole`).
- */
-static inline void client_pool_bytes(struct client *c, int64_t delta, bool whole)
-{
-	stats_add(c->stats, UZ_STAT_compressed_bytes, delta);
-	if (whole)
-		family_count_bytes(c->family, c->group, delta);
-}
 
 /*
  * The compressor for a policy: found in the thread's cache, created there
@@ -273,46 +163,6 @@ static struct compressor *fault_compressor(struct fault_thread *t, enum compress
 	return comp;
 }
 
-static inline void client_resident_add(struct client *c, int64_t delta)
-{
-	c->resident += (uint64_t)delta;
-	client_stat(c, UZ_STAT_resident_pages, delta);
-}
-
-static int uffd_copy_page(int uffd, uint64_t addr, const void *src)
-{
-	struct uffdio_copy copy = {
-	    .dst = addr,
-	    .src = (uint64_t)(uintptr_t)src,
-	    .len = UZ_PAGE_SIZE,
-	    .mode = 0,
-	};
-
-	if (ioctl(uffd, UFFDIO_COPY, &copy) == 0)
-		return 0;
-	return -errno;
-}
-
-/* Zero-fill [start, start + len); returns the bytes done, *err the outcome. */
-static uint64_t uffd_zero_range(int uffd, uint64_t start, uint64_t len, int *err)
-{
-	struct uffdio_zeropage zero = {.range = {.start = start, .len = len}, .mode = 0};
-
-	if (ioctl(uffd, UFFDIO_ZEROPAGE, &zero) == 0) {
-		*err = 0;
-		return len;
-	}
-	*err = -errno;
-	return zero.zeropage > 0 ? (uint64_t)zero.zeropage : 0;
-}
-
-static void uffd_wake(int uffd, uint64_t start, uint64_t len)
-{
-	struct uffdio_range range = {.start = start, .len = len};
-
-	(void)ioctl(uffd, UFFDIO_WAKE, &range);
-}
-
 static void fault_retry_add(struct fault_thread *t, struct client *c, uint64_t addr, bool write)
 {
 	t->want_retry = true;
@@ -322,11 +172,6 @@ static void fault_retry_add(struct fault_thread *t, struct client *c, uint64_t a
 		return;
 	}
 	t->retries[t->nr_retries++] = (struct fault_retry){c, addr, write};
-}
-
-static void entry_lru_push(struct client *c, uint64_t vpn, page_entry_t *entry)
-{
-	wb_lru_push(c->thread->wb, c, vpn, entry);
 }
 
 /*
