@@ -1,0 +1,494 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Serving a fault: a PAGEFAULT of a client's uffd (or its retry) is
+ * served by the state of its page entry.  NEVER gets zeros (the faulting
+ * page first, then the never-touched neighbours inside the same aligned
+ * 2 MiB window and the same registered region in one UFFDIO_ZEROPAGE each
+ * side, so first touch of a fresh region stays cheap); RESIDENT means the
+ * kernel dropped the page behind our back (MADV_FREE) or a second thread
+ * faulted on it: zeros, or EEXIST and a wake; IN_FLIGHT is parked on the
+ * eviction batch (never waited for: the agent may be waiting for us to
+ * read its REMOVE event); STORED and SAME_FILLED are decompressed or
+ * filled into the thread's page buffer and put back with UFFDIO_COPY
+ * (with their fault-around run, below), and the pool object is freed.
+ *
+ * No allocation, no lock, no logging here: the buffers are the thread's.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
+
+#include "client/client.h"
+#include "compress/compress.h"
+#include "daemon.h"
+#include "family/family.h"
+#include "fault/fault-internal.h"
+#include "fault/serve.h"
+#include "fault/writeback.h"
+#include "index/index.h"
+#include "pool/pool.h"
+#include "stats/stats.h"
+#include "uffd-compat.h"
+#include "util.h"
+
+#define FAULT_ZERO_WINDOW  512 /* pages: the aligned 2 MiB window of a zero fill */
+#define FAULT_AROUND_START 2   /* window of a client that just showed a forward run */
+#define FAULT_AROUND_NEAR  2   /* ... two pool faults this close, forward, show one */
+
+/*
+ * May the agent still move a page out of vpn?  While a batch is out, a
+ * victim whose entry was freed (REMOVE, UNMAP) or moved (REMAP) leaves
+ * its sent address untracked, but the agent works from the addresses it
+ * was sent and may not have reached it yet.  Were a fault there served
+ * (zeros, and the program then writes), the agent would move that new
+ * page out and EVICT_DONE would drop it as the old one: the program would
+ * read zeros where it wrote.  Such faults wait for EVICT_DONE instead.
+ */
+static inline bool client_batch_stale(const struct client *c)
+{
+	return uz_unlikely(c->batch_stale) && c->batch_state == BATCH_SENT;
+}
+
+bool fault_client_address_in_flight(struct client *c, uint64_t vpn, unsigned *slot)
+{
+	if (!client_batch_stale(c))
+		return false;
+	for (unsigned i = 0; i < c->batch_count; i++) {
+		const struct evict_slot *s = &c->slots[i];
+
+		if (s->sent_vpn == vpn && (s->discarded || s->vpn != vpn)) {
+			if (slot)
+				*slot = i;
+			return true;
+		}
+	}
+	return false;
+}
+
+static void zero_range_mark(struct client *c, uint64_t lo, uint64_t hi)
+{
+	uint64_t done;
+	int err;
+
+	if (lo >= hi)
+		return;
+	done = uffd_zero_range(c->uffd, lo << UZ_PAGE_SHIFT, (hi - lo) << UZ_PAGE_SHIFT, &err) >>
+	       UZ_PAGE_SHIFT;
+	for (uint64_t vpn = lo; vpn < lo + done; vpn++) {
+		page_entry_t e = page_index_get(c->index, vpn);
+
+		if (page_index_set(c->index, vpn, pe_make(e, PAGE_RESIDENT, false, 0, 0, 0)) < 0)
+			break;
+		client_resident_add(c, 1);
+	}
+}
+
+/*
+ * Zero-fill the never-touched neighbours of vpn: the run of NEVER entries
+ * around it, inside its aligned 2 MiB window, its registered region, and
+ * not in the graveyard.  Best effort: a failure just leaves them to fault.
+ */
+static void fault_zero_neighbours(struct client *c, uint64_t vpn)
+{
+	const struct client_region *region = client_region_find(c, vpn << UZ_PAGE_SHIFT);
+	uint64_t win_lo, win_hi, lo, hi, g_lo, g_hi;
+
+	if (!region || client_batch_stale(c))
+		return; /* a neighbour may be one the agent still moves from */
+	win_lo = uz_max(vpn & ~(uint64_t)(FAULT_ZERO_WINDOW - 1), region->start >> UZ_PAGE_SHIFT);
+	win_hi = uz_min((vpn | (FAULT_ZERO_WINDOW - 1)) + 1, region->end >> UZ_PAGE_SHIFT);
+	g_lo = c->graveyard_start >> UZ_PAGE_SHIFT;
+	g_hi = c->graveyard_end >> UZ_PAGE_SHIFT;
+	if (g_lo < win_hi && g_hi > win_lo) {
+		if (vpn < g_lo)
+			win_hi = g_lo;
+		else
+			win_lo = g_hi;
+	}
+	lo = vpn;
+	while (lo > win_lo && pe_state(page_index_get(c->index, lo - 1)) == PAGE_NEVER)
+		lo--;
+	hi = vpn + 1;
+	while (hi < win_hi && pe_state(page_index_get(c->index, hi)) == PAGE_NEVER)
+		hi++;
+	zero_range_mark(c, lo, vpn);
+	zero_range_mark(c, vpn + 1, hi);
+}
+
+/* Zeros at one page: a private zeroed page for a write, the zero page for a read. */
+static int fault_zero_one(struct fault_thread *t, struct client *c, uint64_t addr, bool write)
+{
+	int r;
+
+	if (write)
+		r = uffd_copy_page(c->uffd, addr, t->zero_page);
+	else
+		uffd_zero_range(c->uffd, addr, UZ_PAGE_SIZE, &r);
+	if (r == -EEXIST)
+		uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+	return r;
+}
+
+static int fault_zero_fill(struct fault_thread *t, struct client *c, uint64_t vpn, bool write)
+{
+	uint64_t addr = vpn << UZ_PAGE_SHIFT;
+	page_entry_t e;
+	int r;
+
+	r = fault_zero_one(t, c, addr, write);
+	if (r == -EAGAIN)
+		return r;
+	if (r < 0 && r != -EEXIST) {
+		/* The mapping changed under the fault (an event is on its way). */
+		uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+		return 0;
+	}
+	e = page_index_get(c->index, vpn);
+	if (page_index_set(c->index, vpn, pe_make(e, PAGE_RESIDENT, false, 0, 0, 0)) == 0)
+		client_resident_add(c, 1);
+	client_stat(c, UZ_STAT_zero_fill_faults, 1);
+	if (r == 0)
+		fault_zero_neighbours(c, vpn);
+	return 0;
+}
+
+/* The bytes of a stored or same-filled entry into dst.  < 0: they are lost (poisoned). */
+int fault_decode_page(struct fault_thread *t, struct client *c, page_entry_t e, uint8_t *dst)
+{
+	unsigned algo = pe_algo(e), len = pe_len(e);
+	int r;
+
+	if (pe_state(e) == PAGE_SAME_FILLED) {
+		page_fill_word(dst, pe_fill_word(pe_payload(e)));
+		return 0;
+	}
+	if (algo == COMPRESSOR_RAW)
+		return pool_load(c->family->pool, pe_payload(e), dst, len);
+	r = pool_load(c->family->pool, pe_payload(e), t->compressed, len);
+	if (r == 0)
+		r = compressor_decompress(t->compressor, algo, t->compressed, len, dst);
+	return r;
+}
+
+/*
+ * The bookkeeping of a stored or same-filled page that is back in the
+ * client: the entry becomes RESIDENT (referenced) in the index, then the
+ * pool object is released and the statistics move.  In that order: a kill
+ * in between leaks one object, never leaves an entry naming a freed one.
+ * Returns the RESIDENT entry (the caller may store it again).
+ */
+page_entry_t fault_page_loaded(struct fault_thread *t, struct client *c, uint64_t vpn,
+			       page_entry_t e)
+{
+	page_entry_t resident = pe_make(e, PAGE_RESIDENT, true, 0, 0, 0);
+
+	if (pe_state(e) == PAGE_WRITEBACK)
+		wb_writeback_cancel(t->wb, c, vpn); /* served from the pool: the write is moot */
+	page_index_set(c->index, vpn, resident);
+	if (pe_state(e) != PAGE_SAME_FILLED) {
+		client_pool_bytes(c, -(int64_t)pe_len(e), family_release(c->family, pe_payload(e)));
+	} else {
+		client_stat(c, UZ_STAT_same_filled_pages, -1);
+	}
+	client_stat(c, UZ_STAT_stored_pages, -1);
+	client_stat(c, UZ_STAT_zswpin, 1);
+	client_resident_add(c, 1);
+	return resident;
+}
+
+/*
+ * Put a stored or same-filled page back at vpn.  On success *new_entry is
+ * the RESIDENT entry to store (the caller stores it), the pool object is
+ * freed and the statistics moved.  -EAGAIN: nothing changed, try again.
+ * Other errors: the mapping is gone (ENOENT) or the process (ESRCH);
+ * nothing changed.
+ */
+int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vpn, page_entry_t e,
+		    page_entry_t *new_entry)
+{
+	uint64_t addr = vpn << UZ_PAGE_SHIFT;
+	bool poisoned = fault_decode_page(t, c, e, t->page) < 0;
+	int r;
+
+	if (uz_unlikely(poisoned)) {
+		struct uffdio_poison poison = {.range = {addr, UZ_PAGE_SIZE}, .mode = 0};
+
+		client_stat(c, UZ_STAT_decompress_fail, 1);
+		r = ioctl(c->uffd, UFFDIO_POISON, &poison) == 0 ? 0 : -errno;
+		if (r == -EINVAL || r == -ENOTTY || r == -EOPNOTSUPP) {
+			/* No poison in this kernel: the process must not read zeros instead. */
+			kill(c->pid, SIGKILL);
+			return 0;
+		}
+	} else {
+		r = uffd_copy_page(c->uffd, addr, t->page);
+	}
+	if (r == -EAGAIN)
+		return r;
+	if (r == -EEXIST)
+		uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+	else if (r < 0) {
+		uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+		return r;
+	}
+
+	*new_entry = fault_page_loaded(t, c, vpn, e);
+	return 0;
+}
+
+/*
+ * Fault-around from the pool.
+ *
+ * kernel zram is a synchronous block device: no swap readahead, one fault
+ * per page.  A fault served here costs two thread wake-ups however little
+ * the daemon works, so where the program's access has locality the lever
+ * is fewer faults: on a fault on a stored page, the stored neighbours that
+ * follow it are decoded too and the whole run goes back with one
+ * UFFDIO_COPY (one wake-up of the faulting thread).
+ *
+ * The window (pages put back ahead, per client) adapts like the kernel's
+ * swap readahead (swapin_nr_pages): it opens at FAULT_AROUND_START when two
+ * pool faults come FAULT_AROUND_NEAR pages apart or closer, forward;
+ * doubles (up to the policy's fault_around_max) when every page of the
+ * last run was used; stays when at least half were; halves otherwise, down
+ * to 0 (off until the next forward pair).
+ *
+ * "Used" is inferred from the program's next fault from the pool, because
+ * a read of a present page is invisible to us (no page_idle here; pagemap
+ * and PAGEMAP_SCAN report writes only).  A next fault on the page right
+ * after the run means the program went through it, and all of it counts;
+ * when that page was not in the pool (the run stopped at a resident or
+ * never-touched page), a fault within one run length past the end counts
+ * the same.  A next fault inside the run (its tail was evicted again
+ * first) counts the pages before it; anything else counts none.  So a
+ * scan with a stride skips the stored page after the run and scores no
+ * hit: the window closes (measured: put-back pages a stride-4 scan skips
+ * cost more than the faults they save).  For sequential scans the count
+ * is exact; for a stride it is a lower bound.
+ *
+ * Put-back pages never push the client over its budget (high_pages; and
+ * client_reclaim makes room a window ahead), stop at the first neighbour
+ * that is not in the pool (resident, in flight, on disk, never touched) or
+ * at the end of its registered region (a run that crosses into another VMA
+ * fails as a whole: the faulting page then goes back alone), and enter the
+ * index unreferenced: the CLOCK takes one the first time it passes, with
+ * no second chance, so a page nobody touches is cheap to evict again.
+ *
+ * No allocation, no lock, no logging: the buffer is the thread's.
+ */
+static void fault_around_account(struct client *c, uint64_t vpn)
+{
+	uint64_t lo = c->around_lo, hi = c->around_hi, run = hi - lo, used = 0;
+	unsigned max = c->policy.fault_around_max, window = c->around_window;
+
+	if (run) {
+		if (vpn >= lo && vpn < hi)
+			used = vpn - lo;
+		else if (c->around_hi_stored ? vpn == hi : vpn >= hi && vpn - hi < run)
+			used = run;
+		if (used)
+			client_stat(c, UZ_STAT_faultaround_hits, (int64_t)used);
+		if (used == run && run >= window)
+			window = window ? window * 2 : FAULT_AROUND_START;
+		else if (used * 2 < run)
+			window /= 2;
+		c->around_lo = c->around_hi = 0;
+	} else if (!window && vpn > c->around_last_vpn &&
+		   vpn - c->around_last_vpn <= FAULT_AROUND_NEAR) {
+		window = FAULT_AROUND_START;
+	}
+	c->around_window = uz_min(window, max);
+	c->around_last_vpn = vpn;
+}
+
+/*
+ * Serve a fault on the stored page vpn (entry e) with its fault-around run.
+ * Returns what fault_load_page would: 0 served (or lost, poisoned),
+ * -EAGAIN nothing changed, other errors: the mapping or process is gone.
+ */
+static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t vpn,
+			      page_entry_t e)
+{
+	const struct client_region *region = client_region_find(c, vpn << UZ_PAGE_SHIFT);
+	uint64_t end, room, copied;
+	unsigned want, n = 1;
+	struct uffdio_copy copy;
+	int r = 0;
+
+	fault_around_account(c, vpn);
+	want = c->around_window;
+	room = c->high_pages > c->resident + 1 ? c->high_pages - c->resident - 1 : 0;
+	if (!want || !room || !region || fault_decode_page(t, c, e, t->around_buf) < 0) {
+		page_entry_t resident;
+
+		r = fault_load_page(t, c, vpn, e, &resident);
+		if (r == 0)
+			page_index_set(c->index, vpn, resident);
+		return r;
+	}
+	want = (unsigned)uz_min((uint64_t)want, room);
+	end = uz_min(vpn + 1 + want, region->end >> UZ_PAGE_SHIFT);
+	if (c->graveyard_end > c->graveyard_start && (c->graveyard_start >> UZ_PAGE_SHIFT) > vpn)
+		end = uz_min(end, c->graveyard_start >> UZ_PAGE_SHIFT);
+	for (uint64_t next = vpn + 1; next < end; next++) {
+		page_entry_t ne = page_index_get(c->index, next);
+		enum page_state state = pe_state(ne);
+
+		if (state != PAGE_STORED && state != PAGE_WRITEBACK && state != PAGE_SAME_FILLED)
+			break;
+		if (fault_client_address_in_flight(c, next, NULL))
+			break;
+		if (fault_decode_page(t, c, ne, t->around_buf + (size_t)n * UZ_PAGE_SIZE) < 0)
+			break; /* a lost neighbour is poisoned when it is touched, not now */
+		n++;
+	}
+
+	copy = (struct uffdio_copy){
+	    .dst = vpn << UZ_PAGE_SHIFT,
+	    .src = (uint64_t)(uintptr_t)t->around_buf,
+	    .len = (uint64_t)n * UZ_PAGE_SIZE,
+	    .mode = 0,
+	};
+	if (ioctl(c->uffd, UFFDIO_COPY, &copy) < 0)
+		r = -errno;
+	copied = r == 0 ? n : copy.copy > 0 ? (uint64_t)copy.copy / UZ_PAGE_SIZE : 0;
+	if (!copied && n > 1 && r != -EAGAIN && r != -EEXIST) {
+		/*
+		 * A run must lie in one VMA (else ENOENT for all of it), and a
+		 * registered region may span several (adjacent mappings merged,
+		 * mremap): the faulting page alone, as without fault-around.
+		 */
+		page_entry_t resident;
+
+		r = fault_load_page(t, c, vpn, e, &resident);
+		if (r == 0)
+			page_index_set(c->index, vpn, resident);
+		return r;
+	}
+	if (!copied) {
+		/* The faulting page itself: the single-page rules. */
+		if (r == -EAGAIN)
+			return r;
+		uffd_wake(c->uffd, vpn << UZ_PAGE_SHIFT, UZ_PAGE_SIZE);
+		if (r != -EEXIST)
+			return r;
+		copied = 1; /* mapped already: taken as put back, like fault_load_page */
+	}
+	/* A partial copy woke the faulting thread (its page was first); the rest stay stored. */
+	page_index_set(c->index, vpn, fault_page_loaded(t, c, vpn, e));
+	for (uint64_t i = 1; i < copied; i++) {
+		uint64_t next = vpn + i;
+		page_entry_t resident = fault_page_loaded(t, c, next, page_index_get(c->index, next));
+
+		page_index_set(c->index, next, pe_make(resident, PAGE_RESIDENT, false, 0, 0, 0));
+	}
+	if (copied > 1) {
+		enum page_state after = pe_state(page_index_get(c->index, vpn + copied));
+
+		client_stat(c, UZ_STAT_faultaround_pages, (int64_t)(copied - 1));
+		c->around_lo = vpn + 1;
+		c->around_hi = vpn + copied;
+		c->around_hi_stored = after == PAGE_STORED || after == PAGE_WRITEBACK ||
+				      after == PAGE_SAME_FILLED;
+	}
+	return 0;
+}
+
+/* Serve one MISSING fault.  0: served or parked; -EAGAIN: retry later. */
+int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, bool write)
+{
+	uint64_t vpn = addr >> UZ_PAGE_SHIFT;
+	page_entry_t e, new_entry;
+	uint64_t start_ns;
+	unsigned slot;
+	int r;
+
+	if (uz_unlikely(vpn > VPN_MAX)) {
+		uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+		return 0;
+	}
+	if (uz_unlikely(client_in_graveyard(c, addr))) {
+		/* Nobody should touch the graveyard; serve zeros, track nothing. */
+		r = fault_zero_one(t, c, addr, write);
+		if (r < 0 && r != -EAGAIN && r != -EEXIST)
+			uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+		return r == -EAGAIN ? r : 0;
+	}
+
+	e = page_index_get(c->index, vpn);
+	if (pe_state(e) != PAGE_IN_FLIGHT && fault_client_address_in_flight(c, vpn, &slot)) {
+		c->slots[slot].parked_sent = true;
+		client_stat(c, UZ_STAT_inflight_faults, 1);
+		return 0;
+	}
+	switch (pe_state(e)) {
+	case PAGE_NEVER:
+		return fault_zero_fill(t, c, vpn, write);
+	case PAGE_RESIDENT:
+		/*
+		 * A second fault on a page just served: EEXIST, and a wake.
+		 * A page that is really missing has been lost by someone
+		 * (MADV_FREE and DONTNEED raise REMOVE first, which frees the
+		 * entry): it reads zeros, counted so that it cannot go
+		 * unnoticed.
+		 */
+		r = fault_zero_one(t, c, addr, write);
+		if (r == 0) {
+			client_stat(c, UZ_STAT_resident_missing_faults, 1);
+			daemon_note_page_error(c->daemon, UZ_PAGE_ERROR_RESIDENT_MISSING, c->pid, addr);
+		}
+		if (r < 0 && r != -EAGAIN && r != -EEXIST)
+			uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+		return r == -EAGAIN ? r : 0;
+	case PAGE_IN_FLIGHT:
+		c->slots[pe_payload(e) % UZ_EVICT_BATCH_MAX].parked = true;
+		client_stat(c, UZ_STAT_inflight_faults, 1);
+		return 0;
+	case PAGE_STORED:
+	case PAGE_WRITEBACK:
+	case PAGE_SAME_FILLED:
+		start_ns = uz_now_nsec();
+		if (c->policy.fault_around_max) {
+			r = fault_around_serve(t, c, vpn, e);
+		} else {
+			r = fault_load_page(t, c, vpn, e, &new_entry);
+			if (r == 0)
+				page_index_set(c->index, vpn, new_entry);
+		}
+		if (r == -EAGAIN)
+			return r;
+		if (r == 0)
+			latency_hist_record(c->daemon->fault_latency, uz_now_nsec() - start_ns);
+		return 0;
+	case PAGE_LOST: {
+		/* Its bytes were not recovered after a daemon restart: SIGBUS, never zeros. */
+		struct uffdio_poison poison = {.range = {addr, UZ_PAGE_SIZE}, .mode = 0};
+
+		r = ioctl(c->uffd, UFFDIO_POISON, &poison) == 0 ? 0 : -errno;
+		if (r == -EAGAIN)
+			return r;
+		if (r == -EINVAL || r == -ENOTTY || r == -EOPNOTSUPP) {
+			/* No poison in this kernel: the process must not read zeros instead. */
+			kill(c->pid, SIGKILL);
+			return 0;
+		}
+		if (r < 0)
+			uffd_wake(c->uffd, addr, UZ_PAGE_SIZE); /* EEXIST: mapped after all */
+		page_index_set(c->index, vpn, pe_make(e, PAGE_NEVER, false, 0, 0, 0));
+		return 0;
+	}
+	case PAGE_ON_DISK:
+		/* Parked until the read lands (writeback.c); -EAGAIN: no read context free. */
+		r = wb_fault(t->wb, c, vpn, e);
+		if (r == -EAGAIN)
+			return r;
+		if (r < 0)
+			uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+		return 0;
+	default:
+		uffd_wake(c->uffd, addr, UZ_PAGE_SIZE);
+		return 0;
+	}
+}
