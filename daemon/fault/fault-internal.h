@@ -186,3 +186,12 @@ static inline void entry_lru_push(struct client *c, uint64_t vpn, page_entry_t *
 {
 	wb_lru_push(c->thread->wb, c, vpn, entry);
 }
+
+/* ---------------------------------------------------------------------------
+ * The thread's own (fault.c), for the other files of the thread
+ */
+
+/* Retry a fault that met EAGAIN (or wake its thread when the list is full). */
+void fault_retry_add(struct fault_thread *t, struct client *c, uint64_t addr, bool write);
+/* Stop serving a client (give_back: its pages first, as far as possible). */
+void fault_client_kill(struct fault_thread *t, struct client *c, bool give_back);

@@ -11,11 +11,9 @@
  *
  * What arrives, and what is done with it:
  *
- *  - uffd messages, read in batches without blocking.  A PAGEFAULT is
- *    served by the state of its page entry (serve.c).  REMOVE and UNMAP
- *    free the entries of the range (an in-flight slot is marked discarded);
- *    the graveyard's own REMOVE is ignored.  REMAP moves the entries (and
- *    in-flight slots follow).
+ *  - uffd messages, read in batches without blocking (vmevent.c).  A
+ *    PAGEFAULT is served by the state of its page entry (serve.c); REMOVE,
+ *    UNMAP and REMAP free or move the entries of the range (vmevent.c).
  *
  *  - The kernel refuses UFFDIO_COPY/ZEROPAGE with EAGAIN while a VM event
  *    of the client is being delivered (mmap_changing): until we have read
@@ -70,6 +68,7 @@
 #include "fault/fault.h"
 #include "fault/fault-internal.h"
 #include "fault/serve.h"
+#include "fault/vmevent.h"
 #include "fault/fork.h"
 #include "family/family.h"
 #include "fault/writeback.h"
@@ -89,7 +88,6 @@ enum {
 	FAULT_SOURCE_SWAP, /* the swap_io eventfd of the writeback tier */
 };
 
-#define FAULT_UFFD_ROUNDS    8	  /* reads per wake-up before looking at others */
 #define FAULT_SOCKET_ROUNDS  64	  /* socket messages per wake-up */
 #define FAULT_RETRY_MAX	     8192 /* faults waiting on EAGAIN, per thread */
 #define FAULT_SPIN_POLLS     200  /* zero-timeout polls before sleeping 1 ms */
@@ -152,7 +150,7 @@ static struct compressor *fault_compressor(struct fault_thread *t, enum compress
 	return comp;
 }
 
-static void fault_retry_add(struct fault_thread *t, struct client *c, uint64_t addr, bool write)
+void fault_retry_add(struct fault_thread *t, struct client *c, uint64_t addr, bool write)
 {
 	t->want_retry = true;
 	if (t->nr_retries == FAULT_RETRY_MAX) {
@@ -161,141 +159,6 @@ static void fault_retry_add(struct fault_thread *t, struct client *c, uint64_t a
 		return;
 	}
 	t->retries[t->nr_retries++] = (struct fault_retry){c, addr, write};
-}
-
-/*
- * The bookkeeping of an entry that is going away (REMOVE, UNMAP, client
- * exit): pool object freed, gauges adjusted, in-flight slot discarded.
- */
-static void entry_release(struct client *c, uint64_t vpn, page_entry_t entry)
-{
-	/*
-	 * Replaying a killed daemon's journal (client_recover): nothing is
-	 * counted yet, and what the entry names belonged to that daemon.
-	 */
-	if (c->resume)
-		return;
-	switch (pe_state(entry)) {
-	case PAGE_RESIDENT:
-		client_resident_add(c, -1);
-		break;
-	case PAGE_IN_FLIGHT:
-		c->slots[pe_payload(entry) % UZ_EVICT_BATCH_MAX].discarded = true;
-		c->batch_stale++;
-		c->in_flight--;
-		break;
-	case PAGE_WRITEBACK:
-		wb_entry_release(c->thread->wb, c, vpn, entry);
-		/* still in the pool */
-		__attribute__((fallthrough));
-	case PAGE_STORED:
-		client_pool_bytes(c, -(int64_t)pe_len(entry),
-				  family_release(c->family, pe_payload(entry)));
-		client_stat(c, UZ_STAT_stored_pages, -1);
-		break;
-	case PAGE_ON_DISK:
-		wb_entry_release(c->thread->wb, c, vpn, entry);
-		break;
-	case PAGE_SAME_FILLED:
-		client_stat(c, UZ_STAT_stored_pages, -1);
-		client_stat(c, UZ_STAT_same_filled_pages, -1);
-		break;
-	default:
-		break;
-	}
-}
-
-/* ---------------------------------------------------------------------------
- * VM events
- */
-
-static int forget_one(uint64_t vpn, page_entry_t *entry, void *userdata)
-{
-	struct client *c = userdata;
-	page_entry_t e = *entry;
-
-	/* Forgotten first, released after: a kill in between only leaks. */
-	page_index_set(c->index, vpn, 0);
-	entry_release(c, vpn, e);
-	*entry = 0;
-	return 0;
-}
-
-/* Free every entry of [start, end) (REMOVE, UNMAP, UNREGISTER, exit). */
-static void client_forget_range(struct client *c, uint64_t start, uint64_t end)
-{
-	uint64_t first = start >> UZ_PAGE_SHIFT, last;
-
-	end = uz_min(end, (VPN_MAX + 1) << UZ_PAGE_SHIFT);
-	if (start >= end)
-		return;
-	last = ((end + UZ_PAGE_SIZE - 1) >> UZ_PAGE_SHIFT) - 1;
-	page_index_walk(c->index, first, last, forget_one, c);
-}
-
-struct remap_ctx {
-	struct client *client;
-	uint64_t from_vpn, to_vpn;
-};
-
-/*
- * Move one entry to its new address.  The source and destination of a
- * move never overlap (the kernel maps the destination elsewhere, or
- * unmaps what was there first), so entries can move one by one during the
- * walk of the source: nothing is collected, nothing allocated.
- */
-static int remap_one(uint64_t vpn, page_entry_t *entry, void *userdata)
-{
-	struct remap_ctx *ctx = userdata;
-	struct client *c = ctx->client;
-	uint64_t to = ctx->to_vpn + (vpn - ctx->from_vpn);
-	page_entry_t old = page_index_get(c->index, to);
-
-	if (pe_state(*entry) == PAGE_IN_FLIGHT) {
-		c->slots[pe_payload(*entry) % UZ_EVICT_BATCH_MAX].vpn = to;
-		c->batch_stale++;
-		store_batch(c->store)->vpn[pe_payload(*entry) % UZ_EVICT_BATCH_MAX] = to;
-	}
-	wb_entry_moved(c->thread->wb, c, vpn, to, *entry);
-	if (page_index_set(c->index, to, *entry) < 0)
-		entry_release(c, to, *entry); /* out of memory: the page is lost */
-	if (old)
-		entry_release(c, to, old); /* overwritten above: released after, as always */
-	*entry = 0;
-	return 0;
-}
-
-static void client_remap(struct client *c, uint64_t from, uint64_t to, uint64_t len)
-{
-	struct remap_ctx ctx = {.client = c, .from_vpn = from >> UZ_PAGE_SHIFT,
-				.to_vpn = to >> UZ_PAGE_SHIFT};
-	struct client_region parts[64];
-	unsigned nr_parts = 0;
-
-	if (!uz_page_aligned(from) || !uz_page_aligned(to) || !len || from + len < from ||
-	    to + len < to || ((from + len - 1) >> UZ_PAGE_SHIFT) > VPN_MAX ||
-	    ((to + len - 1) >> UZ_PAGE_SHIFT) > VPN_MAX)
-		return;
-	len = (len + UZ_PAGE_SIZE - 1) & UZ_PAGE_MASK;
-	if (from < to + len && to < from + len)
-		return; /* overlapping ranges: not something mremap produces */
-
-	page_index_walk(c->index, from >> UZ_PAGE_SHIFT, ((from + len) >> UZ_PAGE_SHIFT) - 1,
-			remap_one, &ctx);
-
-	/* The registered regions follow the mapping. */
-	for (const struct client_region *r = client_region_find(c, from);
-	     r && r < c->regions + c->nr_regions && r->start < from + len && nr_parts < 64; r++) {
-		parts[nr_parts].start = uz_max(r->start, from) - from + to;
-		parts[nr_parts].end = uz_min(r->end, from + len) - from + to;
-		nr_parts++;
-	}
-	client_region_remove(c, from, from + len);
-	for (unsigned i = 0; i < nr_parts; i++)
-		(void)client_region_add(c, parts[i].start, parts[i].end);
-
-	/* A thread parked on the old address must retry its access. */
-	uffd_wake(c->uffd, from, len);
 }
 
 /* ---------------------------------------------------------------------------
@@ -992,7 +855,7 @@ static void fault_retries_purge(struct fault_thread *t, struct client *c)
 }
 
 /* Stop serving a client; its memory goes at the end of this loop round. */
-static void client_kill(struct fault_thread *t, struct client *c, bool give_back)
+void fault_client_kill(struct fault_thread *t, struct client *c, bool give_back)
 {
 	if (c->dead)
 		return;
@@ -1051,7 +914,7 @@ static void client_destroy(struct fault_thread *t, struct client *c)
 		c->gone = true;
 	daemon_client_left(d, c, client_leave_reason(t, c)); /* logged by the main thread */
 	if (c->gone)
-		client_forget_range(c, 0, (VPN_MAX + 1) << UZ_PAGE_SHIFT);
+		fault_client_forget_range(c, 0, (VPN_MAX + 1) << UZ_PAGE_SHIFT);
 	else
 		client_detach(t, c);
 	uz_list_del(&c->thread_link);
@@ -1167,7 +1030,7 @@ static int register_range(struct client *c, const struct client_maps *maps, uint
 	if (r < 0) {
 		for (unsigned i = 0; i < added; i++) {
 			client_region_remove(c, parts[i].start, parts[i].end);
-			client_forget_range(c, parts[i].start, parts[i].end);
+			fault_client_forget_range(c, parts[i].start, parts[i].end);
 		}
 		return covered ? -EEXIST : r;
 	}
@@ -1321,7 +1184,7 @@ static int request_step(struct fault_thread *t, struct client *c, struct client_
 	switch (req->type) {
 	case CLIENT_REQ_UNREGISTER:
 		/* Forget the range: its pages are the client's alone from now on. */
-		client_forget_range(c, req->start, req->end);
+		fault_client_forget_range(c, req->start, req->end);
 		client_region_remove(c, req->start, req->end);
 		return 0;
 	case CLIENT_REQ_SHUTDOWN: {
@@ -1348,11 +1211,12 @@ static void client_run_requests(struct fault_thread *t, struct client *c)
 		if (r == -EINPROGRESS)
 			return;
 		if (req->type == CLIENT_REQ_SHUTDOWN && r < 0) {
-			client_kill(t, c, false); /* pages were given back as far as possible */
+			/* pages were given back as far as possible */
+			fault_client_kill(t, c, false);
 			return;
 		}
 		if (r != REQUEST_ANSWERED && reply_send(c, req->seq, r) < 0) {
-			client_kill(t, c, true);
+			fault_client_kill(t, c, true);
 			return;
 		}
 		if (req->ranges) {
@@ -1494,7 +1358,7 @@ static int client_handle_message(struct fault_thread *t, struct client *c, const
 			return -EBADMSG;
 		c->gone = true;
 		c->leave_reason = "shut down by the daemon";
-		client_kill(t, c, false);
+		fault_client_kill(t, c, false);
 		return 0;
 	default:
 		return -EBADMSG;
@@ -1518,105 +1382,23 @@ static void client_handle_socket(struct fault_thread *t, struct client *c)
 		if (len == 0) {
 			/* The process exited (or dropped us): give back what we can. */
 			c->leave_reason = "exited or closed its connection";
-			client_kill(t, c, true);
+			fault_client_kill(t, c, true);
 			return;
 		}
 		if (len < 0 || nfds) {
 			for (unsigned i = 0; i < nfds; i++)
 				close(fds[i]);
-			client_kill(t, c, true);
+			fault_client_kill(t, c, true);
 			return;
 		}
 		if (client_handle_message(t, c, &buf, (size_t)len) < 0) {
 			if (!c->leave_reason)
 				c->leave_reason = "protocol error";
-			client_kill(t, c, true);
+			fault_client_kill(t, c, true);
 			return;
 		}
 	}
 	client_run_requests(t, c);
-}
-
-/* One message from a client's uffd (read now, or left in the journal by a killed daemon). */
-static void client_handle_uffd_msg(struct fault_thread *t, struct client *c,
-				   const struct uffd_msg *m)
-{
-	switch (m->event) {
-	case UFFD_EVENT_PAGEFAULT: {
-		uint64_t addr = m->arg.pagefault.address & UZ_PAGE_MASK;
-		bool write = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
-
-		c->faults++;
-		if (fault_serve(t, c, addr, write) == -EAGAIN)
-			fault_retry_add(t, c, addr, write);
-		break;
-	}
-	case UFFD_EVENT_REMOVE:
-		if (m->arg.remove.start >= c->graveyard_start &&
-		    m->arg.remove.end <= c->graveyard_end)
-			break; /* the agent dropping its graveyard */
-		client_forget_range(c, m->arg.remove.start, m->arg.remove.end);
-		if (c->fork_snapshot && fork_snapshot_open(c->fork_snapshot))
-			fork_snapshot_forget(c->fork_snapshot, m->arg.remove.start, m->arg.remove.end);
-		break;
-	case UFFD_EVENT_UNMAP:
-		client_forget_range(c, m->arg.remove.start, m->arg.remove.end);
-		client_region_remove(c, m->arg.remove.start & UZ_PAGE_MASK,
-				     (m->arg.remove.end + UZ_PAGE_SIZE - 1) & UZ_PAGE_MASK);
-		if (c->fork_snapshot && fork_snapshot_open(c->fork_snapshot))
-			fork_snapshot_forget(c->fork_snapshot, m->arg.remove.start, m->arg.remove.end);
-		break;
-	case UFFD_EVENT_REMAP:
-		client_remap(c, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
-		if (c->fork_snapshot && fork_snapshot_open(c->fork_snapshot))
-			fork_snapshot_remap(c->fork_snapshot, m->arg.remap.from, m->arg.remap.to,
-					    m->arg.remap.len);
-		break;
-	case UFFD_EVENT_FORK:
-		/* Not requested by the protocol; a child's uffd we never serve. */
-		close((int)m->arg.fork.ufd);
-		break;
-	default:
-		break;
-	}
-}
-
-/*
- * Read the client's uffd straight into the journal of its store, and zero
- * each message once it is applied: a message this daemon read but did not
- * apply before being killed is still there for the next one
- * (client_recover).  The store may move while a message is handled (an
- * index cell allocation grows it), so each message is copied out first and
- * the journal is looked up again to zero it.
- */
-static void client_handle_uffd(struct fault_thread *t, struct client *c)
-{
-	const size_t capacity = UZ_STORE_JOURNAL_MSGS * sizeof(struct uffd_msg);
-
-	for (int round = 0; round < FAULT_UFFD_ROUNDS && !c->dead; round++) {
-		ssize_t n = read(c->uffd, store_journal(c->store), capacity);
-
-		if (n < 0) {
-			if (errno == EAGAIN)
-				break;
-			if (errno == EINTR)
-				continue;
-			client_kill(t, c, true);
-			return;
-		}
-		if (n == 0 || n % sizeof(struct uffd_msg)) {
-			client_kill(t, c, true);
-			return;
-		}
-		for (size_t i = 0; i < (size_t)n / sizeof(struct uffd_msg) && !c->dead; i++) {
-			struct uffd_msg m = ((struct uffd_msg *)store_journal(c->store))[i];
-
-			client_handle_uffd_msg(t, c, &m);
-			memset((struct uffd_msg *)store_journal(c->store) + i, 0, sizeof(m));
-		}
-		if ((size_t)n < capacity)
-			break;
-	}
 }
 
 /* Retry what returned EAGAIN: faults, installs, waiting requests. */
@@ -1901,7 +1683,7 @@ static void client_recover(struct fault_thread *t, struct client *c)
 	struct uffd_msg *journal = store_journal(c->store);
 
 	if (!ctx) {
-		client_kill(t, c, false);
+		fault_client_kill(t, c, false);
 		return;
 	}
 	ctx->thread = t;
@@ -1911,14 +1693,14 @@ static void client_recover(struct fault_thread *t, struct client *c)
 
 		if (m.event == UFFD_EVENT_PAGEFAULT || m.event == 0)
 			continue; /* faults are refaulted after the wake below */
-		client_handle_uffd_msg(t, c, &m);
+		fault_client_handle_uffd_msg(t, c, &m);
 		journal = store_journal(c->store);
 	}
 	memset(store_journal(c->store), 0, UZ_STORE_JOURNAL_MSGS * sizeof(struct uffd_msg));
 
 	if (client_regions_from_kernel(c) < 0) {
 		free(ctx);
-		client_kill(t, c, false);
+		fault_client_kill(t, c, false);
 		return;
 	}
 	page_index_walk(c->index, 0, VPN_MAX, recover_one, ctx);
@@ -1959,7 +1741,7 @@ static void client_adopt_snapshot(struct fault_thread *t, struct client *c)
 	}
 	if (!ctx || !c->index) {
 		free(ctx);
-		client_kill(t, c, false);
+		fault_client_kill(t, c, false);
 		return;
 	}
 	h = store_header(c->store);
@@ -2008,7 +1790,7 @@ static void fault_thread_adopt_inbox(struct fault_thread *t)
 			next = i->next;
 			if (request_push(c, CLIENT_REQ_SHUTDOWN, 0, 0,
 					 (VPN_MAX + 1) << UZ_PAGE_SHIFT, 0) < 0)
-				client_kill(t, c, true);
+				fault_client_kill(t, c, true);
 			else
 				client_run_requests(t, c);
 		}
@@ -2061,13 +1843,13 @@ static void fault_thread_adopt_inbox(struct fault_thread *t)
 		c->source_socket = (struct fault_source){c, FAULT_SOURCE_SOCKET};
 		if (epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, c->uffd, &ev_uffd) < 0 ||
 		    epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, c->sock_fd, &ev_sock) < 0) {
-			client_kill(t, c, false);
+			fault_client_kill(t, c, false);
 			continue;
 		}
 		if (t->draining) {
 			if (request_push(c, CLIENT_REQ_SHUTDOWN, 0, 0,
 					 (VPN_MAX + 1) << UZ_PAGE_SHIFT, 0) < 0)
-				client_kill(t, c, true);
+				fault_client_kill(t, c, true);
 			else
 				client_run_requests(t, c);
 		}
@@ -2197,9 +1979,9 @@ static void *fault_thread_main(void *arg)
 			t->spin_armed = true;
 			if (src->kind == FAULT_SOURCE_UFFD) {
 				if (events[i].events & EPOLLERR)
-					client_kill(t, c, false);
+					fault_client_kill(t, c, false);
 				else
-					client_handle_uffd(t, c);
+					fault_client_handle_uffd(t, c);
 			} else {
 				client_handle_socket(t, c);
 			}
@@ -2255,7 +2037,7 @@ static void *fault_thread_main(void *arg)
 
 					__atomic_fetch_add(&t->daemon->drain_timeouts, 1,
 							   __ATOMIC_RELAXED);
-					client_kill(t, c, true);
+					fault_client_kill(t, c, true);
 				}
 				fault_thread_reap(t);
 				break;
