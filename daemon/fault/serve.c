@@ -269,7 +269,7 @@ int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vpn, page
  * is exact; for a stride it is a lower bound.
  *
  * Put-back pages never push the client over its budget (high_pages; and
- * client_reclaim makes room a window ahead), stop at the first neighbour
+ * fault_client_reclaim makes room a window ahead), stop at the first neighbour
  * that is not in the pool (resident, in flight, on disk, never touched) or
  * at the end of its registered region (a run that crosses into another VMA
  * fails as a whole: the faulting page then goes back alone), and enter the

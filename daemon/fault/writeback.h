@@ -45,7 +45,7 @@ int wb_fault(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t e);
 /*
  * Give-back walks (UNREGISTER, FORK_PREPARE, SHUTDOWN, HOT): like
  * wb_fault; the caller waits for the page (-EBUSY from its walk) and is
- * resumed (client_run_requests) when the read landed.
+ * resumed (fault_client_run_requests) when the read landed.
  */
 static inline int wb_restore(struct wb *wb, struct client *c, uint64_t vpn, page_entry_t e)
 {
