@@ -198,5 +198,3 @@ void fault_client_kill(struct fault_thread *t, struct client *c, bool give_back)
 /* The compressor of a policy, from the thread's cache (created there when create). */
 struct compressor *fault_compressor(struct fault_thread *t, enum compressor_algo algo, int level,
 				    bool create);
-/* Run the client's queued requests as far as they go. */
-void fault_client_run_requests(struct fault_thread *t, struct client *c);

@@ -23,6 +23,7 @@
 #include "family/family.h"
 #include "fault/fault-internal.h"
 #include "fault/reclaim.h"
+#include "fault/request.h"
 #include "fault/writeback.h"
 #include "index/index.h"
 #include "pool/pool.h"
