@@ -295,7 +295,7 @@ void fault_client_reclaim(struct fault_thread *t, struct client *c)
 
 	/*
 	 * The batch record in the store first: a daemon started after a crash
-	 * must know which page each IN_FLIGHT slot is (client_recover).  The
+	 * must know which page each IN_FLIGHT slot is (fault_client_recover).  The
 	 * id goes last, so a record is whole once its id is new.
 	 */
 	{

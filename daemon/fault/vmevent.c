@@ -37,7 +37,7 @@
 static void entry_release(struct client *c, uint64_t vpn, page_entry_t entry)
 {
 	/*
-	 * Replaying a killed daemon's journal (client_recover): nothing is
+	 * Replaying a killed daemon's journal (fault_client_recover): nothing is
 	 * counted yet, and what the entry names belonged to that daemon.
 	 */
 	if (c->resume)
@@ -209,7 +209,7 @@ void fault_client_handle_uffd_msg(struct fault_thread *t, struct client *c,
  * Read the client's uffd straight into the journal of its store, and zero
  * each message once it is applied: a message this daemon read but did not
  * apply before being killed is still there for the next one
- * (client_recover).  The store may move while a message is handled (an
+ * (fault_client_recover).  The store may move while a message is handled (an
  * index cell allocation grows it), so each message is copied out first and
  * the journal is looked up again to zero it.
  */
