@@ -9,6 +9,13 @@
  * statistics are thread-safe objects of their own.  A thread has its own
  * compressor and page buffers, so serving a fault allocates nothing.
  *
+ * This file is the thread itself: its loop, the clients it adopts (and
+ * the drain it is asked for), a client's end on the thread, the retry
+ * list, the compressor cache and the fault_thread_* interface.  The work
+ * has files of its own, which share struct fault_thread and a few helpers
+ * (fault-internal.h); the writeback tier (writeback.c) and fork snapshots
+ * (fork.c) too.
+ *
  * What arrives, and what is done with it:
  *
  *  - uffd messages, read in batches without blocking (vmevent.c).  A
@@ -36,24 +43,21 @@
  * its parent's snapshot, are taken over before their uffd is read
  * (recover.c).
  *
- * Rules kept here: no lock is held across a system call; the fault path
- * neither allocates nor logs; a bad client is disconnected (after its
- * pages are given back where possible) and never takes the thread down.
+ * Rules kept in every file of the thread: no lock is held across a
+ * system call; the fault path neither allocates nor logs; a bad client is
+ * disconnected (after its pages are given back where possible) and never
+ * takes the thread down.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <sched.h>
-#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "client/client.h"
@@ -61,22 +65,16 @@
 #include "daemon.h"
 #include "fault/fault.h"
 #include "fault/fault-internal.h"
+#include "fault/fork.h"
 #include "fault/reclaim.h"
 #include "fault/recover.h"
 #include "fault/request.h"
 #include "fault/restore.h"
 #include "fault/serve.h"
 #include "fault/vmevent.h"
-#include "fault/fork.h"
-#include "family/family.h"
 #include "fault/writeback.h"
-#include "index/index.h"
-#include "lru/lru.h"
-#include "pool/pool.h"
 #include "protocol.h"
 #include "stats/stats.h"
-#include "swap/swapfile.h"
-#include "uffd-compat.h"
 #include "util.h"
 
 enum {
