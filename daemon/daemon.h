@@ -38,56 +38,18 @@
 #include <time.h>
 
 #include "config/policy.h"
+#include "group/group.h"
+#include "list.h"
 #include "log.h"
 
 struct pool_totals;
 struct uz_config;
-struct uz_group;
 struct cgroup_layout;
 struct lru;
 struct stats;
 struct latency_hist;
 struct fault_thread;
 struct client;
-
-/* A minimal intrusive doubly-linked list. */
-struct uz_list {
-	struct uz_list *prev, *next;
-};
-
-static inline void uz_list_init(struct uz_list *head)
-{
-	head->prev = head->next = head;
-}
-
-static inline bool uz_list_empty(const struct uz_list *head)
-{
-	return head->next == head;
-}
-
-static inline void uz_list_add_tail(struct uz_list *head, struct uz_list *item)
-{
-	item->prev = head->prev;
-	item->next = head;
-	head->prev->next = item;
-	head->prev = item;
-}
-
-static inline void uz_list_del(struct uz_list *item)
-{
-	item->prev->next = item->next;
-	item->next->prev = item->prev;
-	item->prev = item->next = item;
-}
-
-#define uz_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-
-/* The registry of per-cgroup groups (daemon/group/group.h). */
-struct group_registry {
-	pthread_mutex_t lock; /* guards groups, nr_groups */
-	struct uz_list groups; /* struct uz_group.link */
-	unsigned nr_groups;
-};
 
 /* Limits on what clients control (systemd CODING_STYLE: bound everything). */
 #define UZ_CLIENTS_MAX		 1024	       /* connected clients, all users */

@@ -45,6 +45,7 @@
 #include <systemd/sd-event.h>
 
 #include "client/client.h"
+#include "daemon.h"
 #include "family/family.h"
 #include "fault/fault.h"
 #include "fault/fork.h"

@@ -15,13 +15,15 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "daemon.h"
+#include "config/policy.h"
 #include "group/group.h"
 #include "index/index.h"
+#include "list.h"
 #include "protocol.h"
 #include "store/store.h"
 #include "util.h"
 
+struct daemon;
 struct sd_event;
 struct fault_thread;
 struct family;

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "daemon.h"
 #include "family/family.h"
 #include "group/group.h"
 #include "pool/pool.h"

@@ -20,8 +20,9 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "daemon.h"
+#include "list.h"
 
+struct daemon;
 struct pool;
 struct fault_thread;
 struct uz_group;

@@ -15,6 +15,7 @@
 
 #include "client/client.h"
 #include "compress/compress.h"
+#include "daemon.h"
 #include "family/family.h"
 #include "fault/writeback.h"
 #include "index/index.h"

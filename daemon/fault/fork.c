@@ -49,6 +49,7 @@
 #include <unistd.h>
 
 #include "client/client.h"
+#include "daemon.h"
 #include "family/family.h"
 #include "fault/fault.h"
 #include "fault/fork.h"

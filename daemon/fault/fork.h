@@ -15,8 +15,9 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "daemon.h"
+#include "list.h"
 
+struct daemon;
 struct client;
 struct family;
 struct uz_group;

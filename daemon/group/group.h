@@ -30,11 +30,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "daemon.h"
+#include "list.h"
 #include "stats/stats.h"
 
 #define GROUPS_MAX	    4096
 #define GROUP_OVERFLOW_PATH "(other)"
+
+/* The registry of per-cgroup groups (one, in struct daemon). */
+struct group_registry {
+	pthread_mutex_t lock; /* guards groups, nr_groups */
+	struct uz_list groups; /* struct uz_group.link */
+	unsigned nr_groups;
+};
 
 struct uz_group {
 	struct uz_list link; /* group_registry.groups */
