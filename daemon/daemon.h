@@ -174,20 +174,6 @@ struct daemon {
 	struct uz_page_error_note page_errors[UZ_PAGE_ERROR__COUNT];
 };
 
-/*
- * Open the swap file of d->swap_file / d->swap_size (0 or no path: no
- * writeback) and let the fault threads use it.  Main thread, once, after
- * the config is applied.  Honours UZSWAP_TEST_INJECT (tests only, see
- * docs/SWAP.md).  0 or -errno (logged).
- */
-int writeback_open(struct daemon *d);
-/*
- * Main thread, every few seconds: an NBD backend whose server did not
- * answer at start is opened again, with backoff (writeback stays off
- * until then; pages stay in the pool).
- */
-void writeback_retry_open(struct daemon *d);
-
 int daemon_new(struct daemon **out, const struct uz_policy *policy, unsigned nr_fault_threads);
 /* Stops the fault threads (without draining) and frees everything. */
 struct daemon *daemon_free(struct daemon *daemon);

@@ -61,6 +61,7 @@
 #include "control/control.h"
 #include "daemon.h"
 #include "fault/fault.h"
+#include "fault/writeback.h"
 #include "group/group.h"
 #include "pool/pool.h"
 #include "stats/stats.h"

@@ -6,7 +6,8 @@
  *
  * Everything here runs on the fault thread that owns the struct wb, over
  * that thread's clients only (a thread owns its clients' indexes), except
- * fault_thread_request_shrink(), which any thread may call.
+ * fault_thread_request_shrink(), which any thread may call, and
+ * writeback_open() and writeback_retry_open(), on the main thread.
  */
 #pragma once
 
@@ -20,6 +21,20 @@ struct daemon;
 struct client;
 struct fault_thread;
 struct wb;
+
+/*
+ * Open the swap file of d->swap_file / d->swap_size (0 or no path: no
+ * writeback) and let the fault threads use it.  Main thread, once, after
+ * the config is applied.  Honours UZSWAP_TEST_INJECT (tests only, see
+ * docs/SWAP.md).  0 or -errno (logged).
+ */
+int writeback_open(struct daemon *d);
+/*
+ * Main thread, every few seconds: an NBD backend whose server did not
+ * answer at start is opened again, with backoff (writeback stays off
+ * until then; pages stay in the pool).
+ */
+void writeback_retry_open(struct daemon *d);
 
 int wb_new(struct wb **out, struct fault_thread *thread, struct daemon *daemon);
 /* Waits for the I/O in flight (every client must be gone already). */
