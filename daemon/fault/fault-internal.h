@@ -199,3 +199,13 @@ void fault_client_kill(struct fault_thread *t, struct client *c, bool give_back)
 /* The compressor of a policy, from the thread's cache (created there when create). */
 struct compressor *fault_compressor(struct fault_thread *t, enum compressor_algo algo, int level,
 				    bool create);
+
+/* --- for the writeback tier (writeback.c) --- */
+/* The client of an LRU key on this thread (dead ones too when dead_ok), or NULL. */
+struct client *fault_thread_client(struct fault_thread *t, uint64_t key, bool dead_ok);
+/* The client with the smallest key >= key (compaction walks clients in key order). */
+struct client *fault_thread_client_after(struct fault_thread *t, uint64_t key);
+/* A page came back from disk: let the client's waiting requests go on. */
+void fault_client_resume(struct fault_thread *t, struct client *c);
+void fault_thread_want_retry(struct fault_thread *t);
+struct wb *fault_thread_wb(struct fault_thread *t);

@@ -750,21 +750,6 @@ struct fault_thread *fault_thread_free(struct fault_thread *t)
  * For the writeback tier (writeback.c), on the fault thread
  */
 
-void fault_client_stat(struct client *c, enum uz_stat which, int64_t delta)
-{
-	client_stat(c, which, delta);
-}
-
-void fault_client_pool_bytes(struct client *c, int64_t delta, bool whole)
-{
-	client_pool_bytes(c, delta, whole);
-}
-
-void fault_client_resident_add(struct client *c, int64_t delta)
-{
-	client_resident_add(c, delta);
-}
-
 static struct client *client_in_list(struct uz_list *head, uint64_t key)
 {
 	for (struct uz_list *i = head->next; i != head; i = i->next) {

@@ -92,6 +92,7 @@
 #include "compress/compress.h"
 #include "daemon.h"
 #include "fault/fault.h"
+#include "fault/fault-internal.h"
 #include "fault/writeback.h"
 #include "group/group.h"
 #include "lru/lru.h"
@@ -412,8 +413,8 @@ static int read_install(struct wb *wb, struct wb_read *rd)
 	e = page_index_get(c->index, rd->vpn);
 	if (rd->failed) {
 		/* Counted here, logged once by the main thread (the fault path never logs). */
-		fault_client_stat(
-		    c, rd->bad_record ? UZ_STAT_swap_checksum_errors : UZ_STAT_io_errors, 1);
+		client_stat(c, rd->bad_record ? UZ_STAT_swap_checksum_errors : UZ_STAT_io_errors,
+			    1);
 		daemon_note_page_error(d,
 				       rd->bad_record ? UZ_PAGE_ERROR_SWAP_CHECKSUM : UZ_PAGE_ERROR_SWAP_READ,
 				       (int)c->pid, addr);
@@ -422,8 +423,8 @@ static int read_install(struct wb *wb, struct wb_read *rd)
 		/* A page read ahead is not referenced yet: the first to go if unused. */
 		page_index_set(c->index, rd->vpn,
 			       pe_make(e, PAGE_RESIDENT, rd->from_fault, 0, 0, 0));
-		fault_client_resident_add(c, 1);
-		fault_client_stat(c, UZ_STAT_disk_swapins, 1);
+		client_resident_add(c, 1);
+		client_stat(c, UZ_STAT_disk_swapins, 1);
 		if (rd->from_fault) {
 			struct wb_lru *wl = wb_lru_of(wb, c->group);
 
@@ -436,10 +437,10 @@ static int read_install(struct wb *wb, struct wb_read *rd)
 		/* The mapping (or the process) is gone: so is the page. */
 		page_index_set(c->index, rd->vpn, pe_make(e, PAGE_NEVER, false, 0, 0, 0));
 	}
-	fault_client_stat(c, UZ_STAT_swap_bytes_on_disk,
-			  -(int64_t)swap_slot_disk_bytes(d->swap, rd->slot));
+	client_stat(c, UZ_STAT_swap_bytes_on_disk,
+		    -(int64_t)swap_slot_disk_bytes(d->swap, rd->slot));
 	(void)swap_slot_free(d->swap, rd->slot);
-	fault_client_stat(c, UZ_STAT_on_disk_pages, -1);
+	client_stat(c, UZ_STAT_on_disk_pages, -1);
 	read_put(rd);
 	fault_client_resume(wb->thread, c);
 	return 0;
@@ -600,9 +601,9 @@ void wb_entry_release(struct wb *wb, struct client *c, uint64_t vpn, page_entry_
 		wb_writeback_cancel(wb, c, vpn);
 		break;
 	case PAGE_ON_DISK:
-		fault_client_stat(c, UZ_STAT_on_disk_pages, -1);
-		fault_client_stat(c, UZ_STAT_swap_bytes_on_disk,
-				  -(int64_t)swap_slot_disk_bytes(wb->daemon->swap, pe_payload(e)));
+		client_stat(c, UZ_STAT_on_disk_pages, -1);
+		client_stat(c, UZ_STAT_swap_bytes_on_disk,
+			    -(int64_t)swap_slot_disk_bytes(wb->daemon->swap, pe_payload(e)));
 		rd = pe_referenced(e) ? read_find(wb, c->key, vpn) : NULL;
 		if (!rd) {
 			(void)swap_slot_free(wb->daemon->swap, pe_payload(e));
@@ -694,9 +695,9 @@ bool wb_pool_accepting(struct wb *wb, struct client *c)
 {
 	if (wb_pool_open(wb, c))
 		return true;
-	fault_client_stat(c, UZ_STAT_pool_limit_hit, 1);
+	client_stat(c, UZ_STAT_pool_limit_hit, 1);
 	if (wb->io && c->policy.writeback && wb->swap_full)
-		fault_client_stat(c, UZ_STAT_reject_reclaim_fail, 1);
+		client_stat(c, UZ_STAT_reject_reclaim_fail, 1);
 	return false;
 }
 
@@ -745,7 +746,7 @@ static enum lru_walk_status wb_pick(uint64_t ref, void *userdata)
 		return LRU_ROTATE;
 	if (pe_referenced(e)) {
 		page_index_set(c->index, vpn, e & ~PE_REFERENCED);
-		fault_client_stat(c, UZ_STAT_second_chance_rotations, 1);
+		client_stat(c, UZ_STAT_second_chance_rotations, 1);
 		return LRU_ROTATE;
 	}
 	len = pe_len(e);
@@ -799,7 +800,7 @@ static void batch_done(struct swap_object *objs, size_t count, int result, void 
 			continue;
 		}
 		if (objs[i].result < 0) {
-			fault_client_stat(c, UZ_STAT_io_errors, 1);
+			client_stat(c, UZ_STAT_io_errors, 1);
 			item_restore(wb, c, it);
 			errors = true;
 			continue;
@@ -807,13 +808,13 @@ static void batch_done(struct swap_object *objs, size_t count, int result, void 
 		e = page_index_get(c->index, it->vpn);
 		page_index_set(c->index, it->vpn,
 			       pe_make(e, PAGE_ON_DISK, false, pe_algo(e), it->len, objs[i].slot));
-		fault_client_pool_bytes(c, -(int64_t)it->len, family_release(c->family, it->handle));
-		fault_client_stat(c, UZ_STAT_stored_pages, -1);
-		fault_client_stat(c, UZ_STAT_on_disk_pages, 1);
-		fault_client_stat(c, UZ_STAT_swap_bytes_on_disk,
-				  (int64_t)swap_slot_disk_bytes(d->swap, objs[i].slot));
-		fault_client_stat(c, UZ_STAT_zswpwb, 1);
-		fault_client_stat(c, UZ_STAT_written_back_pages, 1);
+		client_pool_bytes(c, -(int64_t)it->len, family_release(c->family, it->handle));
+		client_stat(c, UZ_STAT_stored_pages, -1);
+		client_stat(c, UZ_STAT_on_disk_pages, 1);
+		client_stat(c, UZ_STAT_swap_bytes_on_disk,
+			    (int64_t)swap_slot_disk_bytes(d->swap, objs[i].slot));
+		client_stat(c, UZ_STAT_zswpwb, 1);
+		client_stat(c, UZ_STAT_written_back_pages, 1);
 	}
 	(void)result;
 	if (errors)
@@ -1059,7 +1060,7 @@ static int compact_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 				 pe_len(*entry), handle);
 		page_index_set(c->index, vpn, *entry);
 		pool_release(pool, old);
-		fault_client_stat(c, UZ_STAT_compacted_objects, 1);
+		client_stat(c, UZ_STAT_compacted_objects, 1);
 	}
 	return --ctx->budget ? 0 : 1;
 }

@@ -15,7 +15,6 @@
 #include <stdint.h>
 
 #include "index/index.h"
-#include "stats/stats.h"
 
 struct daemon;
 struct client;
@@ -116,16 +115,3 @@ struct uz_group;
 void fault_thread_request_shrink(struct fault_thread *thread, struct uz_group *group,
 				 uint64_t bytes);
 
-/* --- provided by fault.c for writeback.c (fault thread only) --- */
-void fault_client_stat(struct client *c, enum uz_stat which, int64_t delta);
-/* Compressed bytes of a client; its group's and the daemon's only when `whole` (fault.c). */
-void fault_client_pool_bytes(struct client *c, int64_t delta, bool whole);
-void fault_client_resident_add(struct client *c, int64_t delta);
-/* The client of an LRU key on this thread (dead ones too when dead_ok), or NULL. */
-struct client *fault_thread_client(struct fault_thread *t, uint64_t key, bool dead_ok);
-/* The client with the smallest key >= key (compaction walks clients in key order). */
-struct client *fault_thread_client_after(struct fault_thread *t, uint64_t key);
-/* A page came back from disk: let the client's waiting requests go on. */
-void fault_client_resume(struct fault_thread *t, struct client *c);
-void fault_thread_want_retry(struct fault_thread *t);
-struct wb *fault_thread_wb(struct fault_thread *t);
