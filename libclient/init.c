@@ -548,7 +548,7 @@ fail:
  * agent touches the heap; glibc blocks signals meanwhile, so no timer can
  * come to the rescue).  The daemon serves a client from the moment it
  * adopts it, and adopting the snapshot makes the store ours (owner_pid, no
- * UZ_STORE_SNAPSHOT flag: client_adopt_snapshot): wait for that, or for
+ * UZ_STORE_SNAPSHOT flag: fault_client_adopt_snapshot): wait for that, or for
  * the daemon to hang up.  The store's header is mapped read-only to look.
  */
 static int snapshot_adopted_wait(int sock)

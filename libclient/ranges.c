@@ -306,7 +306,7 @@ void uz_range_exclude_locked(uint64_t start, uint64_t len)
  * registered in WP mode too: the kernel resolves write-protect faults by
  * itself (no message), and the daemon learns which pages were written since
  * its last look with PAGEMAP_SCAN on our pagemap — its only view of
- * accesses to present pages (daemon/fault/fault.c, CLOCK).  Where WP mode
+ * accesses to present pages (daemon/fault/reclaim.c, CLOCK).  Where WP mode
  * is refused the range is registered for MISSING faults alone.  Registering
  * a range this uffd already holds changes nothing; one another uffd of the
  * program holds fails with EBUSY.

@@ -158,7 +158,7 @@ struct client {
 	 * relative (EBUSY): they cannot leave, so they are outside the
 	 * budget, or a fork child whose pages are mostly its parent's would
 	 * evict every page it faults in at once.  Kept by the eviction paths,
-	 * recounted at least every second (fault.c).
+	 * recounted at least every second (fault/reclaim.c).
 	 */
 	uint64_t shared_resident;
 	uint64_t shared_recount_usec;
@@ -172,7 +172,8 @@ struct client {
 	/*
 	 * Slots of the batch out whose page left its sent address (REMOVE,
 	 * UNMAP, REMAP) while the agent may still move from there: faults
-	 * at those addresses wait for EVICT_DONE (client_address_in_flight).
+	 * at those addresses wait for EVICT_DONE
+	 * (fault_client_address_in_flight).
 	 */
 	unsigned batch_stale;
 	unsigned batch_pending_installs;
@@ -186,7 +187,7 @@ struct client {
 	bool scan_written_off;	       /* PAGEMAP_SCAN refused: the CLOCK sees faults only */
 	uint64_t grace_until;	       /* usec: a fork child is not reclaimed before (0: none) */
 
-	/* fault-around from the pool (daemon/fault/fault.c, fault_around_*) */
+	/* fault-around from the pool (daemon/fault/serve.c, fault_around_*) */
 	uint64_t around_last_vpn;      /* the last fault served from the pool */
 	uint64_t around_lo, around_hi; /* pages it put back ahead: [lo, hi), empty if equal */
 	bool around_hi_stored;	       /* ... and the page at hi was in the pool then */

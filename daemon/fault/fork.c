@@ -66,7 +66,8 @@
 /*
  * Drop what a snapshot entry refers to (the entry itself is cleared by the
  * caller).  An object whose last reference this was leaves the parent's
- * group's and the daemon's compressed bytes (counted once, see fault.c).
+ * group's and the daemon's compressed bytes (counted once, see
+ * client_pool_bytes() in fault-internal.h).
  */
 static void entry_unref(struct fork_snapshot *snapshot, page_entry_t e)
 {

@@ -5,7 +5,7 @@
  * gauges as the global and per-client ones), so `uzswapctl stats
  * --cgroup` can answer and the per-cgroup figures sum to the global
  * ones: every statistic a fault thread adds goes to the client, to its
- * group and to the daemon at once (fault.c client_stat()).
+ * group and to the daemon at once (client_stat(), fault/fault-internal.h).
  *
  * The policy is not kept here: each client holds its own resolved copy
  * (percentages are resolved against the cgroup's memory limits, which
