@@ -24,10 +24,10 @@ static void *raw_map(void *hint, size_t len, int prot)
 {
 	void *p =
 	    (void *)syscall(SYS_mmap, hint, len, prot,
-			    MAP_PRIVATE | MAP_ANONYMOUS | (hint ? MAP_FIXED_NOREPLACE : 0), -1, 0);
+			    MAP_PRIVATE | MAP_ANONYMOUS | (hint ? MAP_FIXED : 0), -1, 0);
 
 	if (p == MAP_FAILED)
-		it_fail("raw mmap of %zu bytes failed", len);
+		it_fail("raw mmap of %zu bytes failed: %m", len);
 	return p;
 }
 
@@ -68,12 +68,15 @@ int main(int argc, char **argv)
 	stride = (pages + 1) * it_page_size;
 	it_check_managed(IT_EXPECT_YES);
 
+	/*
+	 * Each mapping replaces part of one PROT_NONE reservation (MAP_FIXED
+	 * over our own mapping): a munmap first would leave a hole another
+	 * thread's mmap (the library's own) could take in between.
+	 */
 	base = raw_map(NULL, count * stride, PROT_NONE);
 	for (size_t i = 0; i < count; i++) {
 		char *m = base + i * stride;
 
-		if (munmap(m, pages * it_page_size) < 0)
-			it_fail("munmap");
 		raw_map(m, pages * it_page_size, PROT_READ | PROT_WRITE);
 		it_range_fill(m, i * pages, pages, 1);
 	}
