@@ -106,7 +106,6 @@ static __attribute__((noinline)) void stack_pretouch(void)
 struct stack_run {
 	uint64_t guard_end; /* the last line was a guard ending here */
 	uint64_t run_end;   /* a stack run since that guard, ending here */
-	uint64_t pages;
 };
 
 /*
@@ -117,10 +116,10 @@ struct stack_run {
  * end of one of them, and redis's BGSAVE child crashed in reclaim_stacks
  * when only the top of the whole run was touched.
  */
-static void stack_top_touch(struct stack_run *run, uint64_t start, uint64_t end)
+static void stack_top_touch(uint64_t start, uint64_t end)
 {
 	for (uint64_t a = end - uz_min(end - start, (uint64_t)FORK_STACK_TOP); a < end;
-	     a += UZ_PAGE_SIZE, run->pages++)
+	     a += UZ_PAGE_SIZE)
 		(void)*(volatile const char *)(uintptr_t)a;
 }
 
@@ -136,7 +135,7 @@ static int stack_line(char *text, void *arg)
 	rw = anon && !memcmp(line.perms, "rw-p", 4);
 	if (rw && ((run->run_end && line.start == run->run_end) ||
 		   (run->guard_end && line.start == run->guard_end))) {
-		stack_top_touch(run, line.start, line.end);
+		stack_top_touch(line.start, line.end);
 		run->run_end = line.end;
 		run->guard_end = 0;
 		return 0;
