@@ -120,21 +120,6 @@ static void *sampler(void *arg)
 	return NULL;
 }
 
-static uint64_t wait_on_disk(uint64_t want)
-{
-	struct uzswap_stats st;
-
-	for (int i = 0; i < 1200; i++) {
-		if (it_stats(&st) != 0)
-			it_fail("uzswap_get_stats failed");
-		if (st.on_disk_pages >= want)
-			return st.on_disk_pages;
-		usleep(50000);
-	}
-	it_fail("only %" PRIu64 " pages on disk after 60 s (need %" PRIu64
-		"): the test would not cover shared swap slots", st.on_disk_pages, want);
-}
-
 static void both_sides(uint64_t seen, uint64_t own, const char *who)
 {
 	uint64_t t0 = it_now_ns();
@@ -147,19 +132,28 @@ static void both_sides(uint64_t seen, uint64_t own, const char *who)
 }
 
 /*
- * The bound is about the fork: start from a process the daemon has brought
- * under its budget (the fill may leave it over for a moment while reclaim
- * catches up, more so on a loaded host).
+ * Fork once enough pages are on disk for the test to cover shared swap
+ * slots, and once the daemon has brought the process under its budget:
+ * the bound is about the fork, and the fill may leave the process over
+ * for a moment while reclaim catches up (more so on a loaded host).
  */
-static void wait_under_budget(uint64_t budget, struct uzswap_stats *st)
+static void wait_ready_to_fork(uint64_t want_on_disk, uint64_t budget, struct uzswap_stats *st)
 {
+	bool on_disk = false, under = false;
+
 	for (int i = 0; i < 1200; i++) {
 		if (it_stats(st) != 0)
 			it_fail("uzswap_get_stats failed");
-		if (st->resident_pages * it_page_size <= budget)
+		on_disk = st->on_disk_pages >= want_on_disk;
+		under = st->resident_pages * it_page_size <= budget;
+		if (on_disk && under)
 			return;
 		usleep(50000);
 	}
+	if (!on_disk)
+		it_fail("only %" PRIu64 " pages on disk after 60 s (need %" PRIu64
+			"): the test would not cover shared swap slots", st->on_disk_pages,
+			want_on_disk);
 	it_fail("%" PRIu64 " pages resident after 60 s, over the budget of %" PRIu64 " MiB",
 		st->resident_pages, budget >> 20);
 }
@@ -167,16 +161,15 @@ static void wait_under_budget(uint64_t budget, struct uzswap_stats *st)
 static void scenario_big(uint64_t budget)
 {
 	struct uzswap_stats st;
-	uint64_t limit = budget + budget / 10, before, took, on_disk;
+	uint64_t limit = budget + budget / 10, before, took;
 	pthread_t thread;
 	int fd;
 	pid_t pid;
 
 	fill_and_evict(1, page_count * 3 / 4);
-	on_disk = wait_on_disk(page_count / 8);
-	wait_under_budget(budget, &st);
+	wait_ready_to_fork(page_count / 8, budget, &st);
 	it_log("before fork: %" PRIu64 " pages stored, %" PRIu64 " on disk, %" PRIu64
-	       " resident", st.stored_pages, on_disk, st.resident_pages);
+	       " resident", st.stored_pages, st.on_disk_pages, st.resident_pages);
 	fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		it_fail("open /proc/self/status: %m");
