@@ -13,8 +13,9 @@
  *  - pool overhead, pool_total_size / stored_bytes, after a mixed
  *    store/free workload on lz4-compressed text pages (before and after one
  *    compaction pass);
- *  - metadata per stored page: page index bytes plus the 8-byte LRU
- *    reference, divided by the stored pages (and the pool's own
+ *  - metadata per stored page: the page index's bytes plus the memory of
+ *    an LRU holding one reference per stored page (lru_memory_bytes(),
+ *    blocks and tables included), divided by the stored pages (and the pool's own
  *    bookkeeping, reported apart: its persistent metadata in the arena,
  *    frame headers and two bytes per slot, which is part of the pool
  *    overhead above, and its heap bookkeeping).
@@ -32,9 +33,12 @@
 #include "util.h"
 #include "compress/compress.h"
 #include "index/index.h"
+#include "lru/lru.h"
 #include "pool/pool.h"
 #include "store/store.h"
 #include "text-page.h"
+
+#define LRU_KEY 1ULL /* the client key of the LRU references */
 
 struct page_slot {
 	pool_handle_t handle;
@@ -200,6 +204,8 @@ static int bench_mixed(size_t nr_pages)
 	uint8_t page[UZ_PAGE_SIZE];
 	struct compressor *c = NULL;
 	struct page_index *index = NULL;
+	struct lru *lru = NULL;
+	double lru_bytes;
 	struct store *store = NULL, *sparse_store = NULL;
 	struct page_index_usage index_usage;
 	struct pool_usage usage;
@@ -276,34 +282,45 @@ static int bench_mixed(size_t nr_pages)
 	    (unsigned long long)usage.total_size, (unsigned long long)usage.stored_bytes);
 
 	/* Metadata: every page of one contiguous region is stored, as after eviction. */
+	if (lru_new(&lru) < 0)
+		return -ENOMEM;
 	for (i = 0; i < nr_pages; i++) {
 		page_entry_t e = pe_make(0, PAGE_STORED, true, COMPRESSOR_LZ4,
 					 (unsigned)slots[i].len, slots[i].handle);
 
-		if (page_index_set(index, vpn_base + i, e) < 0)
+		if (page_index_set(index, vpn_base + i, e) < 0 ||
+		    lru_push(lru, LRU_KEY << PAGE_INDEX_VPN_BITS | (vpn_base + i)) < 0)
 			return -ENOMEM;
 		stored++;
 	}
 	page_index_get_usage(index, &index_usage);
-	printf("metadata per stored page (contiguous region): index %.2f B + LRU 8 B = %.2f B"
+	lru_bytes = (double)lru_memory_bytes(lru) / (double)stored;
+	printf("metadata per stored page (contiguous region): index %.2f B + LRU %.2f B = %.2f B"
 	       "   (pool bookkeeping, apart: %.2f B/object in the arena, %.2f B/object heap)\n",
-	       (double)index_usage.bytes / (double)stored,
-	       (double)index_usage.bytes / (double)stored + 8.0,
+	       (double)index_usage.bytes / (double)stored, lru_bytes,
+	       (double)index_usage.bytes / (double)stored + lru_bytes,
 	       (double)usage.arena_metadata_bytes / (double)usage.stored_objects,
 	       (double)usage.metadata_bytes / (double)usage.stored_objects);
 	page_index_free(index);
+	lru = lru_free(lru);
 
 	/* The same pages every 16th page of a region 16 times as large. */
-	if (store_new(&sparse_store) < 0 || page_index_new(&index, sparse_store) < 0)
+	if (store_new(&sparse_store) < 0 || page_index_new(&index, sparse_store) < 0 ||
+	    lru_new(&lru) < 0)
 		return -ENOMEM;
-	for (i = 0; i < nr_pages; i++)
-		page_index_set(index, vpn_base + i * 16, (uint64_t)i + 1);
+	for (i = 0; i < nr_pages; i++) {
+		if (page_index_set(index, vpn_base + i * 16, (uint64_t)i + 1) < 0 ||
+		    lru_push(lru, LRU_KEY << PAGE_INDEX_VPN_BITS | (vpn_base + i * 16)) < 0)
+			return -ENOMEM;
+	}
 	page_index_get_usage(index, &index_usage);
-	printf(
-	    "metadata per stored page (1 in 16 pages stored):    index %.2f B + LRU 8 B = %.2f B\n",
-	    (double)index_usage.bytes / (double)stored,
-	    (double)index_usage.bytes / (double)stored + 8.0);
+	lru_bytes = (double)lru_memory_bytes(lru) / (double)stored;
+	printf("metadata per stored page (1 in 16 pages stored):    index %.2f B + LRU %.2f B = "
+	       "%.2f B\n",
+	       (double)index_usage.bytes / (double)stored, lru_bytes,
+	       (double)index_usage.bytes / (double)stored + lru_bytes);
 	page_index_free(index);
+	lru_free(lru);
 	store_free(sparse_store);
 	store_free(store);
 

@@ -27,7 +27,7 @@ enum page_state {
  * page_entry_t layout (bit numbers):
  *   0..2   state
  *   3      referenced (stored: second chance; resident: CLOCK reference)
- *   4      queued: an LRU ring reference names this page (cleared only by
+ *   4      queued: an LRU reference names this page (cleared only by
  *          whoever pops that reference, so a page is never queued twice)
  *   5..6   algo (enum compressor_algo) for stored/on-disk; free otherwise
  *   7..19  len: compressed length 0..4096 (stored/on-disk); free otherwise

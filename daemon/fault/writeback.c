@@ -2,7 +2,7 @@
 /*
  * The writeback tier: what a fault thread does with the swap file.
  *
- * Each fault thread has a struct wb: one LRU ring per group (cgroup) of
+ * Each fault thread has a struct wb: one LRU per group (cgroup) of
  * its clients (references (client key, vpn), so a pop always names one
  * of this thread's clients — the ownership rule of daemon/fault holds:
  * nothing but the owning thread touches a client's index), a swap_io (its

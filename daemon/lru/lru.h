@@ -12,14 +12,16 @@
  *    count is consumed and subtracted from the freeable count;
  *  - the freeable count is scaled down by the compression ratio.
  *
- * The list is a FIFO ring of 64-bit references (the caller's encoding of
- * "which page": see daemon/fault for (client key, vpn)), not an intrusive
- * list, so an entry costs 8 bytes here and nothing in the page entry but
- * two bits (referenced, queued).  A reference whose page left the pool is
- * dropped when the walk meets it (lazy deletion); the queued bit keeps a
- * page from being in the ring twice.
+ * The list is a FIFO of page references (the caller's encoding of "which
+ * page": owner key << 36 | vpn, see daemon/fault for (client key, vpn)),
+ * not an intrusive list, so an entry costs nothing in the page entry but
+ * two bits (referenced, queued), and here 6 bytes: the FIFO keeps a 12-bit
+ * slot for the key (at most 4096 keys with references at once) in blocks
+ * of one page that it takes and gives back as it grows and shrinks.  A
+ * reference whose page left the pool is dropped when the walk meets it
+ * (lazy deletion); the queued bit keeps a page from being in it twice.
  *
- * Thread-safe: an internal mutex guards the ring, held only for pushes and
+ * Thread-safe: an internal mutex guards the FIFO, held only for pushes and
  * pops, never across the walk callback.
  */
 #pragma once
@@ -32,9 +34,12 @@ struct lru;
 int lru_new(struct lru **out);
 struct lru *lru_free(struct lru *lru);
 
-int lru_push(struct lru *lru, uint64_t ref); /* at the tail; -ENOMEM */
+/* At the tail; -ENOMEM, or -ENOSPC with 4096 other keys in the FIFO (the page stays unqueued). */
+int lru_push(struct lru *lru, uint64_t ref);
 bool lru_pop(struct lru *lru, uint64_t *ref); /* from the head */
-uint64_t lru_length(struct lru *lru);         /* references in the ring, stale ones included */
+uint64_t lru_length(struct lru *lru); /* references in the FIFO, stale ones included */
+/* The memory the LRU holds: blocks, spare blocks, tables and the object itself. */
+uint64_t lru_memory_bytes(struct lru *lru);
 
 enum lru_walk_status {
 	LRU_REMOVED, /* the callback took the entry (written back, or stale): drop the ref */

@@ -3,7 +3,10 @@
  * Unit tests of daemon/lru: FIFO order and growth, the second-chance walk
  * (a referenced entry is rotated once, then written back), lazy deletion
  * of stale references, busy and stop statuses, the shrinker count with
- * disk swapins and the compression ratio, and pushes racing a walk.
+ * disk swapins and the compression ratio, pushes racing a walk, the owner
+ * slots behind the 6-byte references (keys kept apart, slots reused only
+ * once empty, -ENOSPC when all are taken) and memory that follows the
+ * number of references.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -280,12 +283,168 @@ static void test_concurrent_push_walk(void **state)
 	lru_free(lru);
 }
 
+#define KEY_SHIFT 36
+
+/* References of many owners come back with their own keys, in order, across blocks. */
+static void test_owner_keys(void **state)
+{
+	struct lru *lru = NULL;
+	uint64_t ref, i;
+
+	assert_int_equal(lru_new(&lru), 0);
+	for (i = 0; i < 3000; i++) {
+		uint64_t key = (i * 7919) % 300 + ((1ULL << 28) - 400); /* near the top of 28 bits */
+		uint64_t vpn = ((1ULL << 36) - 1) - i;
+
+		assert_int_equal(lru_push(lru, key << KEY_SHIFT | vpn), 0);
+	}
+	for (i = 0; i < 3000; i++) {
+		uint64_t key = (i * 7919) % 300 + ((1ULL << 28) - 400);
+
+		assert_true(lru_pop(lru, &ref));
+		assert_true(ref == (key << KEY_SHIFT | (((1ULL << 36) - 1) - i)));
+	}
+	assert_false(lru_pop(lru, &ref));
+	lru_free(lru);
+}
+
+static enum lru_walk_status drop_cb(uint64_t ref, void *userdata)
+{
+	(void)ref;
+	(void)userdata;
+	return LRU_REMOVED;
+}
+
+static enum lru_walk_status rotate_cb(uint64_t ref, void *userdata)
+{
+	uint64_t *last = userdata;
+
+	*last = ref;
+	return LRU_ROTATE;
+}
+
+/*
+ * 4096 keys fill every slot: one more key is refused until the walk has
+ * dropped all of some key's references, and a reused slot never gives a
+ * reference the wrong key.
+ */
+static void test_owner_slots_full(void **state)
+{
+	struct lru_walk_result result;
+	struct lru *lru = NULL;
+	uint64_t ref, key, last = 0;
+
+	assert_int_equal(lru_new(&lru), 0);
+	for (key = 1; key <= 4096; key++)
+		assert_int_equal(lru_push(lru, key << KEY_SHIFT | key), 0);
+	assert_int_equal(lru_push(lru, 5000ULL << KEY_SHIFT | 1), -ENOSPC);
+	/* A key that has a slot still gets in. */
+	assert_int_equal(lru_push(lru, 17ULL << KEY_SHIFT | 99), 0);
+	/* Rotating keeps the slot: still full. */
+	assert_int_equal(lru_walk(lru, 1, rotate_cb, &last, &result), 0);
+	assert_true(last == (1ULL << KEY_SHIFT | 1));
+	assert_int_equal(lru_push(lru, 5000ULL << KEY_SHIFT | 1), -ENOSPC);
+	/* Dropping key 2's only reference frees its slot for key 5000. */
+	assert_int_equal(lru_walk(lru, 1, drop_cb, NULL, &result), 0);
+	assert_int_equal(result.removed, 1);
+	assert_int_equal(lru_push(lru, 5000ULL << KEY_SHIFT | 1), 0);
+	assert_int_equal(lru_push(lru, 5001ULL << KEY_SHIFT | 1), -ENOSPC);
+	/* Everything comes back with its own key: 3..4096, 17/99, 1/1, 5000/1. */
+	for (key = 3; key <= 4096; key++) {
+		assert_true(lru_pop(lru, &ref));
+		assert_true(ref == (key << KEY_SHIFT | key));
+	}
+	assert_true(lru_pop(lru, &ref));
+	assert_true(ref == (17ULL << KEY_SHIFT | 99));
+	assert_true(lru_pop(lru, &ref));
+	assert_true(ref == (1ULL << KEY_SHIFT | 1));
+	assert_true(lru_pop(lru, &ref));
+	assert_true(ref == (5000ULL << KEY_SHIFT | 1));
+	assert_false(lru_pop(lru, &ref));
+	/* All slots free again. */
+	for (key = 10000; key < 10000 + 4096; key++)
+		assert_int_equal(lru_push(lru, key << KEY_SHIFT | 7), 0);
+	lru_free(lru);
+}
+
+/* At most a few bytes over 6 per reference, and the memory goes when the references do. */
+static void test_memory_follows_length(void **state)
+{
+	struct lru_walk_result result;
+	struct lru *lru = NULL;
+	uint64_t empty, full, i, last = 0;
+
+	assert_int_equal(lru_new(&lru), 0);
+	empty = lru_memory_bytes(lru);
+	for (i = 0; i < 200000; i++)
+		assert_int_equal(lru_push(lru, 3ULL << KEY_SHIFT | i), 0);
+	full = lru_memory_bytes(lru);
+	assert_true(full - empty <= 200000 * 6 + 200000 * 6 / 100 + 3 * 4096);
+	/* A full rotation keeps the size (blocks go round), order intact. */
+	assert_int_equal(lru_walk(lru, 200000, rotate_cb, &last, &result), 0);
+	assert_int_equal(result.rotated, 200000);
+	assert_true(last == (3ULL << KEY_SHIFT | 199999));
+	assert_true(lru_memory_bytes(lru) <= full + 2 * 4096);
+	assert_int_equal(lru_walk(lru, 150000, drop_cb, NULL, &result), 0);
+	assert_int_equal(result.removed, 150000);
+	assert_int_equal(lru_length(lru), 50000);
+	assert_true(lru_memory_bytes(lru) <= empty + 50000 * 6 + 50000 * 6 / 100 + 4 * 4096);
+	for (i = 150000; i < 200000; i++) {
+		uint64_t ref;
+
+		assert_true(lru_pop(lru, &ref));
+		assert_true(ref == (3ULL << KEY_SHIFT | i));
+	}
+	assert_true(lru_memory_bytes(lru) <= empty + 3 * 4096);
+	lru_free(lru);
+}
+
+/* STOP puts the reference back at the head, also when the head is at a block's start. */
+static enum lru_walk_status stop_at_cb(uint64_t ref, void *userdata)
+{
+	uint64_t *stop = userdata;
+
+	return ref == *stop ? LRU_STOP : LRU_REMOVED;
+}
+
+static void test_stop_at_block_edges(void **state)
+{
+	struct lru_walk_result result;
+	struct lru *lru = NULL;
+	uint64_t i, ref, stop;
+
+	assert_int_equal(lru_new(&lru), 0);
+	for (i = 0; i < 5000; i++)
+		assert_int_equal(lru_push(lru, i), 0);
+	/*
+	 * 682 references per block: stop on the last of the first and second
+	 * blocks, whose pop has just given the block back.
+	 */
+	for (stop = 681; stop <= 1363; stop += 682) {
+		assert_int_equal(lru_walk(lru, 5000, stop_at_cb, &stop, &result), 0);
+		assert_true(lru_pop(lru, &ref));
+		assert_true(ref == stop);
+	}
+	/* Stop on the very first reference. */
+	stop = 1364;
+	assert_int_equal(lru_walk(lru, 5000, stop_at_cb, &stop, &result), 0);
+	assert_int_equal(result.scanned, 0);
+	assert_int_equal(lru_length(lru), 5000 - 1364);
+	for (i = 1364; i < 5000; i++) {
+		assert_true(lru_pop(lru, &ref));
+		assert_true(ref == i);
+	}
+	lru_free(lru);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_fifo_and_growth),	    cmocka_unit_test(test_second_chance),
 	    cmocka_unit_test(test_lazy_deletion_busy_stop), cmocka_unit_test(test_shrinker_count),
-	    cmocka_unit_test(test_concurrent_push_walk),
+	    cmocka_unit_test(test_concurrent_push_walk),	    cmocka_unit_test(test_owner_keys),
+	    cmocka_unit_test(test_owner_slots_full),	    cmocka_unit_test(test_memory_follows_length),
+	    cmocka_unit_test(test_stop_at_block_edges),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
