@@ -88,8 +88,8 @@ struct lru {
 	struct lru_block *spares[LRU_SPARES_MAX];
 	unsigned nr_spares;
 	struct lru_owner *owners;
-	uint32_t nr_owners; /* slots allocated in owners[] */
-	uint32_t last_slot; /* the slot of the last push: pushes come in runs of one owner */
+	uint32_t nr_owners;	  /* slots allocated in owners[] */
+	uint32_t last_slot;	  /* the slot of the last push: pushes come in runs of one owner */
 	uint64_t nr_disk_swapins; /* atomic: swapins not yet consumed by a count */
 };
 
@@ -234,7 +234,7 @@ static void take_head(struct lru *lru, uint8_t *raw)
 	if (lru->head == LRU_BLOCK_REFS || lru->length == 0) {
 		/* Give back every block the FIFO no longer reaches. */
 		uint64_t keep = lru->length ? 1 + (lru->head % LRU_BLOCK_REFS + lru->length - 1) /
-						     LRU_BLOCK_REFS
+						      LRU_BLOCK_REFS
 					    : 0;
 
 		while (lru->nr_blocks > keep) {

@@ -293,7 +293,8 @@ static void test_owner_keys(void **state)
 
 	assert_int_equal(lru_new(&lru), 0);
 	for (i = 0; i < 3000; i++) {
-		uint64_t key = (i * 7919) % 300 + ((1ULL << 28) - 400); /* near the top of 28 bits */
+		uint64_t key =
+		    (i * 7919) % 300 + ((1ULL << 28) - 400); /* near the top of 28 bits */
 		uint64_t vpn = ((1ULL << 36) - 1) - i;
 
 		assert_int_equal(lru_push(lru, key << KEY_SHIFT | vpn), 0);
@@ -440,10 +441,14 @@ static void test_stop_at_block_edges(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_fifo_and_growth),	    cmocka_unit_test(test_second_chance),
-	    cmocka_unit_test(test_lazy_deletion_busy_stop), cmocka_unit_test(test_shrinker_count),
-	    cmocka_unit_test(test_concurrent_push_walk),	    cmocka_unit_test(test_owner_keys),
-	    cmocka_unit_test(test_owner_slots_full),	    cmocka_unit_test(test_memory_follows_length),
+	    cmocka_unit_test(test_fifo_and_growth),
+	    cmocka_unit_test(test_second_chance),
+	    cmocka_unit_test(test_lazy_deletion_busy_stop),
+	    cmocka_unit_test(test_shrinker_count),
+	    cmocka_unit_test(test_concurrent_push_walk),
+	    cmocka_unit_test(test_owner_keys),
+	    cmocka_unit_test(test_owner_slots_full),
+	    cmocka_unit_test(test_memory_follows_length),
 	    cmocka_unit_test(test_stop_at_block_edges),
 	};
 
