@@ -113,7 +113,7 @@ struct client {
 	char comm[17];
 	uint32_t hello_flags;
 	uint64_t uffd_features;
-	struct stats *stats; /* per-client counters (thread-safe) */
+	struct stats *stats;	    /* per-client counters (thread-safe) */
 	struct fault_thread *owner; /* the fault thread it was handed to: its family's */
 	struct family *family;	    /* the arena of its compressed pages (a reference) */
 
@@ -132,8 +132,8 @@ struct client {
 	int ring_fd;
 	uint8_t *ring; /* UZ_RING_PAGES pages shared with the client: data slots, then status */
 	bool resume;   /* HELLO with UZ_HELLO_RESUME: recover from the store on adoption */
-	bool from_snapshot;		 /* a fork child joining with its snapshot (UZ_HELLO_SNAPSHOT) */
-	struct fork_snapshot *claimed;	 /* ... the snapshot's record in this daemon, if it has one */
+	bool from_snapshot; /* a fork child joining with its snapshot (UZ_HELLO_SNAPSHOT) */
+	struct fork_snapshot *claimed; /* ... the snapshot's record in this daemon, if it has one */
 	uint64_t graveyard_start, graveyard_end;
 
 	/* --- thread-owned --- */
@@ -152,7 +152,7 @@ struct client {
 	unsigned nr_regions, regions_capacity;
 	uint64_t registered_bytes;
 
-	uint64_t resident;  /* RESIDENT entries (mirrors the resident_pages gauge) */
+	uint64_t resident; /* RESIDENT entries (mirrors the resident_pages gauge) */
 	/*
 	 * Of them, those the agent found shared copy-on-write with a fork
 	 * relative (EBUSY): they cannot leave, so they are outside the
@@ -184,14 +184,16 @@ struct client {
 	uint64_t cold_start, cold_end; /* vpns of a COLD hint still to evict; empty when equal */
 	unsigned fork_pause;	       /* FORK_PREPAREs not yet matched by FORK_DONE */
 	struct fork_snapshot *fork_snapshot; /* taken at FORK_PREPARE, until FORK_DONE */
-	bool scan_written_off;	       /* PAGEMAP_SCAN refused: the CLOCK sees faults only */
-	uint64_t grace_until;	       /* usec: a fork child is not reclaimed before (0: none) */
+	bool scan_written_off;		     /* PAGEMAP_SCAN refused: the CLOCK sees faults only */
+	uint64_t grace_until; /* usec: a fork child is not reclaimed before (0: none) */
 
 	/* fault-around from the pool (daemon/fault/serve.c, fault_around_*) */
 	uint64_t around_last_vpn;      /* the last fault served from the pool */
-	uint64_t around_lo, around_hi; /* pages it put back ahead: [lo, hi), empty if equal */
+	uint64_t around_last_delta;    /* pages between the last two of them, forward; 0 else */
+	uint64_t around_lo, around_hi; /* pages it put back ahead: every stride-th of [lo, hi) */
 	bool around_hi_stored;	       /* ... and the page at hi was in the pool then */
 	unsigned around_window;	       /* pages to put back ahead next time, 0..policy max */
+	unsigned around_stride;	       /* pages between them: 1 a run, 2..16 a stride; 0 shut */
 
 	/* requests */
 	struct client_request *requests; /* ring of UZ_CLIENT_REQUESTS_MAX */
@@ -199,10 +201,10 @@ struct client {
 	unsigned queued_batch_ranges; /* ranges of queued REGISTER_BATCH copies */
 
 	const char *leave_reason; /* for the log line when it is freed */
-	bool dead;	    /* being torn down; ignore its events */
-	bool gone;	    /* the process is gone (EOF): no point giving pages back */
-	bool shutdown_sent; /* SHUTDOWN sent, waiting for SHUTDOWN_ACK */
-	bool pending;	    /* has work to retry (EAGAIN) or a request waiting */
+	bool dead;		  /* being torn down; ignore its events */
+	bool gone;		  /* the process is gone (EOF): no point giving pages back */
+	bool shutdown_sent;	  /* SHUTDOWN sent, waiting for SHUTDOWN_ACK */
+	bool pending;		  /* has work to retry (EAGAIN) or a request waiting */
 };
 
 /*
@@ -274,8 +276,8 @@ int client_pagemap_present(const struct client *client, uint64_t start, uint64_t
 
 /*
  * Is the client's process still there with its memory (not exited, not a
- * zombie, not exec'd into a new address space)?  Unknown counts as alive: a live client's state is never
- * dropped on a guess.
+ * zombie, not exec'd into a new address space)?  Unknown counts as alive: a live client's state is
+ * never dropped on a guess.
  */
 bool client_process_alive(const struct client *client);
 

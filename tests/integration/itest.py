@@ -1176,6 +1176,24 @@ def t_faultaround_sequential(h):
                           "pages read back: fault-around saved less than half the faults")
 
 
+def t_faultaround_strided(h):
+    """fault-around on strided scans: 64 MiB read back twice with a stride of 4 pages (every
+    4th page, then shifted by one; partly rewritten) under a 16 MiB budget, every read checked
+    by checksum and pattern; the window finds the stride: hits >= 70% of the pages put back
+    ahead, and fewer absent accesses than half the pages read back from the pool."""
+    stats, figures = _faultaround(h, "strided", 2, 32)
+    pages, hits = stats["faultaround_pages"], stats["faultaround_hits"]
+    if pages == 0 or hits == 0:
+        raise TestFailure(f"strided scans: faultaround_pages {pages}, hits {hits}: "
+                          "fault-around never found the stride")
+    if hits < 0.7 * pages:
+        raise TestFailure(f"strided scans: only {hits} of {pages} pages put back ahead used")
+    absent = int(figures["absent_accesses"])
+    if absent * 2 > stats["zswpin"]:
+        raise TestFailure(f"strided scans: {absent} absent accesses for {stats['zswpin']} "
+                          "pages read back: fault-around saved less than half the faults")
+
+
 def t_faultaround_random(h):
     """fault-around on random access: 64 MiB, 3 passes' worth of uniform reads and writes
     under a 16 MiB budget, every read checked by checksum and pattern; the window stays
