@@ -43,8 +43,9 @@
 
 /*
  * How long a fault thread may spin before sleeping (daemon/fault/fault.c,
- * fault_thread_wait): UZSWAPD_FAULT_SPIN_USEC, 0 to 10000; 0 turns
- * spinning off (a host where a core cannot be spared).
+ * fault_thread_wait): UZSWAPD_FAULT_SPIN_USEC, 0 to 10000, default 1000;
+ * 0 turns spinning off.  It spins only while the host has a core to spare
+ * (daemon/fault/spin.h).
  */
 static unsigned daemon_fault_spin_usec(void)
 {

@@ -61,7 +61,7 @@ struct client;
 #define UZ_HELLO_TIMEOUT_USEC	 (5ULL * 1000 * 1000)
 #define UZ_DRAIN_TIMEOUT_USEC	 (10ULL * 1000 * 1000)
 #define UZ_EXIT_HANDOVER	 75 /* EX_TEMPFAIL: exited for the next uzswapd (SIGUSR2) */
-#define UZ_FAULT_SPIN_USEC_DEFAULT 0 /* off: no gain measured on a loaded 2-vCPU VM (bench/hotcold/README.md) */
+#define UZ_FAULT_SPIN_USEC_DEFAULT 1000 /* gated on a spare core (daemon/fault/spin.h; docs/PERFORMANCE.md) */
 
 /*
  * A page error noted by a fault thread, which never logs, for the main

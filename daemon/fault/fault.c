@@ -71,6 +71,7 @@
 #include "fault/request.h"
 #include "fault/restore.h"
 #include "fault/serve.h"
+#include "fault/spin.h"
 #include "fault/vmevent.h"
 #include "fault/writeback.h"
 #include "protocol.h"
@@ -426,27 +427,36 @@ static void fault_thread_reap(struct fault_thread *t)
  * The budget adapts: a spin that found work doubles it (up to
  * spin_max_usec), a spin that ran out halves it (down to
  * FAULT_SPIN_USEC_MIN).  A wake-up that brought no work (the idle tick)
- * does not arm the spin, so an idle daemon uses no CPU.
+ * does not arm the spin, so an idle daemon uses no CPU.  And the thread
+ * spins only while the host has a core to spare (spin.h): on a busy host
+ * the spin would take CPU from the programs it serves.
  */
 static int fault_thread_wait(struct fault_thread *t, struct epoll_event *events, int max_events,
 			     int timeout)
 {
-	if (t->spin_armed && timeout != 0 && t->spin_max_usec) {
-		uint64_t deadline = uz_now_usec() + t->spin_usec;
+	uint64_t start, deadline, now;
 
-		t->spin_armed = false;
-		do {
-			int n = epoll_wait(t->epoll_fd, events, max_events, 0);
+	if (!t->spin_armed || timeout == 0 || !t->spin_max_usec)
+		return epoll_wait(t->epoll_fd, events, max_events, timeout);
+	t->spin_armed = false;
+	start = uz_now_usec();
+	if (!spin_gate_open(start))
+		return epoll_wait(t->epoll_fd, events, max_events, timeout);
+	deadline = start + t->spin_usec;
+	do {
+		int n = epoll_wait(t->epoll_fd, events, max_events, 0);
 
-			if (n != 0) {
-				t->spin_usec = uz_min(t->spin_usec * 2, t->spin_max_usec);
-				return n;
-			}
-			/* The faulting thread may be waiting for this CPU. */
-			sched_yield();
-		} while (uz_now_usec() < deadline);
-		t->spin_usec = uz_max(t->spin_usec / 2, (unsigned)FAULT_SPIN_USEC_MIN);
-	}
+		now = uz_now_usec();
+		if (n != 0) {
+			spin_gate_note_spin(now - start);
+			t->spin_usec = uz_min(t->spin_usec * 2, t->spin_max_usec);
+			return n;
+		}
+		/* The faulting thread may be waiting for this CPU. */
+		sched_yield();
+	} while (now < deadline);
+	spin_gate_note_spin(now - start);
+	t->spin_usec = uz_max(t->spin_usec / 2, (unsigned)FAULT_SPIN_USEC_MIN);
 	return epoll_wait(t->epoll_fd, events, max_events, timeout);
 }
 
