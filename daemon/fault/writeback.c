@@ -621,6 +621,9 @@ void wb_entry_release(struct wb *wb, struct client *c, uint64_t vpn, page_entry_
 
 void wb_client_detach(struct wb *wb, struct client *c)
 {
+	/* Its LRU references are stale now: let a full LRU drop them (lru_forget_owner). */
+	for (struct wb_lru *wl = wb->lrus; wl; wl = wl->next)
+		lru_forget_owner(wl->lru, c->key);
 	for (unsigned i = 0; i < WB_READS; i++) {
 		struct wb_read *rd = &wb->reads[i];
 

@@ -21,9 +21,12 @@
  *    each slot has in the FIFO (or held by a walker); a slot whose count
  *    falls to zero is free for another key.  So a key is never confused
  *    with another, even after its owner left: its slot is only reused once
- *    the walk has dropped all of its stale references.  With every slot in
- *    use (4096 owners with references here at once) a push fails with
- *    -ENOSPC; the page then stays in the pool, unqueued.
+ *    the walk has dropped all of its stale references.  An owner that
+ *    left is told with lru_forget_owner(); when every slot is taken, a
+ *    push first drops the references of such owners from the FIFO (one
+ *    pass) to free their slots.  With 4096 live owners holding references
+ *    here a push fails with -ENOSPC; the page then stays in the pool,
+ *    unqueued.
  *  - The FIFO is a deque of blocks of one page each (682 references), not
  *    an array that doubles: it takes a block when the tail needs one and
  *    gives the head's block back when the walk has emptied it, so its
@@ -73,6 +76,7 @@ struct lru_block {
 struct lru_owner {
 	uint64_t key;
 	uint32_t refs; /* references in the FIFO or held by a walker; 0: free slot */
+	bool gone;     /* lru_forget_owner(): its references are stale, compaction drops them */
 };
 
 struct lru {
@@ -281,21 +285,59 @@ static uint64_t raw_ref(const struct lru *lru, const uint8_t *raw)
 	       (internal & LRU_VPN_MASK);
 }
 
+/*
+ * Drop from the FIFO every reference of an owner that is gone, so that
+ * their slots come free without waiting for a walk to reach them.  In
+ * place, keeping the order; references held by walkers are not in the
+ * FIFO and keep their slots.  O(length): only when every slot is taken.
+ */
+static void compact_gone(struct lru *lru)
+{
+	uint64_t kept = 0, keep_blocks;
+
+	for (uint64_t i = 0; i < lru->length; i++) {
+		uint8_t *raw = ref_at(lru, i);
+		uint32_t slot = raw_slot(raw);
+
+		if (lru->owners[slot].gone) {
+			lru->owners[slot].refs--;
+			continue;
+		}
+		if (kept != i)
+			memcpy(ref_at(lru, kept), raw, LRU_REF_BYTES);
+		kept++;
+	}
+	lru->length = kept;
+	if (!kept)
+		lru->head = 0;
+	keep_blocks = kept ? (lru->head + kept + LRU_BLOCK_REFS - 1) / LRU_BLOCK_REFS : 0;
+	while (lru->nr_blocks > keep_blocks)
+		spare_give(lru, *block_at(lru, --lru->nr_blocks));
+}
+
 /* The slot of a key, taking a free one for a new key; -ENOSPC when none is free, -ENOMEM. */
 static int64_t slot_of(struct lru *lru, uint64_t key)
 {
 	struct lru_owner *owners;
 	uint32_t i, free_slot = UINT32_MAX, n;
+	bool compacted = false;
 
-	if (lru->owners[lru->last_slot].refs && lru->owners[lru->last_slot].key == key)
+	if (lru->owners[lru->last_slot].refs && lru->owners[lru->last_slot].key == key &&
+	    !lru->owners[lru->last_slot].gone)
 		return lru->last_slot;
+again:
 	for (i = 0; i < lru->nr_owners; i++) {
 		if (!lru->owners[i].refs) {
 			if (free_slot == UINT32_MAX)
 				free_slot = i;
-		} else if (lru->owners[i].key == key) {
+		} else if (lru->owners[i].key == key && !lru->owners[i].gone) {
 			return lru->last_slot = i;
 		}
+	}
+	if (free_slot == UINT32_MAX && lru->nr_owners == LRU_MAX_OWNERS && !compacted) {
+		compact_gone(lru);
+		compacted = true;
+		goto again;
 	}
 	if (free_slot == UINT32_MAX) {
 		if (lru->nr_owners == LRU_MAX_OWNERS)
@@ -310,6 +352,7 @@ static int64_t slot_of(struct lru *lru, uint64_t key)
 		lru->nr_owners = n;
 	}
 	lru->owners[free_slot].key = key;
+	lru->owners[free_slot].gone = false;
 	return lru->last_slot = free_slot;
 }
 
@@ -350,6 +393,15 @@ bool lru_pop(struct lru *lru, uint64_t *ref)
 	}
 	pthread_mutex_unlock(&lru->lock);
 	return found;
+}
+
+void lru_forget_owner(struct lru *lru, uint64_t key)
+{
+	pthread_mutex_lock(&lru->lock);
+	for (uint32_t i = 0; i < lru->nr_owners; i++)
+		if (lru->owners[i].refs && lru->owners[i].key == key)
+			lru->owners[i].gone = true;
+	pthread_mutex_unlock(&lru->lock);
 }
 
 uint64_t lru_length(struct lru *lru)

@@ -34,10 +34,17 @@ struct lru;
 int lru_new(struct lru **out);
 struct lru *lru_free(struct lru *lru);
 
-/* At the tail; -ENOMEM, or -ENOSPC with 4096 other keys in the FIFO (the page stays unqueued). */
+/* At the tail; -ENOMEM, or -ENOSPC with 4096 other live keys in the FIFO (the page stays unqueued).
+ */
 int lru_push(struct lru *lru, uint64_t ref);
 bool lru_pop(struct lru *lru, uint64_t *ref); /* from the head */
-uint64_t lru_length(struct lru *lru);	      /* references in the FIFO, stale ones included */
+/*
+ * The owner of key left: its references are stale.  They are still
+ * returned by pops and walks (lazy deletion), but a push that finds every
+ * owner slot taken drops them first to make room.
+ */
+void lru_forget_owner(struct lru *lru, uint64_t key);
+uint64_t lru_length(struct lru *lru); /* references in the FIFO, stale ones included */
 /* The memory the LRU holds: blocks, spare blocks, tables and the object itself. */
 uint64_t lru_memory_bytes(struct lru *lru);
 

@@ -368,6 +368,45 @@ static void test_owner_slots_full(void **state)
 	lru_free(lru);
 }
 
+/*
+ * Owners that left (lru_forget_owner) give their slots back as soon as a
+ * push needs one: their references leave the FIFO, the others stay in
+ * order.
+ */
+static void test_forgotten_owners(void **state)
+{
+	struct lru *lru = NULL;
+	uint64_t ref, key, i;
+
+	assert_int_equal(lru_new(&lru), 0);
+	/* 4096 keys, two references each, interleaved: key k at positions k and 4096 + k. */
+	for (i = 0; i < 2; i++)
+		for (key = 1; key <= 4096; key++)
+			assert_int_equal(lru_push(lru, key << KEY_SHIFT | (key * 2 + i)), 0);
+	assert_int_equal(lru_push(lru, 9000ULL << KEY_SHIFT | 1), -ENOSPC);
+	/* Forgetting a key nobody pushed changes nothing. */
+	lru_forget_owner(lru, 8000);
+	assert_int_equal(lru_push(lru, 9000ULL << KEY_SHIFT | 1), -ENOSPC);
+	/* Every odd key leaves. */
+	for (key = 1; key <= 4096; key += 2)
+		lru_forget_owner(lru, key);
+	assert_int_equal(lru_push(lru, 9000ULL << KEY_SHIFT | 1), 0);
+	assert_int_equal(lru_length(lru), 4096 + 1);
+	for (i = 0; i < 2; i++)
+		for (key = 2; key <= 4096; key += 2) {
+			assert_true(lru_pop(lru, &ref));
+			assert_true(ref == (key << KEY_SHIFT | (key * 2 + i)));
+		}
+	assert_true(lru_pop(lru, &ref));
+	assert_true(ref == (9000ULL << KEY_SHIFT | 1));
+	assert_false(lru_pop(lru, &ref));
+	/* A forgotten key that pushes again gets a slot of its own, with its key. */
+	assert_int_equal(lru_push(lru, 1ULL << KEY_SHIFT | 5), 0);
+	assert_true(lru_pop(lru, &ref));
+	assert_true(ref == (1ULL << KEY_SHIFT | 5));
+	lru_free(lru);
+}
+
 /* At most a few bytes over 6 per reference, and the memory goes when the references do. */
 static void test_memory_follows_length(void **state)
 {
@@ -450,6 +489,7 @@ int main(void)
 	    cmocka_unit_test(test_owner_slots_full),
 	    cmocka_unit_test(test_memory_follows_length),
 	    cmocka_unit_test(test_stop_at_block_edges),
+	    cmocka_unit_test(test_forgotten_owners),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
