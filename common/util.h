@@ -6,10 +6,12 @@
 #pragma once
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #define UZ_PAGE_SHIFT 12
@@ -37,6 +39,31 @@ static inline void uz_closep(int *fd)
 {
 	if (*fd >= 0)
 		close(*fd);
+}
+
+/*
+ * Read a small text file (procfs, sysfs, cgroupfs) into buf with one
+ * read and end it with a NUL.  Returns its length, or -errno of the open
+ * or the read.  Opened afresh every time: procfs figures read again from
+ * offset 0 of a kept descriptor were seen not to change.
+ */
+static inline ssize_t uz_read_text(const char *path, char *buf, size_t size)
+{
+	ssize_t n;
+	int fd;
+
+	if (size == 0)
+		return -EINVAL;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, size - 1);
+	if (n < 0)
+		n = -errno;
+	close(fd);
+	if (n >= 0)
+		buf[n] = '\0';
+	return n;
 }
 
 #define _cleanup_free_ uz_cleanup(uz_freep)

@@ -94,17 +94,9 @@ static char *v2_mount_from_mountinfo(void)
 static bool file_has_word(const char *path, const char *word)
 {
 	char buf[512], *save = NULL, *tok;
-	ssize_t n;
-	int fd;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	if (uz_read_text(path, buf, sizeof(buf)) <= 0)
 		return false;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return false;
-	buf[n] = '\0';
 	for (tok = strtok_r(buf, " \n", &save); tok; tok = strtok_r(NULL, " \n", &save))
 		if (!strcmp(tok, word))
 			return true;
@@ -234,17 +226,11 @@ static int read_limit(const char *dir, const char *name, uint64_t *out)
 	char path[PATH_MAX + 64], buf[64], *end;
 	unsigned long long value;
 	ssize_t n;
-	int fd;
 
 	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
+	n = uz_read_text(path, buf, sizeof(buf));
 	if (n < 0)
-		return -errno;
-	buf[n] = '\0';
+		return (int)n;
 	if (!strncmp(buf, "max", 3)) {
 		*out = CGROUP_UNLIMITED;
 		return 0;

@@ -326,6 +326,32 @@ static void fault_around_account(struct client *c, uint64_t vpn)
 }
 
 /*
+ * Decode the neighbours first, first + step, ... (at most want of them,
+ * all before end) into buf, a page each, up to the first that is not in
+ * the pool (or is in an eviction batch, or whose bytes are lost: that one
+ * is poisoned when it is touched, not now).  Returns how many.
+ */
+static unsigned fault_around_gather(struct fault_thread *t, struct client *c, uint64_t first,
+				    uint64_t step, uint64_t end, unsigned want, uint8_t *buf)
+{
+	unsigned n = 0;
+
+	for (uint64_t next = first; n < want && next < end; next += step) {
+		page_entry_t ne = page_index_get(c->index, next);
+		enum page_state state = pe_state(ne);
+
+		if (state != PAGE_STORED && state != PAGE_WRITEBACK && state != PAGE_SAME_FILLED)
+			break;
+		if (fault_client_address_in_flight(c, next, NULL))
+			break;
+		if (fault_decode_page(t, c, ne, buf + (size_t)n * UZ_PAGE_SIZE) < 0)
+			break;
+		n++;
+	}
+	return n;
+}
+
+/*
  * A fault on the stored page vpn (entry e) with a strided window: the
  * stored pages vpn + stride, vpn + 2 * stride, ... (up to want of them,
  * before end) go back first, each with its own UFFDIO_COPY, then the
@@ -338,22 +364,11 @@ static int fault_around_serve_strided(struct fault_thread *t, struct client *c, 
 				      page_entry_t e, uint64_t end, unsigned want)
 {
 	uint64_t stride = c->around_stride, next;
+	unsigned n, copied;
 	page_entry_t resident;
-	unsigned n = 0, copied;
 	int r;
 
-	for (next = vpn + stride; n < want && next < end; next += stride) {
-		page_entry_t ne = page_index_get(c->index, next);
-		enum page_state state = pe_state(ne);
-
-		if (state != PAGE_STORED && state != PAGE_WRITEBACK && state != PAGE_SAME_FILLED)
-			break;
-		if (fault_client_address_in_flight(c, next, NULL))
-			break;
-		if (fault_decode_page(t, c, ne, t->around_buf + (size_t)n * UZ_PAGE_SIZE) < 0)
-			break; /* a lost neighbour is poisoned when it is touched, not now */
-		n++;
-	}
+	n = fault_around_gather(t, c, vpn + stride, stride, end, want, t->around_buf);
 	for (copied = 0; copied < n; copied++) {
 		next = vpn + (copied + 1) * stride;
 		if (uffd_copy_page(c->uffd, next << UZ_PAGE_SHIFT,
@@ -417,18 +432,7 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 	end = uz_min(vpn + 1 + want, region->end >> UZ_PAGE_SHIFT);
 	if (c->graveyard_end > c->graveyard_start && (c->graveyard_start >> UZ_PAGE_SHIFT) > vpn)
 		end = uz_min(end, c->graveyard_start >> UZ_PAGE_SHIFT);
-	for (uint64_t next = vpn + 1; next < end; next++) {
-		page_entry_t ne = page_index_get(c->index, next);
-		enum page_state state = pe_state(ne);
-
-		if (state != PAGE_STORED && state != PAGE_WRITEBACK && state != PAGE_SAME_FILLED)
-			break;
-		if (fault_client_address_in_flight(c, next, NULL))
-			break;
-		if (fault_decode_page(t, c, ne, t->around_buf + (size_t)n * UZ_PAGE_SIZE) < 0)
-			break; /* a lost neighbour is poisoned when it is touched, not now */
-		n++;
-	}
+	n += fault_around_gather(t, c, vpn + 1, 1, end, want, t->around_buf + UZ_PAGE_SIZE);
 
 	copy = (struct uffdio_copy){
 	    .dst = vpn << UZ_PAGE_SHIFT,

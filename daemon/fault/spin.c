@@ -21,7 +21,6 @@
  * The gate is process-wide (it describes the host), so its state is a
  * static here, not a member of one daemon.
  */
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,26 +48,14 @@ static struct {
 	long hz;
 } gate = {.lock = PTHREAD_MUTEX_INITIALIZER, .open = true};
 
-/*
- * Idle + iowait ticks of all CPUs; false when unreadable.  Opened afresh
- * each time: a pread at offset 0 of a kept descriptor was seen to return
- * the same figures for seconds.
- */
+/* Idle + iowait ticks of all CPUs; false when unreadable. */
 static bool read_idle_ticks(uint64_t *idle)
 {
 	unsigned long long v[5];
 	char buf[256];
-	ssize_t n;
-	int fd;
 
-	fd = open("/proc/stat", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	if (uz_read_text("/proc/stat", buf, sizeof(buf)) <= 0)
 		return false;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return false;
-	buf[n] = '\0';
 	/* "cpu  user nice system idle iowait ..." */
 	if (sscanf(buf, "cpu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4]) != 5)
 		return false;
@@ -84,17 +71,9 @@ static bool read_cpu_pressure(uint64_t *waited)
 {
 	unsigned long long total;
 	char buf[256], *p;
-	ssize_t n;
-	int fd;
 
-	fd = open("/proc/pressure/cpu", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	if (uz_read_text("/proc/pressure/cpu", buf, sizeof(buf)) <= 0)
 		return false;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return false;
-	buf[n] = '\0';
 	p = strstr(buf, "total=");
 	if (strncmp(buf, "some ", 5) || !p || sscanf(p, "total=%llu", &total) != 1)
 		return false;

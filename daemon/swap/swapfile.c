@@ -176,6 +176,7 @@
 #include "stats/stats.h"
 #include "swap/swap-internal.h"
 #include "swap/swapfile.h"
+#include "util.h"
 
 #define SWAP_CLUSTER_SIZE    (64u * 1024)
 #define SWAP_GRANULE_MIN     512u
@@ -801,16 +802,10 @@ static int read_boot_id(const char *path, uint8_t id[16])
 	char text[64];
 	unsigned got = 0;
 	ssize_t n;
-	int fd;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	n = read(fd, text, sizeof(text) - 1);
-	close(fd);
+	n = uz_read_text(path, text, sizeof(text));
 	if (n < 0)
-		return -errno;
-	text[n] = '\0';
+		return (int)n;
 	for (char *p = text; *p && *p != '\n'; p++) {
 		int v;
 
@@ -1535,19 +1530,15 @@ int swap_process_start_time(pid_t pid, uint64_t *start_time)
 	char path[64], buf[1024], *p, *end;
 	unsigned long long value;
 	ssize_t n;
-	int fd;
 
 	if (pid <= 0)
 		return -ESRCH;
 	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return errno == ENOENT ? -ESRCH : -errno;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
+	n = uz_read_text(path, buf, sizeof(buf));
+	if (n == -ENOENT)
+		return -ESRCH; /* gone before the open; ESRCH from the read: gone after it */
 	if (n < 0)
-		return errno == ESRCH ? -ESRCH : -errno;
-	buf[n] = '\0';
+		return (int)n;
 	/* "pid (comm) state ppid ...": comm may hold anything, so start after its last ')'. */
 	p = strrchr(buf, ')');
 	if (!p)

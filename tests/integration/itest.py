@@ -1158,22 +1158,93 @@ def _faultaround(h, pattern, passes, window):
     return stats, figures
 
 
+IDLE_WORKLOAD = r"""
+import hashlib, os, sys, time
+size = 48 << 20
+blob = bytearray(size)
+for i in range(0, size, 4096):
+    blob[i:i + 64] = (b"%016d" % i) * 4
+digest = hashlib.sha256(blob).hexdigest()
+with open(sys.argv[1] + ".tmp", "w") as f:
+    print(digest, file=f)
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+while not os.path.exists(sys.argv[2]):  # the test says when to go on
+    time.sleep(0.05)
+if hashlib.sha256(blob).hexdigest() != digest:
+    sys.exit("python3: the data changed while it slept")
+"""
+
+
+def _cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def t_idle_daemon_cpu(h):
+    """An idle daemon takes no CPU, spinning on (the default, UZSWAPD_FAULT_SPIN_USEC up to
+    1000 us): python3 fills 48 MiB under a 16 MiB budget and waits, joined; once the daemon
+    has pages of it stored and its figures stop moving, the daemon may use at most 0.3 s of
+    CPU over 3 s (a spin left running would take up to 3 s).  Then python3 reads everything
+    back and checks its digest."""
+    h.start_daemon(budget="16M")
+    ready, go = os.path.join(h.tmp, "idle.ready"), os.path.join(h.tmp, "idle.go")
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"
+    proc = h.spawn("python3-idle", [python, "-c", IDLE_WORKLOAD, ready, go])
+    end = time.monotonic() + 90
+    last = None
+    while True:
+        if not proc.alive():
+            proc.report()
+            raise TestFailure(f"python3 exited ({proc.popen.returncode}) before it was ready")
+        if time.monotonic() > end:
+            raise TestFailure(f"python3 was not filled and settled within 90 s: {last}")
+        row = h.client_figures(proc.pid) if os.path.exists(ready) else None
+        figures = row and (row["stored_pages"], row["resident_bytes"], row["zswpout"])
+        if figures and figures[0] and figures == last:
+            break
+        last = figures
+        time.sleep(0.5)
+    before = _cpu_seconds(h.daemon.pid)
+    time.sleep(3)
+    used = _cpu_seconds(h.daemon.pid) - before
+    log(f"daemon CPU over 3 s of an idle client: {used:.2f} s ({last[0]} pages stored)")
+    with open(go, "w"):
+        pass
+    rc = proc.wait(60)
+    proc.report()
+    if rc != 0:
+        raise TestFailure(f"python3 exited {rc}")
+    if used > 0.3:
+        raise TestFailure(f"the daemon used {used:.2f} s of CPU in 3 s with its only "
+                          "client asleep")
+    h.wait_daemon_empty()
+    h.stop_daemon(require_activity=True)
+
+
+def _check_scan_faultaround(stats, figures, what):
+    """What fault-around must do on a scan: put pages back ahead, have >= 70% of them used,
+    and leave fewer absent accesses than half the pages read back from the pool."""
+    pages, hits = stats["faultaround_pages"], stats["faultaround_hits"]
+    if pages == 0 or hits == 0:
+        raise TestFailure(f"{what}: faultaround_pages {pages}, hits {hits}: "
+                          "fault-around never worked")
+    if hits < 0.7 * pages:
+        raise TestFailure(f"{what}: only {hits} of {pages} pages put back ahead used")
+    absent = int(figures["absent_accesses"])
+    if absent * 2 > stats["zswpin"]:
+        raise TestFailure(f"{what}: {absent} absent accesses for {stats['zswpin']} "
+                          "pages read back: fault-around saved less than half the faults")
+
+
 def t_faultaround_sequential(h):
     """fault-around on sequential scans: 64 MiB read back 3 times (and partly rewritten)
     under a 16 MiB budget, every read checked by checksum and pattern; faultaround_pages
     and faultaround_hits > 0, hits >= 70% of pages, fewer absent accesses than pages
     read back from the pool."""
     stats, figures = _faultaround(h, "sequential", 3, 32)
-    pages, hits = stats["faultaround_pages"], stats["faultaround_hits"]
-    if pages == 0 or hits == 0:
-        raise TestFailure(f"sequential scans: faultaround_pages {pages}, hits {hits}: "
-                          "fault-around never worked")
-    if hits < 0.7 * pages:
-        raise TestFailure(f"sequential scans: only {hits} of {pages} pages put back ahead used")
-    absent = int(figures["absent_accesses"])
-    if absent * 2 > stats["zswpin"]:
-        raise TestFailure(f"sequential scans: {absent} absent accesses for {stats['zswpin']} "
-                          "pages read back: fault-around saved less than half the faults")
+    _check_scan_faultaround(stats, figures, "sequential scans")
 
 
 def t_faultaround_strided(h):
@@ -1182,16 +1253,7 @@ def t_faultaround_strided(h):
     by checksum and pattern; the window finds the stride: hits >= 70% of the pages put back
     ahead, and fewer absent accesses than half the pages read back from the pool."""
     stats, figures = _faultaround(h, "strided", 2, 32)
-    pages, hits = stats["faultaround_pages"], stats["faultaround_hits"]
-    if pages == 0 or hits == 0:
-        raise TestFailure(f"strided scans: faultaround_pages {pages}, hits {hits}: "
-                          "fault-around never found the stride")
-    if hits < 0.7 * pages:
-        raise TestFailure(f"strided scans: only {hits} of {pages} pages put back ahead used")
-    absent = int(figures["absent_accesses"])
-    if absent * 2 > stats["zswpin"]:
-        raise TestFailure(f"strided scans: {absent} absent accesses for {stats['zswpin']} "
-                          "pages read back: fault-around saved less than half the faults")
+    _check_scan_faultaround(stats, figures, "strided scans")
 
 
 def t_faultaround_random(h):
