@@ -57,8 +57,11 @@ static unsigned daemon_fault_spin_usec(void)
 		return UZ_FAULT_SPIN_USEC_DEFAULT;
 	errno = 0;
 	n = strtoul(value, &end, 10);
-	if (errno || *end || n > 10000)
+	if (errno || *end || n > 10000 || *value == '-') {
+		uz_log(LOG_WARNING, "UZSWAPD_FAULT_SPIN_USEC=\"%s\" is not a number 0..10000: using %u",
+		       value, UZ_FAULT_SPIN_USEC_DEFAULT);
 		return UZ_FAULT_SPIN_USEC_DEFAULT;
+	}
 	return (unsigned)n;
 }
 
