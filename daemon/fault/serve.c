@@ -326,6 +326,23 @@ static void fault_around_account(struct client *c, uint64_t vpn)
 }
 
 /*
+ * The pages vpn + step, ..., vpn + count * step went back ahead of a fault
+ * on vpn: counted, and kept for fault_around_account to judge by the next
+ * fault.
+ */
+static void fault_around_note_run(struct client *c, uint64_t vpn, uint64_t step, uint64_t count)
+{
+	uint64_t hi = vpn + (count + 1) * step;
+	enum page_state after = pe_state(page_index_get(c->index, hi));
+
+	client_stat(c, UZ_STAT_faultaround_pages, (int64_t)count);
+	c->around_lo = vpn + step;
+	c->around_hi = hi;
+	c->around_hi_stored =
+	    after == PAGE_STORED || after == PAGE_WRITEBACK || after == PAGE_SAME_FILLED;
+}
+
+/*
  * Decode the neighbours first, first + step, ... (at most want of them,
  * all before end) into buf, a page each, up to the first that is not in
  * the pool (or is in an eviction batch, or whose bytes are lost: that one
@@ -377,17 +394,8 @@ static int fault_around_serve_strided(struct fault_thread *t, struct client *c, 
 		resident = fault_page_loaded(t, c, next, page_index_get(c->index, next));
 		page_index_set(c->index, next, pe_make(resident, PAGE_RESIDENT, false, 0, 0, 0));
 	}
-	if (copied) {
-		enum page_state after;
-
-		next = vpn + (copied + 1) * stride;
-		after = pe_state(page_index_get(c->index, next));
-		client_stat(c, UZ_STAT_faultaround_pages, copied);
-		c->around_lo = vpn + stride;
-		c->around_hi = next;
-		c->around_hi_stored =
-		    after == PAGE_STORED || after == PAGE_WRITEBACK || after == PAGE_SAME_FILLED;
-	}
+	if (copied)
+		fault_around_note_run(c, vpn, stride, copied);
 	r = fault_load_page(t, c, vpn, e, &resident);
 	if (r == 0)
 		page_index_set(c->index, vpn, resident);
@@ -403,7 +411,7 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 			      page_entry_t e)
 {
 	const struct client_region *region = client_region_find(c, vpn << UZ_PAGE_SHIFT);
-	uint64_t end, room, copied;
+	uint64_t end = 0, room, copied;
 	unsigned want, n = 1;
 	struct uffdio_copy copy;
 	int r = 0;
@@ -411,14 +419,16 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 	fault_around_account(c, vpn);
 	want = c->around_window;
 	room = c->high_pages > c->resident + 1 ? c->high_pages - c->resident - 1 : 0;
-	if (want && room && region && c->around_stride > 1) {
+	if (want && room && region) {
+		/* Not past the region, nor into the graveyard above the fault. */
 		want = (unsigned)uz_min((uint64_t)want, room);
-		end = uz_min(vpn + 1 + (uint64_t)want * c->around_stride,
+		end = uz_min(vpn + 1 + (uint64_t)want * uz_max(c->around_stride, 1U),
 			     region->end >> UZ_PAGE_SHIFT);
 		if (c->graveyard_end > c->graveyard_start &&
 		    (c->graveyard_start >> UZ_PAGE_SHIFT) > vpn)
 			end = uz_min(end, c->graveyard_start >> UZ_PAGE_SHIFT);
-		return fault_around_serve_strided(t, c, vpn, e, end, want);
+		if (c->around_stride > 1)
+			return fault_around_serve_strided(t, c, vpn, e, end, want);
 	}
 	if (!want || !room || !region || fault_decode_page(t, c, e, t->around_buf) < 0) {
 		page_entry_t resident;
@@ -428,10 +438,6 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 			page_index_set(c->index, vpn, resident);
 		return r;
 	}
-	want = (unsigned)uz_min((uint64_t)want, room);
-	end = uz_min(vpn + 1 + want, region->end >> UZ_PAGE_SHIFT);
-	if (c->graveyard_end > c->graveyard_start && (c->graveyard_start >> UZ_PAGE_SHIFT) > vpn)
-		end = uz_min(end, c->graveyard_start >> UZ_PAGE_SHIFT);
 	n += fault_around_gather(t, c, vpn + 1, 1, end, want, t->around_buf + UZ_PAGE_SIZE);
 
 	copy = (struct uffdio_copy){
@@ -474,15 +480,8 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 
 		page_index_set(c->index, next, pe_make(resident, PAGE_RESIDENT, false, 0, 0, 0));
 	}
-	if (copied > 1) {
-		enum page_state after = pe_state(page_index_get(c->index, vpn + copied));
-
-		client_stat(c, UZ_STAT_faultaround_pages, (int64_t)(copied - 1));
-		c->around_lo = vpn + 1;
-		c->around_hi = vpn + copied;
-		c->around_hi_stored =
-		    after == PAGE_STORED || after == PAGE_WRITEBACK || after == PAGE_SAME_FILLED;
-	}
+	if (copied > 1)
+		fault_around_note_run(c, vpn, 1, copied - 1);
 	return 0;
 }
 
