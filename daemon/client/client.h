@@ -188,12 +188,13 @@ struct client {
 	uint64_t grace_until; /* usec: a fork child is not reclaimed before (0: none) */
 
 	/* fault-around from the pool (daemon/fault/serve.c, fault_around_*) */
-	uint64_t around_last_vpn;      /* the last fault served from the pool */
-	uint64_t around_last_delta;    /* pages between the last two of them, forward; 0 else */
-	uint64_t around_lo, around_hi; /* pages it put back ahead: every stride-th of [lo, hi) */
-	bool around_hi_stored;	       /* ... and the page at hi was in the pool then */
-	unsigned around_window;	       /* pages to put back ahead next time, 0..policy max */
-	unsigned around_stride;	       /* pages between them: 1 a run, 2..16 a stride; 0 shut */
+	uint64_t around_last_vpn; /* the last fault served from the pool */
+	int64_t around_last_step; /* vpn of the last one minus the one before */
+	uint64_t around_first;	  /* the last run put back ahead: first page, */
+	uint64_t around_count;	  /* ... its pages (0: none to judge), */
+	bool around_next_stored;  /* ... and whether the page one step after it was stored */
+	int64_t around_step;	  /* the run's step: 1 or -1 a run, 2..16 or -2..-16 a stride */
+	unsigned around_window;	  /* pages to put back ahead next time, 0..policy max; 0 shut */
 
 	/* requests */
 	struct client_request *requests; /* ring of UZ_CLIENT_REQUESTS_MAX */

@@ -251,24 +251,26 @@ int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vpn, page
  *
  * The window (pages put back ahead, per client) adapts like the kernel's
  * swap readahead (swapin_nr_pages): it opens at FAULT_AROUND_START when the
- * last three pool faults went forward in two steps of FAULT_AROUND_NEAR
- * pages or less (a run), or in two equal steps of 2..FAULT_AROUND_STRIDE_MAX
+ * last three pool faults went in two steps of FAULT_AROUND_NEAR pages or
+ * less the same way (a run), or in two equal steps of 2..FAULT_AROUND_STRIDE_MAX
  * pages (a stride: then only every stride-th page is put back, each with a
  * copy of its own, since the pages between are not wanted); doubles (up to
  * the policy's fault_around_max) when every page of the last run was used;
  * stays when at least half were; halves otherwise, down to 0 (shut until
- * the next three faults show a run or a stride again).  One step is not
- * enough to open it: under random access two pool faults a page or two
- * apart are common enough (a key next to its value) that opening on one
- * put back pages nobody used for ~6% of redis's faults.
+ * the next three faults show a run or a stride again).  Runs and strides
+ * may go down as well as up (a scan from the end): the pages put back are
+ * then those below the fault, each with its own copy like a stride's.  One
+ * step is not enough to open the window: under random access two pool
+ * faults a page or two apart are common enough (a key next to its value)
+ * that opening on one put back pages nobody used for ~6% of redis's faults.
  *
  * "Used" is inferred from the program's next fault from the pool, because
  * a read of a present page is invisible to us (no page_idle here; pagemap
  * and PAGEMAP_SCAN report writes only).  A next fault on the page one
- * stride after the run means the program went through it, and all of it
+ * step after the run means the program went through it, and all of it
  * counts; when that page was not in the pool (the run stopped at a
- * resident or never-touched page), a fault on the stride within one run
- * length past the end counts the same.  A next fault on the stride inside
+ * resident or never-touched page), a fault on the step within one run
+ * length past the end counts the same.  A next fault on the step inside
  * the run (its tail was evicted again first) counts the pages before it;
  * anything else counts none.  For scans that keep their step the count is
  * exact.
@@ -277,25 +279,40 @@ int fault_load_page(struct fault_thread *t, struct client *c, uint64_t vpn, page
  * fault_client_reclaim makes room a window ahead), stop at the first neighbour
  * that is not in the pool (resident, in flight, on disk, never touched) or
  * at the end of its registered region (a run that crosses into another VMA
- * fails as a whole: the faulting page then goes back alone), and enter the
- * index unreferenced: the CLOCK takes one the first time it passes, with
- * no second chance, so a page nobody touches is cheap to evict again.
+ * fails as a whole: the faulting page then goes back alone), never enter
+ * the graveyard, and enter the index unreferenced: the CLOCK takes one the
+ * first time it passes, with no second chance, so a page nobody touches is
+ * cheap to evict again.
  *
  * No allocation, no lock, no logging: the buffer is the thread's.
  */
+static int64_t abs64(int64_t v)
+{
+	return v < 0 ? -v : v;
+}
+
+/* Which page of the last run put back ahead vpn is (0 its first), or -1: not one on its step. */
+static int64_t fault_around_position(const struct client *c, uint64_t vpn)
+{
+	int64_t d = (int64_t)(vpn - c->around_first);
+
+	if (!c->around_step || d % c->around_step != 0 || d / c->around_step < 0)
+		return -1;
+	return d / c->around_step;
+}
+
 static void fault_around_account(struct client *c, uint64_t vpn)
 {
-	uint64_t lo = c->around_lo, hi = c->around_hi,
-		 stride = c->around_stride ? c->around_stride : 1;
-	uint64_t run = (hi - lo) / stride, used = 0, step;
+	uint64_t run = c->around_count, used = 0;
 	unsigned max = c->policy.fault_around_max, window = c->around_window;
+	int64_t step, last = c->around_last_step, pos;
 
 	if (run) {
-		if (vpn >= lo && vpn < hi && (vpn - lo) % stride == 0)
-			used = (vpn - lo) / stride;
-		else if (c->around_hi_stored
-			     ? vpn == hi
-			     : vpn >= hi && vpn - hi < run * stride && (vpn - hi) % stride == 0)
+		pos = fault_around_position(c, vpn);
+		if (pos >= 0 && (uint64_t)pos < run)
+			used = (uint64_t)pos;
+		else if (c->around_next_stored ? pos == (int64_t)run
+					       : pos >= (int64_t)run && (uint64_t)pos < 2 * run)
 			used = run;
 		if (used)
 			client_stat(c, UZ_STAT_faultaround_hits, (int64_t)used);
@@ -303,25 +320,24 @@ static void fault_around_account(struct client *c, uint64_t vpn)
 			window = window ? window * 2 : FAULT_AROUND_START;
 		else if (used * 2 < run)
 			window /= 2;
-		c->around_lo = c->around_hi = 0;
-		c->around_last_delta = 0;
+		c->around_count = 0;
+		c->around_last_step = 0;
 	} else if (!window) {
-		step = vpn > c->around_last_vpn ? vpn - c->around_last_vpn : 0;
-		if (step && step <= FAULT_AROUND_NEAR && c->around_last_delta &&
-		    c->around_last_delta <= FAULT_AROUND_NEAR &&
-		    !(step == 2 && c->around_last_delta == 2)) {
+		step = (int64_t)(vpn - c->around_last_vpn);
+		if (step && last && (step > 0) == (last > 0) && abs64(step) <= FAULT_AROUND_NEAR &&
+		    abs64(last) <= FAULT_AROUND_NEAR && !(abs64(step) == 2 && step == last)) {
 			window = FAULT_AROUND_START;
-			c->around_stride = 1;
-		} else if (step >= 2 && step <= FAULT_AROUND_STRIDE_MAX &&
-			   step == c->around_last_delta) {
+			c->around_step = step > 0 ? 1 : -1;
+		} else if (step == last && abs64(step) >= 2 &&
+			   abs64(step) <= FAULT_AROUND_STRIDE_MAX) {
 			window = FAULT_AROUND_START;
-			c->around_stride = (unsigned)step;
+			c->around_step = step;
 		}
-		c->around_last_delta = step;
+		c->around_last_step = step;
 	}
 	c->around_window = uz_min(window, max);
 	if (!c->around_window)
-		c->around_stride = 0;
+		c->around_step = 0;
 	c->around_last_vpn = vpn;
 }
 
@@ -330,33 +346,53 @@ static void fault_around_account(struct client *c, uint64_t vpn)
  * on vpn: counted, and kept for fault_around_account to judge by the next
  * fault.
  */
-static void fault_around_note_run(struct client *c, uint64_t vpn, uint64_t step, uint64_t count)
+static void fault_around_note_run(struct client *c, uint64_t vpn, int64_t step, uint64_t count)
 {
-	uint64_t hi = vpn + (count + 1) * step;
-	enum page_state after = pe_state(page_index_get(c->index, hi));
+	uint64_t next = vpn + (uint64_t)((int64_t)(count + 1) * step);
+	enum page_state after = pe_state(page_index_get(c->index, next));
 
 	client_stat(c, UZ_STAT_faultaround_pages, (int64_t)count);
-	c->around_lo = vpn + step;
-	c->around_hi = hi;
-	c->around_hi_stored =
+	c->around_first = vpn + (uint64_t)step;
+	c->around_count = count;
+	c->around_next_stored =
 	    after == PAGE_STORED || after == PAGE_WRITEBACK || after == PAGE_SAME_FILLED;
 }
 
 /*
- * Decode the neighbours first, first + step, ... (at most want of them,
- * all before end) into buf, a page each, up to the first that is not in
- * the pool (or is in an eviction batch, or whose bytes are lost: that one
- * is poisoned when it is touched, not now).  Returns how many.
+ * The window was open but the page one step on was not in the pool: a run
+ * of nothing, judged as one with no page used.  Without this a window
+ * whose direction the program left (a scan turning round, say) would stay
+ * open for good, putting nothing back and never judged.
  */
-static unsigned fault_around_gather(struct fault_thread *t, struct client *c, uint64_t first,
-				    uint64_t step, uint64_t end, unsigned want, uint8_t *buf)
+static void fault_around_none_ahead(struct client *c)
 {
+	c->around_window /= 2;
+	if (!c->around_window)
+		c->around_step = 0;
+}
+
+/*
+ * Decode the neighbours vpn + step, vpn + 2 * step, ... (at most want of
+ * them, all in [lo, hi)) into buf, a page each, up to the first that is
+ * not in the pool (or is in an eviction batch, or whose bytes are lost:
+ * that one is poisoned when it is touched, not now).  Returns how many.
+ */
+static unsigned fault_around_gather(struct fault_thread *t, struct client *c, uint64_t vpn,
+				    int64_t step, uint64_t lo, uint64_t hi, unsigned want,
+				    uint8_t *buf)
+{
+	uint64_t next = vpn, gap = (uint64_t)abs64(step);
 	unsigned n = 0;
 
-	for (uint64_t next = first; n < want && next < end; next += step) {
-		page_entry_t ne = page_index_get(c->index, next);
-		enum page_state state = pe_state(ne);
+	while (n < want) {
+		page_entry_t ne;
+		enum page_state state;
 
+		if (step < 0 ? next < lo + gap : next + gap >= hi)
+			break;
+		next = step < 0 ? next - gap : next + gap;
+		ne = page_index_get(c->index, next);
+		state = pe_state(ne);
 		if (state != PAGE_STORED && state != PAGE_WRITEBACK && state != PAGE_SAME_FILLED)
 			break;
 		if (fault_client_address_in_flight(c, next, NULL))
@@ -369,25 +405,26 @@ static unsigned fault_around_gather(struct fault_thread *t, struct client *c, ui
 }
 
 /*
- * A fault on the stored page vpn (entry e) with a strided window: the
- * stored pages vpn + stride, vpn + 2 * stride, ... (up to want of them,
- * before end) go back first, each with its own UFFDIO_COPY, then the
- * faulting page by the single-page rules, which wakes the program.  A
- * neighbour whose copy fails ends the run and stays as it was (in the
- * pool): only what the kernel mapped becomes RESIDENT.  Returns what
- * fault_load_page does for the faulting page.
+ * A fault on the stored page vpn (entry e) with a window whose step is not
+ * 1 (a stride, or downward): the stored pages vpn + step, vpn + 2 * step,
+ * ... (up to want of them, in [lo, hi)) go back first, each with its own
+ * UFFDIO_COPY, then the faulting page by the single-page rules, which
+ * wakes the program.  A neighbour whose copy fails ends the run and stays
+ * as it was (in the pool): only what the kernel mapped becomes RESIDENT.
+ * Returns what fault_load_page does for the faulting page.
  */
-static int fault_around_serve_strided(struct fault_thread *t, struct client *c, uint64_t vpn,
-				      page_entry_t e, uint64_t end, unsigned want)
+static int fault_around_serve_steps(struct fault_thread *t, struct client *c, uint64_t vpn,
+				    page_entry_t e, uint64_t lo, uint64_t hi, unsigned want)
 {
-	uint64_t stride = c->around_stride, next;
-	unsigned n, copied;
+	int64_t step = c->around_step;
 	page_entry_t resident;
+	unsigned n, copied;
+	uint64_t next;
 	int r;
 
-	n = fault_around_gather(t, c, vpn + stride, stride, end, want, t->around_buf);
+	n = fault_around_gather(t, c, vpn, step, lo, hi, want, t->around_buf);
 	for (copied = 0; copied < n; copied++) {
-		next = vpn + (copied + 1) * stride;
+		next = vpn + (uint64_t)((int64_t)(copied + 1) * step);
 		if (uffd_copy_page(c->uffd, next << UZ_PAGE_SHIFT,
 				   t->around_buf + (size_t)copied * UZ_PAGE_SIZE) < 0)
 			break;
@@ -395,7 +432,9 @@ static int fault_around_serve_strided(struct fault_thread *t, struct client *c, 
 		page_index_set(c->index, next, pe_make(resident, PAGE_RESIDENT, false, 0, 0, 0));
 	}
 	if (copied)
-		fault_around_note_run(c, vpn, stride, copied);
+		fault_around_note_run(c, vpn, step, copied);
+	else if (!n)
+		fault_around_none_ahead(c);
 	r = fault_load_page(t, c, vpn, e, &resident);
 	if (r == 0)
 		page_index_set(c->index, vpn, resident);
@@ -411,7 +450,7 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 			      page_entry_t e)
 {
 	const struct client_region *region = client_region_find(c, vpn << UZ_PAGE_SHIFT);
-	uint64_t end = 0, room, copied;
+	uint64_t lo = 0, hi = 0, room, copied, gy_start, gy_end;
 	unsigned want, n = 1;
 	struct uffdio_copy copy;
 	int r = 0;
@@ -420,15 +459,18 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 	want = c->around_window;
 	room = c->high_pages > c->resident + 1 ? c->high_pages - c->resident - 1 : 0;
 	if (want && room && region) {
-		/* Not past the region, nor into the graveyard above the fault. */
+		/* Inside the region, and not into the graveyard on either side of the fault. */
 		want = (unsigned)uz_min((uint64_t)want, room);
-		end = uz_min(vpn + 1 + (uint64_t)want * uz_max(c->around_stride, 1U),
-			     region->end >> UZ_PAGE_SHIFT);
-		if (c->graveyard_end > c->graveyard_start &&
-		    (c->graveyard_start >> UZ_PAGE_SHIFT) > vpn)
-			end = uz_min(end, c->graveyard_start >> UZ_PAGE_SHIFT);
-		if (c->around_stride > 1)
-			return fault_around_serve_strided(t, c, vpn, e, end, want);
+		lo = region->start >> UZ_PAGE_SHIFT;
+		hi = region->end >> UZ_PAGE_SHIFT;
+		gy_start = c->graveyard_start >> UZ_PAGE_SHIFT;
+		gy_end = c->graveyard_end >> UZ_PAGE_SHIFT;
+		if (gy_end > gy_start && gy_start > vpn)
+			hi = uz_min(hi, gy_start);
+		if (gy_end > gy_start && gy_end <= vpn)
+			lo = uz_max(lo, gy_end);
+		if (c->around_step != 1)
+			return fault_around_serve_steps(t, c, vpn, e, lo, hi, want);
 	}
 	if (!want || !room || !region || fault_decode_page(t, c, e, t->around_buf) < 0) {
 		page_entry_t resident;
@@ -438,7 +480,9 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 			page_index_set(c->index, vpn, resident);
 		return r;
 	}
-	n += fault_around_gather(t, c, vpn + 1, 1, end, want, t->around_buf + UZ_PAGE_SIZE);
+	n += fault_around_gather(t, c, vpn, 1, lo, hi, want, t->around_buf + UZ_PAGE_SIZE);
+	if (n == 1)
+		fault_around_none_ahead(c);
 
 	copy = (struct uffdio_copy){
 	    .dst = vpn << UZ_PAGE_SHIFT,

@@ -6,8 +6,9 @@
  * and keeps a 64-bit checksum of every page's bytes, waits until at least
  * half of it was evicted, then reads it back PASSES times in the order of
  * PATTERN — "sequential" (page order, every 16th page of the second pass
- * rewritten), "strided" (every 4th page, then the same shifted by one, and
- * so on: four sweeps a pass, every 16th page of the second pass rewritten)
+ * rewritten), "descending" (the same from the last page down), "strided"
+ * (every 4th page, then the same shifted by one, and so on: four sweeps a
+ * pass, every 16th page of the second pass rewritten)
  * or "random" (uniform pages, one access in five a write) — and
  * finally verifies every page once more (in page order, or for random access
  * with a stride of 7919 pages: no locality there either).  Every page read is checked two
@@ -78,7 +79,7 @@ int main(int argc, char **argv)
 	uint64_t state = 12345, accesses;
 	enum it_expect expect;
 	unsigned passes;
-	bool sequential, strided = false;
+	bool sequential, strided = false, descending = false;
 	size_t size;
 
 	it_init("itest-around");
@@ -89,10 +90,13 @@ int main(int argc, char **argv)
 		sequential = true;
 	else if (!strcmp(argv[2], "strided"))
 		sequential = strided = true;
+	else if (!strcmp(argv[2], "descending"))
+		sequential = descending = true;
 	else if (!strcmp(argv[2], "random"))
 		sequential = false;
 	else
-		it_fail("PATTERN must be sequential, strided or random, not \"%s\"", argv[2]);
+		it_fail("PATTERN must be sequential, descending, strided or random, not \"%s\"",
+			argv[2]);
 	passes = (unsigned)atoi(argv[3]);
 	expect = it_parse_expect(argv[4]);
 	if (passes < 1 || passes > 100)
@@ -119,9 +123,13 @@ int main(int argc, char **argv)
 			uint64_t j = i % page_count, pass = i / page_count;
 			/* strided: 0, 4, 8, ... then 1, 5, 9, ...: a page count of a power of two
 			 */
-			uint64_t p = strided ? (j * 4 % page_count + j * 4 / page_count) : j;
+			uint64_t p = strided	  ? (j * 4 % page_count + j * 4 / page_count)
+				     : descending ? page_count - 1 - j
+						  : j;
 
-			page_read(p, strided ? "strided pass" : "sequential pass");
+			page_read(p, strided	  ? "strided pass"
+				     : descending ? "descending pass"
+						  : "sequential pass");
 			if (pass == 1 && p % 16 == 0)
 				page_write(p);
 		} else {

@@ -1225,7 +1225,8 @@ def t_idle_daemon_cpu(h):
 
 def _check_scan_faultaround(stats, figures, what):
     """What fault-around must do on a scan: put pages back ahead, have >= 70% of them used,
-    and leave fewer absent accesses than half the pages read back from the pool."""
+    and leave fewer absent accesses than a quarter of the pages read back from the pool
+    (about 1/30 here; a window stuck open the wrong way left 1/3)."""
     pages, hits = stats["faultaround_pages"], stats["faultaround_hits"]
     if pages == 0 or hits == 0:
         raise TestFailure(f"{what}: faultaround_pages {pages}, hits {hits}: "
@@ -1233,16 +1234,16 @@ def _check_scan_faultaround(stats, figures, what):
     if hits < 0.7 * pages:
         raise TestFailure(f"{what}: only {hits} of {pages} pages put back ahead used")
     absent = int(figures["absent_accesses"])
-    if absent * 2 > stats["zswpin"]:
+    if absent * 4 > stats["zswpin"]:
         raise TestFailure(f"{what}: {absent} absent accesses for {stats['zswpin']} "
-                          "pages read back: fault-around saved less than half the faults")
+                          "pages read back: fault-around saved less than 3/4 of the faults")
 
 
 def t_faultaround_sequential(h):
     """fault-around on sequential scans: 64 MiB read back 3 times (and partly rewritten)
     under a 16 MiB budget, every read checked by checksum and pattern; faultaround_pages
-    and faultaround_hits > 0, hits >= 70% of pages, fewer absent accesses than pages
-    read back from the pool."""
+    and faultaround_hits > 0, hits >= 70% of pages, fewer absent accesses than a quarter
+    of the pages read back from the pool."""
     stats, figures = _faultaround(h, "sequential", 3, 32)
     _check_scan_faultaround(stats, figures, "sequential scans")
 
@@ -1251,9 +1252,19 @@ def t_faultaround_strided(h):
     """fault-around on strided scans: 64 MiB read back twice with a stride of 4 pages (every
     4th page, then shifted by one; partly rewritten) under a 16 MiB budget, every read checked
     by checksum and pattern; the window finds the stride: hits >= 70% of the pages put back
-    ahead, and fewer absent accesses than half the pages read back from the pool."""
+    ahead, and fewer absent accesses than a quarter of the pages read back from the pool."""
     stats, figures = _faultaround(h, "strided", 2, 32)
     _check_scan_faultaround(stats, figures, "strided scans")
+
+
+def t_faultaround_descending(h):
+    """fault-around on scans from the last page down: 64 MiB read back twice in descending
+    page order (partly rewritten) under a 16 MiB budget, every read checked by checksum and
+    pattern; the window opens downward: hits >= 70% of the pages put back ahead, and fewer
+    absent accesses than a quarter of the pages read back from the pool.  (Then the final
+    pass goes up: the window must turn round.)"""
+    stats, figures = _faultaround(h, "descending", 2, 32)
+    _check_scan_faultaround(stats, figures, "descending scans")
 
 
 def t_faultaround_random(h):
