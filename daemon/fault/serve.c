@@ -456,7 +456,7 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 	int r = 0;
 
 	fault_around_account(c, vpn);
-	want = c->around_window;
+	want = c->around_step ? c->around_window : 0; /* an open window always has a step */
 	room = c->high_pages > c->resident + 1 ? c->high_pages - c->resident - 1 : 0;
 	if (want && room && region) {
 		/* Inside the region, and not into the graveyard on either side of the fault. */
