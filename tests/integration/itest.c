@@ -298,10 +298,12 @@ uint64_t it_require_evicted(const void *addr, size_t len, uint64_t min_pages, en
 	if (expect != IT_EXPECT_YES)
 		return it_count_absent(addr, len);
 	absent = it_wait_absent(addr, len, min_pages, 30000);
-	if (absent < min_pages)
+	if (absent < min_pages) {
+		it_stats_print(what); /* what the daemon says of us: for the report */
 		it_fail("%s: only %" PRIu64 " of %zu pages evicted after 30 s (need %" PRIu64
 			"): the test would prove nothing",
 			what, absent, len / it_page_size, min_pages);
+	}
 	it_log("%s: %" PRIu64 " of %zu pages evicted", what, absent, len / it_page_size);
 	return absent;
 }

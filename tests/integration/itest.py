@@ -1330,6 +1330,11 @@ def main():
             signal.signal(sig, signal.SIG_IGN)
         if h:
             if status != 0:
+                if h.daemon and h.daemon.alive():
+                    try:
+                        h.daemon_stats()  # its SIGUSR1 summary lands in the report below
+                    except Exception as e:
+                        log(f"no summary from the daemon: {e}")
                 for proc in h.procs:
                     proc.report()
             h.cleanup()
