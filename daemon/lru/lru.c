@@ -94,6 +94,7 @@ struct lru {
 	struct lru_owner *owners;
 	uint32_t nr_owners;	  /* slots allocated in owners[] */
 	uint32_t last_slot;	  /* the slot of the last push: pushes come in runs of one owner */
+	bool forgotten;		  /* an owner was forgotten since the last compaction */
 	uint64_t nr_disk_swapins; /* atomic: swapins not yet consumed by a count */
 };
 
@@ -334,8 +335,10 @@ again:
 			return lru->last_slot = i;
 		}
 	}
-	if (free_slot == UINT32_MAX && lru->nr_owners == LRU_MAX_OWNERS && !compacted) {
+	if (free_slot == UINT32_MAX && lru->nr_owners == LRU_MAX_OWNERS && lru->forgotten &&
+	    !compacted) {
 		compact_gone(lru);
+		lru->forgotten = false;
 		compacted = true;
 		goto again;
 	}
@@ -400,7 +403,7 @@ void lru_forget_owner(struct lru *lru, uint64_t key)
 	pthread_mutex_lock(&lru->lock);
 	for (uint32_t i = 0; i < lru->nr_owners; i++)
 		if (lru->owners[i].refs && lru->owners[i].key == key)
-			lru->owners[i].gone = true;
+			lru->owners[i].gone = lru->forgotten = true;
 	pthread_mutex_unlock(&lru->lock);
 }
 
