@@ -13,10 +13,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "daemon.h" /* uz_now_usec */
 #include "util.h"
 #include "fault/spin.h"
 
@@ -32,14 +32,6 @@ static void *busy_main(void *arg)
 	return NULL;
 }
 
-static uint64_t now_usec(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
-}
-
 static void test_shuts_when_cpus_are_busy(void **state)
 {
 	pthread_t threads[BUSY_MAX];
@@ -53,10 +45,10 @@ static void test_shuts_when_cpus_are_busy(void **state)
 	for (i = 0; i < nr; i++)
 		assert_int_equal(pthread_create(&threads[i], NULL, busy_main, NULL), 0);
 	/* 200 ms periods: shut within 3 s, then shut for another 0.5 s. */
-	start = now_usec();
+	start = uz_now_usec();
 	deadline = start + 3000000;
-	while (now_usec() < deadline && shut_samples < 50) {
-		if (!spin_gate_open(now_usec()))
+	while (uz_now_usec() < deadline && shut_samples < 50) {
+		if (!spin_gate_open(uz_now_usec()))
 			shut_samples++;
 		else
 			shut_samples = 0;
