@@ -303,6 +303,8 @@ int daemon_client_resolve(struct daemon *d, pid_t pid, struct uz_group **group,
 		}
 		if (o->fault_around_set)
 			p.fault_around_max = o->fault_around;
+		if (o->unit_set)
+			p.unit_pages = o->unit_pages;
 	}
 	r = group_get(&d->groups, path, group);
 	free(info);

@@ -98,9 +98,10 @@ struct client_departure {
 
 /* Command-line options that override the config's [Defaults] (main.c). */
 struct policy_override {
-	bool resident_max_set, resident_low_set, compressor_set, fault_around_set;
+	bool resident_max_set, resident_low_set, compressor_set, fault_around_set, unit_set;
 	uint64_t resident_max, resident_low;
 	unsigned fault_around; /* --fault-around: pages, 0 = off */
+	unsigned unit_pages;   /* --compression-unit: 1 or PE_UNIT_PAGES */
 	enum compressor_algo algo;
 	int level;
 };

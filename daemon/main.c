@@ -12,9 +12,8 @@
  * socket (daemon/control) for uzswapctl.
  *
  * Precedence: command-line options over the config file over built-in
- * defaults.  --resident-max, --resident-low, --compressor and --fault-around
- * override the
- * config's [Defaults] (a cgroup.d file that matches a client still wins).
+ * defaults.  --resident-max, --resident-low, --compressor, --fault-around
+ * and --compression-unit override the config's [Defaults] (a cgroup.d file that matches a client still wins).
  *
  * Timers on the loop: every 2 s the cgroup of every client is looked up
  * again (a process moved to another cgroup gets that cgroup's budget),
@@ -64,6 +63,7 @@
 #include "fault/writeback.h"
 #include "group/group.h"
 #include "pool/pool.h"
+#include "page-entry.h"
 #include "stats/stats.h"
 #include "swap/swapfile.h"
 #include "util.h"
@@ -109,6 +109,9 @@ static void usage(FILE *f)
 		"  --fault-threads N      fault threads (default 2)\n"
 		"  --compressor ALGO      lz4 (default) or zstd[:LEVEL]\n"
 		"  --fault-around PAGES   largest fault-around window, 0 = off (default 32)\n"
+		"  --compression-unit N   1: store pages singly; 4 (default): compress 4\n"
+		"                         adjacent cold pages as one object where access\n"
+		"                         has locality\n"
 		"  --swap-file PATH       swap file of the writeback tier ([Swap] File=)\n"
 		"  --swap-size SIZE       its size, 0 for none ([Swap] Size=)\n"
 		"  -h, --help             this help\n"
@@ -203,6 +206,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		OPT_FAULT_THREADS,
 		OPT_COMPRESSOR,
 		OPT_FAULT_AROUND,
+		OPT_COMPRESSION_UNIT,
 		OPT_SWAP_FILE,
 		OPT_SWAP_SIZE,
 		OPT_VERSION,
@@ -219,6 +223,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 	    {"fault-threads", required_argument, NULL, OPT_FAULT_THREADS},
 	    {"compressor", required_argument, NULL, OPT_COMPRESSOR},
 	    {"fault-around", required_argument, NULL, OPT_FAULT_AROUND},
+	    {"compression-unit", required_argument, NULL, OPT_COMPRESSION_UNIT},
 	    {"swap-file", required_argument, NULL, OPT_SWAP_FILE},
 	    {"swap-size", required_argument, NULL, OPT_SWAP_SIZE},
 	    {"help", no_argument, NULL, 'h'},
@@ -308,6 +313,16 @@ static int parse_options(int argc, char **argv, struct options *o)
 			ov->fault_around_set = true;
 			break;
 		}
+		case OPT_COMPRESSION_UNIT:
+			if (strcmp(optarg, "1") != 0 && strcmp(optarg, "4") != 0) {
+				fprintf(stderr,
+					"uzswapd: --compression-unit: \"%s\" is not 1 (off) or 4\n",
+					optarg);
+				return -EINVAL;
+			}
+			ov->unit_pages = optarg[0] == '4' ? PE_UNIT_PAGES : 1;
+			ov->unit_set = true;
+			break;
 		case OPT_SWAP_FILE:
 			o->swap_file = optarg;
 			break;
@@ -616,6 +631,7 @@ static json_object *policy_json(const struct uz_policy *p)
 		snprintf(comp, sizeof(comp), "%s", compressor_algo_name(p->algo));
 	json_set(o, "compressor", json_object_new_string(comp));
 	json_set(o, "fault_around", json_object_new_int64(p->fault_around_max));
+	json_set(o, "compression_unit", json_object_new_int64(p->unit_pages));
 	return o;
 }
 
@@ -1142,6 +1158,8 @@ int main(int argc, char **argv)
 	}
 	if (o.override.fault_around_set)
 		policy.fault_around_max = o.override.fault_around;
+	if (o.override.unit_set)
+		policy.unit_pages = o.override.unit_pages;
 	r = daemon_new(&m.daemon, &policy, o.fault_threads ? o.fault_threads : cd->fault_threads);
 	if (r < 0) {
 		uz_log(LOG_ERR, "cannot start: %s", strerror(-r));

@@ -195,6 +195,10 @@ struct client {
 	bool around_next_stored;  /* ... and whether the page one step after it was stored */
 	int64_t around_step;	  /* the run's step: 1 or -1 a run, 2..16 or -2..-16 a stride */
 	unsigned around_window;	  /* pages to put back ahead next time, 0..policy max; 0 shut */
+	bool around_unit_run;	  /* the last run was the rest of a unit, the window shut */
+	int unit_score;		  /* units' put-back pages used (+) or not (-): fault_unit_wanted */
+	unsigned unit_skip;	  /* unit attempts to skip (the last ones did not fit) */
+	unsigned unit_backoff;	  /* ... and how many after the next miss / 2 */
 
 	/* requests */
 	struct client_request *requests; /* ring of UZ_CLIENT_REQUESTS_MAX */

@@ -104,27 +104,29 @@ int compressor_level(const struct compressor *c)
 	return c->level;
 }
 
-int compressor_compress(struct compressor *c, const void *page, void *dst, size_t dst_cap)
+/* src_len bytes (at most INT32_MAX) of src into dst, by c's algorithm; RAW copies. */
+static int compress_any(struct compressor *c, const void *src, size_t src_len, void *dst,
+			size_t dst_cap)
 {
 	size_t len;
 	int n;
 
-	if (dst_cap == 0)
-		return -E2BIG;
+	if (dst_cap == 0 || src_len == 0 || src_len > INT32_MAX)
+		return dst_cap == 0 ? -E2BIG : -EINVAL;
 
 	switch (c->algo) {
 	case COMPRESSOR_RAW:
-		if (dst_cap < UZ_PAGE_SIZE)
+		if (dst_cap < src_len)
 			return -E2BIG;
-		memcpy(dst, page, UZ_PAGE_SIZE);
-		return (int)UZ_PAGE_SIZE;
+		memcpy(dst, src, src_len);
+		return (int)src_len;
 	case COMPRESSOR_LZ4:
-		n = LZ4_compress_fast_extState(c->lz4_state, page, dst, (int)UZ_PAGE_SIZE,
+		n = LZ4_compress_fast_extState(c->lz4_state, src, dst, (int)src_len,
 					       (int)uz_min(dst_cap, (size_t)INT32_MAX), 1);
 		/* lz4 reports "did not fit" and "failed" alike, as 0. */
 		return n > 0 ? n : -E2BIG;
 	case COMPRESSOR_ZSTD:
-		len = ZSTD_compress2(c->zstd_c, dst, dst_cap, page, UZ_PAGE_SIZE);
+		len = ZSTD_compress2(c->zstd_c, dst, dst_cap, src, src_len);
 		if (ZSTD_isError(len)) {
 			if (ZSTD_getErrorCode(len) == ZSTD_error_dstSize_tooSmall)
 				return -E2BIG;
@@ -137,33 +139,63 @@ int compressor_compress(struct compressor *c, const void *page, void *dst, size_
 	return -EINVAL;
 }
 
-int compressor_decompress(struct compressor *c, enum compressor_algo algo, const void *src,
-			  size_t src_len, void *page)
+/* src into exactly dst_len bytes of dst (at most INT32_MAX), or -EBADMSG. */
+static int decompress_any(struct compressor *c, enum compressor_algo algo, const void *src,
+			  size_t src_len, void *dst, size_t dst_len)
 {
 	size_t len;
 	int n;
 
+	if (dst_len == 0 || dst_len > INT32_MAX)
+		return -EBADMSG;
 	switch (algo) {
 	case COMPRESSOR_RAW:
-		if (src_len != UZ_PAGE_SIZE)
+		if (src_len != dst_len)
 			return -EBADMSG;
-		memcpy(page, src, UZ_PAGE_SIZE);
+		memcpy(dst, src, dst_len);
 		return 0;
 	case COMPRESSOR_LZ4:
 		if (src_len == 0 || src_len > INT32_MAX)
 			return -EBADMSG;
-		n = LZ4_decompress_safe(src, page, (int)src_len, (int)UZ_PAGE_SIZE);
-		return n == (int)UZ_PAGE_SIZE ? 0 : -EBADMSG;
+		n = LZ4_decompress_safe(src, dst, (int)src_len, (int)dst_len);
+		return n == (int)dst_len ? 0 : -EBADMSG;
 	case COMPRESSOR_ZSTD:
-		/* Frames carry no content size, so ask for exactly one page. */
-		len = ZSTD_decompressDCtx(c->zstd_d, page, UZ_PAGE_SIZE, src, src_len);
+		/* Frames carry no content size, so ask for exactly dst_len bytes. */
+		len = ZSTD_decompressDCtx(c->zstd_d, dst, dst_len, src, src_len);
 		if (ZSTD_isError(len)) {
 			ZSTD_DCtx_reset(c->zstd_d, ZSTD_reset_session_only);
 			return -EBADMSG;
 		}
-		return len == UZ_PAGE_SIZE ? 0 : -EBADMSG;
+		return len == dst_len ? 0 : -EBADMSG;
 	}
 	return -EBADMSG;
+}
+
+int compressor_compress(struct compressor *c, const void *page, void *dst, size_t dst_cap)
+{
+	return compress_any(c, page, UZ_PAGE_SIZE, dst, dst_cap);
+}
+
+int compressor_decompress(struct compressor *c, enum compressor_algo algo, const void *src,
+			  size_t src_len, void *page)
+{
+	return decompress_any(c, algo, src, src_len, page, UZ_PAGE_SIZE);
+}
+
+int compressor_compress_buf(struct compressor *c, const void *src, size_t src_len, void *dst,
+			    size_t dst_cap)
+{
+	if (c->algo == COMPRESSOR_RAW)
+		return -EINVAL;
+	return compress_any(c, src, src_len, dst, dst_cap);
+}
+
+int compressor_decompress_buf(struct compressor *c, enum compressor_algo algo, const void *src,
+			      size_t src_len, void *dst, size_t dst_len)
+{
+	if (algo == COMPRESSOR_RAW)
+		return -EINVAL;
+	return decompress_any(c, algo, src, src_len, dst, dst_len);
 }
 
 int compressor_parse(const char *spec, enum compressor_algo *algo, int *level)

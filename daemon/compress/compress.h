@@ -42,6 +42,18 @@ int compressor_compress(struct compressor *c, const void *page, void *dst, size_
 int compressor_decompress(struct compressor *c, enum compressor_algo algo, const void *src,
 			  size_t src_len, void *page);
 
+/*
+ * The same for src_len bytes (a multi-page unit) instead of one page:
+ * compressor_compress_buf() returns the compressed length or -E2BIG /
+ * -errno; compressor_decompress_buf() returns 0 when src decompresses to
+ * exactly dst_len bytes, else -EBADMSG.  COMPRESSOR_RAW is not a unit's
+ * algorithm (-EINVAL).
+ */
+int compressor_compress_buf(struct compressor *c, const void *src, size_t src_len, void *dst,
+			    size_t dst_cap);
+int compressor_decompress_buf(struct compressor *c, enum compressor_algo algo, const void *src,
+			      size_t src_len, void *dst, size_t dst_len);
+
 /* "lz4", "zstd", "zstd:3"; returns 0 or -EINVAL. */
 int compressor_parse(const char *spec, enum compressor_algo *algo, int *level);
 const char *compressor_algo_name(enum compressor_algo algo);

@@ -42,6 +42,7 @@
 #include <config.h>
 
 #include "config/config.h"
+#include "page-entry.h"
 #include "util.h"
 
 #define CONFIG_MAX_CGROUP_FILES	 4096
@@ -69,6 +70,7 @@ enum limit_key {
 	LIMIT_WRITEBACK,
 	LIMIT_COMPRESSOR,
 	LIMIT_FAULT_AROUND,
+	LIMIT_COMPRESSION_UNIT,
 	LIMIT__COUNT
 };
 
@@ -83,6 +85,7 @@ struct limits {
 	enum compressor_algo algo;
 	int level;
 	unsigned int fault_around; /* pages, 0..UZ_FAULT_AROUND_MAX */
+	unsigned int unit_pages;   /* 1 or PE_UNIT_PAGES */
 };
 
 struct cgroup_file {
@@ -174,6 +177,7 @@ static const struct key_def key_table[] = {
     {FILE_MAIN, "Defaults", "Writeback", KEY_LIMIT, LIMIT_WRITEBACK},
     {FILE_MAIN, "Defaults", "Compressor", KEY_LIMIT, LIMIT_COMPRESSOR},
     {FILE_MAIN, "Defaults", "FaultAround", KEY_LIMIT, LIMIT_FAULT_AROUND},
+    {FILE_MAIN, "Defaults", "CompressionUnit", KEY_LIMIT, LIMIT_COMPRESSION_UNIT},
     {FILE_CGROUP, "Match", "Cgroup", KEY_MATCH_CGROUP},
     {FILE_CGROUP, "Limits", "ResidentMax", KEY_LIMIT, LIMIT_RESIDENT_MAX},
     {FILE_CGROUP, "Limits", "ResidentLow", KEY_LIMIT, LIMIT_RESIDENT_LOW},
@@ -182,6 +186,7 @@ static const struct key_def key_table[] = {
     {FILE_CGROUP, "Limits", "Writeback", KEY_LIMIT, LIMIT_WRITEBACK},
     {FILE_CGROUP, "Limits", "Compressor", KEY_LIMIT, LIMIT_COMPRESSOR},
     {FILE_CGROUP, "Limits", "FaultAround", KEY_LIMIT, LIMIT_FAULT_AROUND},
+    {FILE_CGROUP, "Limits", "CompressionUnit", KEY_LIMIT, LIMIT_COMPRESSION_UNIT},
 };
 
 static const char *const main_sections[] = {"Daemon", "Pool", "Swap", "Defaults", NULL};
@@ -452,6 +457,7 @@ static void limits_builtin(struct limits *limits)
 	    .algo = COMPRESSOR_LZ4,
 	    .level = 0,
 	    .fault_around = UZ_DEFAULT_FAULT_AROUND,
+	    .unit_pages = UZ_DEFAULT_UNIT_PAGES,
 	};
 }
 
@@ -847,6 +853,14 @@ static int parse_limit(struct parse_ctx *ctx, const struct key_def *key, const c
 	case LIMIT_FAULT_AROUND:
 		r = parse_count(ctx, key->name, value, 0, UZ_FAULT_AROUND_MAX,
 				&limits->fault_around);
+		break;
+	case LIMIT_COMPRESSION_UNIT:
+		r = parse_count(ctx, key->name, value, 1, PE_UNIT_PAGES, &limits->unit_pages);
+		if (!r && limits->unit_pages != 1 && limits->unit_pages != PE_UNIT_PAGES) {
+			parse_error(ctx, ctx->line, "%s: %u pages: 1 (off) or %u", key->name,
+				    limits->unit_pages, PE_UNIT_PAGES);
+			r = -EINVAL;
+		}
 		break;
 	default:
 		r = -EINVAL;
@@ -1446,6 +1460,8 @@ int config_policy_for_cgroup(const struct uz_config *config, const char *cgroup_
 	}
 	policy.fault_around_max =
 	    config_source(config, path, LIMIT_FAULT_AROUND, &builtin)->fault_around;
+	policy.unit_pages =
+	    config_source(config, path, LIMIT_COMPRESSION_UNIT, &builtin)->unit_pages;
 	policy.poor_threshold = config->daemon.poor_threshold;
 	policy.poor_policy = config->daemon.poor_policy;
 	*out = policy;
@@ -1502,6 +1518,8 @@ static void dump_limits(FILE *out, const struct limits *limits, bool all)
 	}
 	if (all || limits->set & (1U << LIMIT_FAULT_AROUND))
 		fprintf(out, "FaultAround=%u\n", limits->fault_around);
+	if (all || limits->set & (1U << LIMIT_COMPRESSION_UNIT))
+		fprintf(out, "CompressionUnit=%u\n", limits->unit_pages);
 }
 
 int config_dump(const struct uz_config *config, FILE *out)
@@ -1557,6 +1575,9 @@ int config_dump(const struct uz_config *config, FILE *out)
 			break;
 		case LIMIT_FAULT_AROUND:
 			defaults.fault_around = config->defaults.fault_around;
+			break;
+		case LIMIT_COMPRESSION_UNIT:
+			defaults.unit_pages = config->defaults.unit_pages;
 			break;
 		}
 	}

@@ -29,6 +29,7 @@ struct uz_policy {
 	uint32_t poor_threshold;      /* compressed bytes above which a page is "poor" */
 	enum uz_poor_policy poor_policy;
 	unsigned fault_around_max;    /* pages: largest fault-around window from the pool; 0 = off */
+	unsigned unit_pages;          /* pages compressed together where access has locality: 1 or 4 */
 };
 
 /* The built-in defaults, used with no config file at all. */
@@ -37,6 +38,7 @@ struct uz_policy {
 #define UZ_DEFAULT_POOR_THRESHOLD 3584 /* 7/8 of a page */
 #define UZ_DEFAULT_FAULT_AROUND 32	/* pages put back ahead at most, per fault */
 #define UZ_FAULT_AROUND_MAX 256		/* the largest FaultAround= accepted */
+#define UZ_DEFAULT_UNIT_PAGES 4		/* CompressionUnit=: 1 (off) or PE_UNIT_PAGES */
 
 static inline void uz_policy_default(struct uz_policy *p)
 {
@@ -51,5 +53,6 @@ static inline void uz_policy_default(struct uz_policy *p)
 		.poor_threshold = UZ_DEFAULT_POOR_THRESHOLD,
 		.poor_policy = UZ_POOR_KEEP_RAW,
 		.fault_around_max = UZ_DEFAULT_FAULT_AROUND,
+		.unit_pages = UZ_DEFAULT_UNIT_PAGES,
 	};
 }

@@ -28,6 +28,7 @@
 #define VPN_MAX		       ((1ULL << PAGE_INDEX_VPN_BITS) - 1)
 #define FAULT_COMPRESSORS_MAX  8  /* distinct (algo, level) pairs a thread keeps */
 #define FAULT_RESTORE_RUN      64 /* pages given back with one UFFDIO_COPY */
+#define FAULT_UNIT_SCORE_MAX   8  /* client.unit_score: -this..this; units while >= 0 */
 
 /*
  * The client's pagemap (/proc/PID/pagemap), read 512 words at a time:
@@ -105,6 +106,15 @@ struct fault_thread {
 	uint8_t *compressed;
 	uint8_t *restore_buf; /* FAULT_RESTORE_RUN pages: a run being given back */
 	uint8_t *around_buf;  /* 1 + UZ_FAULT_AROUND_MAX pages: a fault and its fault-around */
+	uint8_t *unit_buf;    /* PE_UNIT_PAGES pages: a unit, decompressed (or to compress) */
+	uint8_t *unit_out;    /* a page: a unit compressed, header first */
+	/*
+	 * The unit in unit_buf: (pool, handle), or none (unit_pool NULL).
+	 * Valid for one operation (a fault, a restore, a writeback batch),
+	 * in which no object is stored: fault_unit_cache_reset() at its start.
+	 */
+	const struct pool *unit_pool;
+	uint64_t unit_handle;
 	struct uz_msg_evict *evict_msg;
 	struct fault_retry *retries;
 	unsigned nr_retries;
@@ -141,6 +151,28 @@ static inline void client_pool_bytes(struct client *c, int64_t delta, bool whole
 	stats_add(c->stats, UZ_STAT_compressed_bytes, delta);
 	if (whole)
 		family_count_bytes(c->family, c->group, delta);
+}
+
+/* A stored entry's object counted (sign 1) or no more (-1): see client_pool_bytes(). */
+static inline void entry_pool_count(struct client *c, page_entry_t e, int sign, bool whole)
+{
+	stats_add(c->stats, UZ_STAT_compressed_bytes, sign * (int64_t)pe_pool_share(e));
+	if (whole)
+		family_count_bytes(c->family, c->group, sign * (int64_t)pe_object_len(e));
+	if (pe_unit(e))
+		client_stat(c, UZ_STAT_unit_pages, sign);
+}
+
+/* A STORED or WRITEBACK entry's reference to its object dropped, and counted. */
+static inline void entry_pool_release(struct client *c, page_entry_t e)
+{
+	entry_pool_count(c, e, -1, family_release(c->family, pe_handle(e)));
+}
+
+static inline void fault_unit_cache_reset(struct fault_thread *t)
+{
+	t->unit_pool = NULL;
+	t->unit_handle = 0;
 }
 
 static inline void client_resident_add(struct client *c, int64_t delta)

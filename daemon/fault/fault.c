@@ -626,10 +626,12 @@ int fault_thread_new(struct fault_thread **out, struct daemon *daemon, unsigned 
 	t->compressed = aligned_alloc(UZ_PAGE_SIZE, UZ_PAGE_SIZE);
 	t->restore_buf = aligned_alloc(UZ_PAGE_SIZE, FAULT_RESTORE_RUN * UZ_PAGE_SIZE);
 	t->around_buf = aligned_alloc(UZ_PAGE_SIZE, (1 + UZ_FAULT_AROUND_MAX) * UZ_PAGE_SIZE);
+	t->unit_buf = aligned_alloc(UZ_PAGE_SIZE, PE_UNIT_PAGES * UZ_PAGE_SIZE);
+	t->unit_out = aligned_alloc(UZ_PAGE_SIZE, UZ_PAGE_SIZE);
 	t->evict_msg = calloc(1, evict_size);
 	t->retries = calloc(FAULT_RETRY_MAX, sizeof(*t->retries));
 	if (!t->page || !t->zero_page || !t->compressed || !t->restore_buf || !t->around_buf ||
-	    !t->evict_msg || !t->retries)
+	    !t->unit_buf || !t->unit_out || !t->evict_msg || !t->retries)
 		goto fail;
 	memset(t->zero_page, 0, UZ_PAGE_SIZE);
 	t->spin_max_usec = daemon->fault_spin_usec;
@@ -749,6 +751,8 @@ struct fault_thread *fault_thread_free(struct fault_thread *t)
 	free(t->compressed);
 	free(t->restore_buf);
 	free(t->around_buf);
+	free(t->unit_buf);
+	free(t->unit_out);
 	free(t->evict_msg);
 	free(t->retries);
 	pthread_mutex_destroy(&t->lock);

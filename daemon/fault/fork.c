@@ -76,8 +76,8 @@ static void entry_unref(struct fork_snapshot *snapshot, page_entry_t e)
 
 	switch (pe_state(e)) {
 	case PAGE_STORED:
-		if (family_release(f, pe_payload(e)))
-			family_count_bytes(f, snapshot->group, -(int64_t)pe_len(e));
+		if (family_release(f, pe_handle(e)))
+			family_count_bytes(f, snapshot->group, -(int64_t)pe_object_len(e));
 		break;
 	case PAGE_ON_DISK:
 		if (swap)
@@ -109,7 +109,7 @@ static int take_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 	case PAGE_STORED:
 	case PAGE_WRITEBACK:
 		/* The child's copy of a page being written back is simply stored. */
-		r = pool_ref(f->pool, pe_payload(e));
+		r = pool_ref(f->pool, pe_handle(e));
 		copy = pe_make(0, PAGE_STORED, true, pe_algo(e), pe_len(e), pe_payload(e));
 		break;
 	case PAGE_ON_DISK:

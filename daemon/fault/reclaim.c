@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/ioctl.h>
 
 #include "client/client.h"
@@ -34,6 +35,9 @@
 #include "util.h"
 
 #define FAULT_EVICT_BACKOFF 256	   /* CLOCK visits a page the agent could not move sits out */
+#define FAULT_UNIT_BACKOFF_MAX 64  /* unit attempts skipped at most after ones that did not fit */
+
+_Static_assert(POOL_HANDLE_BITS <= PE_HANDLE_BITS, "a handle must leave a unit's page bits free");
 #define FAULT_SHARED_MARK   0x1fff /* backoff value: shared with a fork relative (see below) */
 
 /*
@@ -380,6 +384,100 @@ int fault_store_page(struct fault_thread *t, struct client *c, uint64_t vpn, pag
 }
 
 /*
+ * Multi-page units.  PE_UNIT_PAGES pages evicted side by side (slots i..
+ * of the landed batch, at vpn, vpn + 1, ...) are compressed as one object
+ * when the client's policy asks for units and its faults have not shown
+ * that the pages a unit puts back go unused (unit_score, judged like a
+ * fault-around run: serve.c).  A unit is kept only if it fits in one
+ * pool object; data that does not compress that well (4:1) makes the
+ * client skip the next attempts, up to FAULT_UNIT_BACKOFF_MAX of them,
+ * so that it is not compressed twice over.  A page that is one repeated
+ * word stays a single same-filled entry (it costs no pool memory).
+ */
+static bool fault_unit_wanted(struct client *c)
+{
+	if (c->policy.unit_pages != PE_UNIT_PAGES || c->unit_score < 0)
+		return false;
+	if (c->unit_skip) {
+		c->unit_skip--;
+		return false;
+	}
+	return true;
+}
+
+static bool unit_slot_ready(struct client *c, const struct uz_msg_evict_done *m, unsigned i,
+			    uint64_t vpn)
+{
+	const struct evict_slot *s = &c->slots[i];
+	page_entry_t e;
+	uint64_t word;
+
+	if (i >= m->count || m->status[i] != 0 || s->discarded || s->parked || s->vpn != vpn)
+		return false;
+	e = page_index_get(c->index, vpn);
+	return pe_state(e) == PAGE_IN_FLIGHT && pe_payload(e) == i &&
+	       !page_same_filled(c->ring + (size_t)i * UZ_PAGE_SIZE, &word);
+}
+
+/*
+ * Store slots first.. of the landed batch as one unit.  Returns how many
+ * slots it took (all of them, or as many as got a pool reference), 0 when
+ * the pages must be stored one by one.
+ */
+static unsigned fault_store_unit(struct fault_thread *t, struct client *c,
+				 const struct uz_msg_evict_done *m, unsigned first)
+{
+	struct compressor *comp = fault_compressor(t, c->policy.algo, c->policy.level, false);
+	struct pe_unit_header header = {.pages = PE_UNIT_PAGES, .magic = PE_UNIT_MAGIC};
+	uint64_t vpn = c->slots[first].vpn;
+	unsigned padded, taken;
+	pool_handle_t handle;
+	int len;
+
+	for (unsigned k = 0; k < PE_UNIT_PAGES; k++)
+		if (!unit_slot_ready(c, m, first + k, vpn + k))
+			return 0;
+	if (!fault_unit_wanted(c))
+		return 0;
+	len = compressor_compress_buf(comp, c->ring + (size_t)first * UZ_PAGE_SIZE,
+				      (size_t)PE_UNIT_PAGES * UZ_PAGE_SIZE, t->unit_out + sizeof(header),
+				      UZ_PAGE_SIZE - sizeof(header));
+	if (len <= 0) {
+		c->unit_backoff = uz_min(c->unit_backoff ? c->unit_backoff * 2 : 1,
+					 (unsigned)FAULT_UNIT_BACKOFF_MAX);
+		c->unit_skip = c->unit_backoff;
+		return 0;
+	}
+	c->unit_backoff = 0;
+	header.compressed_len = (uint16_t)len;
+	memcpy(t->unit_out, &header, sizeof(header));
+	padded = (unsigned)(sizeof(header) + (size_t)len + 3) & ~3U;
+	memset(t->unit_out + sizeof(header) + len, 0, padded - sizeof(header) - (size_t)len);
+	fault_unit_cache_reset(t);
+	if (pool_store(c->family->pool, t->unit_out, padded, &handle) < 0)
+		return 0;
+
+	/* One reference per member, each recorded after it is taken (pool.h: the order). */
+	for (taken = 0; taken < PE_UNIT_PAGES; taken++) {
+		page_entry_t e = page_index_get(c->index, vpn + taken);
+
+		if (taken && pool_ref(c->family->pool, handle) < 0)
+			break; /* the rest go one by one */
+		e = pe_make(e, PAGE_STORED, true, compressor_algo(comp), pe_unit_len_field(padded),
+			    pe_unit_payload(handle, taken));
+		entry_lru_push(c, vpn + taken, &e);
+		page_index_set(c->index, vpn + taken, e);
+		entry_pool_count(c, e, 1, taken == 0);
+		client_stat(c, UZ_STAT_stored_pages, 1);
+		client_stat(c, UZ_STAT_zswpout, 1);
+		c->slots[first + taken].state = EVICT_SLOT_EMPTY;
+		c->in_flight--;
+	}
+	client_stat(c, UZ_STAT_unit_stores, 1);
+	return taken;
+}
+
+/*
  * Put back the pages of the landed batch that must return from the ring.
  * When none is left the batch is over: requests waiting for it run and
  * reclaim may send the next one.
@@ -445,7 +543,7 @@ int fault_client_evict_done(struct fault_thread *t, struct client *c,
 	c->batch_state = BATCH_LANDING;
 	c->batch_pending_installs = 0;
 	c->batch_stale = 0;
-	for (unsigned i = 0; i < m->count; i++) {
+	for (unsigned i = 0, unit_left = 0; i < m->count; i++) {
 		struct evict_slot *s = &c->slots[i];
 		int status = m->status[i];
 		page_entry_t e;
@@ -454,6 +552,10 @@ int fault_client_evict_done(struct fault_thread *t, struct client *c,
 		/* The agent is done with the address: what faulted there is served now. */
 		if (s->parked_sent)
 			fault_retry_add(t, c, s->sent_vpn << UZ_PAGE_SHIFT, false);
+		if (unit_left) {
+			unit_left--; /* stored with the unit of a slot before */
+			continue;
+		}
 
 		if (s->discarded) {
 			/* REMOVE/UNMAP came first: the page reads as zeros now. */
@@ -472,9 +574,16 @@ int fault_client_evict_done(struct fault_thread *t, struct client *c,
 
 			if (!s->parked) {
 				/* Limits (global with hysteresis, per group): writeback.c. */
-				if (wb_pool_accepting(t->wb, c))
+				if (wb_pool_accepting(t->wb, c)) {
+					unsigned taken = fault_store_unit(t, c, m, i);
+
+					if (taken) {
+						unit_left = taken - 1;
+						continue;
+					}
 					r = fault_store_page(t, c, s->vpn, e,
 							     c->ring + (size_t)i * UZ_PAGE_SIZE);
+				}
 			}
 			if (r == 0) {
 				c->in_flight--;

@@ -76,7 +76,7 @@ static int recover_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 		return 0;
 	}
 	stored = (pe_state(e) == PAGE_STORED || pe_state(e) == PAGE_WRITEBACK) &&
-		 pool_refcount(c->family->pool, pe_payload(e)) > 0;
+		 pool_refcount(c->family->pool, pe_handle(e)) > 0;
 	on_disk = pe_state(e) == PAGE_ON_DISK && swap &&
 		  swap_slot_refcount(swap, pe_payload(e)) > 0;
 	if (mapped) {
@@ -95,10 +95,10 @@ static int recover_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 			 * made the snapshot, or another member recovered
 			 * before counted it: the last reference takes it away.
 			 */
-			bool counted = ctx->shared || family_recovered_has(c->family, pe_payload(e));
+			bool counted = ctx->shared || family_recovered_has(c->family, pe_handle(e));
 
-			if (family_release(c->family, pe_payload(e)) && counted)
-				family_count_bytes(c->family, c->group, -(int64_t)pe_len(e));
+			if (family_release(c->family, pe_handle(e)) && counted)
+				family_count_bytes(c->family, c->group, -(int64_t)pe_object_len(e));
 		}
 		if (on_disk)
 			(void)swap_slot_free(swap, pe_payload(e));
@@ -131,12 +131,12 @@ static int recover_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 		 * be recovered counts it (the last release takes it away).
 		 */
 		if (ctx->shared) {
-			client_pool_bytes(c, pe_len(e), false);
+			entry_pool_count(c, e, 1, false);
 		} else {
-			int refs = pool_refcount(c->family->pool, pe_payload(e));
-			bool first = refs <= 1 || family_recovered_first(c->family, pe_payload(e));
+			int refs = pool_refcount(c->family->pool, pe_handle(e));
+			bool first = refs <= 1 || family_recovered_first(c->family, pe_handle(e));
 
-			client_pool_bytes(c, pe_len(e), first);
+			entry_pool_count(c, e, 1, first);
 		}
 		ctx->recovered++;
 		break;

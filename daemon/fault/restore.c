@@ -179,6 +179,7 @@ int fault_client_restore_range(struct fault_thread *t, struct client *c, uint64_
 
 	if (*cursor > last)
 		return 0;
+	fault_unit_cache_reset(t);
 	page_index_walk(c->index, *cursor, last, restore_one, &ctx);
 	(void)restore_run_flush(&ctx); /* the tail run (empty when the walk stopped) */
 	if (ctx.disk_pending && (!ctx.error || ctx.disk_first < ctx.stopped_at)) {

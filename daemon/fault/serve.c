@@ -18,6 +18,7 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/ioctl.h>
 
 #include "client/client.h"
@@ -155,12 +156,54 @@ static int fault_zero_fill(struct fault_thread *t, struct client *c, uint64_t vp
 	return 0;
 }
 
-/* The bytes of a stored or same-filled entry into dst.  < 0: they are lost (poisoned). */
+/*
+ * The unit a member's entry names, decompressed into t->unit_buf (or
+ * there already: the thread's unit cache).  The object is checked as far
+ * as it can be: header, lengths, and that it decompresses to exactly the
+ * unit's pages.
+ */
+static int fault_unit_load(struct fault_thread *t, struct client *c, page_entry_t e)
+{
+	const struct pool *pool = c->family->pool;
+	unsigned len = pe_object_len(e);
+	struct pe_unit_header header;
+	int r;
+
+	if (t->unit_pool == pool && t->unit_handle == pe_handle(e))
+		return 0;
+	fault_unit_cache_reset(t);
+	if (len <= sizeof(header) || len > UZ_PAGE_SIZE)
+		return -EBADMSG;
+	r = pool_load(c->family->pool, pe_handle(e), t->compressed, len);
+	if (r < 0)
+		return r;
+	memcpy(&header, t->compressed, sizeof(header));
+	if (header.magic != PE_UNIT_MAGIC || header.pages != PE_UNIT_PAGES ||
+	    header.compressed_len == 0 || header.compressed_len > len - sizeof(header) ||
+	    len - sizeof(header) - header.compressed_len >= 4)
+		return -EBADMSG;
+	r = compressor_decompress_buf(t->compressor, pe_algo(e), t->compressed + sizeof(header),
+				      header.compressed_len, t->unit_buf,
+				      (size_t)PE_UNIT_PAGES * UZ_PAGE_SIZE);
+	if (r < 0)
+		return r;
+	t->unit_pool = pool;
+	t->unit_handle = pe_handle(e);
+	return 0;
+}
+
 int fault_decode_page(struct fault_thread *t, struct client *c, page_entry_t e, uint8_t *dst)
 {
 	unsigned algo = pe_algo(e), len = pe_len(e);
 	int r;
 
+	if (pe_unit(e)) {
+		r = fault_unit_load(t, c, e);
+		if (r == 0)
+			memcpy(dst, t->unit_buf + (size_t)pe_unit_page(e) * UZ_PAGE_SIZE,
+			       UZ_PAGE_SIZE);
+		return r;
+	}
 	if (pe_state(e) == PAGE_SAME_FILLED) {
 		page_fill_word(dst, pe_fill_word(pe_payload(e)));
 		return 0;
@@ -189,7 +232,7 @@ page_entry_t fault_page_loaded(struct fault_thread *t, struct client *c, uint64_
 		wb_writeback_cancel(t->wb, c, vpn); /* served from the pool: the write is moot */
 	page_index_set(c->index, vpn, resident);
 	if (pe_state(e) != PAGE_SAME_FILLED) {
-		client_pool_bytes(c, -(int64_t)pe_len(e), family_release(c->family, pe_payload(e)));
+		entry_pool_release(c, e);
 	} else {
 		client_stat(c, UZ_STAT_same_filled_pages, -1);
 	}
@@ -314,12 +357,17 @@ static void fault_around_account(struct client *c, uint64_t vpn)
 		else if (c->around_next_stored ? pos == (int64_t)run
 					       : pos >= (int64_t)run && (uint64_t)pos < 2 * run)
 			used = run;
-		if (used)
+		if (used && !c->around_unit_run)
 			client_stat(c, UZ_STAT_faultaround_hits, (int64_t)used);
 		if (used == run && run >= window)
 			window = window ? window * 2 : FAULT_AROUND_START;
 		else if (used * 2 < run)
 			window /= 2;
+		/* Units are kept while what they put back is used (fault_unit_wanted). */
+		if (used == run && c->unit_score < FAULT_UNIT_SCORE_MAX)
+			c->unit_score++;
+		else if (used * 2 < run && c->around_unit_run && c->unit_score > -FAULT_UNIT_SCORE_MAX)
+			c->unit_score -= 2;
 		c->around_count = 0;
 		c->around_last_step = 0;
 	} else if (!window) {
@@ -346,14 +394,18 @@ static void fault_around_account(struct client *c, uint64_t vpn)
  * on vpn: counted, and kept for fault_around_account to judge by the next
  * fault.
  */
-static void fault_around_note_run(struct client *c, uint64_t vpn, int64_t step, uint64_t count)
+static void fault_around_note_run(struct client *c, uint64_t vpn, int64_t step, uint64_t count,
+				  bool unit_run)
 {
 	uint64_t next = vpn + (uint64_t)((int64_t)(count + 1) * step);
 	enum page_state after = pe_state(page_index_get(c->index, next));
 
-	client_stat(c, UZ_STAT_faultaround_pages, (int64_t)count);
+	client_stat(c, unit_run ? UZ_STAT_unit_restored_pages : UZ_STAT_faultaround_pages,
+		    (int64_t)count);
 	c->around_first = vpn + (uint64_t)step;
 	c->around_count = count;
+	c->around_step = step; /* a unit's run may be judged with the window shut */
+	c->around_unit_run = unit_run;
 	c->around_next_stored =
 	    after == PAGE_STORED || after == PAGE_WRITEBACK || after == PAGE_SAME_FILLED;
 }
@@ -405,18 +457,63 @@ static unsigned fault_around_gather(struct fault_thread *t, struct client *c, ui
 }
 
 /*
- * A fault on the stored page vpn (entry e) with a window whose step is not
- * 1 (a stride, or downward): the stored pages vpn + step, vpn + 2 * step,
- * ... (up to want of them, in [lo, hi)) go back first, each with its own
+ * A fault on vpn, a member of a unit (entry e): the unit's other members
+ * still stored in it go back with it, as the issue of one fault per unit
+ * asks.  Those on the side the run goes (*step 1: above, -1: below; 0, the
+ * window shut: whichever side holds more of them, and *step becomes that
+ * direction) are left to the run, whose length must be at least the
+ * number returned; the others go back here, each with its own
+ * UFFDIO_COPY, unreferenced like fault-around pages, while *room lasts,
+ * inside [lo, hi) and never from an eviction batch.  A member whose copy
+ * fails stays stored.  With a stride open none goes: the program wants
+ * every step-th page, and the stride puts back those.
+ */
+static unsigned fault_unit_siblings(struct fault_thread *t, struct client *c, uint64_t vpn,
+				    page_entry_t e, uint64_t lo, uint64_t hi, int64_t *step,
+				    uint64_t *room)
+{
+	unsigned page = pe_unit_page(e), above = PE_UNIT_PAGES - 1 - page;
+	uint64_t first = vpn - page;
+	int64_t s = *step ? *step : above >= page ? 1 : -1;
+
+	if (vpn < page || (s != 1 && s != -1))
+		return 0;
+	for (unsigned i = 0; i < PE_UNIT_PAGES && *room; i++) {
+		uint64_t m = first + i;
+		page_entry_t me, resident;
+
+		if (i == page || (s == 1 && i > page) || (s == -1 && i < page) || m < lo || m >= hi)
+			continue;
+		me = page_index_get(c->index, m);
+		if (!pe_unit(me) || pe_handle(me) != pe_handle(e) || pe_unit_page(me) != i ||
+		    fault_client_address_in_flight(c, m, NULL))
+			continue;
+		if (fault_decode_page(t, c, me, t->page) < 0 ||
+		    uffd_copy_page(c->uffd, m << UZ_PAGE_SHIFT, t->page) < 0)
+			continue;
+		resident = fault_page_loaded(t, c, m, me);
+		page_index_set(c->index, m, pe_make(resident, PAGE_RESIDENT, false, 0, 0, 0));
+		client_stat(c, UZ_STAT_unit_restored_pages, 1);
+		(*room)--;
+	}
+	*step = s;
+	return s == 1 ? above : s == -1 ? page : 0;
+}
+
+/*
+ * A fault on the stored page vpn (entry e) with a step that is not 1 (a
+ * stride, or downward): the stored pages vpn + step, vpn + 2 * step, ...
+ * (up to want of them, in [lo, hi)) go back first, each with its own
  * UFFDIO_COPY, then the faulting page by the single-page rules, which
  * wakes the program.  A neighbour whose copy fails ends the run and stays
  * as it was (in the pool): only what the kernel mapped becomes RESIDENT.
- * Returns what fault_load_page does for the faulting page.
+ * unit_run: the run is the rest of the faulting page's unit, with the
+ * window shut.  Returns what fault_load_page does for the faulting page.
  */
 static int fault_around_serve_steps(struct fault_thread *t, struct client *c, uint64_t vpn,
-				    page_entry_t e, uint64_t lo, uint64_t hi, unsigned want)
+				    page_entry_t e, int64_t step, uint64_t lo, uint64_t hi,
+				    unsigned want, bool unit_run)
 {
-	int64_t step = c->around_step;
 	page_entry_t resident;
 	unsigned n, copied;
 	uint64_t next;
@@ -432,7 +529,7 @@ static int fault_around_serve_steps(struct fault_thread *t, struct client *c, ui
 		page_index_set(c->index, next, pe_make(resident, PAGE_RESIDENT, false, 0, 0, 0));
 	}
 	if (copied)
-		fault_around_note_run(c, vpn, step, copied);
+		fault_around_note_run(c, vpn, step, copied, unit_run);
 	else if (!n)
 		fault_around_none_ahead(c);
 	r = fault_load_page(t, c, vpn, e, &resident);
@@ -451,16 +548,18 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 {
 	const struct client_region *region = client_region_find(c, vpn << UZ_PAGE_SHIFT);
 	uint64_t lo = 0, hi = 0, room, copied, gy_start, gy_end;
-	unsigned want, n = 1;
+	unsigned want, n = 1, unit_ahead = 0;
+	bool unit_run = false;
 	struct uffdio_copy copy;
+	int64_t step;
 	int r = 0;
 
 	fault_around_account(c, vpn);
-	want = c->around_step ? c->around_window : 0; /* an open window always has a step */
+	step = c->around_step;
+	want = step ? c->around_window : 0; /* an open window always has a step */
 	room = c->high_pages > c->resident + 1 ? c->high_pages - c->resident - 1 : 0;
-	if (want && room && region) {
+	if (region) {
 		/* Inside the region, and not into the graveyard on either side of the fault. */
-		want = (unsigned)uz_min((uint64_t)want, room);
 		lo = region->start >> UZ_PAGE_SHIFT;
 		hi = region->end >> UZ_PAGE_SHIFT;
 		gy_start = c->graveyard_start >> UZ_PAGE_SHIFT;
@@ -469,8 +568,19 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 			hi = uz_min(hi, gy_start);
 		if (gy_end > gy_start && gy_end <= vpn)
 			lo = uz_max(lo, gy_end);
-		if (c->around_step != 1)
-			return fault_around_serve_steps(t, c, vpn, e, lo, hi, want);
+		if (pe_unit(e)) {
+			unit_ahead = fault_unit_siblings(t, c, vpn, e, lo, hi, &step, &room);
+			if (unit_ahead > want) {
+				want = unit_ahead;
+				unit_run = true;
+			}
+		}
+	}
+	if (want && room && region) {
+		want = (unsigned)uz_min((uint64_t)want, room);
+		if (step != 1)
+			return fault_around_serve_steps(t, c, vpn, e, step, lo, hi, want,
+							unit_run);
 	}
 	if (!want || !room || !region || fault_decode_page(t, c, e, t->around_buf) < 0) {
 		page_entry_t resident;
@@ -525,7 +635,7 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 		page_index_set(c->index, next, pe_make(resident, PAGE_RESIDENT, false, 0, 0, 0));
 	}
 	if (copied > 1)
-		fault_around_note_run(c, vpn, 1, copied - 1);
+		fault_around_note_run(c, vpn, 1, copied - 1, unit_run);
 	return 0;
 }
 
@@ -584,7 +694,8 @@ int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, bool wr
 	case PAGE_WRITEBACK:
 	case PAGE_SAME_FILLED:
 		start_ns = uz_now_nsec();
-		if (c->policy.fault_around_max) {
+		fault_unit_cache_reset(t);
+		if (c->policy.fault_around_max || pe_unit(e)) {
 			r = fault_around_serve(t, c, vpn, e);
 		} else {
 			r = fault_load_page(t, c, vpn, e, &new_entry);

@@ -56,8 +56,7 @@ static void entry_release(struct client *c, uint64_t vpn, page_entry_t entry)
 		/* still in the pool */
 		__attribute__((fallthrough));
 	case PAGE_STORED:
-		client_pool_bytes(c, -(int64_t)pe_len(entry),
-				  family_release(c->family, pe_payload(entry)));
+		entry_pool_release(c, entry);
 		client_stat(c, UZ_STAT_stored_pages, -1);
 		break;
 	case PAGE_ON_DISK:

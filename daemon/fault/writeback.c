@@ -93,6 +93,7 @@
 #include "daemon.h"
 #include "fault/fault.h"
 #include "fault/fault-internal.h"
+#include "fault/serve.h"
 #include "fault/writeback.h"
 #include "group/group.h"
 #include "lru/lru.h"
@@ -120,7 +121,9 @@
 struct wb_item {
 	uint64_t key, vpn;
 	pool_handle_t handle;
-	unsigned len;
+	page_entry_t entry; /* the WRITEBACK entry (a unit member's: the unit's share) */
+	unsigned len;	    /* bytes written, ... */
+	unsigned algo;	    /* ... by this algorithm (a unit member is compressed again alone) */
 	bool cancelled;
 };
 
@@ -708,6 +711,35 @@ bool wb_pool_accepting(struct wb *wb, struct client *c)
  * The shrinker
  */
 
+/*
+ * A unit member is written alone: its page, decompressed from the unit,
+ * compressed again by itself into dst (a page), by the client's
+ * algorithm, or copied raw when it does not shrink.  Returns the length
+ * (*algo set), or -errno: it stays in the pool.
+ */
+static int wb_unit_member(struct wb *wb, struct client *c, page_entry_t e, uint8_t *dst,
+			  unsigned *algo)
+{
+	struct fault_thread *t = wb->thread;
+	struct compressor *comp;
+	int r;
+
+	r = fault_decode_page(t, c, e, t->page);
+	if (r < 0)
+		return r;
+	comp = fault_compressor(t, c->policy.algo, c->policy.level, false);
+	r = compressor_compress(comp, t->page, dst, UZ_PAGE_SIZE - 1);
+	if (r > 0) {
+		*algo = compressor_algo(comp);
+		return r;
+	}
+	if (r != -E2BIG)
+		return r < 0 ? r : -EIO;
+	memcpy(dst, t->page, UZ_PAGE_SIZE);
+	*algo = COMPRESSOR_RAW;
+	return (int)UZ_PAGE_SIZE;
+}
+
 struct pick_ctx {
 	struct wb *wb;
 	struct wb_lru *wl;
@@ -723,7 +755,8 @@ static enum lru_walk_status wb_pick(uint64_t ref, void *userdata)
 	uint64_t key = ref >> PAGE_INDEX_VPN_BITS, vpn = ref & VPN_MASK;
 	struct client *c = ctx->cached;
 	page_entry_t e;
-	unsigned n = batch->count, len;
+	unsigned n = batch->count, len, algo;
+	int r;
 
 	if (n == WB_BATCH_MAX)
 		return LRU_STOP;
@@ -752,20 +785,28 @@ static enum lru_walk_status wb_pick(uint64_t ref, void *userdata)
 		client_stat(c, UZ_STAT_second_chance_rotations, 1);
 		return LRU_ROTATE;
 	}
-	len = pe_len(e);
-	if (pool_load(c->family->pool, pe_payload(e), wb->staging + (size_t)n * UZ_PAGE_SIZE,
-		      len) < 0)
-		return LRU_ROTATE;
-	batch->items[n] = (struct wb_item){key, vpn, pe_payload(e), len, false};
+	if (pe_unit(e)) {
+		r = wb_unit_member(wb, c, e, wb->staging + (size_t)n * UZ_PAGE_SIZE, &algo);
+		if (r < 0)
+			return LRU_ROTATE;
+		len = (unsigned)r;
+		client_stat(c, UZ_STAT_unit_split_pages, 1);
+	} else {
+		len = pe_len(e);
+		algo = pe_algo(e);
+		if (pool_load(c->family->pool, pe_handle(e),
+			      wb->staging + (size_t)n * UZ_PAGE_SIZE, len) < 0)
+			return LRU_ROTATE;
+	}
+	e = pe_make(e & ~PE_QUEUED, PAGE_WRITEBACK, false, pe_algo(e), pe_len(e), pe_payload(e));
+	batch->items[n] = (struct wb_item){key, vpn, pe_handle(e), e, len, algo, false};
 	batch->objs[n] = (struct swap_object){.data = wb->staging + (size_t)n * UZ_PAGE_SIZE,
 					      .len = len,
 					      .owner = c->swap_owner,
 					      .vpn = vpn};
 	batch->count++;
 	batch->bytes += len;
-	page_index_set(
-	    c->index, vpn,
-	    pe_make(e & ~PE_QUEUED, PAGE_WRITEBACK, false, pe_algo(e), len, pe_payload(e)));
+	page_index_set(c->index, vpn, e);
 	return LRU_REMOVED;
 }
 
@@ -810,8 +851,8 @@ static void batch_done(struct swap_object *objs, size_t count, int result, void 
 		}
 		e = page_index_get(c->index, it->vpn);
 		page_index_set(c->index, it->vpn,
-			       pe_make(e, PAGE_ON_DISK, false, pe_algo(e), it->len, objs[i].slot));
-		client_pool_bytes(c, -(int64_t)it->len, family_release(c->family, it->handle));
+			       pe_make(e, PAGE_ON_DISK, false, it->algo, it->len, objs[i].slot));
+		entry_pool_count(c, it->entry, -1, family_release(c->family, it->handle));
 		client_stat(c, UZ_STAT_stored_pages, -1);
 		client_stat(c, UZ_STAT_on_disk_pages, 1);
 		client_stat(c, UZ_STAT_swap_bytes_on_disk,
@@ -847,6 +888,7 @@ static uint64_t wb_submit_batch(struct wb *wb, struct wb_lru *wl, uint64_t nr_to
 	batch->count = 0;
 	batch->bytes = 0;
 	ctx.batch = batch;
+	fault_unit_cache_reset(wb->thread);
 	(void)lru_walk(wl->lru, nr_to_scan, wb_pick, &ctx, &res);
 	*scanned += res.scanned;
 	if (!batch->count)
@@ -1054,13 +1096,18 @@ static int compact_one(uint64_t vpn, page_entry_t *entry, void *userdata)
 	pool_handle_t handle;
 
 	ctx->last = vpn;
-	if (pe_state(*entry) == PAGE_STORED && pool_handle_evacuating(pool, pe_payload(*entry)) &&
-	    pool_migrate_copy(pool, pe_payload(*entry), pe_len(*entry), &handle) == 0) {
-		pool_handle_t old = pe_payload(*entry);
+	if (pe_state(*entry) == PAGE_STORED && pool_handle_evacuating(pool, pe_handle(*entry)) &&
+	    pool_migrate_copy(pool, pe_handle(*entry), pe_object_len(*entry), &handle) == 0) {
+		pool_handle_t old = pe_handle(*entry);
 
-		/* The entry names the copy before the original goes (pool.h: the order). */
+		/*
+		 * The entry names the copy before the original goes (pool.h: the
+		 * order).  A unit is moved only with one member left (a shared
+		 * object never moves): its page number goes with it.
+		 */
+		fault_unit_cache_reset(ctx->wb->thread);
 		*entry = pe_make(*entry, PAGE_STORED, pe_referenced(*entry), pe_algo(*entry),
-				 pe_len(*entry), handle);
+				 pe_len(*entry), pe_unit_payload(handle, pe_unit_page(*entry)));
 		page_index_set(c->index, vpn, *entry);
 		pool_release(pool, old);
 		client_stat(c, UZ_STAT_compacted_objects, 1);

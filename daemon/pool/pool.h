@@ -39,7 +39,7 @@
 #include <stdint.h>
 
 /* A handle fits in POOL_HANDLE_BITS bits; 0 is never a valid handle. */
-#define POOL_HANDLE_BITS 44
+#define POOL_HANDLE_BITS 42
 typedef uint64_t pool_handle_t;
 
 /* The most references one object can have (pool_ref() fails beyond). */
