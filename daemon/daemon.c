@@ -742,6 +742,10 @@ void daemon_print_summary(struct daemon *d, FILE *f)
 		faults, v[UZ_STAT_zero_fill_faults], v[UZ_STAT_inflight_faults]);
 	fprintf(f, "  fault-around  %12" PRId64 " pages put back ahead, hits %" PRId64 "\n",
 		v[UZ_STAT_faultaround_pages], v[UZ_STAT_faultaround_hits]);
+	fprintf(f,
+		"  units         %12" PRId64 " stored (4 pages each), %" PRId64
+		" pages put back with their unit, %" PRId64 " written back alone\n",
+		v[UZ_STAT_unit_stores], v[UZ_STAT_unit_restored_pages], v[UZ_STAT_unit_split_pages]);
 	fprintf(f, "  evictions     %12" PRId64 " batches, %" PRId64 " pages not moved\n",
 		v[UZ_STAT_evict_requests], v[UZ_STAT_evict_failed_pages]);
 	fprintf(f,

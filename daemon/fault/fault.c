@@ -623,11 +623,11 @@ int fault_thread_new(struct fault_thread **out, struct daemon *daemon, unsigned 
 	r = -ENOMEM;
 	t->page = aligned_alloc(UZ_PAGE_SIZE, UZ_PAGE_SIZE);
 	t->zero_page = aligned_alloc(UZ_PAGE_SIZE, UZ_PAGE_SIZE);
-	t->compressed = aligned_alloc(UZ_PAGE_SIZE, UZ_PAGE_SIZE);
+	t->compressed = aligned_alloc(UZ_PAGE_SIZE, PE_UNIT_PAGES * UZ_PAGE_SIZE);
 	t->restore_buf = aligned_alloc(UZ_PAGE_SIZE, FAULT_RESTORE_RUN * UZ_PAGE_SIZE);
 	t->around_buf = aligned_alloc(UZ_PAGE_SIZE, (1 + UZ_FAULT_AROUND_MAX) * UZ_PAGE_SIZE);
 	t->unit_buf = aligned_alloc(UZ_PAGE_SIZE, PE_UNIT_PAGES * UZ_PAGE_SIZE);
-	t->unit_out = aligned_alloc(UZ_PAGE_SIZE, UZ_PAGE_SIZE);
+	t->unit_out = aligned_alloc(UZ_PAGE_SIZE, PE_UNIT_PAGES * UZ_PAGE_SIZE);
 	t->evict_msg = calloc(1, evict_size);
 	t->retries = calloc(FAULT_RETRY_MAX, sizeof(*t->retries));
 	if (!t->page || !t->zero_page || !t->compressed || !t->restore_buf || !t->around_buf ||

@@ -430,6 +430,10 @@ static unsigned fault_store_unit(struct fault_thread *t, struct client *c,
 	struct compressor *comp = fault_compressor(t, c->policy.algo, c->policy.level, false);
 	struct pe_unit_header header = {.pages = PE_UNIT_PAGES, .magic = PE_UNIT_MAGIC};
 	uint64_t vpn = c->slots[first].vpn;
+	/* No bigger than four poor pages: a unit must not cost more than single pages would. */
+	size_t cap = uz_min(uz_min(pool_object_max(c->family->pool), (size_t)PE_UNIT_OBJECT_MAX),
+			    (size_t)PE_UNIT_PAGES * c->policy.poor_threshold) &
+		     ~(size_t)3;
 	unsigned padded, taken;
 	pool_handle_t handle;
 	int len;
@@ -441,7 +445,7 @@ static unsigned fault_store_unit(struct fault_thread *t, struct client *c,
 		return 0;
 	len = compressor_compress_buf(comp, c->ring + (size_t)first * UZ_PAGE_SIZE,
 				      (size_t)PE_UNIT_PAGES * UZ_PAGE_SIZE, t->unit_out + sizeof(header),
-				      UZ_PAGE_SIZE - sizeof(header));
+				      cap > sizeof(header) ? cap - sizeof(header) : 0);
 	if (len <= 0) {
 		c->unit_backoff = uz_min(c->unit_backoff ? c->unit_backoff * 2 : 1,
 					 (unsigned)FAULT_UNIT_BACKOFF_MAX);

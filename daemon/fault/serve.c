@@ -172,7 +172,7 @@ static int fault_unit_load(struct fault_thread *t, struct client *c, page_entry_
 	if (t->unit_pool == pool && t->unit_handle == pe_handle(e))
 		return 0;
 	fault_unit_cache_reset(t);
-	if (len <= sizeof(header) || len > UZ_PAGE_SIZE)
+	if (len <= sizeof(header) || len > PE_UNIT_OBJECT_MAX)
 		return -EBADMSG;
 	r = pool_load(c->family->pool, pe_handle(e), t->compressed, len);
 	if (r < 0)

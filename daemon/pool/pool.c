@@ -16,7 +16,9 @@
  * Unused frames are holes of the file.
  *
  * Allocation.  An object of 1..4096 bytes is rounded up to a multiple of
- * POOL_CLASS_GRAIN and goes to that class.  The chunk of a class covers the
+ * POOL_CLASS_GRAIN (32), a bigger one (a multi-page unit, up to
+ * POOL_OBJECT_MAX) to a multiple of POOL_LARGE_GRAIN (256), and goes to
+ * that class.  The chunk of a class covers the
  * first 64..128 KiB of its frame, in whole pages, picked once to leave the
  * smallest fraction unused (header and tail); the rest of the frame is never
  * touched.  A slot is taken from the fullest chunk with room: partially used
@@ -34,7 +36,7 @@
  * SIGBUS later.  A frame whose last object goes is punched out
  * (FALLOC_FL_PUNCH_HOLE) and its number reused.
  *
- * Handles are (frame + 1, class, slot) in 44 bits: they mean the same after
+ * Handles are (frame + 1, class, slot) in 42 bits: they mean the same after
  * a recovery.  Loads and releases check the frame (in range, holding a chunk
  * of the handle's class), the slot (allocated) and, where given, the length.
  *
@@ -120,29 +122,49 @@
 #include "pool/pool.h"
 
 #define POOL_FRAME_SIZE	    (128U << 10)
-#define POOL_OBJECT_MAX	    4096U
-#define POOL_CLASS_GRAIN    32U
-#define POOL_NR_CLASSES	    (POOL_OBJECT_MAX / POOL_CLASS_GRAIN)
+#define POOL_CLASS_GRAIN    32U	 /* class sizes up to a page */
+#define POOL_SMALL_CLASSES  (UZ_PAGE_SIZE / POOL_CLASS_GRAIN)
+#define POOL_LARGE_GRAIN    256U /* class sizes above a page, up to POOL_OBJECT_MAX */
+#define POOL_NR_CLASSES	    (POOL_SMALL_CLASSES + (POOL_OBJECT_MAX - UZ_PAGE_SIZE) / POOL_LARGE_GRAIN)
 #define POOL_CHUNK_MIN	    (64U << 10)
 #define POOL_SLOT_ALIGN	    32U
 #define POOL_FRAMES_INITIAL 8U /* 1 MiB of address space, the header frame included */
 
-/* Handle: [slot: 12 bits][class: 7 bits][frame + 1: 25 bits] from bit 0 up. */
-#define HANDLE_SLOT_BITS   12
-#define HANDLE_CLASS_BITS  7
-#define HANDLE_FRAME_SHIFT (HANDLE_SLOT_BITS + HANDLE_CLASS_BITS)
-#define HANDLE_FRAME_BITS  (POOL_HANDLE_BITS - HANDLE_FRAME_SHIFT)
-#define POOL_FRAMES_MAX	   ((1U << HANDLE_FRAME_BITS) - 1) /* frames an arena may have */
+/*
+ * Handle: [slot: 12 bits][class: 8 bits][frame + 1: 22 bits] from bit 0 up.
+ * An arena of layout version 1 (objects up to a page, 128 classes) has
+ * 7-bit classes and 23-bit frames; a daemon takes such an arena back
+ * (an upgrade by handover) and keeps its geometry (struct pool_geometry).
+ */
+#define HANDLE_SLOT_BITS 12
 
 #define ARENA_MAGIC	   0x414e455241575a55ULL /* "UZWARENA" */
-#define ARENA_VERSION	   1U
+#define ARENA_VERSION	   2U /* 1: objects up to a page; 2: up to POOL_OBJECT_MAX */
 #define ARENA_HEADER_BYTES UZ_PAGE_SIZE /* the page of frame 0 the header dirties */
 #define FRAME_MAGIC	   0x4d52465aU	/* "ZFRM" */
 
-_Static_assert(POOL_NR_CLASSES <= (1U << HANDLE_CLASS_BITS), "class field too small");
+_Static_assert(POOL_NR_CLASSES <= 255, "class index is a byte, CLASS_NONE apart");
+_Static_assert(POOL_NR_CLASSES <= (1U << 8), "class field too small");
 _Static_assert(POOL_FRAME_SIZE / (POOL_CLASS_GRAIN + 2) < (1U << HANDLE_SLOT_BITS),
 	       "slot field too small");
-_Static_assert(POOL_CLASS_GRAIN <= 0xff, "slack must fit in a byte");
+_Static_assert(POOL_LARGE_GRAIN <= 0x100, "slack must fit in a byte");
+_Static_assert(POOL_OBJECT_MAX <= UINT16_MAX, "class size is 16 bits in the frame header");
+
+/* What an arena's layout version fixes: the largest object and the handle's fields. */
+struct pool_geometry {
+	uint32_t version;
+	uint32_t object_max;
+	unsigned nr_classes;
+	unsigned class_bits;
+	uint32_t frames_max; /* frames an arena may have */
+};
+
+static const struct pool_geometry geometries[] = {
+    {1, UZ_PAGE_SIZE, POOL_SMALL_CLASSES, 7, (1U << (POOL_HANDLE_BITS - HANDLE_SLOT_BITS - 7)) - 1},
+    {2, POOL_OBJECT_MAX, POOL_NR_CLASSES, 8, (1U << (POOL_HANDLE_BITS - HANDLE_SLOT_BITS - 8)) - 1},
+};
+#define GEOMETRY_CURRENT (&geometries[UZ_ARRAY_SIZE(geometries) - 1])
+#define POOL_FRAMES_ANY	 ((1U << (POOL_HANDLE_BITS - HANDLE_SLOT_BITS - 7)) - 1)
 _Static_assert(POOL_REFCOUNT_MAX == 0xff, "refcount is a byte");
 
 /* Frame 0, offset 0.  Written once, at creation; the magic last. */
@@ -153,7 +175,7 @@ struct arena_header {
 	uint32_t frame_size;		/* POOL_FRAME_SIZE */
 	uint32_t frame_header_size;	/* sizeof(struct frame_header) */
 	uint32_t class_grain;		/* POOL_CLASS_GRAIN */
-	uint32_t object_max;		/* POOL_OBJECT_MAX */
+	uint32_t object_max;		/* the version's largest object */
 	uint8_t token[POOL_TOKEN_SIZE]; /* random, from getrandom(2): names the family */
 	uint64_t created_usec;		/* CLOCK_REALTIME at creation, for people */
 	uint64_t check;			/* hash of the fields above (this one as 0) */
@@ -162,7 +184,7 @@ struct arena_header {
 /* Per slot, in the frame header: the object's persistent metadata. */
 struct slot_meta {
 	uint8_t refcount; /* 0: free */
-	uint8_t slack;	  /* class size minus the object's length (< POOL_CLASS_GRAIN) */
+	uint8_t slack;	  /* class size minus the object's length (< the class's grain) */
 };
 
 /* At the start of every frame holding a chunk. */
@@ -229,6 +251,7 @@ struct pool_totals {
 
 struct pool {
 	pthread_mutex_t lock;
+	const struct pool_geometry *geometry;
 	int fd;		    /* the arena, read-write, flock()ed */
 	char *base;	    /* its mapping, nr_frames frames, moves on growth */
 	uint32_t nr_frames; /* frames mapped */
@@ -323,15 +346,32 @@ static uint32_t frame_check(const uint8_t *token, uint32_t frame, uint16_t class
 	return (uint32_t)(hash ^ (hash >> 32));
 }
 
-static pool_handle_t handle_make(unsigned class_index, uint32_t frame, unsigned slot)
+static pool_handle_t handle_make(const struct pool *pool, unsigned class_index, uint32_t frame,
+				 unsigned slot)
 {
-	return ((pool_handle_t)(frame + 1) << HANDLE_FRAME_SHIFT) |
+	return ((pool_handle_t)(frame + 1) << (HANDLE_SLOT_BITS + pool->geometry->class_bits)) |
 	       ((pool_handle_t)class_index << HANDLE_SLOT_BITS) | slot;
 }
 
+/* Classes: 32-byte steps up to a page, then 256-byte steps up to POOL_OBJECT_MAX. */
 static unsigned class_of_length(size_t len)
 {
-	return (unsigned)((len + POOL_CLASS_GRAIN - 1) / POOL_CLASS_GRAIN - 1);
+	if (len <= UZ_PAGE_SIZE)
+		return (unsigned)((len + POOL_CLASS_GRAIN - 1) / POOL_CLASS_GRAIN - 1);
+	return POOL_SMALL_CLASSES +
+	       (unsigned)((len - UZ_PAGE_SIZE + POOL_LARGE_GRAIN - 1) / POOL_LARGE_GRAIN - 1);
+}
+
+static uint32_t class_size_of(unsigned class_index)
+{
+	if (class_index < POOL_SMALL_CLASSES)
+		return (class_index + 1) * POOL_CLASS_GRAIN;
+	return UZ_PAGE_SIZE + (class_index - POOL_SMALL_CLASSES + 1) * POOL_LARGE_GRAIN;
+}
+
+static uint32_t class_grain_of(unsigned class_index)
+{
+	return class_index < POOL_SMALL_CLASSES ? POOL_CLASS_GRAIN : POOL_LARGE_GRAIN;
 }
 
 static uint32_t slots_offset_for(unsigned nr_slots)
@@ -534,8 +574,8 @@ static int arena_grow(struct pool *pool)
 	void *base;
 	int r;
 
-	if (new_frames > POOL_FRAMES_MAX)
-		new_frames = POOL_FRAMES_MAX;
+	if (new_frames > pool->geometry->frames_max)
+		new_frames = pool->geometry->frames_max;
 	if (new_frames <= old_frames)
 		return -ENOMEM;
 	r = tables_reserve(pool, new_frames);
@@ -776,14 +816,15 @@ static void object_commit(struct pool *pool, uint32_t frame, unsigned slot, size
 /* Caller holds the lock.  Checks a handle; false when it names no live object. */
 static bool slot_locate(struct pool *pool, pool_handle_t handle, struct slot_ref *ref)
 {
-	uint64_t frame_field = handle >> HANDLE_FRAME_SHIFT;
-	unsigned class_index =
-	    (unsigned)((handle >> HANDLE_SLOT_BITS) & ((1U << HANDLE_CLASS_BITS) - 1));
+	unsigned class_bits = pool->geometry->class_bits;
+	uint64_t frame_field = handle >> (HANDLE_SLOT_BITS + class_bits);
+	unsigned class_index = (unsigned)((handle >> HANDLE_SLOT_BITS) & ((1U << class_bits) - 1));
 	unsigned slot = (unsigned)(handle & ((1U << HANDLE_SLOT_BITS) - 1));
 	struct slot_meta *meta;
 	uint32_t frame;
 
-	if (frame_field == 0 || frame_field > pool->nr_frames)
+	if (frame_field == 0 || frame_field > pool->nr_frames || handle >> POOL_HANDLE_BITS ||
+	    class_index >= pool->geometry->nr_classes)
 		return false;
 	frame = (uint32_t)(frame_field - 1);
 	if (pool->frames[frame].class_index != class_index ||
@@ -855,8 +896,9 @@ static struct pool *pool_alloc(struct pool_totals *totals)
 	pool->map_budget = -1;
 	pool->crash_budget = -1;
 	pool->totals = totals;
+	pool->geometry = GEOMETRY_CURRENT;
 	for (i = 0; i < POOL_NR_CLASSES; i++)
-		class_init(&pool->classes[i], (i + 1) * POOL_CLASS_GRAIN);
+		class_init(&pool->classes[i], class_size_of(i));
 	gauge_add(pool, GAUGE_METADATA_BYTES, sizeof(*pool));
 	return pool;
 }
@@ -885,6 +927,12 @@ void pool_totals_get(struct pool_totals *totals, struct pool_usage *usage)
 
 int pool_new(struct pool **out, struct pool_totals *totals)
 {
+	return pool_new_layout(out, totals, ARENA_VERSION);
+}
+
+int pool_new_layout(struct pool **out, struct pool_totals *totals, unsigned version)
+{
+	const struct pool_geometry *geometry = NULL;
 	struct arena_header fields, *header;
 	struct pool *pool;
 	struct timespec now;
@@ -892,9 +940,15 @@ int pool_new(struct pool **out, struct pool_totals *totals)
 	ssize_t n;
 	int r;
 
+	for (size_t i = 0; i < UZ_ARRAY_SIZE(geometries); i++)
+		if (geometries[i].version == version)
+			geometry = &geometries[i];
+	if (!geometry)
+		return -EINVAL;
 	pool = pool_alloc(totals);
 	if (!pool)
 		return -ENOMEM;
+	pool->geometry = geometry;
 	pool->fd = memfd_create("uzswap-arena", MFD_CLOEXEC);
 	if (pool->fd < 0 || fchmod(pool->fd, 0600) < 0 || flock(pool->fd, LOCK_EX | LOCK_NB) < 0 ||
 	    ftruncate(pool->fd, (off_t)POOL_FRAMES_INITIAL * POOL_FRAME_SIZE) < 0) {
@@ -925,12 +979,12 @@ int pool_new(struct pool **out, struct pool_totals *totals)
 	clock_gettime(CLOCK_REALTIME, &now);
 	fields = (struct arena_header){
 	    .magic = ARENA_MAGIC,
-	    .version = ARENA_VERSION,
+	    .version = pool->geometry->version,
 	    .header_size = sizeof(fields),
 	    .frame_size = POOL_FRAME_SIZE,
 	    .frame_header_size = sizeof(struct frame_header),
 	    .class_grain = POOL_CLASS_GRAIN,
-	    .object_max = POOL_OBJECT_MAX,
+	    .object_max = pool->geometry->object_max,
 	    .created_usec = (uint64_t)now.tv_sec * 1000000 + (uint64_t)now.tv_nsec / 1000,
 	};
 	memcpy(fields.token, pool->token, sizeof(fields.token));
@@ -973,23 +1027,28 @@ static int arena_check_file(int fd, struct stat *st)
 	if (strncmp(target, name, sizeof(name) - 1) != 0)
 		return -EINVAL;
 	if (st->st_size < POOL_FRAME_SIZE || st->st_size % POOL_FRAME_SIZE != 0 ||
-	    (uint64_t)st->st_size / POOL_FRAME_SIZE > POOL_FRAMES_MAX)
+	    (uint64_t)st->st_size / POOL_FRAME_SIZE > POOL_FRAMES_ANY)
 		return -EINVAL;
 	return 0;
 }
 
-/* Reads and checks the arena header; 0 or -EINVAL. */
-static int arena_read_header(int fd, struct arena_header *header)
+/* Reads and checks the arena header: its geometry, or NULL (not an arena of a known layout). */
+static const struct pool_geometry *arena_read_header(int fd, struct arena_header *header)
 {
+	const struct pool_geometry *g = NULL;
+
 	if (pread(fd, header, sizeof(*header), 0) != (ssize_t)sizeof(*header))
-		return -EINVAL;
-	if (header->magic != ARENA_MAGIC || header->version != ARENA_VERSION ||
-	    header->header_size != sizeof(*header) || header->frame_size != POOL_FRAME_SIZE ||
+		return NULL;
+	for (size_t i = 0; i < UZ_ARRAY_SIZE(geometries); i++)
+		if (header->version == geometries[i].version)
+			g = &geometries[i];
+	if (!g || header->magic != ARENA_MAGIC || header->header_size != sizeof(*header) ||
+	    header->frame_size != POOL_FRAME_SIZE ||
 	    header->frame_header_size != sizeof(struct frame_header) ||
-	    header->class_grain != POOL_CLASS_GRAIN || header->object_max != POOL_OBJECT_MAX ||
+	    header->class_grain != POOL_CLASS_GRAIN || header->object_max != g->object_max ||
 	    header->check != arena_header_check(header))
-		return -EINVAL;
-	return 0;
+		return NULL;
+	return g;
 }
 
 /*
@@ -1010,10 +1069,11 @@ static void recover_frame(struct pool *pool, uint32_t frame, const struct frame_
 		report->frames_freed++;
 		return;
 	}
-	if (header->class_size % POOL_CLASS_GRAIN != 0 || header->class_size == 0 ||
-	    header->class_size > POOL_OBJECT_MAX)
+	if (header->class_size == 0 || header->class_size > pool->geometry->object_max)
 		goto reject;
 	class_index = class_of_length(header->class_size);
+	if (class_size_of(class_index) != header->class_size)
+		goto reject;
 	cls = &pool->classes[class_index];
 	if (header->nr_slots != cls->nr_slots || header->frame != frame ||
 	    header->check != frame_check(pool->token, frame, header->class_size, header->nr_slots))
@@ -1023,7 +1083,7 @@ static void recover_frame(struct pool *pool, uint32_t frame, const struct frame_
 
 		if (!meta->refcount)
 			continue;
-		if (meta->slack >= POOL_CLASS_GRAIN)
+		if (meta->slack >= class_grain_of(class_index))
 			goto reject;
 		nr_used++;
 		nr_shared += meta->refcount > 1;
@@ -1105,9 +1165,11 @@ int pool_recover(struct pool **out, int fd, struct pool_totals *totals,
 		r = errno == EWOULDBLOCK ? -EBUSY : -errno;
 		goto fail;
 	}
-	r = arena_read_header(pool->fd, &header);
-	if (r < 0)
+	pool->geometry = arena_read_header(pool->fd, &header);
+	if (!pool->geometry || (uint64_t)st.st_size / POOL_FRAME_SIZE > pool->geometry->frames_max) {
+		r = -EINVAL;
 		goto fail;
+	}
 	memcpy(pool->token, header.token, sizeof(pool->token));
 
 	pool->nr_frames = (uint32_t)(st.st_size / POOL_FRAME_SIZE);
@@ -1197,7 +1259,7 @@ int pool_store(struct pool *pool, const void *data, size_t len, pool_handle_t *o
 	uint32_t frame;
 	int r;
 
-	if (len == 0 || len > POOL_OBJECT_MAX)
+	if (len == 0 || len > pool->geometry->object_max)
 		return -EINVAL;
 	class_index = class_of_length(len);
 
@@ -1210,8 +1272,13 @@ int pool_store(struct pool *pool, const void *data, size_t len, pool_handle_t *o
 	pthread_mutex_unlock(&pool->lock);
 	if (r < 0)
 		return r;
-	*out = handle_make(class_index, frame, slot);
+	*out = handle_make(pool, class_index, frame, slot);
 	return 0;
+}
+
+size_t pool_object_max(const struct pool *pool)
+{
+	return pool->geometry->object_max;
 }
 
 int pool_load(struct pool *pool, pool_handle_t handle, void *dst, size_t len)
@@ -1306,7 +1373,7 @@ static bool walk_next(struct pool *pool, uint32_t *frame, unsigned *slot, pool_h
 
 			if (!meta->refcount)
 				continue;
-			*handle = handle_make(f->class_index, *frame, *slot);
+			*handle = handle_make(pool, f->class_index, *frame, *slot);
 			*len = pool->classes[f->class_index].size - meta->slack;
 			*refcount = meta->refcount;
 			(*slot)++;
@@ -1458,7 +1525,7 @@ int pool_migrate_copy(struct pool *pool, pool_handle_t handle, size_t len, pool_
 	cls = &pool->classes[ref.class_index];
 	memcpy(slot_addr(pool, cls, frame, slot), slot_addr(pool, cls, ref.frame, ref.slot), len);
 	object_commit(pool, frame, slot, len);
-	*out = handle_make(ref.class_index, frame, slot);
+	*out = handle_make(pool, ref.class_index, frame, slot);
 out:
 	pthread_mutex_unlock(&pool->lock);
 	return r;

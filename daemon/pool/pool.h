@@ -8,8 +8,9 @@
  * takes the arena back from such a descriptor (pool_recover()) and finds
  * every object where it was, with the same handle.
  *
- * Objects of 1..4096 bytes are rounded up to a size class and packed into
- * chunks, one per 128 KiB frame of the arena; a frame is given back to the
+ * Objects of 1..POOL_OBJECT_MAX bytes (a page, or a multi-page unit of the
+ * fault threads) are rounded up to a size class and packed into chunks,
+ * one per 128 KiB frame of the arena; a frame is given back to the
  * system when its last object goes.  Callers hold handles, never pointers:
  * the arena can move when it grows, and objects can be moved by compaction
  * (pool_compact_begin() marks sparse chunks, owners copy their objects out
@@ -84,6 +85,12 @@ void pool_totals_get(struct pool_totals *totals, struct pool_usage *usage);
 
 /* A new, empty arena (a memfd of mode 0600) and its pool.  totals may be NULL. */
 int pool_new(struct pool **out, struct pool_totals *totals);
+/*
+ * Test hook: the same with an arena of layout `version` (1: objects up to
+ * a page, as daemons before multi-page units made; 2: the current one),
+ * to check that a daemon takes an older arena back.  -EINVAL: unknown.
+ */
+int pool_new_layout(struct pool **out, struct pool_totals *totals, unsigned version);
 
 /*
  * Takes an arena back after the daemon that made it was killed: fd is any
@@ -106,7 +113,13 @@ int pool_open_readonly(struct pool *pool);
 /* The arena's random family token. */
 void pool_token(struct pool *pool, uint8_t out[POOL_TOKEN_SIZE]);
 
-/* Copy len (1..4096) bytes into a new object (refcount 1).  -ENOMEM when no frame can be had. */
+/* The largest object an arena of the current layout holds (a unit of four pages). */
+#define POOL_OBJECT_MAX 16384U
+
+/*
+ * Copy len (1..pool_object_max()) bytes into a new object (refcount 1).
+ * -ENOMEM when no frame can be had, -EINVAL for a bad length.
+ */
 int pool_store(struct pool *pool, const void *data, size_t len, pool_handle_t *out);
 /* Copy the object out; len must be the length it was stored with.  -EINVAL on a bad handle. */
 int pool_load(struct pool *pool, pool_handle_t handle, void *dst, size_t len);
@@ -116,6 +129,9 @@ int pool_ref(struct pool *pool, pool_handle_t handle);
 int pool_refcount(struct pool *pool, pool_handle_t handle);
 /* Drops one reference; the object is freed at 0.  -EINVAL on a bad handle. */
 int pool_release(struct pool *pool, pool_handle_t handle);
+
+/* The largest object this pool takes: POOL_OBJECT_MAX, or a page for an arena of layout 1. */
+size_t pool_object_max(const struct pool *pool);
 
 void pool_get_usage(struct pool *pool, struct pool_usage *usage);
 

@@ -334,6 +334,10 @@ static void test_errors_cgroup_file(void **state)
 	     "cgroup.d/redis.conf:4: FaultAround: out of range \"257\" (0..256)"},
 	    {"[Match]\nCgroup=/redis\n[Limits]\nFaultAround=-1\n",
 	     "cgroup.d/redis.conf:4: FaultAround: invalid number \"-1\" (0..256)"},
+	    {"[Match]\nCgroup=/redis\n[Limits]\nCompressionUnit=2\n",
+	     "cgroup.d/redis.conf:4: CompressionUnit: 2 pages: 1 (off) or 4"},
+	    {"[Match]\nCgroup=/redis\n[Limits]\nCompressionUnit=16\n",
+	     "cgroup.d/redis.conf:4: CompressionUnit: out of range \"16\" (1..4)"},
 	    {"[Match]\nCgroup=/redis\n[Limits]\nPoolMax=1G\nPoolMax=2G\n",
 	     "cgroup.d/redis.conf:5: PoolMax: set twice (first on line 4)"},
 	    {"[Match]\nCgroup=/redis\n[Limits]\nPoolMax=\n",
@@ -544,10 +548,11 @@ static void test_nested_inheritance(void **state)
 	struct uz_config *config;
 	struct uz_policy policy;
 
-	write_file(f->main_path, "[Defaults]\nWriteback=no\nSwapMax=3G\nFaultAround=8\n");
+	write_file(f->main_path,
+		   "[Defaults]\nWriteback=no\nSwapMax=3G\nFaultAround=8\nCompressionUnit=1\n");
 	write_cgroup_file(f, "10-a.conf",
 			  "[Match]\nCgroup=/a\n[Limits]\nResidentMax=100M\n"
-			  "Compressor=zstd:3\nFaultAround=0\n");
+			  "Compressor=zstd:3\nFaultAround=0\nCompressionUnit=4\n");
 	write_cgroup_file(f, "20-ab.conf",
 			  "[Match]\nCgroup=/a/b/\n[Limits]\nPoolMax=10M\n"
 			  "ResidentLow=50%\n");
@@ -569,6 +574,7 @@ static void test_nested_inheritance(void **state)
 	assert_int_equal(policy.algo, COMPRESSOR_ZSTD);
 	assert_int_equal(policy.level, 3);
 	assert_int_equal(policy.fault_around_max, 0); /* off for /a and below */
+	assert_int_equal(policy.unit_pages, 4);	      /* on for /a and below */
 	assert_string_equal(config_match_cgroup(config, "/a/b/c"), "/a/b");
 
 	/* /a/b/c/d/e: its own file overrides ResidentMax (25% of 4G) and Writeback */
@@ -590,6 +596,7 @@ static void test_nested_inheritance(void **state)
 	assert_int_equal(policy.algo, COMPRESSOR_LZ4);
 	assert_false(policy.writeback);
 	assert_int_equal(policy.fault_around_max, 8); /* [Defaults] */
+	assert_int_equal(policy.unit_pages, 1);	      /* [Defaults] */
 	assert_null(config_match_cgroup(config, "/ab"));
 
 	/* a bad path */

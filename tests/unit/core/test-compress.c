@@ -61,6 +61,52 @@ static void test_roundtrip_all(void **state)
 	}
 }
 
+/* Units: several pages as one input, decompressed to exactly that length or refused. */
+static void test_buffers(void **state)
+{
+	static uint8_t unit[4 * UZ_PAGE_SIZE], back[4 * UZ_PAGE_SIZE], packed[5 * UZ_PAGE_SIZE];
+	enum compressor_algo algos[] = {COMPRESSOR_LZ4, COMPRESSOR_ZSTD};
+	uint64_t seed = 11;
+	int n;
+
+	for (size_t k = 0; k < 4; k++)
+		test_fill_text(unit + k * UZ_PAGE_SIZE, UZ_PAGE_SIZE, &seed);
+	for (size_t i = 0; i < UZ_ARRAY_SIZE(algos); i++) {
+		struct compressor *c = NULL;
+
+		assert_int_equal(compressor_new(&c, algos[i], 1), 0);
+		n = compressor_compress_buf(c, unit, sizeof(unit), packed, sizeof(packed));
+		assert_true(n > 0 && n < (int)sizeof(packed));
+		memset(back, 0, sizeof(back));
+		assert_int_equal(
+		    compressor_decompress_buf(c, algos[i], packed, (size_t)n, back, sizeof(back)), 0);
+		assert_memory_equal(back, unit, sizeof(unit));
+		/* Not the length it was made from: refused, never a short result. */
+		assert_int_equal(compressor_decompress_buf(c, algos[i], packed, (size_t)n, back,
+							   3 * UZ_PAGE_SIZE),
+				 -EBADMSG);
+		assert_int_equal(compressor_decompress(c, algos[i], packed, (size_t)n, back), -EBADMSG);
+		/* Truncated input. */
+		assert_int_equal(compressor_decompress_buf(c, algos[i], packed, (size_t)n / 2, back,
+							   sizeof(back)),
+				 -EBADMSG);
+		/* Too small a destination: E2BIG, as for a page. */
+		assert_int_equal(compressor_compress_buf(c, unit, sizeof(unit), packed, 16), -E2BIG);
+		compressor_free(c);
+	}
+	{
+		struct compressor *raw = NULL;
+
+		assert_int_equal(compressor_new(&raw, COMPRESSOR_RAW, 0), 0);
+		assert_int_equal(compressor_compress_buf(raw, unit, sizeof(unit), packed, sizeof(packed)),
+				 -EINVAL);
+		assert_int_equal(compressor_decompress_buf(raw, COMPRESSOR_RAW, unit, sizeof(unit),
+							   back, sizeof(back)),
+				 -EINVAL);
+		compressor_free(raw);
+	}
+}
+
 static void test_text_compresses(void **state)
 {
 	struct compressor *lz4 = NULL, *zstd = NULL;
@@ -227,6 +273,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_roundtrip_all),	 cmocka_unit_test(test_text_compresses),
+	    cmocka_unit_test(test_buffers),
 	    cmocka_unit_test(test_incompressible_e2big), cmocka_unit_test(test_decompress_errors),
 	    cmocka_unit_test(test_cross_algorithm),	 cmocka_unit_test(test_new_rejects),
 	    cmocka_unit_test(test_same_filled),		 cmocka_unit_test(test_parse),

@@ -49,6 +49,41 @@ static void free_index(struct page_index *index)
 	test_store = store_free(test_store);
 }
 
+/* A unit member's entry: its share, its object's length, its page number and handle. */
+static void test_unit_entries(void **state)
+{
+	uint64_t handle = (1ULL << PE_HANDLE_BITS) - 1;
+	page_entry_t single = pe_make(0, PAGE_STORED, true, 1, 4096, handle);
+	page_entry_t member;
+
+	assert_false(pe_unit(single));
+	assert_int_equal(pe_object_len(single), 4096);
+	assert_int_equal(pe_pool_share(single), 4096);
+	assert_true(pe_handle(single) == handle);
+	assert_int_equal(pe_unit_page(single), 0);
+
+	for (unsigned page = 0; page < PE_UNIT_PAGES; page++) {
+		member = pe_make(PE_QUEUED, PAGE_STORED, true, 2, pe_unit_len_field(4096),
+				 pe_unit_payload(handle, page));
+		assert_true(pe_unit(member));
+		assert_true(pe_queued(member));
+		assert_int_equal(pe_object_len(member), 4096);
+		assert_int_equal(pe_pool_share(member), 1024);
+		assert_true(pe_handle(member) == handle);
+		assert_int_equal(pe_unit_page(member), page);
+		assert_int_equal(pe_algo(member), 2);
+		/* Being written back, still a member; on disk or resident, no unit. */
+		assert_true(pe_unit(pe_make(member, PAGE_WRITEBACK, false, 2, pe_len(member),
+					    pe_payload(member))));
+		assert_false(pe_unit(pe_make(member, PAGE_ON_DISK, false, 2, pe_len(member), 7)));
+	}
+	member = pe_make(0, PAGE_STORED, true, 1, pe_unit_len_field(36), pe_unit_payload(5, 3));
+	assert_int_equal(pe_object_len(member), 36);
+	assert_int_equal(pe_pool_share(member), 9);
+	/* The CLOCK's backoff count in a RESIDENT entry's len field is not a unit. */
+	assert_false(pe_unit(pe_make(0, PAGE_RESIDENT, false, 0, 0x1fff, 0)));
+}
+
 static void test_edges(void **state)
 {
 	struct page_index *index = NULL;
@@ -541,6 +576,7 @@ static void test_recover_damaged(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_unit_entries),
 	    cmocka_unit_test(test_edges),
 	    cmocka_unit_test(test_random_against_array),
 	    cmocka_unit_test(test_walk_rewrite_stop_abort),

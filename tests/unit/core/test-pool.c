@@ -45,7 +45,7 @@
 
 static uint32_t handle_frame(pool_handle_t handle)
 {
-	return (uint32_t)(handle >> 19) - 1; /* handle: [slot 12][class 7][frame + 1] */
+	return (uint32_t)(handle >> 20) - 1; /* handle: [slot 12][class 8][frame + 1] */
 }
 
 struct object {
@@ -65,7 +65,7 @@ static void object_bytes(uint8_t *buf, uint32_t len, uint64_t seed)
 
 static void object_check(struct pool *pool, const struct object *object)
 {
-	uint8_t expect[4096], got[4096];
+	static _Thread_local uint8_t expect[POOL_OBJECT_MAX], got[POOL_OBJECT_MAX];
 
 	object_bytes(expect, object->len, object->seed);
 	memset(got, 0, sizeof(got));
@@ -75,7 +75,7 @@ static void object_check(struct pool *pool, const struct object *object)
 
 static int object_store(struct pool *pool, struct object *object, uint32_t len, uint64_t seed)
 {
-	uint8_t buf[4096];
+	static _Thread_local uint8_t buf[POOL_OBJECT_MAX];
 	int r;
 
 	object_bytes(buf, len, seed);
@@ -110,7 +110,10 @@ static uint64_t random_ops(struct pool *pool, struct object *objects, size_t nr,
 				object->handle = 0;
 			}
 		} else {
-			uint32_t len = (uint32_t)((r >> 20) % 4096) + 1;
+			/* One in eight above a page (a unit of pages), the rest up to one. */
+			uint32_t len = (r >> 50) % 8 == 0
+					   ? 4097 + (uint32_t)((r >> 20) % (POOL_OBJECT_MAX - 4096))
+					   : (uint32_t)((r >> 20) % 4096) + 1;
 
 			assert_int_equal(object_store(pool, object, len, r), 0);
 			live_bytes += len;
@@ -167,7 +170,8 @@ static int snapshot_add(pool_handle_t handle, size_t len, unsigned refcount, voi
 	}
 	/* The walk goes in arena order, which is handle order. */
 	assert_true(s->nr == 0 || s->items[s->nr - 1].handle < handle);
-	assert_true(len >= 1 && len <= 4096 && refcount >= 1 && refcount <= POOL_REFCOUNT_MAX);
+	assert_true(len >= 1 && len <= POOL_OBJECT_MAX && refcount >= 1 &&
+		    refcount <= POOL_REFCOUNT_MAX);
 	item = &s->items[s->nr++];
 	item->handle = handle;
 	item->len = (uint32_t)len;
@@ -199,7 +203,7 @@ static bool snapshot_has(const struct snapshot *s, pool_handle_t handle)
 
 static void snapshot_verify(struct pool *pool, const struct snapshot *s)
 {
-	uint8_t got[4096];
+	static uint8_t got[POOL_OBJECT_MAX];
 	size_t i;
 
 	for (i = 0; i < s->nr; i++) {
@@ -462,7 +466,7 @@ static void test_bad_handles_and_reuse(void **state)
 
 	assert_int_equal(pool_new(&pool, NULL), 0);
 	assert_int_equal(pool_store(pool, buf, 0, &old), -EINVAL);
-	assert_int_equal(pool_store(pool, buf, 4097, &old), -EINVAL);
+	assert_int_equal(pool_store(pool, buf, POOL_OBJECT_MAX + 1, &old), -EINVAL);
 	assert_int_equal(pool_load(pool, 0, buf, 10), -EINVAL);
 	assert_int_equal(pool_release(pool, 0), -EINVAL);
 
@@ -1088,6 +1092,61 @@ static void test_recover_refuses(void **state)
  * between operations): recovery finds every object with its handle, count
  * and bytes, the same usage, the same token; new stores take other slots.
  */
+/* An arena of layout 1 (objects up to a page, as daemons before units made): taken back as it is. */
+static void test_layout_v1(void **state)
+{
+	enum { NR = 400 };
+	struct object objects[NR] = {{0}};
+	struct pool_recover_report report;
+	struct pool *pool = NULL;
+	uint8_t buf[4097] = {0};
+	pool_handle_t h;
+	uint64_t seed = 99;
+	int fd, i;
+
+	assert_int_equal(pool_new_layout(&pool, NULL, 3), -EINVAL);
+	assert_int_equal(pool_new_layout(&pool, NULL, 1), 0);
+	assert_int_equal(pool_object_max(pool), 4096);
+	assert_int_equal(pool_store(pool, buf, 4097, &h), -EINVAL);
+	for (i = 0; i < NR; i++) {
+		uint32_t len = (uint32_t)(test_rand_next(&seed) % 4096) + 1;
+
+		assert_int_equal(object_store(pool, &objects[i], len, (uint64_t)i + 5), 0);
+		/* Handles of this layout: 7 class bits, the frame above them. */
+		assert_true(objects[i].handle >> 19 >= 2);
+		if (i % 5 == 0)
+			assert_int_equal(pool_ref(pool, objects[i].handle), 0);
+	}
+	fd = pool_open_readonly(pool);
+	assert_true(fd >= 0);
+	pool_free(pool);
+
+	assert_int_equal(pool_recover(&pool, fd, NULL, &report), 0);
+	assert_int_equal(report.objects, NR);
+	assert_int_equal(report.frames_rejected, 0);
+	assert_int_equal(pool_object_max(pool), 4096);
+	assert_int_equal(pool_store(pool, buf, 4097, &h), -EINVAL);
+	for (i = 0; i < NR; i++) {
+		object_check(pool, &objects[i]);
+		assert_int_equal(pool_refcount(pool, objects[i].handle), i % 5 == 0 ? 2 : 1);
+	}
+	release_all(pool, objects, NR);
+	for (i = 0; i < NR; i += 5)
+		assert_int_equal(pool_release(pool, objects[i].handle ? objects[i].handle : 0),
+				 -EINVAL);
+	pool_free(pool);
+	close(fd);
+
+	/* The current layout takes objects up to POOL_OBJECT_MAX. */
+	assert_int_equal(pool_new(&pool, NULL), 0);
+	assert_int_equal(pool_object_max(pool), POOL_OBJECT_MAX);
+	assert_int_equal(object_store(pool, &objects[0], POOL_OBJECT_MAX, 3), 0);
+	assert_int_equal(object_store(pool, &objects[1], 4097, 4), 0);
+	object_check(pool, &objects[0]);
+	object_check(pool, &objects[1]);
+	pool_free(pool);
+}
+
 static void test_recover_after_free(void **state)
 {
 	enum { NR = 3000 };
@@ -1720,6 +1779,7 @@ int main(void)
 	    cmocka_unit_test(test_arena_file),
 	    cmocka_unit_test(test_walk),
 	    cmocka_unit_test(test_recover_refuses),
+	    cmocka_unit_test(test_layout_v1),
 	    cmocka_unit_test(test_recover_after_free),
 	    cmocka_unit_test(test_recover_crash_points),
 	    cmocka_unit_test(test_recover_sigkill),
