@@ -457,6 +457,9 @@ static unsigned fault_store_unit(struct fault_thread *t, struct client *c,
 	memcpy(t->unit_out, &header, sizeof(header));
 	padded = (unsigned)(sizeof(header) + (size_t)len + 3) & ~3U;
 	memset(t->unit_out + sizeof(header) + len, 0, padded - sizeof(header) - (size_t)len);
+	/* The limits leave room for a page (wb_pool_open); a unit may need more. */
+	if (!wb_pool_room(t->wb, c, padded))
+		return 0;
 	fault_unit_cache_reset(t);
 	if (pool_store(c->family->pool, t->unit_out, padded, &handle) < 0)
 		return 0;

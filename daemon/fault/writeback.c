@@ -669,6 +669,17 @@ void wb_entry_moved(struct wb *wb, struct client *c, uint64_t old_vpn, uint64_t 
  * Accepting stores
  */
 
+bool wb_pool_room(struct wb *wb, struct client *c, uint64_t bytes)
+{
+	struct daemon *d = wb->daemon;
+	uint64_t limit = d->pool_max_size;
+
+	if (c->policy.pool_max != UZ_UNLIMITED &&
+	    group_pool_bytes(c->group) + bytes > c->policy.pool_max)
+		return false;
+	return limit == UZ_UNLIMITED || pool_usage_bytes(d) + bytes <= limit;
+}
+
 bool wb_pool_open(struct wb *wb, struct client *c)
 {
 	struct daemon *d = wb->daemon;

@@ -97,6 +97,8 @@ bool wb_pool_accepting(struct wb *wb, struct client *c);
  * Eviction asks first, so pages are not moved out only to be sent back.
  */
 bool wb_pool_open(struct wb *wb, struct client *c);
+/* Would an object of `bytes` (a multi-page unit's) fit under the limits now?  Counts nothing. */
+bool wb_pool_room(struct wb *wb, struct client *c, uint64_t bytes);
 
 /* Run the shrinker if the pool is over its writeback threshold or a shrink was asked. */
 void wb_shrink(struct wb *wb);
