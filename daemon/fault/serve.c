@@ -568,7 +568,12 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 			hi = uz_min(hi, gy_start);
 		if (gy_end > gy_start && gy_end <= vpn)
 			lo = uz_max(lo, gy_end);
-		if (pe_unit(e)) {
+		if (pe_unit(e) && c->unit_score >= 0) {
+			/*
+			 * Not while the client's faults show that what units put
+			 * back goes unused: then a member goes back alone, like
+			 * a single page, and its unit stays for the others.
+			 */
 			unit_ahead = fault_unit_siblings(t, c, vpn, e, lo, hi, &step, &room);
 			if (unit_ahead > want) {
 				want = unit_ahead;
