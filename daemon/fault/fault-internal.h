@@ -29,6 +29,7 @@
 #define FAULT_COMPRESSORS_MAX  8  /* distinct (algo, level) pairs a thread keeps */
 #define FAULT_RESTORE_RUN      64 /* pages given back with one UFFDIO_COPY */
 #define FAULT_UNIT_SCORE_MAX   8  /* client.unit_score: -this..this; units while >= 0 */
+#define FAULT_UNIT_SPLITS      64 /* units waiting to be split, per thread */
 
 /*
  * The client's pagemap (/proc/PID/pagemap), read 512 words at a time:
@@ -69,6 +70,13 @@ struct fault_retry {
 	struct client *client;
 	uint64_t addr;
 	bool write;
+};
+
+/* A unit some of whose members left: the rest to store one by one (fault_unit_splits_run). */
+struct fault_unit_split {
+	uint64_t key;	 /* the client */
+	uint64_t first;	 /* vpn of the unit's page 0 */
+	uint64_t handle; /* its object */
 };
 
 struct fault_thread {
@@ -115,6 +123,8 @@ struct fault_thread {
 	 */
 	const struct pool *unit_pool;
 	uint64_t unit_handle;
+	struct fault_unit_split unit_splits[FAULT_UNIT_SPLITS];
+	unsigned nr_unit_splits;
 	struct uz_msg_evict *evict_msg;
 	struct fault_retry *retries;
 	unsigned nr_retries;
@@ -223,6 +233,13 @@ static inline void entry_lru_push(struct client *c, uint64_t vpn, page_entry_t *
 /* ---------------------------------------------------------------------------
  * The thread's own (fault.c), for the other files of the thread
  */
+
+/*
+ * Store the members left in the units of t->unit_splits one by one, so
+ * that a unit whose other pages went back does not hold its whole object
+ * for them (reclaim.c).  From the thread's loop, after its events.
+ */
+void fault_unit_splits_run(struct fault_thread *t);
 
 /* Retry a fault that met EAGAIN (or wake its thread when the list is full). */
 void fault_retry_add(struct fault_thread *t, struct client *c, uint64_t addr, bool write);

@@ -563,6 +563,7 @@ static void *fault_thread_main(void *arg)
 			}
 		}
 		fault_thread_reap(t);
+		fault_unit_splits_run(t);
 		wb_shrink(t->wb);
 		wb_compact_step(t->wb);
 

@@ -25,6 +25,7 @@
 #include "fault/fault-internal.h"
 #include "fault/reclaim.h"
 #include "fault/request.h"
+#include "fault/serve.h"
 #include "fault/writeback.h"
 #include "index/index.h"
 #include "pool/pool.h"
@@ -482,6 +483,66 @@ static unsigned fault_store_unit(struct fault_thread *t, struct client *c,
 	}
 	client_stat(c, UZ_STAT_unit_stores, 1);
 	return taken;
+}
+
+/*
+ * One member of a unit stored alone: its page from the unit (in the
+ * thread's unit cache), compressed by itself into a new object, the entry
+ * switched to it, then the unit's reference dropped (pool.h: the order).
+ * The entry keeps its bits (referenced, queued: its LRU reference names
+ * the page, not the object).  false: it stays in the unit.
+ */
+static bool unit_member_split(struct fault_thread *t, struct client *c, uint64_t vpn,
+			      page_entry_t e)
+{
+	struct compressor *comp = fault_compressor(t, c->policy.algo, c->policy.level, false);
+	const void *data = t->compressed;
+	unsigned algo = compressor_algo(comp);
+	pool_handle_t handle;
+	page_entry_t single;
+	int len;
+
+	if (fault_decode_page(t, c, e, t->page) < 0)
+		return false;
+	len = compressor_compress(comp, t->page, t->compressed, c->policy.poor_threshold);
+	if (len == -E2BIG && c->policy.poor_policy == UZ_POOR_KEEP_RAW) {
+		data = t->page;
+		algo = COMPRESSOR_RAW;
+		len = (int)UZ_PAGE_SIZE;
+	}
+	if (len <= 0 || !wb_pool_room(t->wb, c, (uint64_t)len) ||
+	    pool_store(c->family->pool, data, (size_t)len, &handle) < 0)
+		return false;
+	single = pe_make(e, PAGE_STORED, pe_referenced(e), algo, (unsigned)len, handle);
+	page_index_set(c->index, vpn, single);
+	entry_pool_count(c, single, 1, true);
+	entry_pool_release(c, e);
+	return true;
+}
+
+void fault_unit_splits_run(struct fault_thread *t)
+{
+	for (unsigned n = 0; n < t->nr_unit_splits; n++) {
+		const struct fault_unit_split *s = &t->unit_splits[n];
+		struct client *c = fault_thread_client(t, s->key, false);
+
+		if (!c || c->dead)
+			continue;
+		fault_unit_cache_reset(t); /* objects were stored since it was filled */
+		for (unsigned i = 0; i < PE_UNIT_PAGES; i++) {
+			uint64_t vpn = s->first + i;
+			page_entry_t e = page_index_get(c->index, vpn);
+
+			/* Only STORED: one being written back goes alone anyway. */
+			if (pe_state(e) != PAGE_STORED || !pe_unit(e) || pe_handle(e) != s->handle ||
+			    pe_unit_page(e) != i)
+				continue;
+			if (!unit_member_split(t, c, vpn, e))
+				break;
+			client_stat(c, UZ_STAT_unit_split_pages, 1);
+		}
+	}
+	t->nr_unit_splits = 0;
 }
 
 /*

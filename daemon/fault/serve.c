@@ -644,6 +644,33 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 	return 0;
 }
 
+/*
+ * The fault on vpn, a member of a unit (entry e, as it was), is served:
+ * if members of the unit are left (the budget had no room for them, or
+ * units' pages go unused and the member went back alone), the unit goes
+ * on the thread's list to be split, so its object does not stay whole
+ * for them.  A full list drops it: the unit just stays as it is.
+ */
+static void fault_unit_note_left(struct fault_thread *t, struct client *c, uint64_t vpn,
+				 page_entry_t e)
+{
+	unsigned page = pe_unit_page(e);
+	uint64_t first = vpn - page;
+
+	if (vpn < page || t->nr_unit_splits == FAULT_UNIT_SPLITS)
+		return;
+	for (unsigned i = 0; i < PE_UNIT_PAGES; i++) {
+		page_entry_t me = page_index_get(c->index, first + i);
+
+		if (i != page && pe_unit(me) && pe_handle(me) == pe_handle(e) &&
+		    pe_unit_page(me) == i) {
+			t->unit_splits[t->nr_unit_splits++] =
+			    (struct fault_unit_split){c->key, first, pe_handle(e)};
+			return;
+		}
+	}
+}
+
 /* Serve one MISSING fault.  0: served or parked; -EAGAIN: retry later. */
 int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, bool write)
 {
@@ -709,8 +736,11 @@ int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, bool wr
 		}
 		if (r == -EAGAIN)
 			return r;
-		if (r == 0)
+		if (r == 0) {
 			latency_hist_record(c->daemon->fault_latency, uz_now_nsec() - start_ns);
+			if (pe_unit(e))
+				fault_unit_note_left(t, c, vpn, e);
+		}
 		return 0;
 	case PAGE_LOST: {
 		/* Its bytes were not recovered after a daemon restart: SIGBUS, never zeros. */

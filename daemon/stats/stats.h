@@ -31,7 +31,7 @@
 	X(unit_pages, GAUGE, "stored pages held as members of multi-page units (4 adjacent pages compressed as one object)") \
 	X(unit_stores, COUNTER, "multi-page units stored (4 pages each)")                          \
 	X(unit_restored_pages, COUNTER, "pages put back with their unit by a fault on another of its pages, counted in zswpin too") \
-	X(unit_split_pages, COUNTER, "unit members written back alone (compressed again by themselves)") \
+	X(unit_split_pages, COUNTER, "unit members stored again alone: written back, or left in their unit when the others went back") \
 	X(zero_fill_faults, COUNTER, "faults on never-touched pages served with zeros")            \
 	X(inflight_faults, COUNTER, "faults on pages in flight (or at an address the agent may still move from), served once the eviction landed")  \
 	X(evict_requests, COUNTER, "eviction batches sent to client agents")                       \
