@@ -86,7 +86,8 @@ static inline page_entry_t pe_make(page_entry_t old, enum page_state state, bool
 
 /*
  * Multi-page units: PE_UNIT_PAGES pages adjacent when they were evicted,
- * compressed together into one pool object.  Every member's entry is
+ * the first at a vpn that is a multiple of PE_UNIT_PAGES, compressed
+ * together into one pool object.  Every member's entry is
  * STORED (or WRITEBACK) with a len field above PE_LEN_UNIT and the
  * object's handle in its payload (one pool reference per member), and
  * above the handle which page of the unit it is (pe_unit_page()): a

@@ -386,7 +386,8 @@ int fault_store_page(struct fault_thread *t, struct client *c, uint64_t vpn, pag
 
 /*
  * Multi-page units.  PE_UNIT_PAGES pages evicted side by side (slots i..
- * of the landed batch, at vpn, vpn + 1, ...) are compressed as one object
+ * of the landed batch, at vpn, vpn + 1, ..., vpn a multiple of
+ * PE_UNIT_PAGES) are compressed as one object
  * when the client's policy asks for units and its faults have not shown
  * that the pages a unit puts back go unused (unit_score, judged like a
  * fault-around run: serve.c).  A unit is kept only if it fits in one
@@ -439,6 +440,9 @@ static unsigned fault_store_unit(struct fault_thread *t, struct client *c,
 	pool_handle_t handle;
 	int len;
 
+	/* Aligned, like a large folio: a unit's pages are the group of 4 it falls in. */
+	if (vpn % PE_UNIT_PAGES)
+		return 0;
 	for (unsigned k = 0; k < PE_UNIT_PAGES; k++)
 		if (!unit_slot_ready(c, m, first + k, vpn + k))
 			return 0;

@@ -381,6 +381,13 @@ static void fault_around_account(struct client *c, uint64_t vpn)
 			window = FAULT_AROUND_START;
 			c->around_step = step;
 		}
+		/*
+		 * Three faults in order are locality too, the window open or
+		 * not (fault-around may be off): units form again after a
+		 * spell of random access took their score below 0.
+		 */
+		if (window && c->unit_score < FAULT_UNIT_SCORE_MAX)
+			c->unit_score++;
 		c->around_last_step = step;
 	}
 	c->around_window = uz_min(window, max);
