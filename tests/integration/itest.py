@@ -1286,6 +1286,324 @@ def t_faultaround_off(h):
                           f"hits {stats['faultaround_hits']}")
 
 
+# --- multi-page compression units (itest-units) ------------------------------
+# 4 adjacent pages, aligned to 4 in vpn, compressed as one pool object when
+# they fit (docs/PERFORMANCE.md).  The client prints "STEP NAME" and waits for
+# a line on stdin; at each step the test reads the daemon's unit figures.
+
+UNIT_KEYS = ("unit_pages", "unit_stores", "unit_restored_pages", "unit_split_pages")
+
+
+def _units_option(h, pages):
+    """--compression-unit PAGES, or () with a warning if this uzswapd has no such
+    option (the unit checks then fail and say why)."""
+    r = subprocess.run([h.uzswapd, "--help"], capture_output=True, text=True, timeout=10)
+    if "--compression-unit" in r.stdout + r.stderr:
+        return ("--compression-unit", str(pages))
+    log("this uzswapd has no --compression-unit option: started without it")
+    return ()
+
+
+def _units_config(h, unit=None, pool_max=None, swap="256M", writeback=True):
+    """A main config of the test's own ([Defaults] CompressionUnit= when unit is set,
+    [Pool] MaxSize= when pool_max is) with a swap file in the temp dir; the
+    daemon's --config and --cgroup-dir arguments."""
+    os.makedirs(os.path.join(h.tmp, "cgroup.d"), exist_ok=True)
+    path = os.path.join(h.tmp, "uzswapd.conf")
+    with open(path, "w") as f:
+        if pool_max:
+            f.write(f"[Pool]\nMaxSize={pool_max}\n")
+        f.write(f"[Swap]\nFile={h.tmp}/swapfile\nSize={swap}\n")
+        f.write(f"[Defaults]\nWriteback={'yes' if writeback else 'no'}\n")
+        if unit is not None:
+            f.write(f"CompressionUnit={unit}\n")
+    return ["--config", path, "--cgroup-dir", os.path.join(h.tmp, "cgroup.d")]
+
+
+def _units_client(h, mode, data, size="64M"):
+    return h.spawn(f"itest-units-{mode}", [h.bin("itest-units"), mode, size, data, "yes"],
+                   stdin_pipe=True)
+
+
+def _units_step(proc, name, timeout=120):
+    """Wait until the client is at STEP name (it then waits for us)."""
+    proc.wait_for_output(f"STEP {name}\n", timeout)
+    log(f"client at step {name}")
+
+
+def _units_go(proc):
+    try:
+        proc.popen.stdin.write(b"go\n")
+        proc.popen.stdin.flush()
+    except BrokenPipeError:
+        proc.report()
+        raise TestFailure(f"{proc.name} exited ({proc.popen.poll()}) while at a step")
+
+
+def _units_figures(h, proc, when):
+    """Global statistics (with the unit figures, which must be there) and the
+    client's own row of `uzswapctl clients` (None when it has no unit figures)."""
+    stats, text = h.stats()
+    missing = [k for k in UNIT_KEYS if k not in stats]
+    if missing:
+        print(text)
+        raise TestFailure(f"{when}: uzswapctl stats --json has no {', '.join(missing)}: "
+                          "this uzswapd does not know compression units")
+    row = h.client_figures(proc.pid) if proc and proc.alive() else None
+    if row is not None and not all(k in row for k in ("unit_pages", "unit_stores")):
+        row = None
+    log(f"{when}: " + ", ".join(f"{k}={stats.get(k)}" for k in
+                                (*UNIT_KEYS, "stored_pages", "on_disk_pages", "zswpout",
+                                 "zswpin", "faultaround_pages", "same_filled_pages")) +
+        (f"; the client's row: unit_pages={row['unit_pages']} "
+         f"unit_stores={row['unit_stores']} stored_pages={row.get('stored_pages')}"
+         if row else "; the client's row has no unit figures"))
+    return stats, row, text
+
+
+def _units_require(cond, what, text=None):
+    if not cond:
+        if text:
+            print(text)
+        raise TestFailure(what)
+
+
+def _units_held(h, proc, when, min_fraction=0.25):
+    """Units are stored and make up a fair part of what is stored: the figures at
+    a step where the client's pages are evicted and it touches nothing."""
+    stats, row, text = _units_figures(h, proc, when)
+    _units_require(stats["unit_stores"] > 0, f"{when}: unit_stores = 0: no unit was formed",
+                   text)
+    _units_require(stats["unit_pages"] > 0,
+                   f"{when}: unit_pages = 0 with {stats.get('stored_pages')} pages stored",
+                   text)
+    _units_require(stats["unit_pages"] <= stats["stored_pages"],
+                   f"{when}: unit_pages {stats['unit_pages']} > stored_pages "
+                   f"{stats['stored_pages']}", text)
+    _units_require(stats["unit_pages"] >= min_fraction * stats["stored_pages"],
+                   f"{when}: only {stats['unit_pages']} of {stats['stored_pages']} stored "
+                   f"pages are unit members (less than {min_fraction:.0%}) although the "
+                   "client filled its pages in order with data that compresses far "
+                   "beyond 4:1", text)
+    if row is not None:
+        _units_require(row["unit_pages"] > 0 and row["unit_stores"] > 0,
+                       f"{when}: global unit figures > 0 but the client's own row says "
+                       f"unit_pages={row['unit_pages']} unit_stores={row['unit_stores']}",
+                       text)
+    return stats
+
+
+def _units_restored(h, proc, when):
+    """Faults on unit members put back their units' other pages."""
+    stats, row, text = _units_figures(h, proc, when)
+    _units_require(stats["unit_restored_pages"] > 0,
+                   f"{when}: unit_restored_pages = 0: no fault put back a unit's other pages",
+                   text)
+    _units_require(stats["unit_restored_pages"] <= stats["zswpin"],
+                   f"{when}: unit_restored_pages {stats['unit_restored_pages']} > zswpin "
+                   f"{stats['zswpin']} (they are counted in zswpin too)", text)
+    return stats
+
+
+def _units_none(h, proc, when):
+    """No unit at all: unit_stores, unit_pages and unit_restored_pages are 0 while pages
+    are stored."""
+    stats, _, text = _units_figures(h, proc, when)
+    _units_require(stats["stored_pages"] + stats.get("on_disk_pages", 0) > 0 or
+                   stats["zswpout"] > 0, f"{when}: nothing stored: the test proves nothing",
+                   text)
+    for key in ("unit_stores", "unit_pages", "unit_restored_pages", "unit_split_pages"):
+        _units_require(stats[key] == 0, f"{when}: {key} = {stats[key]}, expected 0", text)
+    return stats
+
+
+def _units_finish(h, proc, timeout=150):
+    """The client's last step passed: let it end, then the daemon ends empty (no
+    stored page, no pool byte, no unit member, nothing lost)."""
+    _units_go(proc)
+    rc = proc.wait(timeout)
+    proc.report()
+    if rc != 0 or "PASS" not in proc.stdout():
+        raise TestFailure(f"{proc.name} exited with {rc}")
+    stats, text = _wait_family_gone(h)
+    for key in ("unit_pages", "on_disk_pages", "decompress_fail"):
+        if stats.get(key, 0) != 0:
+            print(text)
+            raise TestFailure(f"{key} = {stats[key]} after the client exited")
+    h.stop_daemon(require_activity=True)
+    return stats
+
+
+def t_units_basic(h):
+    """multi-page units: 64 MiB of text-like pages (a per-page header, then a phrase
+    repeated: 4 pages compress far beyond 4:1) under a 16 MiB budget, --compression-unit 4.
+    Once evicted, units are stored (unit_stores > 0, unit_pages > 0 and at least a
+    quarter of the stored pages); then a pass in page order, random reads and writes,
+    a pass in page order and one with a stride, every read checked by checksum and
+    pattern; faults put units back (unit_restored_pages > 0, <= zswpin); at the end no
+    stored page, no pool byte and no unit member is left."""
+    h.start_daemon(budget="16M", extra=_units_option(h, 4))
+    proc = _units_client(h, "basic", "text")
+    _units_step(proc, "evicted")
+    _units_held(h, proc, "evicted")
+    _units_go(proc)
+    _units_step(proc, "reread")
+    _units_restored(h, proc, "after the re-reads")
+    _units_finish(h, proc)
+
+
+def t_units_vmops(h):
+    """multi-page units and VM operations: with every page of the units concerned evicted
+    (units held: unit_pages > 0), munmap of member 1 (and of members 1-2) of units, fresh
+    memory mapped into some holes before the unit faults, MADV_DONTNEED of members 0, 2
+    and 3, mremap of 16 whole units to an aligned address and of 29 pages from mid-unit
+    to an address one page past alignment; the members left are read first, then the
+    pages that left read as zeros, fresh memory reads zeros, moved pages verify at their
+    new address, every page verifies (unit_restored_pages > 0); every page is rewritten,
+    evicted and verified again."""
+    h.start_daemon(budget="16M", extra=_units_option(h, 4))
+    proc = _units_client(h, "vmops", "text")
+    _units_step(proc, "evicted")
+    _units_held(h, proc, "evicted")
+    _units_go(proc)
+    _units_step(proc, "verified")
+    _units_restored(h, proc, "after the operations")
+    _units_finish(h, proc)
+
+
+def t_units_fork(h):
+    """multi-page units and fork: a process whose pages are evicted in units (unit_pages >
+    0) forks; child (in page order) and parent (from the last page down) verify every
+    page at the same time and each writes its own pages (every 8th, members 3 and 1),
+    each sees only its own writes, both are evicted again and verify again; units were
+    shared (fork_snapshots > 0) and put back by faults (unit_restored_pages > 0); once
+    both have gone no pool byte is left."""
+    h.start_daemon(budget="16M", extra=_units_option(h, 4))
+    proc = _units_client(h, "fork", "text")
+    _units_step(proc, "evicted")
+    _units_held(h, proc, "evicted")
+    _units_go(proc)
+    _units_step(proc, "verified", timeout=150)
+    stats = _units_restored(h, proc, "after the fork")
+    _units_require(stats.get("fork_snapshots", 0) > 0,
+                   "fork_snapshots = 0: the child did not share its parent's stored pages")
+    _units_finish(h, proc)
+
+
+def t_units_writeback(h):
+    """multi-page units and writeback: 64 MiB of dense pages (768 random bytes each: a unit
+    compresses to about 3.4 KiB, still one object) under a 16 MiB budget with a 1 MiB pool
+    and a swap file, CompressionUnit=4 in [Defaults]: units are stored (unit_stores > 0)
+    and their members written to disk one by one (unit_split_pages > 0, on_disk_pages >
+    0); every page faulted back (from disk, from units, singly) verifies by checksum and
+    pattern; at the end nothing is left in the pool or on disk."""
+    extra = _units_config(h, unit=4, pool_max="1M", swap="256M")
+    h.start_daemon(budget="16M", extra=extra)
+    proc = _units_client(h, "writeback", "dense")
+    _units_step(proc, "ondisk", timeout=150)
+    # The client saw a quarter of its pages on disk; the writeback of the
+    # rest may still go on.  Wait (bounded) for a unit member among them.
+    end = time.monotonic() + 20
+    while True:
+        stats, _, text = _units_figures(h, proc, "pages on disk")
+        if stats["unit_split_pages"] > 0 or time.monotonic() > end:
+            break
+        time.sleep(0.5)
+    _units_require(stats["unit_stores"] > 0, "unit_stores = 0: no unit was formed", text)
+    _units_require(stats.get("on_disk_pages", 0) > 0, "no page on disk", text)
+    _units_require(stats["unit_split_pages"] > 0,
+                   "unit_split_pages = 0: no unit member was written back", text)
+    _units_require(stats["unit_split_pages"] <= 4 * stats["unit_stores"],
+                   f"unit_split_pages {stats['unit_split_pages']} > 4 x unit_stores "
+                   f"{stats['unit_stores']}", text)
+    _units_go(proc)
+    _units_step(proc, "verified", timeout=150)
+    _units_figures(h, proc, "after the reads")
+    _units_finish(h, proc)
+
+
+def t_units_off(h):
+    """CompressionUnit=1 ([Defaults] of the main config): the text-like pages of
+    units-basic, evicted and read back the same way, every read verified; pages are
+    stored but not one unit (unit_stores, unit_pages, unit_restored_pages,
+    unit_split_pages all 0)."""
+    extra = _units_config(h, unit=1, swap="64M")
+    h.start_daemon(budget="16M", extra=extra)
+    proc = _units_client(h, "basic", "text")
+    _units_step(proc, "evicted")
+    _units_none(h, proc, "evicted")
+    _units_go(proc)
+    _units_step(proc, "reread")
+    _units_none(h, proc, "after the re-reads")
+    _units_finish(h, proc)
+
+
+def t_units_incompressible(h):
+    """multi-page units and incompressible data: 64 MiB of random pages under a 16 MiB
+    budget, --compression-unit 4: 4 pages cannot fit one object, so no unit is stored
+    (unit_stores and unit_pages 0 while pages are stored); every page evicted and read
+    back (in order, at random, with a stride) verifies by checksum and pattern."""
+    h.start_daemon(budget="16M", extra=_units_option(h, 4))
+    proc = _units_client(h, "basic", "random")
+    _units_step(proc, "evicted")
+    _units_none(h, proc, "evicted")
+    _units_go(proc)
+    _units_step(proc, "reread")
+    _units_none(h, proc, "after the re-reads")
+    _units_finish(h, proc)
+
+
+def t_units_recovery(h):
+    """multi-page units and a daemon killed: 64 MiB of dense pages under a 16 MiB budget, a
+    4 MiB pool and a swap file, CompressionUnit=4: with units held in the pool
+    (unit_pages > 0) and pages on disk, uzswapd gets SIGKILL while the client waits; a
+    new uzswapd takes the client back (recovered_clients 1, lost_pages 0), and every
+    page read back (in order, at random with writes, in order, with a stride) verifies
+    by checksum and pattern."""
+    extra = _units_config(h, unit=4, pool_max="4M", swap="256M")
+    h.start_daemon(budget="16M", extra=extra, name="uzswapd-1")
+    proc = _units_client(h, "recovery", "dense")
+    _units_step(proc, "evicted")
+    # Eviction and writeback of the last of the fill may still be going on;
+    # up to 20 s for pages on disk as well.
+    end = time.monotonic() + 20
+    while True:
+        stats, _, text = _units_figures(h, proc, "before the kill")
+        if stats.get("on_disk_pages", 0) > 0 or time.monotonic() > end:
+            break
+        time.sleep(0.5)
+    _units_held(h, proc, "before the kill", min_fraction=0)
+    held = stats["stored_pages"] + stats.get("on_disk_pages", 0)
+    log(f"SIGKILL to uzswapd with {stats['unit_pages']} unit members among "
+        f"{stats['stored_pages']} stored pages, {stats.get('on_disk_pages', 0)} on disk")
+    h.daemon.kill()
+    h.daemon.wait(10)
+    time.sleep(0.5)
+    if not proc.alive():
+        proc.report()
+        raise TestFailure(f"the client exited ({proc.popen.returncode}) with no daemon")
+    h.start_daemon(budget="16M", extra=extra, name="uzswapd-2")
+    end = time.monotonic() + 60
+    while True:
+        stats, text = h.stats()
+        if stats.get("recovered_clients", 0) >= 1:
+            break
+        if time.monotonic() > end:
+            raise TestFailure("the client did not re-join the new daemon within 60 s")
+        time.sleep(0.2)
+    log(f"after the restart: {stats.get('recovered_pages', 0)} pages taken back of {held}, "
+        f"{stats.get('lost_pages', 0)} lost")
+    _units_require(stats.get("lost_pages", 0) == 0,
+                   f"{stats.get('lost_pages')} pages lost across the restart", text)
+    _units_go(proc)
+    _units_step(proc, "verified", timeout=150)
+    stats, _, text = _units_figures(h, proc, "after the reads")
+    for key in ("lost_pages", "resident_missing_faults", "decompress_fail"):
+        _units_require(stats.get(key, 0) == 0, f"{key} = {stats.get(key)} after the restart",
+                       text)
+    _units_finish(h, proc)
+
+
 TESTS = {name[2:].replace("_", "-"): fn for name, fn in globals().items()
          if name.startswith("t_") and callable(fn)}
 
