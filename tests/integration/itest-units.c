@@ -49,8 +49,8 @@
  *              6 units, of member 0 of 3 and member 3 of 3, mremap of
  *              16 whole units to an aligned address and of 29 pages
  *              from member 2 of a unit to an address one page past
- *              alignment; then the surviving members of those units are
- *              read first, then the pages that left (zeros), then every
+ *              alignment; STEP operated; then the surviving members of
+ *              those units are read first, then the pages that left (zeros), then every
  *              page; STEP verified; every page rewritten, evicted again,
  *              verified again.
  *   fork       fill; STEP evicted; fork: the child verifies every page
@@ -478,6 +478,7 @@ static void scenario_vmops(void)
 	move_pages(moved_part * UNIT_PAGES + 2, 29, dst_part,
 		   "mremap of 29 pages across units to an address of another alignment");
 
+	step("operated");
 	/* The members that stayed, first: a fault on one puts back its unit's others. */
 	for (int i = 0; i < 6; i++)
 		unit_read_others(unmapped1[i], 1U << 1, "member left after munmap of member 1");

@@ -1464,7 +1464,23 @@ def t_units_vmops(h):
     h.start_daemon(budget="16M", extra=_units_option(h, 4))
     proc = _units_client(h, "vmops", "text")
     _units_step(proc, "evicted")
-    _units_held(h, proc, "evicted")
+    before = _units_held(h, proc, "evicted")
+    _units_go(proc)
+    _units_step(proc, "operated")
+    # 24 members were unmapped or dropped, with no access to them; units
+    # stored since (a late eviction) add 4 members each.  The daemon reads
+    # the unmap events from the client's uffd when it gets to them: up to 10 s.
+    end = time.monotonic() + 10
+    while True:
+        after, _, text = _units_figures(h, proc, "after munmap, MADV_DONTNEED and mremap")
+        left = before["unit_pages"] + 4 * (after["unit_stores"] - before["unit_stores"]) - \
+            after["unit_pages"]
+        if left > 0 or time.monotonic() > end:
+            break
+        time.sleep(0.5)
+    log(f"unit members gone with the operations: {left}")
+    _units_require(left > 0, "no unit member went with munmap or MADV_DONTNEED of 24 "
+                   "evicted members: the operations hit no unit", text)
     _units_go(proc)
     _units_step(proc, "verified")
     _units_restored(h, proc, "after the operations")
