@@ -65,6 +65,10 @@
  *   recovery   fill; STEP evicted (the harness kills uzswapd with
  *              SIGKILL and starts another); a pass in page order, random
  *              reads and writes, a final pass; STEP verified.
+ *   aligned    (fault-around off) fill; STEP evicted; read one member of
+ *              evicted units whose neighbours are evicted too: no page
+ *              outside the member's aligned group of 4 may become present
+ *              (scenario_aligned); every page; STEP verified.
  *
  * usage: itest-units MODE SIZE DATA(text|dense|random) MANAGED(yes|no|any)
  */
@@ -589,6 +593,68 @@ static void scenario_fork(void)
 	step("verified");
 }
 
+/* --- aligned --------------------------------------------------------------- */
+
+/*
+ * With fault-around off, a read of one evicted page may make present only
+ * pages of its own aligned group of 4 (its unit's, put back with it): a
+ * neighbour outside the group made present means a unit that does not start
+ * at a vpn multiple of 4.  Probes units whose 4 pages and the 4 on either
+ * side are evicted, one member a probe (a different one each time);
+ * prints how many probes found the whole group put back ("probes restored").
+ */
+static void scenario_aligned(void)
+{
+	uint64_t units = page_count / UNIT_PAGES, probes = 0, whole = 0, single = 0;
+	char map[3 * UNIT_PAGES + 1];
+
+	fill(1);
+	step("evicted");
+	for (uint64_t u = 1; u + 1 < units / 2; u += 3) {
+		uint64_t first = u * UNIT_PAGES, member = probes % UNIT_PAGES, present = 0;
+		char *base = region + (first - UNIT_PAGES) * it_page_size;
+
+		if (u % 16 >= 8 ||
+		    it_count_absent(base, 3 * UNIT_PAGES * it_page_size) != 3 * UNIT_PAGES)
+			continue;
+		page_read(first + member, "probe of one member");
+		for (uint64_t i = 0; i < 3 * UNIT_PAGES; i++) {
+			uint64_t p = first - UNIT_PAGES + i;
+
+			if (it_page_absent(region + p * it_page_size))
+				continue;
+			if (p >= first && p < first + UNIT_PAGES) {
+				present++;
+				continue;
+			}
+			for (uint64_t k = 0; k < 3 * UNIT_PAGES; k++)
+				map[k] =
+				    it_page_absent(region + (first - UNIT_PAGES + k) * it_page_size)
+					? '.'
+					: '#';
+			map[3 * UNIT_PAGES] = 0;
+			it_fail("a fault on page %" PRIu64 " (member %" PRIu64
+				" of its aligned group %" PRIu64 "..%" PRIu64 ") made page %" PRIu64
+				" present, outside the group, with "
+				"fault-around off: a unit not aligned to 4 pages (pages %" PRIu64
+				"..%" PRIu64 " now: %s, # present)",
+				first + member, member, first, first + UNIT_PAGES - 1, p,
+				first - UNIT_PAGES, first + 2 * UNIT_PAGES - 1, map);
+		}
+		probes++;
+		whole += present == UNIT_PAGES;
+		single += present <= 1;
+	}
+	it_log("%" PRIu64 " probes: %" PRIu64 " put back their whole aligned group, %" PRIu64
+	       " only the page read (or nothing left present)",
+	       probes, whole, single);
+	if (expect == IT_EXPECT_YES && probes < 64)
+		it_fail("only %" PRIu64 " probes found their neighbourhood evicted", probes);
+	printf("probes %" PRIu64 "\nprobes restored %" PRIu64 "\n", probes, whole);
+	read_in_order("every page after the probes");
+	step("verified");
+}
+
 /* --- writeback and recovery ---------------------------------------------- */
 
 static void wait_on_disk(uint64_t min_pages, unsigned timeout_ms)
@@ -643,7 +709,7 @@ int main(int argc, char **argv)
 	} modes[] = {
 	    {"basic", scenario_basic},	     {"vmops", scenario_vmops},
 	    {"fork", scenario_fork},	     {"writeback", scenario_writeback},
-	    {"recovery", scenario_recovery},
+	    {"recovery", scenario_recovery}, {"aligned", scenario_aligned},
 	};
 
 	it_init("itest-units");

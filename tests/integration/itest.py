@@ -1349,15 +1349,23 @@ def _units_figures(h, proc, when):
         print(text)
         raise TestFailure(f"{when}: uzswapctl stats --json has no {', '.join(missing)}: "
                           "this uzswapd does not know compression units")
-    row = h.client_figures(proc.pid) if proc and proc.alive() else None
-    if row is not None and not all(k in row for k in ("unit_pages", "unit_stores")):
-        row = None
+    # The client's own figures: those of its cgroup (uzswapctl stats --cgroup),
+    # where it is the only managed process.
+    row = None
+    client = h.client_figures(proc.pid) if proc and proc.alive() else None
+    if client and client.get("cgroup"):
+        blocks = h.ctl_json("stats", "--cgroup", client["cgroup"]).get("cgroups", [])
+        if blocks:
+            row = {**blocks[0].get("counters", {}), **blocks[0].get("gauges", {})}
+    if row is not None and not all(k in row for k in UNIT_KEYS):
+        print(text)
+        raise TestFailure(f"{when}: the client's cgroup statistics have no unit figures")
     log(f"{when}: " + ", ".join(f"{k}={stats.get(k)}" for k in
                                 (*UNIT_KEYS, "stored_pages", "on_disk_pages", "zswpout",
                                  "zswpin", "faultaround_pages", "same_filled_pages")) +
-        (f"; the client's row: unit_pages={row['unit_pages']} "
+        (f"; the client's cgroup: unit_pages={row['unit_pages']} "
          f"unit_stores={row['unit_stores']} stored_pages={row.get('stored_pages')}"
-         if row else "; the client's row has no unit figures"))
+         if row else "; no figures of the client's own"))
     return stats, row, text
 
 
@@ -1387,7 +1395,7 @@ def _units_held(h, proc, when, min_fraction=0.25):
                    "beyond 4:1", text)
     if row is not None:
         _units_require(row["unit_pages"] > 0 and row["unit_stores"] > 0,
-                       f"{when}: global unit figures > 0 but the client's own row says "
+                       f"{when}: global unit figures > 0 but the client's cgroup says "
                        f"unit_pages={row['unit_pages']} unit_stores={row['unit_stores']}",
                        text)
     return stats
@@ -1461,7 +1469,21 @@ def t_units_vmops(h):
     pages that left read as zeros, fresh memory reads zeros, moved pages verify at their
     new address, every page verifies (unit_restored_pages > 0); every page is rewritten,
     evicted and verified again."""
-    h.start_daemon(budget="16M", extra=_units_option(h, 4))
+    _units_vmops(h, around=None)
+
+
+def t_units_vmops_noaround(h):
+    """units-vmops with --fault-around 0: every page a fault puts back beside the one
+    faulted is its unit's (the paths of a unit that lost members, unmixed with
+    fault-around runs)."""
+    _units_vmops(h, around=0)
+
+
+def _units_vmops(h, around):
+    extra = _units_option(h, 4)
+    if around is not None:
+        extra = (*extra, "--fault-around", str(around))
+    h.start_daemon(budget="16M", extra=extra)
     proc = _units_client(h, "vmops", "text")
     _units_step(proc, "evicted")
     before = _units_held(h, proc, "evicted")
@@ -1484,6 +1506,27 @@ def t_units_vmops(h):
     _units_go(proc)
     _units_step(proc, "verified")
     _units_restored(h, proc, "after the operations")
+    _units_finish(h, proc)
+
+
+def t_units_aligned(h):
+    """multi-page units are aligned to 4 pages: with --fault-around 0, a read of one evicted
+    member (each of the 4 in turn) of units whose neighbours are evicted makes present
+    no page outside its aligned group of 4 (vpn % 4 == 0 first), and some probes find
+    their whole group put back (the client sees unit restores in its pagemap;
+    unit_restored_pages > 0); every page verifies."""
+    h.start_daemon(budget="16M", extra=(*_units_option(h, 4), "--fault-around", "0"))
+    proc = _units_client(h, "aligned", "text")
+    _units_step(proc, "evicted")
+    _units_held(h, proc, "evicted")
+    _units_go(proc)
+    _units_step(proc, "verified")
+    _units_restored(h, proc, "after the probes")
+    m = re.search(r"(?m)^probes restored (\d+)$", proc.stdout())
+    if not m or int(m.group(1)) == 0:
+        raise TestFailure("no probe found its whole aligned group of 4 put back: "
+                          f"{m.group(0) if m else 'no probe figures'}")
+    log(f"{m.group(1)} probes found their whole aligned group put back")
     _units_finish(h, proc)
 
 
