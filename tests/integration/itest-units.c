@@ -46,7 +46,8 @@
  *              operates on evicted: munmap of member 1 of 6 units (the
  *              holes of 4 mapped again at once, 2 of them written), of
  *              members 1 and 2 of 3 units, MADV_DONTNEED of member 2 of
- *              6 units, of member 0 of 3 and member 3 of 3, mremap of
+ *              6 units, of member 0 of 3 and member 3 of 3, of member 1
+ *              of 3 written again at once, mremap of
  *              16 whole units to an aligned address and of 29 pages
  *              from member 2 of a unit to an address one page past
  *              alignment; STEP operated; then the surviving members of
@@ -65,6 +66,10 @@
  *   recovery   fill; STEP evicted (the harness kills uzswapd with
  *              SIGKILL and starts another); a pass in page order, random
  *              reads and writes, a final pass; STEP verified.
+ *   threads    fill; STEP evicted; 4 threads, thread t reading member t
+ *              of every unit in order, then at random rewriting one in
+ *              four; every page; evicted again, the threads again, every
+ *              page; STEP verified.
  *   aligned    (fault-around off) fill; STEP evicted; read one member of
  *              evicted units whose neighbours are evicted too: no page
  *              outside the member's aligned group of 4 may become present
@@ -74,7 +79,9 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -120,7 +127,7 @@ static size_t size;
 static uint64_t page_count;
 static char *region;
 static struct page_slot *slots;
-static uint64_t verified, written;
+static atomic_uint_fast64_t verified, written; /* the threads mode counts from 4 threads */
 
 static void step(const char *name)
 {
@@ -413,6 +420,7 @@ static void move_pages(uint64_t first, uint64_t count, char *dst, const char *wh
 static void scenario_vmops(void)
 {
 	uint64_t cursor = 0, unmapped1[6], unmapped12[3], dropped2[6], dropped0[3], dropped3[3];
+	uint64_t rewritten1[3];
 	uint64_t moved_whole, moved_part;
 	char *dst_whole, *dst_part;
 
@@ -429,6 +437,8 @@ static void scenario_vmops(void)
 		dropped0[i] = next_absent_units(&cursor, 1);
 	for (int i = 0; i < 3; i++)
 		dropped3[i] = next_absent_units(&cursor, 1);
+	for (int i = 0; i < 3; i++)
+		rewritten1[i] = next_absent_units(&cursor, 1);
 	moved_whole = next_absent_units(&cursor, 16);
 	moved_part = next_absent_units(&cursor, 9);
 	it_log("operating on units from %" PRIu64 " to %" PRIu64 " of %" PRIu64
@@ -464,8 +474,14 @@ static void scenario_vmops(void)
 		page_forget(dropped0[i] * UNIT_PAGES);
 		page_forget(dropped3[i] * UNIT_PAGES + 3);
 	}
+	/* Dropped and written at once (generation 60), before the unit faults. */
+	for (int i = 0; i < 3; i++) {
+		if (madvise(unit_page(rewritten1[i], 1), it_page_size, MADV_DONTNEED))
+			it_fail("MADV_DONTNEED member 1: %m");
+		page_write(rewritten1[i] * UNIT_PAGES + 1, 60);
+	}
 	it_log("unmapped member 1 of 6 units, members 1-2 of 3; dropped member 2 of 6, "
-	       "member 0 of 3, member 3 of 3");
+	       "member 0 of 3, member 3 of 3; dropped and wrote member 1 of 3");
 	/* New memory where a member was, before any other member faults: 2 left untouched,
 	 * 2 written at once (generation 50, the page's own pattern). */
 	for (int i = 0; i < 4; i++) {
@@ -497,7 +513,13 @@ static void scenario_vmops(void)
 		unit_read_others(dropped3[i], 1U << 3,
 				 "member left after MADV_DONTNEED of member 3");
 	}
+	for (int i = 0; i < 3; i++)
+		unit_read_others(rewritten1[i], 1U << 1,
+				 "member left after MADV_DONTNEED and a write of member 1");
 	/* Then the pages that left: zeros (or what was written there since). */
+	for (int i = 0; i < 3; i++)
+		page_read(rewritten1[i] * UNIT_PAGES + 1,
+			  "page dropped with MADV_DONTNEED and written again");
 	for (int i = 0; i < 6; i++)
 		page_read(dropped2[i] * UNIT_PAGES + 2, "page dropped with MADV_DONTNEED");
 	for (int i = 0; i < 3; i++) {
@@ -560,8 +582,8 @@ static void fork_child(void)
 	if (it_managed() == 1)
 		it_require_evicted(region, size, page_count / 4, expect, "child after its reads");
 	read_in_order("child after eviction");
-	it_log("child PASS: %" PRIu64 " page reads verified, %" PRIu64 " writes", verified,
-	       written);
+	it_log("child PASS: %" PRIu64 " page reads verified, %" PRIu64 " writes",
+	       (uint64_t)verified, (uint64_t)written);
 	exit(0);
 }
 
@@ -590,6 +612,55 @@ static void scenario_fork(void)
 	it_require_evicted(region, size, page_count / 4, expect, "parent after the fork");
 	read_strided("parent after eviction");
 	it_stats_print("parent at end");
+	step("verified");
+}
+
+/* --- threads ---------------------------------------------------------------- */
+
+#define UNIT_THREADS UNIT_PAGES
+
+/*
+ * Thread t owns member t of every unit: it reads them unit after unit (the
+ * four threads fault the four members of a unit at about the same time),
+ * then in a random order of its own, rewriting one in four.  No page is
+ * read by one thread while another writes it.
+ */
+static void *unit_thread(void *arg)
+{
+	uint64_t t = (uintptr_t)arg, units = page_count / UNIT_PAGES, state = 1000 + t;
+
+	for (uint64_t u = 0; u < units; u++)
+		page_read(u * UNIT_PAGES + t, "thread's member, unit after unit");
+	for (uint64_t i = 0; i < units; i++) {
+		uint64_t r = it_rand(&state), p = r % units * UNIT_PAGES + t;
+
+		page_read(p, "thread's member, units at random");
+		if ((r >> 60) % 4 == 0)
+			page_write(p, slots[p].gen + 1);
+	}
+	return NULL;
+}
+
+static void run_threads(void)
+{
+	pthread_t threads[UNIT_THREADS];
+
+	for (uintptr_t t = 0; t < UNIT_THREADS; t++)
+		if (pthread_create(&threads[t], NULL, unit_thread, (void *)t))
+			it_fail("pthread_create failed");
+	for (int t = 0; t < UNIT_THREADS; t++)
+		pthread_join(threads[t], NULL);
+}
+
+static void scenario_threads(void)
+{
+	fill(1);
+	step("evicted");
+	run_threads();
+	read_in_order("every page after the threads");
+	it_require_evicted(region, size, page_count / 2, expect, "after the threads");
+	run_threads();
+	read_strided("every page after the second round of threads");
 	step("verified");
 }
 
@@ -710,6 +781,7 @@ int main(int argc, char **argv)
 	    {"basic", scenario_basic},	     {"vmops", scenario_vmops},
 	    {"fork", scenario_fork},	     {"writeback", scenario_writeback},
 	    {"recovery", scenario_recovery}, {"aligned", scenario_aligned},
+	    {"threads", scenario_threads},
 	};
 
 	it_init("itest-units");
@@ -740,10 +812,11 @@ int main(int argc, char **argv)
 		it_check_managed(expect);
 		modes[i].run();
 		it_stats_print("at end");
-		printf("verified %" PRIu64 "\nwritten %" PRIu64 "\n", verified, written);
+		printf("verified %" PRIu64 "\nwritten %" PRIu64 "\n", (uint64_t)verified,
+		       (uint64_t)written);
 		it_log("PASS: %" PRIu64 " page reads verified (checksum and pattern), %" PRIu64
 		       " writes",
-		       verified, written);
+		       (uint64_t)verified, (uint64_t)written);
 		return 0;
 	}
 	it_fail("unknown mode '%s'", argv[1]);

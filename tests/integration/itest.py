@@ -1530,6 +1530,44 @@ def t_units_aligned(h):
     _units_finish(h, proc)
 
 
+def t_units_threads(h):
+    """multi-page units and concurrent faults: 4 client threads, thread t reading member t
+    of every unit in order (the 4 members of a unit fault at about the same time, on 2
+    fault threads), then at random rewriting one in four; every page verified, evicted
+    again (units stored again: unit_stores grows), the threads again, every page
+    verified; unit_restored_pages > 0."""
+    h.start_daemon(budget="16M", extra=_units_option(h, 4))
+    proc = _units_client(h, "threads", "text")
+    _units_step(proc, "evicted")
+    _units_held(h, proc, "evicted")
+    _units_go(proc)
+    _units_step(proc, "verified", timeout=150)
+    _units_restored(h, proc, "after the threads")
+    _units_finish(h, proc)
+
+
+def t_units_cgroup(h):
+    """CompressionUnit= of a cgroup.d file wins over [Defaults]: [Defaults]
+    CompressionUnit=1, a cgroup.d file for Cgroup=/ (every cgroup, the client's too)
+    with [Limits] CompressionUnit=4: units are stored (unit_stores > 0, unit_pages > 0)
+    and put back (unit_restored_pages > 0), and every page of units-basic's reads
+    verifies."""
+    extra = _units_config(h, unit=1, swap="64M")
+    with open(os.path.join(h.tmp, "cgroup.d", "all.conf"), "w") as f:
+        # The budget too: a matching cgroup.d file's policy does not take the
+        # command line's --resident-max.
+        f.write("[Match]\nCgroup=/\n[Limits]\nResidentMax=16M\nResidentLow=12M\n"
+                "CompressionUnit=4\n")
+    h.start_daemon(budget="16M", extra=extra)
+    proc = _units_client(h, "basic", "text")
+    _units_step(proc, "evicted")
+    _units_held(h, proc, "evicted")
+    _units_go(proc)
+    _units_step(proc, "reread")
+    _units_restored(h, proc, "after the re-reads")
+    _units_finish(h, proc)
+
+
 def t_units_fork(h):
     """multi-page units and fork: a process whose pages are evicted in units (unit_pages >
     0) forks; child (in page order) and parent (from the last page down) verify every
