@@ -66,6 +66,13 @@
  *   recovery   fill; STEP evicted (the harness kills uzswapd with
  *              SIGKILL and starts another); a pass in page order, random
  *              reads and writes, a final pass; STEP verified.
+ *   recovery-vmops  fill; with every page of the units concerned evicted,
+ *              MADV_DONTNEED of member 1 of 8 units, munmap of member 2 of
+ *              8 (fresh memory mapped there), mremap of 29 pages from
+ *              member 2 of a unit to an address one page past alignment;
+ *              STEP evicted (the harness kills and restarts uzswapd); the
+ *              members left, the pages that left, every page; STEP
+ *              verified.
  *   threads    fill; STEP evicted; 4 threads, thread t reading member t
  *              of every unit in order, then at random rewriting one in
  *              four; every page; evicted again, the threads again, every
@@ -772,6 +779,54 @@ static void scenario_recovery(void)
 	step("verified");
 }
 
+/*
+ * Units that lost members before the daemon was killed: member 1 of 8
+ * dropped, member 2 of 8 unmapped (fresh memory mapped there at once), 29
+ * pages moved from member 2 of a unit to an address one page past
+ * alignment.  The next daemon takes them back as they are.
+ */
+static void scenario_recovery_vmops(void)
+{
+	uint64_t cursor = 0, dropped1[8], unmapped2[8], moved;
+	char *dst;
+
+	fill(1);
+	dst =
+	    map_aligned(REGION_ALIGN * it_page_size + 29 * it_page_size, PROT_NONE) + it_page_size;
+	for (int i = 0; i < 8; i++)
+		dropped1[i] = next_absent_units(&cursor, 1);
+	for (int i = 0; i < 8; i++)
+		unmapped2[i] = next_absent_units(&cursor, 1);
+	moved = next_absent_units(&cursor, 9);
+	for (int i = 0; i < 8; i++) {
+		if (madvise(unit_page(dropped1[i], 1), it_page_size, MADV_DONTNEED))
+			it_fail("MADV_DONTNEED member 1: %m");
+		page_forget(dropped1[i] * UNIT_PAGES + 1);
+		if (munmap(unit_page(unmapped2[i], 2), it_page_size))
+			it_fail("munmap member 2: %m");
+		slots[unmapped2[i] * UNIT_PAGES + 2].addr = NULL;
+		map_hole(unit_page(unmapped2[i], 2), it_page_size, "hole of member 2");
+	}
+	move_pages(moved * UNIT_PAGES + 2, 29, dst,
+		   "mremap of 29 pages across units to an address of another alignment");
+	step("evicted");
+	for (int i = 0; i < 8; i++) {
+		unit_read_others(dropped1[i], 1U << 1, "member left by MADV_DONTNEED, restarted");
+		unit_read_others(unmapped2[i], 1U << 2, "member left by munmap, restarted");
+	}
+	for (uint64_t i = 0; i < 29; i++)
+		page_read(moved * UNIT_PAGES + 2 + i, "page moved before the restart");
+	for (int i = 0; i < 8; i++) {
+		page_read(dropped1[i] * UNIT_PAGES + 1, "page dropped before the restart");
+		check_zeros(unit_page(unmapped2[i], 2), it_page_size,
+			    "fresh page where a member was unmapped before the restart");
+	}
+	read_in_order("pass in page order after the restart");
+	read_random(page_count, 8, 2, 4321, "random reads after the restart");
+	read_strided("final pass with a stride after the restart");
+	step("verified");
+}
+
 int main(int argc, char **argv)
 {
 	static const struct {
@@ -781,7 +836,7 @@ int main(int argc, char **argv)
 	    {"basic", scenario_basic},	     {"vmops", scenario_vmops},
 	    {"fork", scenario_fork},	     {"writeback", scenario_writeback},
 	    {"recovery", scenario_recovery}, {"aligned", scenario_aligned},
-	    {"threads", scenario_threads},
+	    {"threads", scenario_threads},   {"recovery-vmops", scenario_recovery_vmops},
 	};
 
 	it_init("itest-units");

@@ -1657,16 +1657,30 @@ def t_units_recovery(h):
     new uzswapd takes the client back (recovered_clients 1, lost_pages 0), and every
     page read back (in order, at random with writes, in order, with a stride) verifies
     by checksum and pattern."""
-    extra = _units_config(h, unit=4, pool_max="4M", swap="256M")
+    _units_recovery(h, "recovery", "dense", pool_max="4M")
+
+
+def t_units_recovery_vmops(h):
+    """multi-page units that lost members, and a daemon killed: 64 MiB of text-like pages
+    (all in the pool, most in units) under a 16 MiB budget; with every page of the units
+    concerned evicted, MADV_DONTNEED of member 1 of 8 units, munmap of member 2 of 8
+    (fresh memory mapped there), mremap of 29 pages from mid-unit to an address one page
+    past alignment; then SIGKILL of uzswapd and a new one: the members left, the moved
+    pages and every other page verify, dropped pages and fresh memory read zeros."""
+    _units_recovery(h, "recovery-vmops", "text", pool_max="48M")
+
+
+def _units_recovery(h, mode, data, pool_max):
+    extra = _units_config(h, unit=4, pool_max=pool_max, swap="256M")
     h.start_daemon(budget="16M", extra=extra, name="uzswapd-1")
-    proc = _units_client(h, "recovery", "dense")
+    proc = _units_client(h, mode, data)
     _units_step(proc, "evicted")
     # Eviction and writeback of the last of the fill may still be going on;
-    # up to 20 s for pages on disk as well.
+    # up to 20 s for pages on disk as well (with a pool too small to hold them).
     end = time.monotonic() + 20
     while True:
         stats, _, text = _units_figures(h, proc, "before the kill")
-        if stats.get("on_disk_pages", 0) > 0 or time.monotonic() > end:
+        if stats.get("on_disk_pages", 0) > 0 or pool_max == "48M" or time.monotonic() > end:
             break
         time.sleep(0.5)
     _units_held(h, proc, "before the kill", min_fraction=0)
@@ -1689,7 +1703,7 @@ def t_units_recovery(h):
             raise TestFailure("the client did not re-join the new daemon within 60 s")
         time.sleep(0.2)
     log(f"after the restart: {stats.get('recovered_pages', 0)} pages taken back of {held}, "
-        f"{stats.get('lost_pages', 0)} lost")
+        f"{stats.get('lost_pages', 0)} lost, unit_pages {stats.get('unit_pages')}")
     _units_require(stats.get("lost_pages", 0) == 0,
                    f"{stats.get('lost_pages')} pages lost across the restart", text)
     _units_go(proc)
