@@ -47,19 +47,21 @@
  *              holes of 4 mapped again at once, 2 of them written), of
  *              members 1 and 2 of 3 units, MADV_DONTNEED of member 2 of
  *              6 units, of member 0 of 3 and member 3 of 3, of member 1
- *              of 3 written again at once, mremap of
- *              16 whole units to an aligned address and of 29 pages
- *              from member 2 of a unit to an address one page past
- *              alignment; STEP operated; then the surviving members of
- *              those units are read first, then the pages that left (zeros), then every
+ *              of 3 written again at once, mremap of 16 whole units to
+ *              an aligned address and of 29 pages from member 2 of a
+ *              unit to an address one page past alignment; STEP
+ *              operated; then the surviving members of those units are
+ *              read first, then the pages that left (zeros), then every
  *              page; STEP verified; every page rewritten, evicted again,
  *              verified again.
- *   fork       fill; STEP evicted; fork: the child verifies every page
- *              in page order, writes every 8th page (member 3), verifies
- *              all, is evicted again and verifies again; the parent at
- *              the same time verifies from the last page down, writes
- *              every 8th page (member 1), waits for the child, is
- *              evicted again and verifies every page; STEP verified.
+ *   fork       fill; STEP evicted; fork: the child drops member 0 of
+ *              every 16th unit (MADV_DONTNEED), the parent member 2 of
+ *              others; the child verifies every page in page order,
+ *              writes every 8th page (member 3), verifies all, is evicted
+ *              again and verifies again; the parent at the same time
+ *              verifies from the last page down, writes every 8th page
+ *              (member 1), waits for the child, is evicted again and
+ *              verifies every page; STEP verified.
  *   writeback  fill; wait until a quarter of the pages are on disk (its
  *              own uzswap_get_stats); STEP ondisk; a pass in page order,
  *              random reads, a final pass; STEP verified.
@@ -578,10 +580,20 @@ static void scenario_vmops(void)
 
 /* --- fork --------------------------------------------------------------- */
 
+static void drop_page(uint64_t p, const char *who)
+{
+	if (madvise(slots[p].addr, it_page_size, MADV_DONTNEED))
+		it_fail("%s: MADV_DONTNEED of page %" PRIu64 ": %m", who, p);
+	page_forget(p);
+}
+
 static void fork_child(void)
 {
 	it_name = "itest-units(child)";
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	/* Members of shared units leave in the child only: the parent keeps them. */
+	for (uint64_t u = 6; u < page_count / UNIT_PAGES; u += 16)
+		drop_page(u * UNIT_PAGES, "child");
 	read_in_order("child right after fork, in page order");
 	for (uint64_t p = 3; p < page_count; p += 8)
 		page_write(p, slots[p].gen + 10);
@@ -606,6 +618,9 @@ static void scenario_fork(void)
 		it_fail("fork: %m");
 	if (pid == 0)
 		fork_child();
+	/* Members of shared units leave in the parent only: the child keeps them. */
+	for (uint64_t u = 5; u < page_count / UNIT_PAGES; u += 16)
+		drop_page(u * UNIT_PAGES + 2, "parent");
 	for (uint64_t i = 0; i < page_count; i++)
 		page_read(page_count - 1 - i, "parent during the child's reads, last page first");
 	for (uint64_t p = 1; p < page_count; p += 8)

@@ -1570,7 +1570,8 @@ def t_units_cgroup(h):
 
 def t_units_fork(h):
     """multi-page units and fork: a process whose pages are evicted in units (unit_pages >
-    0) forks; child (in page order) and parent (from the last page down) verify every
+    0) forks; each drops (MADV_DONTNEED) members of shared units that the other keeps;
+    child (in page order) and parent (from the last page down) verify every
     page at the same time and each writes its own pages (every 8th, members 3 and 1),
     each sees only its own writes, both are evicted again and verify again; units were
     shared (fork_snapshots > 0) and put back by faults (unit_restored_pages > 0); once
