@@ -79,6 +79,9 @@
  *              of every unit in order, then at random rewriting one in
  *              four; every page; evicted again, the threads again, every
  *              page; STEP verified.
+ *   race       (a slow agent) fill; STEP evicted; for 8 s a random page
+ *              dropped and written again at once, an aligned group of 4
+ *              read; every page; STEP verified (scenario_race).
  *   aligned    (fault-around off) fill; STEP evicted; read one member of
  *              evicted units whose neighbours are evicted too: no page
  *              outside the member's aligned group of 4 may become present
@@ -686,6 +689,37 @@ static void scenario_threads(void)
 	step("verified");
 }
 
+/* --- race ------------------------------------------------------------------ */
+
+/*
+ * Run with a slow agent (UZSWAP_TEST_AGENT_DELAY_US): for 8 s (and at least
+ * 2000 rounds) a page at random is dropped (MADV_DONTNEED) and written again
+ * at once, and the 4 pages of another aligned group are read (so units
+ * keep being wanted and faulted), while eviction batches, in which units
+ * are formed, are out.  A page written after its drop keeps its data.
+ */
+static void scenario_race(void)
+{
+	uint64_t state = 42, rounds = 0, end;
+
+	fill(1);
+	step("evicted");
+	end = it_now_ns() + 8ULL * 1000000000ULL;
+	while (it_now_ns() < end || rounds < 2000) {
+		uint64_t p = it_rand(&state) % page_count;
+		uint64_t q = it_rand(&state) % page_count & ~(uint64_t)(UNIT_PAGES - 1);
+
+		drop_page(p, "race");
+		page_write(p, (uint32_t)(2 + rounds % 1000000));
+		for (uint64_t k = 0; k < UNIT_PAGES; k++)
+			page_read(q + k, "a group read during the drops");
+		rounds++;
+	}
+	it_log("%" PRIu64 " pages dropped and written again", rounds);
+	read_in_order("every page after the drops");
+	step("verified");
+}
+
 /* --- aligned --------------------------------------------------------------- */
 
 /*
@@ -852,6 +886,7 @@ int main(int argc, char **argv)
 	    {"fork", scenario_fork},	     {"writeback", scenario_writeback},
 	    {"recovery", scenario_recovery}, {"aligned", scenario_aligned},
 	    {"threads", scenario_threads},   {"recovery-vmops", scenario_recovery_vmops},
+	    {"race", scenario_race},
 	};
 
 	it_init("itest-units");
