@@ -1599,15 +1599,31 @@ def t_units_fork(h):
     shared (fork_snapshots > 0) and put back by faults (unit_restored_pages > 0); once
     both have gone no pool byte is left."""
     h.start_daemon(budget="16M", extra=_units_option(h, 4))
-    proc = _units_client(h, "fork", "text")
+    _units_fork(h, "text")
+
+
+def t_units_fork_writeback(h):
+    """units-fork with dense pages, a 2 MiB pool and a swap file (CompressionUnit=4 in
+    [Defaults]): units shared by parent and child are written back member by member
+    (unit_split_pages > 0) while both fault, drop and rewrite them; every page verifies
+    in both and nothing is left in the pool or on disk at the end."""
+    h.start_daemon(budget="16M", extra=_units_config(h, unit=4, pool_max="2M", swap="256M"))
+    stats = _units_fork(h, "dense")
+    _units_require(stats["unit_split_pages"] > 0,
+                   "unit_split_pages = 0: no unit member was written back")
+
+
+def _units_fork(h, data):
+    proc = _units_client(h, "fork", data)
     _units_step(proc, "evicted")
-    _units_held(h, proc, "evicted")
+    _units_held(h, proc, "evicted", min_fraction=0.25 if data == "text" else 0)
     _units_go(proc)
     _units_step(proc, "verified", timeout=150)
     stats = _units_restored(h, proc, "after the fork")
     _units_require(stats.get("fork_snapshots", 0) > 0,
                    "fork_snapshots = 0: the child did not share its parent's stored pages")
     _units_finish(h, proc)
+    return stats
 
 
 def t_units_writeback(h):
