@@ -42,6 +42,9 @@
  *   basic      fill; STEP evicted; a sequential pass, page_count random
  *              reads (one in eight a write), a final pass in page order
  *              and one with a stride of 7919 pages; STEP reread.
+ *   random     fill; STEP evicted; 2 x page_count random reads (one in
+ *              eight a write); STEP random; as many again; every page
+ *              with a stride; STEP verified.
  *   vmops      fill; STEP evicted; with every page of the units it
  *              operates on evicted: munmap of member 1 of 6 units (the
  *              holes of 4 mapped again at once, 2 of them written), of
@@ -348,6 +351,18 @@ static void scenario_basic(void)
 	read_strided("final pass with a stride");
 	it_stats_print("after the reads");
 	step("reread");
+}
+
+/* Random access only: the units' put-back pages go unused. */
+static void scenario_random(void)
+{
+	fill(1);
+	step("evicted");
+	read_random(2 * page_count, 8, 2, 5151, "random reads, first round");
+	step("random");
+	read_random(2 * page_count, 8, 3, 6161, "random reads, second round");
+	read_strided("every page with a stride");
+	step("verified");
 }
 
 /* --- vmops ------------------------------------------------------------ */
@@ -886,7 +901,7 @@ int main(int argc, char **argv)
 	    {"fork", scenario_fork},	     {"writeback", scenario_writeback},
 	    {"recovery", scenario_recovery}, {"aligned", scenario_aligned},
 	    {"threads", scenario_threads},   {"recovery-vmops", scenario_recovery_vmops},
-	    {"race", scenario_race},
+	    {"race", scenario_race},	     {"random", scenario_random},
 	};
 
 	it_init("itest-units");

@@ -1509,6 +1509,33 @@ def _units_vmops(h, around):
     _units_finish(h, proc)
 
 
+def t_units_random(h):
+    """multi-page units and random access: 64 MiB of text-like pages under a 16 MiB budget,
+    units held after the fill; then only random reads (one in eight a write), every
+    read verified.  Units put back pages that go unused, so the daemon stops forming
+    them: over the second half of the reads, pages stored in new units are under 10 %
+    of the pages stored."""
+    h.start_daemon(budget="16M", extra=_units_option(h, 4))
+    proc = _units_client(h, "random", "text")
+    _units_step(proc, "evicted")
+    _units_held(h, proc, "evicted")
+    _units_go(proc)
+    _units_step(proc, "random", timeout=150)
+    first = _units_restored(h, proc, "after the first round of random reads")
+    _units_go(proc)
+    _units_step(proc, "verified", timeout=150)
+    second, _, text = _units_figures(h, proc, "after the second round")
+    unit_stored = 4 * (second["unit_stores"] - first["unit_stores"])
+    stored = second["zswpout"] - first["zswpout"]
+    log(f"second round: {unit_stored} pages stored in units of {stored} stored")
+    _units_require(stored > 0, "no page stored in the second round: proves nothing", text)
+    _units_require(unit_stored < 0.1 * stored,
+                   f"random access: {unit_stored} of the {stored} pages stored in the second "
+                   "round went into units: the daemon kept forming units whose put-back "
+                   "pages go unused", text)
+    _units_finish(h, proc)
+
+
 def t_units_aligned(h):
     """multi-page units are aligned to 4 pages: with --fault-around 0, a read of one evicted
     member (each of the 4 in turn) of units whose neighbours are evicted makes present
