@@ -24,9 +24,11 @@
  *           (units still fit one object, but a small pool fills)
  *   random  the whole page is random: no unit can fit
  *
- * and in every kind, in each run of 64 pages, page 37 is one 32-bit
- * pattern repeated (stored in its entry, never in a unit), page 42 one
- * 64-bit word repeated (not a 32-bit pattern) and page 50 zeros.
+ * and in text and dense data, in each run of 64 pages, page 37 is one
+ * 32-bit pattern repeated (stored in its entry, never in a unit), page 42
+ * one 64-bit word repeated (not a 32-bit pattern: compressed to a few
+ * bytes, so with 3 random pages it would make a group that fits) and page
+ * 50 zeros.
  *
  * Every page written has its checksum (FNV-1a, 8 bytes at a time)
  * recorded; a read checks the checksum and then the whole page against
@@ -45,6 +47,10 @@
  *   random     fill; STEP evicted; 2 x page_count random reads (one in
  *              eight a write); STEP random; as many again; every page
  *              with a stride; STEP verified.
+ *   locality   fill; STEP evicted; 2 x page_count random reads; STEP
+ *              random; 3 passes in page order (every 16th page rewritten
+ *              after each); STEP sequential; every page with a stride;
+ *              STEP verified.
  *   vmops      fill; STEP evicted; with every page of the units it
  *              operates on evicted: munmap of member 1 of 6 units (the
  *              holes of 4 mapped again at once, 2 of them written), of
@@ -85,10 +91,10 @@
  *   race       (a slow agent) fill; STEP evicted; for 8 s a random page
  *              dropped and written again at once, an aligned group of 4
  *              read; every page; STEP verified (scenario_race).
- *   aligned    (fault-around off) fill; STEP evicted; read one member of
- *              evicted units whose neighbours are evicted too: no page
- *              outside the member's aligned group of 4 may become present
- *              (scenario_aligned); every page; STEP verified.
+ *   aligned    (fault-around off) fill; STEP evicted; read member 0 of
+ *              consecutive evicted units: no page outside its aligned
+ *              group of 4 may become present (scenario_aligned); every
+ *              page; STEP verified.
  *
  * usage: itest-units MODE SIZE DATA(text|dense|random) MANAGED(yes|no|any)
  */
@@ -176,11 +182,12 @@ static void page_generate(unsigned char *page, uint64_t pageno, uint32_t gen)
 	uint64_t trailer[2];
 	uint64_t *words = (uint64_t *)page;
 
-	if (gen == 0 || pageno % 64 == ZERO_SLOT) {
+	if (gen == 0 || (pageno % 64 == ZERO_SLOT && data_kind != DATA_RANDOM)) {
 		memset(page, 0, it_page_size);
 		return;
 	}
-	if (pageno % 64 == FILL32_SLOT || pageno % 64 == FILL64_SLOT) {
+	if (data_kind != DATA_RANDOM &&
+	    (pageno % 64 == FILL32_SLOT || pageno % 64 == FILL64_SLOT)) {
 		uint32_t low = ((uint32_t)(pageno * 2654435761U) ^ gen << 24) | 1;
 		uint64_t word = pageno % 64 == FILL32_SLOT
 				    ? (uint64_t)low << 32 | low
@@ -361,6 +368,23 @@ static void scenario_random(void)
 	read_random(2 * page_count, 8, 2, 5151, "random reads, first round");
 	step("random");
 	read_random(2 * page_count, 8, 3, 6161, "random reads, second round");
+	read_strided("every page with a stride");
+	step("verified");
+}
+
+/* Random access, then access in page order again: units are wanted again. */
+static void scenario_locality(void)
+{
+	fill(1);
+	step("evicted");
+	read_random(2 * page_count, 8, 2, 7171, "random reads");
+	step("random");
+	for (int pass = 0; pass < 3; pass++) {
+		read_in_order("pass in page order after the random reads");
+		for (uint64_t p = 0; p < page_count; p += 16)
+			page_write(p, slots[p].gen + 1);
+	}
+	step("sequential");
 	read_strided("every page with a stride");
 	step("verified");
 }
@@ -740,48 +764,54 @@ static void scenario_race(void)
 /*
  * With fault-around off, a read of one evicted page may make present only
  * pages of its own aligned group of 4 (its unit's, put back with it): a
- * neighbour outside the group made present means a unit that does not start
- * at a vpn multiple of 4.  Probes units whose 4 pages and the 4 on either
- * side are evicted, one member a probe (a different one each time);
- * prints how many probes found the whole group put back ("probes restored").
+ * page outside the group made present by that fault means a unit that does
+ * not start at a vpn multiple of 4.  Probes member 0 of consecutive units
+ * (each probe one page past the run the last one put back: what a unit
+ * puts back is used, so units stay wanted) whose 4 pages and the next 4
+ * are evicted; prints how many probes found the whole group put back
+ * ("probes restored").
  */
 static void scenario_aligned(void)
 {
 	uint64_t units = page_count / UNIT_PAGES, probes = 0, whole = 0, single = 0;
+	bool absent_before[3 * UNIT_PAGES];
 	char map[3 * UNIT_PAGES + 1];
 
 	fill(1);
 	step("evicted");
-	for (uint64_t u = 1; u + 1 < units / 2; u += 3) {
-		uint64_t first = u * UNIT_PAGES, member = probes % UNIT_PAGES, present = 0;
+	for (uint64_t u = 1; u + 2 < units / 2; u++) {
+		uint64_t first = u * UNIT_PAGES, present = 0;
 		char *base = region + (first - UNIT_PAGES) * it_page_size;
 
-		if (u % 16 >= 8 ||
-		    it_count_absent(base, 3 * UNIT_PAGES * it_page_size) != 3 * UNIT_PAGES)
+		/* The group and the next one evicted: the probe sees what comes back. */
+		if (it_count_absent(base + UNIT_PAGES * it_page_size,
+				    2 * UNIT_PAGES * it_page_size) != 2 * UNIT_PAGES)
 			continue;
-		page_read(first + member, "probe of one member");
-		for (uint64_t i = 0; i < 3 * UNIT_PAGES; i++) {
-			uint64_t p = first - UNIT_PAGES + i;
+		for (uint64_t k = 0; k < 3 * UNIT_PAGES; k++)
+			absent_before[k] = it_page_absent(base + k * it_page_size);
+		page_read(first, "probe of member 0");
+		for (uint64_t k = 0; k < 3 * UNIT_PAGES; k++) {
+			uint64_t p = first - UNIT_PAGES + k;
+			bool absent = it_page_absent(base + k * it_page_size);
 
-			if (it_page_absent(region + p * it_page_size))
-				continue;
-			if (p >= first && p < first + UNIT_PAGES) {
-				present++;
-				continue;
-			}
-			for (uint64_t k = 0; k < 3 * UNIT_PAGES; k++)
-				map[k] =
-				    it_page_absent(region + (first - UNIT_PAGES + k) * it_page_size)
-					? '.'
-					: '#';
-			map[3 * UNIT_PAGES] = 0;
-			it_fail("a fault on page %" PRIu64 " (member %" PRIu64
-				" of its aligned group %" PRIu64 "..%" PRIu64 ") made page %" PRIu64
-				" present, outside the group, with "
-				"fault-around off: a unit not aligned to 4 pages (pages %" PRIu64
-				"..%" PRIu64 " now: %s, # present)",
-				first + member, member, first, first + UNIT_PAGES - 1, p,
-				first - UNIT_PAGES, first + 2 * UNIT_PAGES - 1, map);
+			map[k] = absent ? '.' : absent_before[k] ? '+' : '#';
+			if (p >= first && p < first + UNIT_PAGES)
+				present += !absent;
+		}
+		map[3 * UNIT_PAGES] = 0;
+		for (uint64_t k = 0; k < 3 * UNIT_PAGES; k++) {
+			uint64_t p = first - UNIT_PAGES + k;
+
+			if (map[k] == '+' && (p < first || p >= first + UNIT_PAGES))
+				it_fail(
+				    "a fault on page %" PRIu64 " (member 0 of its aligned group "
+				    "%" PRIu64 "..%" PRIu64 ") made page %" PRIu64
+				    " present, outside the group, with fault-around off: a unit "
+				    "not aligned to 4 pages (pages %" PRIu64 "..%" PRIu64
+				    ": %s; + made present by this fault, # present before, . "
+				    "absent)",
+				    first, first, first + UNIT_PAGES - 1, p, first - UNIT_PAGES,
+				    first + 2 * UNIT_PAGES - 1, map);
 		}
 		probes++;
 		whole += present == UNIT_PAGES;
@@ -902,6 +932,7 @@ int main(int argc, char **argv)
 	    {"recovery", scenario_recovery}, {"aligned", scenario_aligned},
 	    {"threads", scenario_threads},   {"recovery-vmops", scenario_recovery_vmops},
 	    {"race", scenario_race},	     {"random", scenario_random},
+	    {"locality", scenario_locality},
 	};
 
 	it_init("itest-units");

@@ -1401,12 +1401,14 @@ def _units_held(h, proc, when, min_fraction=0.25):
     return stats
 
 
-def _units_restored(h, proc, when):
-    """Faults on unit members put back their units' other pages."""
+def _units_restored(h, proc, when, since=None):
+    """Faults on unit members put back their units' other pages (since the figures
+    `since`, when given: in the phase that ends now)."""
     stats, row, text = _units_figures(h, proc, when)
-    _units_require(stats["unit_restored_pages"] > 0,
-                   f"{when}: unit_restored_pages = 0: no fault put back a unit's other pages",
-                   text)
+    before = since["unit_restored_pages"] if since else 0
+    _units_require(stats["unit_restored_pages"] > before,
+                   f"{when}: unit_restored_pages {stats['unit_restored_pages']} (was {before}): "
+                   "no fault put back a unit's other pages", text)
     _units_require(stats["unit_restored_pages"] <= stats["zswpin"],
                    f"{when}: unit_restored_pages {stats['unit_restored_pages']} > zswpin "
                    f"{stats['zswpin']} (they are counted in zswpin too)", text)
@@ -1453,10 +1455,10 @@ def t_units_basic(h):
     h.start_daemon(budget="16M", extra=_units_option(h, 4))
     proc = _units_client(h, "basic", "text")
     _units_step(proc, "evicted")
-    _units_held(h, proc, "evicted")
+    before = _units_held(h, proc, "evicted")
     _units_go(proc)
     _units_step(proc, "reread")
-    _units_restored(h, proc, "after the re-reads")
+    _units_restored(h, proc, "after the re-reads", since=before)
     _units_finish(h, proc)
 
 
@@ -1505,7 +1507,7 @@ def _units_vmops(h, around):
                    "evicted members: the operations hit no unit", text)
     _units_go(proc)
     _units_step(proc, "verified")
-    _units_restored(h, proc, "after the operations")
+    _units_restored(h, proc, "after the operations", since=after)
     _units_finish(h, proc)
 
 
@@ -1536,23 +1538,65 @@ def t_units_random(h):
     _units_finish(h, proc)
 
 
-def t_units_aligned(h):
-    """multi-page units are aligned to 4 pages: with --fault-around 0, a read of one evicted
-    member (each of the 4 in turn) of units whose neighbours are evicted makes present
-    no page outside its aligned group of 4 (vpn % 4 == 0 first), and some probes find
-    their whole group put back (the client sees unit restores in its pagemap;
-    unit_restored_pages > 0); every page verifies."""
-    h.start_daemon(budget="16M", extra=(*_units_option(h, 4), "--fault-around", "0"))
-    proc = _units_client(h, "aligned", "text")
+def _units_locality(h, around):
+    extra = _units_option(h, 4)
+    if around is not None:
+        extra = (*extra, "--fault-around", str(around))
+    h.start_daemon(budget="16M", extra=extra)
+    proc = _units_client(h, "locality", "text")
     _units_step(proc, "evicted")
     _units_held(h, proc, "evicted")
     _units_go(proc)
+    _units_step(proc, "random", timeout=150)
+    random_phase, _, _ = _units_figures(h, proc, "after the random reads")
+    _units_go(proc)
+    _units_step(proc, "sequential", timeout=150)
+    stats, _, text = _units_figures(h, proc, "after the passes in page order")
+    unit_stored = 4 * (stats["unit_stores"] - random_phase["unit_stores"])
+    stored = stats["zswpout"] - random_phase["zswpout"]
+    log(f"passes in page order: {unit_stored} of {stored} pages stored went into units, "
+        f"{stats['unit_restored_pages'] - random_phase['unit_restored_pages']} put back "
+        "with their unit")
+    _units_require(stored > 0, "nothing stored in the passes in page order", text)
+    _units_require(unit_stored >= 0.25 * stored,
+                   f"after random access, 3 passes in page order stored only {unit_stored} of "
+                   f"{stored} pages in units: units did not come back with locality", text)
+    _units_go(proc)
+    _units_step(proc, "verified", timeout=150)
+    _units_finish(h, proc)
+
+
+def t_units_locality(h):
+    """multi-page units come back with locality: 64 MiB of text-like pages under a 16 MiB
+    budget; after 2 x page count random reads (units stop being formed), 3 passes in page
+    order (every 16th page rewritten after each) store at least a quarter of what they
+    store in units again; every read verified."""
+    _units_locality(h, around=None)
+
+
+def t_units_locality_noaround(h):
+    """units-locality with --fault-around 0: units must come back with locality without
+    fault-around runs too (a unit's own put-back pages, used, show it)."""
+    _units_locality(h, around=0)
+
+
+def t_units_aligned(h):
+    """multi-page units are aligned to 4 pages: with --fault-around 0, a read of member 0 of
+    consecutive evicted units (each one page past the run the last put back, so what
+    units put back is used) makes present no page outside its aligned group of 4 (vpn
+    % 4 == 0 first), and probes find their whole group put back (the client sees unit
+    restores in its pagemap; unit_restored_pages grows); every page verifies."""
+    h.start_daemon(budget="16M", extra=(*_units_option(h, 4), "--fault-around", "0"))
+    proc = _units_client(h, "aligned", "text")
+    _units_step(proc, "evicted")
+    before = _units_held(h, proc, "evicted")
+    _units_go(proc)
     _units_step(proc, "verified")
-    _units_restored(h, proc, "after the probes")
+    _units_restored(h, proc, "after the probes", since=before)
     m = re.search(r"(?m)^probes restored (\d+)$", proc.stdout())
     if not m or int(m.group(1)) == 0:
-        raise TestFailure("no probe found its whole aligned group of 4 put back: "
-                          f"{m.group(0) if m else 'no probe figures'}")
+        raise TestFailure("no probe of member 0 of consecutive units found its whole aligned "
+                          f"group of 4 put back: {m.group(0) if m else 'no probe figures'}")
     log(f"{m.group(1)} probes found their whole aligned group put back")
     _units_finish(h, proc)
 
@@ -1566,10 +1610,10 @@ def t_units_threads(h):
     h.start_daemon(budget="16M", extra=_units_option(h, 4))
     proc = _units_client(h, "threads", "text")
     _units_step(proc, "evicted")
-    _units_held(h, proc, "evicted")
+    before = _units_held(h, proc, "evicted")
     _units_go(proc)
     _units_step(proc, "verified", timeout=150)
-    _units_restored(h, proc, "after the threads")
+    _units_restored(h, proc, "after the threads", since=before)
     _units_finish(h, proc)
 
 
@@ -1588,10 +1632,10 @@ def t_units_cgroup(h):
     h.start_daemon(budget="16M", extra=extra)
     proc = _units_client(h, "basic", "text")
     _units_step(proc, "evicted")
-    _units_held(h, proc, "evicted")
+    before = _units_held(h, proc, "evicted")
     _units_go(proc)
     _units_step(proc, "reread")
-    _units_restored(h, proc, "after the re-reads")
+    _units_restored(h, proc, "after the re-reads", since=before)
     _units_finish(h, proc)
 
 
@@ -1609,7 +1653,7 @@ def t_units_race(h):
     before = _units_held(h, proc, "evicted")
     _units_go(proc)
     _units_step(proc, "verified", timeout=150)
-    stats = _units_restored(h, proc, "after the drops")
+    stats = _units_restored(h, proc, "after the drops", since=before)
     _units_require(stats["unit_stores"] > before["unit_stores"],
                    f"unit_stores {stats['unit_stores']}: no unit stored during the drops")
     for key in ("resident_missing_faults", "lost_pages"):
@@ -1643,10 +1687,10 @@ def t_units_fork_writeback(h):
 def _units_fork(h, data):
     proc = _units_client(h, "fork", data)
     _units_step(proc, "evicted")
-    _units_held(h, proc, "evicted", min_fraction=0.25 if data == "text" else 0)
+    before = _units_held(h, proc, "evicted", min_fraction=0.25 if data == "text" else 0)
     _units_go(proc)
     _units_step(proc, "verified", timeout=150)
-    stats = _units_restored(h, proc, "after the fork")
+    stats = _units_restored(h, proc, "after the fork", since=before)
     _units_require(stats.get("fork_snapshots", 0) > 0,
                    "fork_snapshots = 0: the child did not share its parent's stored pages")
     _units_finish(h, proc)
@@ -1702,8 +1746,9 @@ def t_units_off(h):
 
 
 def t_units_incompressible(h):
-    """multi-page units and incompressible data: 64 MiB of random pages under a 16 MiB
-    budget, --compression-unit 4: 4 pages cannot fit one object, so no unit is stored
+    """multi-page units and incompressible data: 64 MiB of random pages (no fill or zero
+    page among them) under a 16 MiB budget, --compression-unit 4: 4 random pages do not
+    compress below 16 KiB, so no unit fits and none is stored
     (unit_stores and unit_pages 0 while pages are stored); every page evicted and read
     back (in order, at random, with a stride) verifies by checksum and pattern."""
     h.start_daemon(budget="16M", extra=_units_option(h, 4))
