@@ -734,7 +734,8 @@ int fault_serve(struct fault_thread *t, struct client *c, uint64_t addr, bool wr
 	case PAGE_SAME_FILLED:
 		start_ns = uz_now_nsec();
 		fault_unit_cache_reset(t);
-		if (c->policy.fault_around_max || pe_unit(e)) {
+		/* Units need the fault pattern (their score) even with fault-around off. */
+		if (c->policy.fault_around_max || c->policy.unit_pages > 1 || pe_unit(e)) {
 			r = fault_around_serve(t, c, vpn, e);
 		} else {
 			r = fault_load_page(t, c, vpn, e, &new_entry);
