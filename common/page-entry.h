@@ -99,12 +99,12 @@ static inline page_entry_t pe_make(page_entry_t old, enum page_state state, bool
  * stored pages form units: ON_DISK entries are single pages (a member
  * written back is compressed again alone).
  */
-#define PE_UNIT_PAGES	 4U
-#define PE_LEN_UNIT	 4096U /* len fields above: a unit member */
-#define PE_UNIT_MAGIC	 0xa7U
+#define PE_UNIT_PAGES	   4U
+#define PE_LEN_UNIT	   4096U /* len fields above: a unit member */
+#define PE_UNIT_MAGIC	   0xa7U
 #define PE_UNIT_OBJECT_MAX ((0x1fffU - PE_LEN_UNIT) * 4) /* the len field's largest unit object */
-#define PE_HANDLE_BITS	 42 /* of the payload: a pool handle (daemon/pool: POOL_HANDLE_BITS) */
-#define PE_HANDLE_MASK	 ((1ULL << PE_HANDLE_BITS) - 1)
+#define PE_HANDLE_BITS	   42 /* of the payload: a pool handle (daemon/pool: POOL_HANDLE_BITS) */
+#define PE_HANDLE_MASK	   ((1ULL << PE_HANDLE_BITS) - 1)
 
 /* A member's share is a quarter of its unit's object: the len field says so. */
 _Static_assert(PE_UNIT_PAGES == 4, "pe_pool_share() takes a member's share as a quarter");

@@ -744,8 +744,9 @@ void daemon_print_summary(struct daemon *d, FILE *f)
 		v[UZ_STAT_faultaround_pages], v[UZ_STAT_faultaround_hits]);
 	fprintf(f,
 		"  units         %12" PRId64 " stored (4 pages each), %" PRId64
-		" pages put back with their unit, %" PRId64 " written back alone\n",
-		v[UZ_STAT_unit_stores], v[UZ_STAT_unit_restored_pages], v[UZ_STAT_unit_split_pages]);
+		" pages put back with their unit, %" PRId64 " stored alone again\n",
+		v[UZ_STAT_unit_stores], v[UZ_STAT_unit_restored_pages],
+		v[UZ_STAT_unit_split_pages]);
 	fprintf(f, "  evictions     %12" PRId64 " batches, %" PRId64 " pages not moved\n",
 		v[UZ_STAT_evict_requests], v[UZ_STAT_evict_failed_pages]);
 	fprintf(f,

@@ -13,7 +13,8 @@
  *
  * Precedence: command-line options over the config file over built-in
  * defaults.  --resident-max, --resident-low, --compressor, --fault-around
- * and --compression-unit override the config's [Defaults] (a cgroup.d file that matches a client still wins).
+ * and --compression-unit override the config's [Defaults] (a cgroup.d
+ * file that matches a client still wins).
  *
  * Timers on the loop: every 2 s the cgroup of every client is looked up
  * again (a process moved to another cgroup gets that cgroup's budget),

@@ -111,7 +111,7 @@ struct fault_thread {
 	unsigned test_stall_ms; /* test only: UZSWAP_TEST_STALL_FAULT_THREAD (fault.c) */
 	uint8_t *page; /* page-aligned buffers, one page each */
 	uint8_t *zero_page;
-	uint8_t *compressed; /* PE_UNIT_PAGES pages: a page's or a unit's compressed bytes */
+	uint8_t *compressed;  /* PE_UNIT_PAGES pages: a page's or a unit's compressed bytes */
 	uint8_t *restore_buf; /* FAULT_RESTORE_RUN pages: a run being given back */
 	uint8_t *around_buf;  /* 1 + UZ_FAULT_AROUND_MAX pages: a fault and its fault-around */
 	uint8_t *unit_buf;    /* PE_UNIT_PAGES pages: a unit, decompressed */

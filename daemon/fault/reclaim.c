@@ -36,10 +36,10 @@
 #include "util.h"
 
 #define FAULT_EVICT_BACKOFF 256	   /* CLOCK visits a page the agent could not move sits out */
+#define FAULT_SHARED_MARK   0x1fff /* backoff value: shared with a fork relative (see below) */
 #define FAULT_UNIT_BACKOFF_MAX 64  /* unit attempts skipped at most after ones that did not fit */
 
 _Static_assert(POOL_HANDLE_BITS <= PE_HANDLE_BITS, "a handle must leave a unit's page bits free");
-#define FAULT_SHARED_MARK   0x1fff /* backoff value: shared with a fork relative (see below) */
 
 /*
  * A RESIDENT entry has no use for the len field; it counts down the CLOCK
@@ -448,9 +448,9 @@ static unsigned fault_store_unit(struct fault_thread *t, struct client *c,
 			return 0;
 	if (!fault_unit_wanted(c))
 		return 0;
-	len = compressor_compress_buf(comp, c->ring + (size_t)first * UZ_PAGE_SIZE,
-				      (size_t)PE_UNIT_PAGES * UZ_PAGE_SIZE, t->unit_out + sizeof(header),
-				      cap > sizeof(header) ? cap - sizeof(header) : 0);
+	len = compressor_compress_buf(
+	    comp, c->ring + (size_t)first * UZ_PAGE_SIZE, (size_t)PE_UNIT_PAGES * UZ_PAGE_SIZE,
+	    t->unit_out + sizeof(header), cap > sizeof(header) ? cap - sizeof(header) : 0);
 	if (len <= 0) {
 		c->unit_backoff = uz_min(c->unit_backoff ? c->unit_backoff * 2 : 1,
 					 (unsigned)FAULT_UNIT_BACKOFF_MAX);
@@ -538,8 +538,8 @@ void fault_unit_splits_run(struct fault_thread *t)
 			page_entry_t e = page_index_get(c->index, vpn);
 
 			/* Only STORED: one being written back goes alone anyway. */
-			if (pe_state(e) != PAGE_STORED || !pe_unit(e) || pe_handle(e) != s->handle ||
-			    pe_unit_page(e) != i)
+			if (pe_state(e) != PAGE_STORED || !pe_unit(e) ||
+			    pe_handle(e) != s->handle || pe_unit_page(e) != i)
 				continue;
 			if (!unit_member_split(t, c, vpn, e))
 				break;

@@ -366,7 +366,8 @@ static void fault_around_account(struct client *c, uint64_t vpn)
 		/* Units are kept while what they put back is used (fault_unit_wanted). */
 		if (used == run && c->unit_score < FAULT_UNIT_SCORE_MAX)
 			c->unit_score++;
-		else if (used * 2 < run && c->around_unit_run && c->unit_score > -FAULT_UNIT_SCORE_MAX)
+		else if (used * 2 < run && c->around_unit_run &&
+			 c->unit_score > -FAULT_UNIT_SCORE_MAX)
 			c->unit_score -= 2;
 		c->around_count = 0;
 		c->around_last_step = 0;
@@ -591,8 +592,7 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 	if (want && room && region) {
 		want = (unsigned)uz_min((uint64_t)want, room);
 		if (step != 1)
-			return fault_around_serve_steps(t, c, vpn, e, step, lo, hi, want,
-							unit_run);
+			return fault_around_serve_steps(t, c, vpn, e, step, lo, hi, want, unit_run);
 	}
 	if (!want || !room || !region || fault_decode_page(t, c, e, t->around_buf) < 0) {
 		page_entry_t resident;

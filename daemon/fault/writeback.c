@@ -805,8 +805,8 @@ static enum lru_walk_status wb_pick(uint64_t ref, void *userdata)
 	} else {
 		len = pe_len(e);
 		algo = pe_algo(e);
-		if (pool_load(c->family->pool, pe_handle(e),
-			      wb->staging + (size_t)n * UZ_PAGE_SIZE, len) < 0)
+		if (pool_load(c->family->pool, pe_handle(e), wb->staging + (size_t)n * UZ_PAGE_SIZE,
+			      len) < 0)
 			return LRU_ROTATE;
 	}
 	e = pe_make(e & ~PE_QUEUED, PAGE_WRITEBACK, false, pe_algo(e), pe_len(e), pe_payload(e));

@@ -122,7 +122,7 @@
 #include "pool/pool.h"
 
 #define POOL_FRAME_SIZE	    (128U << 10)
-#define POOL_CLASS_GRAIN    32U	 /* class sizes up to a page */
+#define POOL_CLASS_GRAIN    32U /* class sizes up to a page */
 #define POOL_SMALL_CLASSES  (UZ_PAGE_SIZE / POOL_CLASS_GRAIN)
 #define POOL_LARGE_GRAIN    256U /* class sizes above a page, up to POOL_OBJECT_MAX */
 #define POOL_NR_CLASSES	    (POOL_SMALL_CLASSES + (POOL_OBJECT_MAX - UZ_PAGE_SIZE) / POOL_LARGE_GRAIN)
@@ -139,7 +139,7 @@
 #define HANDLE_SLOT_BITS 12
 
 #define ARENA_MAGIC	   0x414e455241575a55ULL /* "UZWARENA" */
-#define ARENA_VERSION	   2U /* 1: objects up to a page; 2: up to POOL_OBJECT_MAX */
+#define ARENA_VERSION	   2U		/* 1: objects up to a page; 2: up to POOL_OBJECT_MAX */
 #define ARENA_HEADER_BYTES UZ_PAGE_SIZE /* the page of frame 0 the header dirties */
 #define FRAME_MAGIC	   0x4d52465aU	/* "ZFRM" */
 
@@ -1166,7 +1166,8 @@ int pool_recover(struct pool **out, int fd, struct pool_totals *totals,
 		goto fail;
 	}
 	pool->geometry = arena_read_header(pool->fd, &header);
-	if (!pool->geometry || (uint64_t)st.st_size / POOL_FRAME_SIZE > pool->geometry->frames_max) {
+	if (!pool->geometry ||
+	    (uint64_t)st.st_size / POOL_FRAME_SIZE > pool->geometry->frames_max) {
 		r = -EINVAL;
 		goto fail;
 	}

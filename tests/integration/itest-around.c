@@ -33,26 +33,13 @@ static uint32_t *generation;
 static uint64_t *checksum;
 static uint64_t absent_accesses, verified, written;
 
-/* FNV-1a over the page, 8 bytes at a time. */
-static uint64_t page_checksum(const void *page)
-{
-	const uint64_t *words = page;
-	uint64_t h = 0xcbf29ce484222325ULL;
-
-	for (size_t i = 0; i < it_page_size / sizeof(uint64_t); i++) {
-		h ^= words[i];
-		h *= 0x100000001b3ULL;
-	}
-	return h;
-}
-
 static void page_write(uint64_t p)
 {
 	char *page = region + p * it_page_size;
 
 	generation[p]++;
 	it_page_fill(page, p, generation[p]);
-	checksum[p] = page_checksum(page);
+	checksum[p] = it_page_checksum(page);
 	written++;
 }
 
@@ -63,7 +50,7 @@ static void page_read(uint64_t p, const char *context)
 
 	if (it_page_absent(page))
 		absent_accesses++;
-	sum = page_checksum(page);
+	sum = it_page_checksum(page);
 	if (sum != checksum[p]) {
 		it_page_verify(page, p, generation[p], context); /* says what the page holds */
 		it_fail("%s: page %" PRIu64 ": checksum %016" PRIx64 ", expected %016" PRIx64

@@ -150,29 +150,6 @@ static char *region;
 static struct page_slot *slots;
 static atomic_uint_fast64_t verified, written; /* the threads mode counts from 4 threads */
 
-static void step(const char *name)
-{
-	char line[64];
-
-	printf("STEP %s\n", name);
-	fflush(stdout);
-	if (!fgets(line, sizeof(line), stdin))
-		it_fail("harness went away at step %s", name);
-}
-
-/* FNV-1a over the page, 8 bytes at a time. */
-static uint64_t page_checksum(const void *page)
-{
-	const uint64_t *words = page;
-	uint64_t h = 0xcbf29ce484222325ULL;
-
-	for (size_t i = 0; i < it_page_size / sizeof(uint64_t); i++) {
-		h ^= words[i];
-		h *= 0x100000001b3ULL;
-	}
-	return h;
-}
-
 static void page_generate(unsigned char *page, uint64_t pageno, uint32_t gen)
 {
 	static const char hex[] = "0123456789abcdef";
@@ -254,7 +231,7 @@ static void page_write(uint64_t p, uint32_t gen)
 
 	slot->gen = gen;
 	page_generate((unsigned char *)slot->addr, p, gen);
-	slot->checksum = page_checksum(slot->addr);
+	slot->checksum = it_page_checksum(slot->addr);
 	written++;
 }
 
@@ -264,7 +241,7 @@ static void page_forget(uint64_t p)
 	static unsigned char zeros[PAGE_SIZE_MAX];
 
 	slots[p].gen = 0;
-	slots[p].checksum = page_checksum(zeros);
+	slots[p].checksum = it_page_checksum(zeros);
 }
 
 static void page_read(uint64_t p, const char *context)
@@ -276,7 +253,7 @@ static void page_read(uint64_t p, const char *context)
 
 	if (!slot->addr)
 		return;
-	sum = page_checksum(slot->addr);
+	sum = it_page_checksum(slot->addr);
 	page_generate(expected, p, slot->gen);
 	if (sum != slot->checksum || memcmp(expected, slot->addr, it_page_size) != 0) {
 		page_describe((const unsigned char *)slot->addr, expected, why, sizeof(why));
@@ -351,42 +328,42 @@ static void fill(uint32_t gen)
 static void scenario_basic(void)
 {
 	fill(1);
-	step("evicted");
+	it_step("evicted");
 	read_in_order("sequential pass");
 	read_random(page_count, 8, 2, 4242, "random reads");
 	read_in_order("final pass in page order");
 	read_strided("final pass with a stride");
 	it_stats_print("after the reads");
-	step("reread");
+	it_step("reread");
 }
 
 /* Random access only: the units' put-back pages go unused. */
 static void scenario_random(void)
 {
 	fill(1);
-	step("evicted");
+	it_step("evicted");
 	read_random(2 * page_count, 8, 2, 5151, "random reads, first round");
-	step("random");
+	it_step("random");
 	read_random(2 * page_count, 8, 3, 6161, "random reads, second round");
 	read_strided("every page with a stride");
-	step("verified");
+	it_step("verified");
 }
 
 /* Random access, then access in page order again: units are wanted again. */
 static void scenario_locality(void)
 {
 	fill(1);
-	step("evicted");
+	it_step("evicted");
 	read_random(2 * page_count, 8, 2, 7171, "random reads");
-	step("random");
+	it_step("random");
 	for (int pass = 0; pass < 3; pass++) {
 		read_in_order("pass in page order after the random reads");
 		for (uint64_t p = 0; p < page_count; p += 16)
 			page_write(p, slots[p].gen + 1);
 	}
-	step("sequential");
+	it_step("sequential");
 	read_strided("every page with a stride");
-	step("verified");
+	it_step("verified");
 }
 
 /* --- vmops ------------------------------------------------------------ */
@@ -476,7 +453,7 @@ static void scenario_vmops(void)
 	char *dst_whole, *dst_part;
 
 	fill(1);
-	step("evicted");
+	it_step("evicted");
 	/* Pick the units first, while everything is evicted: the operations fault nothing. */
 	for (int i = 0; i < 6; i++)
 		unmapped1[i] = next_absent_units(&cursor, 1);
@@ -549,7 +526,7 @@ static void scenario_vmops(void)
 	move_pages(moved_part * UNIT_PAGES + 2, 29, dst_part,
 		   "mremap of 29 pages across units to an address of another alignment");
 
-	step("operated");
+	it_step("operated");
 	/* The members that stayed, first: a fault on one puts back its unit's others. */
 	for (int i = 0; i < 6; i++)
 		unit_read_others(unmapped1[i], 1U << 1, "member left after munmap of member 1");
@@ -609,7 +586,7 @@ static void scenario_vmops(void)
 		    "fresh memory where 29 pages were moved from");
 	read_in_order("every page after the operations");
 	it_stats_print("after the operations");
-	step("verified");
+	it_step("verified");
 
 	/* The pages where they are now keep being paged, in units or not. */
 	for (uint64_t p = 0; p < page_count; p++)
@@ -654,7 +631,7 @@ static void scenario_fork(void)
 	pid_t pid;
 
 	fill(1);
-	step("evicted");
+	it_step("evicted");
 	pid = fork();
 	if (pid < 0)
 		it_fail("fork: %m");
@@ -676,7 +653,7 @@ static void scenario_fork(void)
 	it_require_evicted(region, size, page_count / 4, expect, "parent after the fork");
 	read_strided("parent after eviction");
 	it_stats_print("parent at end");
-	step("verified");
+	it_step("verified");
 }
 
 /* --- threads ---------------------------------------------------------------- */
@@ -719,13 +696,13 @@ static void run_threads(void)
 static void scenario_threads(void)
 {
 	fill(1);
-	step("evicted");
+	it_step("evicted");
 	run_threads();
 	read_in_order("every page after the threads");
 	it_require_evicted(region, size, page_count / 2, expect, "after the threads");
 	run_threads();
 	read_strided("every page after the second round of threads");
-	step("verified");
+	it_step("verified");
 }
 
 /* --- race ------------------------------------------------------------------ */
@@ -742,7 +719,7 @@ static void scenario_race(void)
 	uint64_t state = 42, rounds = 0, end;
 
 	fill(1);
-	step("evicted");
+	it_step("evicted");
 	end = it_now_ns() + 8ULL * 1000000000ULL;
 	while (it_now_ns() < end || rounds < 2000) {
 		uint64_t p = it_rand(&state) % page_count;
@@ -756,7 +733,7 @@ static void scenario_race(void)
 	}
 	it_log("%" PRIu64 " pages dropped and written again", rounds);
 	read_in_order("every page after the drops");
-	step("verified");
+	it_step("verified");
 }
 
 /* --- aligned --------------------------------------------------------------- */
@@ -778,7 +755,7 @@ static void scenario_aligned(void)
 	char map[3 * UNIT_PAGES + 1];
 
 	fill(1);
-	step("evicted");
+	it_step("evicted");
 	for (uint64_t u = 1; u + 2 < units / 2; u++) {
 		uint64_t first = u * UNIT_PAGES, present = 0;
 		char *base = region + (first - UNIT_PAGES) * it_page_size;
@@ -824,7 +801,7 @@ static void scenario_aligned(void)
 		it_fail("only %" PRIu64 " probes found their neighbourhood evicted", probes);
 	printf("probes %" PRIu64 "\nprobes restored %" PRIu64 "\n", probes, whole);
 	read_in_order("every page after the probes");
-	step("verified");
+	it_step("verified");
 }
 
 /* --- writeback and recovery ---------------------------------------------- */
@@ -853,24 +830,24 @@ static void scenario_writeback(void)
 	fill(1);
 	wait_on_disk(page_count / 4, 60000);
 	it_stats_print("on disk");
-	step("ondisk");
+	it_step("ondisk");
 	read_in_order("pass in page order, pages on disk");
 	read_random(page_count, 8, 2, 99, "random reads");
 	read_in_order("final pass");
 	it_stats_print("at end");
-	step("verified");
+	it_step("verified");
 }
 
 static void scenario_recovery(void)
 {
 	fill(1);
-	step("evicted");
+	it_step("evicted");
 	read_in_order("pass in page order after the restart");
 	read_random(page_count, 8, 2, 1234, "random reads after the restart");
 	read_in_order("final pass after the restart");
 	read_strided("final pass with a stride after the restart");
 	it_stats_print("at end");
-	step("verified");
+	it_step("verified");
 }
 
 /*
@@ -903,7 +880,7 @@ static void scenario_recovery_vmops(void)
 	}
 	move_pages(moved * UNIT_PAGES + 2, 29, dst,
 		   "mremap of 29 pages across units to an address of another alignment");
-	step("evicted");
+	it_step("evicted");
 	for (int i = 0; i < 8; i++) {
 		unit_read_others(dropped1[i], 1U << 1, "member left by MADV_DONTNEED, restarted");
 		unit_read_others(unmapped2[i], 1U << 2, "member left by munmap, restarted");
@@ -918,7 +895,7 @@ static void scenario_recovery_vmops(void)
 	read_in_order("pass in page order after the restart");
 	read_random(page_count, 8, 2, 4321, "random reads after the restart");
 	read_strided("final pass with a stride after the restart");
-	step("verified");
+	it_step("verified");
 }
 
 int main(int argc, char **argv)

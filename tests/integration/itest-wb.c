@@ -54,16 +54,6 @@ static void on_sigbus(int sig)
 	siglongjmp(bus_env, 1);
 }
 
-static void step(const char *name)
-{
-	char line[64];
-
-	printf("STEP %s\n", name);
-	fflush(stdout);
-	if (!fgets(line, sizeof(line), stdin))
-		it_fail("harness went away at step %s", name);
-}
-
 static void wait_on_disk(uint64_t min_pages, unsigned timeout_ms)
 {
 	struct uzswap_stats st = {0};
@@ -88,7 +78,7 @@ static int mode_readerr(char *a, uint64_t pages, const char *step_name)
 	wait_on_disk(pages / 4, 15000);
 	if (step_name) {
 		it_log("region at %p, %llu pages", (void *)a, (unsigned long long)pages);
-		step(step_name);
+		it_step(step_name);
 	}
 	sigemptyset(&sa.sa_mask);
 	if (sigaction(SIGBUS, &sa, NULL) < 0)
@@ -141,9 +131,9 @@ static int mode_far(char *a, uint64_t pages)
 		it_fail("sigaction");
 	wait_on_disk(pages / 2, 30000);
 	it_stats_print("ondisk");
-	step("ondisk");
+	it_step("ondisk");
 	far_pass(a, pages, 1, bad, 1);
-	step("read");
+	it_step("read");
 	for (volatile uint64_t p = 0; p < pages; p++) {
 		/* A poisoned page stays so until dropped; writing one faults it in first. */
 		if (sigsetjmp(bus_env, 1)) {
@@ -158,7 +148,7 @@ static int mode_far(char *a, uint64_t pages)
 	printf("far fill: %llu poisoned\n", (unsigned long long)fill_poisoned);
 	fflush(stdout);
 	wait_on_disk(pages / 2, 30000);
-	step("ondisk2");
+	it_step("ondisk2");
 	far_pass(a, pages, 2, bad, 2);
 	free(bad);
 	return 0;
@@ -183,21 +173,21 @@ int main(int argc, char **argv)
 	it_log("filled %llu pages", (unsigned long long)pages);
 
 	if (!strcmp(mode, "reuse")) {
-		step("filled");
+		it_step("filled");
 		it_range_verify(a, 0, pages / 8, 1, "before munmap");
 		if (munmap(a, size) < 0)
 			it_fail("munmap");
-		step("unmapped");
+		it_step("unmapped");
 		b = it_map(size);
 		it_range_fill(b, 0, pages, 2);
-		step("refilled");
+		it_step("refilled");
 		it_range_verify(b, 0, pages, 2, "second region");
 	} else if (!strcmp(mode, "limit")) {
-		step("filled");
+		it_step("filled");
 		it_range_verify(a, 0, pages, 1, "over the pool limit");
 		if (munmap(a, size / 2) < 0)
 			it_fail("munmap");
-		step("freed");
+		it_step("freed");
 		it_range_verify(a + size / 2, pages / 2, pages - pages / 2, 1, "after the limit");
 	} else if (!strcmp(mode, "readerr")) {
 		mode_readerr(a, pages, NULL);
@@ -229,15 +219,15 @@ int main(int argc, char **argv)
 				it_fail("madvise");
 			gen[p] = 0;
 		}
-		step("settled");
+		it_step("settled");
 		for (uint64_t p = 0; p < pages; p++)
 			it_page_verify(a + p * it_page_size, p, gen[p], "final pass");
 		free(gen);
 	} else if (!strcmp(mode, "far")) {
 		mode_far(a, pages);
 	} else if (!strcmp(mode, "hold")) {
-		step("filled");
-		step("shrunk");
+		it_step("filled");
+		it_step("shrunk");
 		it_range_verify(a, 0, pages, 1, "after shrink");
 	} else {
 		it_fail("unknown mode %s", mode);

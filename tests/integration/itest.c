@@ -364,3 +364,25 @@ int it_has_cap_sys_ptrace(void)
 	fclose(f);
 	return has;
 }
+
+uint64_t it_page_checksum(const void *page)
+{
+	const uint64_t *words = page;
+	uint64_t h = 0xcbf29ce484222325ULL;
+
+	for (size_t i = 0; i < it_page_size / sizeof(uint64_t); i++) {
+		h ^= words[i];
+		h *= 0x100000001b3ULL;
+	}
+	return h;
+}
+
+void it_step(const char *name)
+{
+	char line[64];
+
+	printf("STEP %s\n", name);
+	fflush(stdout);
+	if (!fgets(line, sizeof(line), stdin))
+		it_fail("harness went away at step %s", name);
+}

@@ -80,6 +80,10 @@ uint64_t it_require_evicted(const void *addr, size_t len, uint64_t min_pages, en
 			    const char *what);
 
 uint64_t it_now_ns(void);
+/* FNV-1a over a page, 8 bytes at a time. */
+uint64_t it_page_checksum(const void *page);
+/* Print "STEP name" and wait for the harness's line on stdin (it_fail if it went away). */
+void it_step(const char *name);
 uint64_t it_rand(uint64_t *state);
 size_t it_parse_size(const char *s);
 /* 1 when CAP_SYS_PTRACE is in this process's effective set. */

@@ -714,6 +714,19 @@ def t_evict_move_short(h):
     h.stop_daemon(require_activity=True)
 
 
+def _wait_rejoined(h, clients, timeout):
+    """Wait until `clients` clients re-joined the new daemon (recovered_clients); its stats."""
+    end = time.monotonic() + timeout
+    while True:
+        stats, text = h.stats()
+        if stats.get("recovered_clients", 0) >= clients:
+            return stats, text
+        if time.monotonic() > end:
+            raise TestFailure(f"only {stats.get('recovered_clients', 0)} of {clients} clients "
+                              f"re-joined the new daemon within {timeout} s")
+        time.sleep(0.2)
+
+
 def _restart_config(h, pool_max="48M", swap="768M"):
     """A config with a small pool and a swap file of the test's own: pages end up
     in the pool and on disk."""
@@ -760,15 +773,7 @@ def t_daemon_killed_restart(h):
                 c.report()
                 raise TestFailure(f"{c.name} exited ({c.popen.returncode}) with no daemon")
         h.start_daemon(budget="16M", extra=extra, name=f"uzswapd-{round_ + 1}")
-        end = time.monotonic() + 60
-        while True:
-            stats, _ = h.stats()
-            if stats.get("recovered_clients", 0) >= 4:
-                break
-            if time.monotonic() > end:
-                raise TestFailure(f"only {stats.get('recovered_clients', 0)} of 4 clients "
-                                  "re-joined the new daemon within 60 s")
-            time.sleep(0.2)
+        stats, _ = _wait_rejoined(h, 4, 60)
         recovered += stats.get("recovered_pages", 0)
         log(f"round {round_}: 4 clients re-joined, {stats.get('recovered_pages', 0)} pages "
             f"taken back, {stats.get('lost_pages', 0)} lost")
@@ -815,14 +820,7 @@ def t_daemon_handover(h):
             c.report()
             raise TestFailure(f"{c.name} exited ({c.popen.returncode}) at the handover")
     h.start_daemon(budget="16M", extra=extra, name="uzswapd-2")
-    end = time.monotonic() + 30
-    while True:
-        stats, _ = h.stats()
-        if stats.get("recovered_clients", 0) >= 2:
-            break
-        if time.monotonic() > end:
-            raise TestFailure("the clients did not re-join the next uzswapd within 30 s")
-        time.sleep(0.2)
+    stats, _ = _wait_rejoined(h, 2, 30)
     log(f"after the handover: {stats.get('recovered_pages', 0)} pages taken back, "
         f"{stats.get('lost_pages', 0)} lost, zswpin {stats.get('zswpin', 0)}")
     if stats.get("lost_pages", 0):
@@ -1805,14 +1803,7 @@ def _units_recovery(h, mode, data, pool_max):
         proc.report()
         raise TestFailure(f"the client exited ({proc.popen.returncode}) with no daemon")
     h.start_daemon(budget="16M", extra=extra, name="uzswapd-2")
-    end = time.monotonic() + 60
-    while True:
-        stats, text = h.stats()
-        if stats.get("recovered_clients", 0) >= 1:
-            break
-        if time.monotonic() > end:
-            raise TestFailure("the client did not re-join the new daemon within 60 s")
-        time.sleep(0.2)
+    stats, text = _wait_rejoined(h, 1, 60)
     log(f"after the restart: {stats.get('recovered_pages', 0)} pages taken back of {held}, "
         f"{stats.get('lost_pages', 0)} lost, unit_pages {stats.get('unit_pages')}")
     _units_require(stats.get("lost_pages", 0) == 0,

@@ -79,27 +79,31 @@ static void test_buffers(void **state)
 		assert_true(n > 0 && n < (int)sizeof(packed));
 		memset(back, 0, sizeof(back));
 		assert_int_equal(
-		    compressor_decompress_buf(c, algos[i], packed, (size_t)n, back, sizeof(back)), 0);
+		    compressor_decompress_buf(c, algos[i], packed, (size_t)n, back, sizeof(back)),
+		    0);
 		assert_memory_equal(back, unit, sizeof(unit));
 		/* Not the length it was made from: refused, never a short result. */
 		assert_int_equal(compressor_decompress_buf(c, algos[i], packed, (size_t)n, back,
 							   3 * UZ_PAGE_SIZE),
 				 -EBADMSG);
-		assert_int_equal(compressor_decompress(c, algos[i], packed, (size_t)n, back), -EBADMSG);
+		assert_int_equal(compressor_decompress(c, algos[i], packed, (size_t)n, back),
+				 -EBADMSG);
 		/* Truncated input. */
 		assert_int_equal(compressor_decompress_buf(c, algos[i], packed, (size_t)n / 2, back,
 							   sizeof(back)),
 				 -EBADMSG);
 		/* Too small a destination: E2BIG, as for a page. */
-		assert_int_equal(compressor_compress_buf(c, unit, sizeof(unit), packed, 16), -E2BIG);
+		assert_int_equal(compressor_compress_buf(c, unit, sizeof(unit), packed, 16),
+				 -E2BIG);
 		compressor_free(c);
 	}
 	{
 		struct compressor *raw = NULL;
 
 		assert_int_equal(compressor_new(&raw, COMPRESSOR_RAW, 0), 0);
-		assert_int_equal(compressor_compress_buf(raw, unit, sizeof(unit), packed, sizeof(packed)),
-				 -EINVAL);
+		assert_int_equal(
+		    compressor_compress_buf(raw, unit, sizeof(unit), packed, sizeof(packed)),
+		    -EINVAL);
 		assert_int_equal(compressor_decompress_buf(raw, COMPRESSOR_RAW, unit, sizeof(unit),
 							   back, sizeof(back)),
 				 -EINVAL);
@@ -272,11 +276,15 @@ static void test_parse(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_roundtrip_all),	 cmocka_unit_test(test_text_compresses),
+	    cmocka_unit_test(test_roundtrip_all),
+	    cmocka_unit_test(test_text_compresses),
 	    cmocka_unit_test(test_buffers),
-	    cmocka_unit_test(test_incompressible_e2big), cmocka_unit_test(test_decompress_errors),
-	    cmocka_unit_test(test_cross_algorithm),	 cmocka_unit_test(test_new_rejects),
-	    cmocka_unit_test(test_same_filled),		 cmocka_unit_test(test_parse),
+	    cmocka_unit_test(test_incompressible_e2big),
+	    cmocka_unit_test(test_decompress_errors),
+	    cmocka_unit_test(test_cross_algorithm),
+	    cmocka_unit_test(test_new_rejects),
+	    cmocka_unit_test(test_same_filled),
+	    cmocka_unit_test(test_parse),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -73,8 +73,8 @@ static void test_unit_entries(void **state)
 		assert_int_equal(pe_unit_page(member), page);
 		assert_int_equal(pe_algo(member), 2);
 		/* Being written back, still a member; on disk or resident, no unit. */
-		assert_true(pe_unit(pe_make(member, PAGE_WRITEBACK, false, 2, pe_len(member),
-					    pe_payload(member))));
+		assert_true(pe_unit(
+		    pe_make(member, PAGE_WRITEBACK, false, 2, pe_len(member), pe_payload(member))));
 		assert_false(pe_unit(pe_make(member, PAGE_ON_DISK, false, 2, pe_len(member), 7)));
 	}
 	member = pe_make(0, PAGE_STORED, true, 1, pe_unit_len_field(36), pe_unit_payload(5, 3));

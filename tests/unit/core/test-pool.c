@@ -1092,7 +1092,8 @@ static void test_recover_refuses(void **state)
  * between operations): recovery finds every object with its handle, count
  * and bytes, the same usage, the same token; new stores take other slots.
  */
-/* An arena of layout 1 (objects up to a page, as daemons before units made): taken back as it is. */
+/* An arena of layout 1 (objects up to a page, as daemons before units made): taken back as it is.
+ */
 static void test_layout_v1(void **state)
 {
 	enum { NR = 400 };
