@@ -88,8 +88,10 @@ class Bench(itest.Harness):
 
     def daemon_up(self):
         if self.mode == "uzswap":
+            # UZSWAPD_EXTRA_ARGS: more options for an A/B (--compression-unit 1, ...)
+            more = os.environ.get("UZSWAPD_EXTRA_ARGS", "").split()
             self.start_daemon(budget=self.budget,
-                              extra=("--swap-size", "0", "--compressor", "lz4"))
+                              extra=("--swap-size", "0", "--compressor", "lz4", *more))
 
     def daemon_down(self, record):
         if self.mode != "uzswap" or not self.daemon:
