@@ -387,13 +387,13 @@ int fault_store_page(struct fault_thread *t, struct client *c, uint64_t vpn, pag
 /*
  * Multi-page units.  PE_UNIT_PAGES pages evicted side by side (slots i..
  * of the landed batch, at vpn, vpn + 1, ..., vpn a multiple of
- * PE_UNIT_PAGES) are compressed as one object
- * when the client's policy asks for units and its faults have not shown
- * that the pages a unit puts back go unused (unit_score, judged like a
- * fault-around run: serve.c).  A unit is kept only if it fits in one
- * pool object; data that does not compress that well (4:1) makes the
- * client skip the next attempts, up to FAULT_UNIT_BACKOFF_MAX of them,
- * so that it is not compressed twice over.  A page that is one repeated
+ * PE_UNIT_PAGES) are compressed as one object when the client's policy
+ * asks for units and its faults have not shown that the pages a unit puts
+ * back go unused (unit_score, judged like a fault-around run: serve.c).
+ * A unit is kept only if its object is no bigger than four poor pages and
+ * fits in the pool and under its limits; data that does not compress that
+ * well makes the client skip the next attempts, up to
+ * FAULT_UNIT_BACKOFF_MAX of them, so that it is not compressed twice over.  A page that is one repeated
  * word stays a single same-filled entry (it costs no pool memory).
  */
 static bool fault_unit_wanted(struct client *c)

@@ -466,8 +466,7 @@ static unsigned fault_around_gather(struct fault_thread *t, struct client *c, ui
 
 /*
  * A fault on vpn, a member of a unit (entry e): the unit's other members
- * still stored in it go back with it, as the issue of one fault per unit
- * asks.  Those on the side the run goes (*step 1: above, -1: below; 0, the
+ * still stored in it go back with it (one fault restores the unit).  Those on the side the run goes (*step 1: above, -1: below; 0, the
  * window shut: whichever side holds more of them, and *step becomes that
  * direction) are left to the run, whose length must be at least the
  * number returned; the others go back here, each with its own
@@ -580,7 +579,8 @@ static int fault_around_serve(struct fault_thread *t, struct client *c, uint64_t
 			/*
 			 * Not while the client's faults show that what units put
 			 * back goes unused: then a member goes back alone, like
-			 * a single page, and its unit stays for the others.
+			 * a single page, and the members left are stored alone
+			 * after the fault (fault_unit_note_left).
 			 */
 			unit_ahead = fault_unit_siblings(t, c, vpn, e, lo, hi, &step, &room);
 			if (unit_ahead > want) {
