@@ -198,6 +198,22 @@ int compressor_decompress_buf(struct compressor *c, enum compressor_algo algo, c
 	return decompress_any(c, algo, src, src_len, dst, dst_len);
 }
 
+int compressor_decompress_prefix(struct compressor *c, enum compressor_algo algo, const void *src,
+				 size_t src_len, void *dst, size_t dst_len, size_t want)
+{
+	int n;
+
+	if (algo == COMPRESSOR_RAW)
+		return -EINVAL;
+	if (algo != COMPRESSOR_LZ4 || want >= dst_len)
+		return decompress_any(c, algo, src, src_len, dst, dst_len);
+	if (want == 0 || src_len == 0 || src_len > INT32_MAX || dst_len > INT32_MAX)
+		return -EBADMSG;
+	/* src_len is the block's exact size (Note 4 of lz4.h): any target is safe. */
+	n = LZ4_decompress_safe_partial(src, dst, (int)src_len, (int)want, (int)dst_len);
+	return n >= 0 && (size_t)n >= want ? 0 : -EBADMSG;
+}
+
 int compressor_parse(const char *spec, enum compressor_algo *algo, int *level)
 {
 	const char *colon;

@@ -53,6 +53,14 @@ int compressor_compress_buf(struct compressor *c, const void *src, size_t src_le
 			    size_t dst_cap);
 int compressor_decompress_buf(struct compressor *c, enum compressor_algo algo, const void *src,
 			      size_t src_len, void *dst, size_t dst_len);
+/*
+ * Only the first `want` (<= dst_len) of the dst_len bytes src holds: lz4
+ * stops there (a unit's page near its start costs less to get at), zstd
+ * decodes everything.  0 when at least `want` bytes were decoded (for
+ * zstd: exactly dst_len), else -EBADMSG; -EINVAL for RAW.
+ */
+int compressor_decompress_prefix(struct compressor *c, enum compressor_algo algo, const void *src,
+				 size_t src_len, void *dst, size_t dst_len, size_t want);
 
 /* "lz4", "zstd", "zstd:3"; returns 0 or -EINVAL. */
 int compressor_parse(const char *spec, enum compressor_algo *algo, int *level);

@@ -30,6 +30,8 @@
 #define FAULT_RESTORE_RUN      64 /* pages given back with one UFFDIO_COPY */
 #define FAULT_UNIT_SCORE_MAX   8  /* client.unit_score: -this..this; units while >= 0 */
 #define FAULT_UNIT_SPLITS      64 /* units waiting to be split, per thread */
+#define FAULT_UNIT_SPLIT_IDLE_MS 10 /* ... split once the thread was idle this long, */
+#define FAULT_UNIT_SPLIT_BATCH	 16 /* ... this many at a time */
 
 /*
  * The client's pagemap (/proc/PID/pagemap), read 512 words at a time:
@@ -72,7 +74,7 @@ struct fault_retry {
 	bool write;
 };
 
-/* A unit some of whose members left: the rest to store one by one (fault_unit_splits_run). */
+/* A unit some of whose members left: the rest to store one by one (fault_unit_split_one). */
 struct fault_unit_split {
 	uint64_t key;	 /* the client */
 	uint64_t first;	 /* vpn of the unit's page 0 */
@@ -123,6 +125,7 @@ struct fault_thread {
 	 */
 	const struct pool *unit_pool;
 	uint64_t unit_handle;
+	size_t unit_valid; /* bytes of unit_buf decoded (lz4 can stop at a page) */
 	struct fault_unit_split unit_splits[FAULT_UNIT_SPLITS];
 	unsigned nr_unit_splits;
 	struct uz_msg_evict *evict_msg;
@@ -183,6 +186,7 @@ static inline void fault_unit_cache_reset(struct fault_thread *t)
 {
 	t->unit_pool = NULL;
 	t->unit_handle = 0;
+	t->unit_valid = 0;
 }
 
 static inline void client_resident_add(struct client *c, int64_t delta)
@@ -235,11 +239,13 @@ static inline void entry_lru_push(struct client *c, uint64_t vpn, page_entry_t *
  */
 
 /*
- * Store the members left in the units of t->unit_splits one by one, so
+ * Store the members left in one unit of t->unit_splits one by one, so
  * that a unit whose other pages went back does not hold its whole object
- * for them (reclaim.c).  From the thread's loop, after its events.
+ * for them (reclaim.c).  Idle work: the thread's loop splits once it was
+ * idle FAULT_UNIT_SPLIT_IDLE_MS, so that splits (three compressions each)
+ * neither delay faults nor take the CPU the spin gate looks for.
  */
-void fault_unit_splits_run(struct fault_thread *t);
+void fault_unit_split_one(struct fault_thread *t);
 
 /* Retry a fault that met EAGAIN (or wake its thread when the list is full). */
 void fault_retry_add(struct fault_thread *t, struct client *c, uint64_t addr, bool write);

@@ -503,9 +503,13 @@ static void *fault_thread_main(void *arg)
 			if (left < timeout)
 				timeout = left;
 		}
+		if (t->nr_unit_splits && (timeout < 0 || timeout > FAULT_UNIT_SPLIT_IDLE_MS))
+			timeout = FAULT_UNIT_SPLIT_IDLE_MS; /* split units once idle that long */
 		n = fault_thread_wait(t, events, UZ_ARRAY_SIZE(events), timeout);
 		if (n < 0 && errno != EINTR)
 			break;
+		for (unsigned k = 0; n == 0 && k < FAULT_UNIT_SPLIT_BATCH && t->nr_unit_splits; k++)
+			fault_unit_split_one(t);
 		for (int i = 0; i < n; i++) {
 			struct fault_source *src = events[i].data.ptr;
 			struct client *c = src->client;
@@ -563,7 +567,6 @@ static void *fault_thread_main(void *arg)
 			}
 		}
 		fault_thread_reap(t);
-		fault_unit_splits_run(t);
 		wb_shrink(t->wb);
 		wb_compact_step(t->wb);
 

@@ -524,29 +524,31 @@ static bool unit_member_split(struct fault_thread *t, struct client *c, uint64_t
 	return true;
 }
 
-void fault_unit_splits_run(struct fault_thread *t)
+void fault_unit_split_one(struct fault_thread *t)
 {
-	for (unsigned n = 0; n < t->nr_unit_splits; n++) {
-		const struct fault_unit_split *s = &t->unit_splits[n];
-		struct client *c = fault_thread_client(t, s->key, false);
+	struct fault_unit_split s;
+	struct client *c;
 
-		if (!c || c->dead)
+	if (!t->nr_unit_splits)
+		return;
+	s = t->unit_splits[--t->nr_unit_splits];
+	c = fault_thread_client(t, s.key, false);
+	if (!c || c->dead)
+		return;
+	fault_unit_cache_reset(t); /* objects were stored since it was filled */
+	/* From the last: the first decode goes furthest (lz4 may stop at a page). */
+	for (unsigned i = PE_UNIT_PAGES; i-- > 0;) {
+		uint64_t vpn = s.first + i;
+		page_entry_t e = page_index_get(c->index, vpn);
+
+		/* Only STORED: one being written back goes alone anyway. */
+		if (pe_state(e) != PAGE_STORED || !pe_unit(e) || pe_handle(e) != s.handle ||
+		    pe_unit_page(e) != i)
 			continue;
-		fault_unit_cache_reset(t); /* objects were stored since it was filled */
-		for (unsigned i = 0; i < PE_UNIT_PAGES; i++) {
-			uint64_t vpn = s->first + i;
-			page_entry_t e = page_index_get(c->index, vpn);
-
-			/* Only STORED: one being written back goes alone anyway. */
-			if (pe_state(e) != PAGE_STORED || !pe_unit(e) ||
-			    pe_handle(e) != s->handle || pe_unit_page(e) != i)
-				continue;
-			if (!unit_member_split(t, c, vpn, e))
-				break;
-			client_stat(c, UZ_STAT_unit_split_pages, 1);
-		}
+		if (!unit_member_split(t, c, vpn, e))
+			break;
+		client_stat(c, UZ_STAT_unit_split_pages, 1);
 	}
-	t->nr_unit_splits = 0;
 }
 
 /*

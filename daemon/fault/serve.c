@@ -158,19 +158,27 @@ static int fault_zero_fill(struct fault_thread *t, struct client *c, uint64_t vp
 
 /*
  * The unit a member's entry names, decompressed into t->unit_buf (or
- * there already: the thread's unit cache).  The object is checked as far
- * as it can be: header, lengths, and that it decompresses to exactly the
- * unit's pages.
+ * there already: the thread's unit cache), at least up to the end of that
+ * member's page: while the client's units are not put back whole (its
+ * score is below 0, serve.c) only that far, since lz4 can stop there;
+ * else all of it.  The object is checked as far as it can be: header,
+ * lengths, and that it decompresses to the unit's pages (for a prefix:
+ * to at least that much).
  */
 static int fault_unit_load(struct fault_thread *t, struct client *c, page_entry_t e)
 {
 	const struct pool *pool = c->family->pool;
 	unsigned len = pe_object_len(e);
+	size_t want = c->unit_score < 0 ? (size_t)(pe_unit_page(e) + 1) * UZ_PAGE_SIZE
+					: (size_t)PE_UNIT_PAGES * UZ_PAGE_SIZE;
 	struct pe_unit_header header;
 	int r;
 
-	if (t->unit_pool == pool && t->unit_handle == pe_handle(e))
-		return 0;
+	if (t->unit_pool == pool && t->unit_handle == pe_handle(e)) {
+		if (t->unit_valid >= want)
+			return 0;
+		want = (size_t)PE_UNIT_PAGES * UZ_PAGE_SIZE; /* a second member: all of it */
+	}
 	fault_unit_cache_reset(t);
 	if (len <= sizeof(header) || len > PE_UNIT_OBJECT_MAX)
 		return -EBADMSG;
@@ -182,13 +190,14 @@ static int fault_unit_load(struct fault_thread *t, struct client *c, page_entry_
 	    header.compressed_len == 0 || header.compressed_len > len - sizeof(header) ||
 	    len - sizeof(header) - header.compressed_len >= 4)
 		return -EBADMSG;
-	r = compressor_decompress_buf(t->compressor, pe_algo(e), t->compressed + sizeof(header),
-				      header.compressed_len, t->unit_buf,
-				      (size_t)PE_UNIT_PAGES * UZ_PAGE_SIZE);
+	r = compressor_decompress_prefix(t->compressor, pe_algo(e), t->compressed + sizeof(header),
+					 header.compressed_len, t->unit_buf,
+					 (size_t)PE_UNIT_PAGES * UZ_PAGE_SIZE, want);
 	if (r < 0)
 		return r;
 	t->unit_pool = pool;
 	t->unit_handle = pe_handle(e);
+	t->unit_valid = want;
 	return 0;
 }
 

@@ -82,6 +82,18 @@ static void test_buffers(void **state)
 		    compressor_decompress_buf(c, algos[i], packed, (size_t)n, back, sizeof(back)),
 		    0);
 		assert_memory_equal(back, unit, sizeof(unit));
+		/* A prefix: at least the pages asked for, right (lz4 stops there, zstd does not). */
+		for (size_t pages = 1; pages <= 4; pages++) {
+			memset(back, 0, sizeof(back));
+			assert_int_equal(compressor_decompress_prefix(c, algos[i], packed, (size_t)n,
+								      back, sizeof(back),
+								      pages * UZ_PAGE_SIZE),
+					 0);
+			assert_memory_equal(back, unit, pages * UZ_PAGE_SIZE);
+		}
+		assert_int_equal(compressor_decompress_prefix(c, algos[i], packed, (size_t)n / 2,
+							      back, sizeof(back), sizeof(back)),
+				 -EBADMSG);
 		/* Not the length it was made from: refused, never a short result. */
 		assert_int_equal(compressor_decompress_buf(c, algos[i], packed, (size_t)n, back,
 							   3 * UZ_PAGE_SIZE),
