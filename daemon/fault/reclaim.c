@@ -338,15 +338,43 @@ void fault_client_reclaim(struct fault_thread *t, struct client *c)
 	client_stat(c, UZ_STAT_evict_requests, 1);
 }
 
+/*
+ * A page compressed by the client's policy into t->compressed, or the
+ * page itself when it compresses poorly and the policy keeps poor pages
+ * raw: *data and *algo say which.  Returns the length, or -errno (the
+ * rejection counted).
+ */
+static int policy_compress(struct fault_thread *t, struct client *c, const uint8_t *page,
+			   const void **data, unsigned *algo)
+{
+	struct compressor *comp = fault_compressor(t, c->policy.algo, c->policy.level, false);
+	int len = compressor_compress(comp, page, t->compressed, c->policy.poor_threshold);
+
+	*data = t->compressed;
+	*algo = compressor_algo(comp);
+	if (len == -E2BIG) {
+		client_stat(c, UZ_STAT_reject_compress_poor, 1);
+		if (c->policy.poor_policy != UZ_POOR_KEEP_RAW)
+			return -E2BIG;
+		*data = page;
+		*algo = COMPRESSOR_RAW;
+		return (int)UZ_PAGE_SIZE;
+	}
+	if (len <= 0) {
+		client_stat(c, UZ_STAT_reject_compress_fail, 1);
+		return len < 0 ? len : -EIO;
+	}
+	return len;
+}
+
 /* Compress one moved page into the pool.  0, or -errno: the caller puts it back. */
 int fault_store_page(struct fault_thread *t, struct client *c, uint64_t vpn, page_entry_t e,
 		     const uint8_t *page)
 {
 	uint64_t word, pattern;
-	const void *data = t->compressed;
-	struct compressor *comp = fault_compressor(t, c->policy.algo, c->policy.level, false);
-	unsigned algo = compressor_algo(comp);
+	const void *data;
 	pool_handle_t handle;
+	unsigned algo;
 	int len, r;
 
 	if (page_same_filled(page, &word) && pe_fill_encode(word, &pattern)) {
@@ -358,18 +386,9 @@ int fault_store_page(struct fault_thread *t, struct client *c, uint64_t vpn, pag
 		return 0;
 	}
 
-	len = compressor_compress(comp, page, t->compressed, c->policy.poor_threshold);
-	if (len == -E2BIG) {
-		client_stat(c, UZ_STAT_reject_compress_poor, 1);
-		if (c->policy.poor_policy != UZ_POOR_KEEP_RAW)
-			return -E2BIG;
-		data = page;
-		algo = COMPRESSOR_RAW;
-		len = (int)UZ_PAGE_SIZE;
-	} else if (len <= 0) {
-		client_stat(c, UZ_STAT_reject_compress_fail, 1);
-		return len < 0 ? len : -EIO;
-	}
+	len = policy_compress(t, c, page, &data, &algo);
+	if (len < 0)
+		return len;
 	r = pool_store(c->family->pool, data, (size_t)len, &handle);
 	if (r < 0) {
 		client_stat(c, UZ_STAT_reject_alloc_fail, 1);
@@ -499,21 +518,15 @@ static unsigned fault_store_unit(struct fault_thread *t, struct client *c,
 static bool unit_member_split(struct fault_thread *t, struct client *c, uint64_t vpn,
 			      page_entry_t e)
 {
-	struct compressor *comp = fault_compressor(t, c->policy.algo, c->policy.level, false);
-	const void *data = t->compressed;
-	unsigned algo = compressor_algo(comp);
+	const void *data;
 	pool_handle_t handle;
 	page_entry_t single;
+	unsigned algo;
 	int len;
 
 	if (fault_decode_page(t, c, e, t->page) < 0)
 		return false;
-	len = compressor_compress(comp, t->page, t->compressed, c->policy.poor_threshold);
-	if (len == -E2BIG && c->policy.poor_policy == UZ_POOR_KEEP_RAW) {
-		data = t->page;
-		algo = COMPRESSOR_RAW;
-		len = (int)UZ_PAGE_SIZE;
-	}
+	len = policy_compress(t, c, t->page, &data, &algo);
 	if (len <= 0 || !wb_pool_room(t->wb, c, (uint64_t)len) ||
 	    pool_store(c->family->pool, data, (size_t)len, &handle) < 0)
 		return false;
