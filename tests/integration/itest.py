@@ -1472,13 +1472,7 @@ def t_units_basic(h):
     pattern; faults put units back (unit_restored_pages > 0, <= zswpin); at the end no
     stored page, no pool byte and no unit member is left."""
     h.start_daemon(budget="16M", extra=_units_option(h, 4))
-    proc = _units_client(h, "basic", "text")
-    _units_step(proc, "evicted")
-    before = _units_held(h, proc, "evicted")
-    _units_go(proc)
-    _units_step(proc, "reread")
-    _units_restored(h, proc, "after the re-reads", since=before)
-    _units_finish(h, proc)
+    _units_evict_and_read(h, "basic", "reread", "after the re-reads")
 
 
 def t_units_vmops(h):
@@ -1498,6 +1492,18 @@ def t_units_vmops_noaround(h):
     faulted is its unit's (the paths of a unit that lost members, unmixed with
     fault-around runs)."""
     _units_vmops(h, around=0)
+
+
+def _units_evict_and_read(h, mode, step, when, timeout=120):
+    """The itest-units client in `mode` on text-like pages: evicted with units held, then
+    its reads up to `step` put units back (unit_restored_pages grew); it ends clean."""
+    proc = _units_client(h, mode, "text")
+    _units_step(proc, "evicted")
+    before = _units_held(h, proc, "evicted")
+    _units_go(proc)
+    _units_step(proc, step, timeout=timeout)
+    _units_restored(h, proc, when, since=before)
+    _units_finish(h, proc)
 
 
 def _units_vmops(h, around):
@@ -1627,13 +1633,7 @@ def t_units_threads(h):
     again (units stored again: unit_stores grows), the threads again, every page
     verified; unit_restored_pages > 0."""
     h.start_daemon(budget="16M", extra=_units_option(h, 4))
-    proc = _units_client(h, "threads", "text")
-    _units_step(proc, "evicted")
-    before = _units_held(h, proc, "evicted")
-    _units_go(proc)
-    _units_step(proc, "verified", timeout=150)
-    _units_restored(h, proc, "after the threads", since=before)
-    _units_finish(h, proc)
+    _units_evict_and_read(h, "threads", "verified", "after the threads", timeout=150)
 
 
 def t_units_cgroup(h):
@@ -1649,13 +1649,7 @@ def t_units_cgroup(h):
         f.write("[Match]\nCgroup=/\n[Limits]\nResidentMax=16M\nResidentLow=12M\n"
                 "CompressionUnit=4\n")
     h.start_daemon(budget="16M", extra=extra)
-    proc = _units_client(h, "basic", "text")
-    _units_step(proc, "evicted")
-    before = _units_held(h, proc, "evicted")
-    _units_go(proc)
-    _units_step(proc, "reread")
-    _units_restored(h, proc, "after the re-reads", since=before)
-    _units_finish(h, proc)
+    _units_evict_and_read(h, "basic", "reread", "after the re-reads")
 
 
 def t_units_race(h):
