@@ -120,8 +120,7 @@
 
 struct wb_item {
 	uint64_t key, vpn;
-	pool_handle_t handle;
-	page_entry_t entry; /* the WRITEBACK entry (a unit member's: the unit's share) */
+	page_entry_t entry; /* the WRITEBACK entry: its object and share (a unit member's too) */
 	unsigned len;	    /* bytes written, ... */
 	unsigned algo;	    /* ... by this algorithm (a unit member is compressed again alone) */
 	bool cancelled;
@@ -810,7 +809,7 @@ static enum lru_walk_status wb_pick(uint64_t ref, void *userdata)
 			return LRU_ROTATE;
 	}
 	e = pe_make(e & ~PE_QUEUED, PAGE_WRITEBACK, false, pe_algo(e), pe_len(e), pe_payload(e));
-	batch->items[n] = (struct wb_item){key, vpn, pe_handle(e), e, len, algo, false};
+	batch->items[n] = (struct wb_item){key, vpn, e, len, algo, false};
 	batch->objs[n] = (struct swap_object){.data = wb->staging + (size_t)n * UZ_PAGE_SIZE,
 					      .len = len,
 					      .owner = c->swap_owner,
@@ -863,7 +862,7 @@ static void batch_done(struct swap_object *objs, size_t count, int result, void 
 		e = page_index_get(c->index, it->vpn);
 		page_index_set(c->index, it->vpn,
 			       pe_make(e, PAGE_ON_DISK, false, it->algo, it->len, objs[i].slot));
-		entry_pool_count(c, it->entry, -1, family_release(c->family, it->handle));
+		entry_pool_release(c, it->entry);
 		client_stat(c, UZ_STAT_stored_pages, -1);
 		client_stat(c, UZ_STAT_on_disk_pages, 1);
 		client_stat(c, UZ_STAT_swap_bytes_on_disk,
