@@ -879,13 +879,16 @@ def t_chaos(h):
     """Chaos: 3 clients (3 threads each, mremap, MADV_DONTNEED, munmap+mmap and fork
     under them; budgets far below their footprint, writeback on) while uzswapd is
     SIGKILLed at random moments and started again, at least CHAOS_KILLS times (10)
-    within CHAOS_SECONDS (100).  Every page every client reads verifies; after the
-    clients exit, the pool and the swap accounting are back to zero."""
+    within CHAOS_SECONDS (100), with CHAOS_UNIT as --compression-unit if set.  Every
+    page every client reads verifies; after the clients exit, the pool and the swap
+    accounting are back to zero."""
     kills_wanted = int(os.environ.get("CHAOS_KILLS", "10"))
     seconds = int(os.environ.get("CHAOS_SECONDS", "100"))
     rng = random.Random(int(os.environ.get("CHAOS_SEED", str(os.getpid()))))
     os.makedirs(os.path.join(h.tmp, "cgroup.d"), exist_ok=True)
     extra = _restart_config(h, pool_max="16M", swap="512M")
+    if os.environ.get("CHAOS_UNIT"):
+        extra += ["--compression-unit", os.environ["CHAOS_UNIT"]]
     h.start_daemon(budget="8M", extra=extra, name="uzswapd-0")
     client_seconds = seconds - 15
     clients = [h.spawn(f"chaos{i}", [h.bin("itest-chaos"), "40M", "3", str(client_seconds),
