@@ -249,7 +249,7 @@ int daemon_client_resolve(struct daemon *d, pid_t pid, struct uz_group **group,
 	const struct policy_override *o = &d->policy_override;
 	const char *path = "/";
 	struct uz_policy p = d->policy;
-	bool matched = false;
+	unsigned int from_file = 0;
 	int r;
 
 	if (d->cgroup_layout && cgroup_layout_memory_version(d->cgroup_layout) != CGROUP_NONE) {
@@ -283,29 +283,33 @@ int daemon_client_resolve(struct daemon *d, pid_t pid, struct uz_group **group,
 			path = info->v2_path;
 	}
 	if (d->config) {
-		matched = config_match_cgroup(d->config, path) != NULL;
+		from_file = config_cgroup_keys(d->config, path);
 		r = config_policy_for_cgroup(d->config, path, limits, &p);
 		if (r < 0)
 			p = d->policy;
 	}
-	/* The command line overrides [Defaults]: cgroup.d files still win. */
-	if (!matched) {
-		if (o->resident_max_set) {
-			p.resident_max = o->resident_max;
-			if (!o->resident_low_set)
-				p.resident_low = p.resident_max / 100 * UZ_DEFAULT_RESIDENT_LOW_PERCENT;
-		}
-		if (o->resident_low_set)
-			p.resident_low = uz_min(o->resident_low, p.resident_max);
-		if (o->compressor_set) {
-			p.algo = o->algo;
-			p.level = o->level;
-		}
-		if (o->fault_around_set)
-			p.fault_around_max = o->fault_around;
-		if (o->unit_set)
-			p.unit_pages = o->unit_pages;
+	/*
+	 * The command line overrides [Defaults], key by key: a key a cgroup.d
+	 * file of the client's chain sets is that file's.
+	 */
+#define FROM_FILE(key) (from_file & (1U << (key)))
+	if (o->resident_max_set && !FROM_FILE(LIMIT_RESIDENT_MAX)) {
+		p.resident_max = o->resident_max;
+		if (!o->resident_low_set && !FROM_FILE(LIMIT_RESIDENT_LOW))
+			p.resident_low = p.resident_max / 100 * UZ_DEFAULT_RESIDENT_LOW_PERCENT;
 	}
+	if (o->resident_low_set && !FROM_FILE(LIMIT_RESIDENT_LOW))
+		p.resident_low = o->resident_low;
+	p.resident_low = uz_min(p.resident_low, p.resident_max);
+	if (o->compressor_set && !FROM_FILE(LIMIT_COMPRESSOR)) {
+		p.algo = o->algo;
+		p.level = o->level;
+	}
+	if (o->fault_around_set && !FROM_FILE(LIMIT_FAULT_AROUND))
+		p.fault_around_max = o->fault_around;
+	if (o->unit_set && !FROM_FILE(LIMIT_COMPRESSION_UNIT))
+		p.unit_pages = o->unit_pages;
+#undef FROM_FILE
 	r = group_get(&d->groups, path, group);
 	free(info);
 	if (r < 0)

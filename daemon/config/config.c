@@ -62,18 +62,6 @@ struct amount {
 	double percent; /* 0 < percent <= 100 */
 };
 
-enum limit_key {
-	LIMIT_RESIDENT_MAX,
-	LIMIT_RESIDENT_LOW,
-	LIMIT_POOL_MAX,
-	LIMIT_SWAP_MAX,
-	LIMIT_WRITEBACK,
-	LIMIT_COMPRESSOR,
-	LIMIT_FAULT_AROUND,
-	LIMIT_COMPRESSION_UNIT,
-	LIMIT__COUNT
-};
-
 /* The [Limits] (or [Defaults]) keys one file sets: bit N of `set` per limit_key. */
 struct limits {
 	unsigned int set;
@@ -1389,6 +1377,21 @@ const char *config_match_cgroup(const struct uz_config *config, const char *cgro
 		return NULL;
 	file = config_find(config, path, -1);
 	return file ? file->cgroup : NULL;
+}
+
+unsigned int config_cgroup_keys(const struct uz_config *config, const char *cgroup_path)
+{
+	char path[CGROUP_PATH_MAX];
+	unsigned int keys = 0;
+	size_t len;
+
+	if (normalize_cgroup_path(cgroup_path, path, sizeof(path)) < 0)
+		return 0;
+	len = strlen(path);
+	for (size_t i = 0; i < config->n_files; i++)
+		if (cgroup_file_matches(&config->files[i], path, len))
+			keys |= config->files[i].limits.set;
+	return keys;
 }
 
 /* Where key comes from: the chain, then [Defaults], then built-in. */

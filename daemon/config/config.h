@@ -106,6 +106,24 @@ int config_policy_for_cgroup(const struct uz_config *config, const char *cgroup_
 /* The Cgroup= of the most specific file matching cgroup_path, or NULL. */
 const char *config_match_cgroup(const struct uz_config *config, const char *cgroup_path);
 
+/* The [Limits] keys, bit 1 << LIMIT_..., of the policy. */
+enum limit_key {
+	LIMIT_RESIDENT_MAX,
+	LIMIT_RESIDENT_LOW,
+	LIMIT_POOL_MAX,
+	LIMIT_SWAP_MAX,
+	LIMIT_WRITEBACK,
+	LIMIT_COMPRESSOR,
+	LIMIT_FAULT_AROUND,
+	LIMIT_COMPRESSION_UNIT,
+	LIMIT__COUNT
+};
+/*
+ * The keys some cgroup.d file of cgroup_path's chain sets (bit 1 << key):
+ * the ones a command-line override of [Defaults] leaves alone.
+ */
+unsigned int config_cgroup_keys(const struct uz_config *config, const char *cgroup_path);
+
 /*
  * Check one file without the daemon: a file with a [Match] section is
  * checked as a cgroup.d file, any other as the main file.  Returns 0 or

@@ -1647,12 +1647,28 @@ def t_units_cgroup(h):
     verifies."""
     extra = _units_config(h, unit=1, swap="64M")
     with open(os.path.join(h.tmp, "cgroup.d", "all.conf"), "w") as f:
-        # The budget too: a matching cgroup.d file's policy does not take the
-        # command line's --resident-max.
+        # The budget too: the command line's --resident-max would be taken
+        # for it otherwise (a file's keys win, key by key).
         f.write("[Match]\nCgroup=/\n[Limits]\nResidentMax=16M\nResidentLow=12M\n"
                 "CompressionUnit=4\n")
     h.start_daemon(budget="16M", extra=extra)
     _units_evict_and_read(h, "basic", "reread", "after the re-reads")
+
+
+def t_cgroup_file_cli_budget(h):
+    """A cgroup.d file that sets no budget takes the command line's: [Limits]
+    Compressor=zstd only, for Cgroup=/ (every cgroup), and --resident-max 8M; a 32 MiB
+    client is evicted (under the built-in 64M it would not be: zswpout > 0) and every
+    page it reads verifies."""
+    extra = _units_config(h, swap="64M")
+    with open(os.path.join(h.tmp, "cgroup.d", "all.conf"), "w") as f:
+        f.write("[Match]\nCgroup=/\n[Limits]\nCompressor=zstd\n")
+    h.start_daemon(budget="8M", extra=extra)
+    h.client("loop", [h.bin("itest-loop"), "32M", "2", "4", "yes"], timeout=120)
+    stats, _ = h.stats()
+    if stats.get("zswpout", 0) == 0:
+        raise TestFailure(f"nothing evicted under --resident-max 8M: {stats}")
+    h.stop_daemon()
 
 
 def t_units_race(h):
