@@ -156,9 +156,12 @@ static void stack_tops_touch(void)
 /*
  * The child's pthread_create of its agent allocates the thread's dtv
  * (calloc of a few hundred bytes, by whatever malloc the program uses)
- * from this thread's cache.  Take and give back one block of each likely
- * size now: the child's calloc then gets a block (and cache metadata) that
- * is present, not a hole it would wait on.
+ * from this thread's cache -- and glibc sets that cache up first if this
+ * thread never called malloc.  Take and give back one block of each likely
+ * size: the child's calloc then gets a block (and cache metadata) that is
+ * present, not a hole.  A hole there is worse than a slow fault: the
+ * child's agent, which would notice a daemon that died and re-join the
+ * next one, is not running yet, so a fault there waits for ever.
  */
 static void dtv_pretouch(void)
 {
@@ -170,10 +173,12 @@ static void fork_prepare(void)
 {
 	/*
 	 * Before range_lock: the program's malloc may map memory, and our
-	 * mmap hooks take range_lock.  Eviction is not paused yet, but these
-	 * blocks were just written (referenced): CLOCK passes them over.
+	 * mmap hooks take range_lock.  This pass fills the thread's cache (a
+	 * daemon we are re-joining serves what it faults on); the one after
+	 * FORK_PREPARE below, with eviction paused, is served from that cache
+	 * and leaves its blocks present for the child.
 	 */
-	if (uz_client_managed() && !uz_is_agent())
+	if (atomic_load(&uz_client.state) != UZ_CLIENT_OFF && !uz_is_agent())
 		dtv_pretouch();
 	uz_ranges_lock();
 	/* From here until the fork is over, the agent moves no page out (agent.c). */
@@ -218,6 +223,7 @@ static void fork_prepare(void)
 		break;
 	}
 	if (fork_snapshot >= 0) {
+		dtv_pretouch();
 		stack_pretouch();
 		stack_tops_touch();
 	}
