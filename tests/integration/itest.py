@@ -46,6 +46,9 @@ CAP_SYS_PTRACE = 19
 
 libc = ctypes.CDLL(None, use_errno=True)
 
+# Lines a truncated report keeps from the part it cuts (Proc.report).
+_REPORT_KEEP = re.compile(r"(?i)error|bug|poison|zeros|fail|missing|warn|lost_pages")
+
 
 class TestFailure(Exception):
     pass
@@ -146,7 +149,10 @@ class Proc:
         for label, text in (("stdout", self.stdout()), ("stderr", self.stderr())):
             lines = text.splitlines()
             if len(lines) > 60:
-                lines = lines[:20] + [f"... ({len(lines) - 50} lines) ..."] + lines[-30:]
+                # What the cut would hide and a failure needs: errors and losses.
+                middle = [ln for ln in lines[20:-30] if _REPORT_KEEP.search(ln)][:40]
+                lines = (lines[:20] + [f"... ({len(lines) - 50} lines, of them these:) ..."] +
+                         middle + ["... (end of the cut) ..."] + lines[-30:])
             if lines:
                 print(f"---- {self.name} {label} ----")
                 print("\n".join(lines), flush=True)
