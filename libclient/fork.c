@@ -165,8 +165,19 @@ static void stack_tops_touch(void)
  */
 static void dtv_pretouch(void)
 {
-	for (size_t size = 256; size <= 768; size += 16)
-		free(malloc(size));
+	for (size_t size = 256; size <= 768; size += 16) {
+		/*
+		 * Through a volatile pointer, written to: GCC deletes a
+		 * free(malloc(n)) pair outright (it did, and the child's
+		 * calloc set up glibc's cache on a hole).
+		 */
+		char *volatile block = malloc(size);
+
+		if (block) {
+			block[0] = 0;
+			free(block);
+		}
+	}
 }
 
 static void fork_prepare(void)
