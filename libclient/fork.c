@@ -155,11 +155,13 @@ static void stack_tops_touch(void)
 
 /*
  * The child's pthread_create of its agent allocates the thread's dtv
- * (calloc of a few hundred bytes, by whatever malloc the program uses)
- * from this thread's cache -- and glibc sets that cache up first if this
- * thread never called malloc.  Take and give back one block of each likely
- * size: the child's calloc then gets a block (and cache metadata) that is
- * present, not a hole.  A hole there is worse than a slow fault: the
+ * (calloc of a few hundred bytes, by whatever malloc the program uses),
+ * and glibc first sets up this thread's cache if it never called malloc.
+ * Take and give back one block of each likely size: the cache and its
+ * metadata are then present in the child, and so is the block where the
+ * program's calloc takes it from that cache.  glibc's calloc (2.36) does
+ * not: it goes to the arena, which may still be a hole
+ * (docs/RELIABILITY.md).  A hole there is worse than a slow fault: the
  * child's agent, which would notice a daemon that died and re-join the
  * next one, is not running yet, so a fault there waits for ever.
  */
