@@ -576,6 +576,11 @@ static void test_nested_inheritance(void **state)
 	assert_int_equal(policy.fault_around_max, 0); /* off for /a and below */
 	assert_int_equal(policy.unit_pages, 4);	      /* on for /a and below */
 	assert_string_equal(config_match_cgroup(config, "/a/b/c"), "/a/b");
+	/* the keys the chain sets, which the daemon's command line leaves alone */
+	assert_int_equal(config_cgroup_keys(config, "/a/b/c"),
+			 1U << LIMIT_RESIDENT_MAX | 1U << LIMIT_COMPRESSOR |
+			     1U << LIMIT_FAULT_AROUND | 1U << LIMIT_COMPRESSION_UNIT |
+			     1U << LIMIT_POOL_MAX | 1U << LIMIT_RESIDENT_LOW);
 
 	/* /a/b/c/d/e: its own file overrides ResidentMax (25% of 4G) and Writeback */
 	assert_int_equal(config_policy_for_cgroup(config, "/a/b/c/d/e", &limits, &policy), 0);
@@ -598,6 +603,7 @@ static void test_nested_inheritance(void **state)
 	assert_int_equal(policy.fault_around_max, 8); /* [Defaults] */
 	assert_int_equal(policy.unit_pages, 1);	      /* [Defaults] */
 	assert_null(config_match_cgroup(config, "/ab"));
+	assert_int_equal(config_cgroup_keys(config, "/ab"), 0); /* [Defaults] is not a file */
 
 	/* a bad path */
 	assert_int_equal(config_policy_for_cgroup(config, "relative", &limits, &policy), -EINVAL);
