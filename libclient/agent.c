@@ -444,6 +444,14 @@ static void *agent_main(void *arg)
 		struct cmsghdr align;
 	} control;
 
+	{
+		sigset_t rescue;
+
+		sigemptyset(&rescue);
+		sigaddset(&rescue, uz_rescue_signal());
+		pthread_sigmask(SIG_BLOCK, &rescue, NULL);
+		uz_rescue_close(); /* from here on the agent re-joins, not the main thread */
+	}
 	uz_client.agent_thread = pthread_self();
 	/* The scan leaves the mapping holding this address (our stack) alone. */
 	atomic_store(&uz_client.agent_stack_hint, (uintptr_t)&buf);
@@ -558,6 +566,9 @@ int uz_agent_start(bool fork_child)
 		pthread_attr_setstacksize(&attr, UZ_AGENT_STACK_SIZE);
 	}
 	sigfillset(&all);
+	/* The fork child's rescue tick must reach a fault inside pthread_create (rescue.c). */
+	if (uz_rescue_armed())
+		sigdelset(&all, uz_rescue_signal());
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	r = -pthread_create(&thread, &attr, agent_main, NULL);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);

@@ -119,6 +119,8 @@ int uz_client_join_snapshot(int snapshot_fd);
 int uz_uffd_create(int *out, uint64_t *features_out, const char **reason);
 /* Agent: connect again and resume with our uffd, store and ring.  0, or -errno. */
 int uz_client_rejoin(void);
+/* The re-join without taking the connection over: the new socket in *sock_out. */
+int uz_client_rejoin_socket(int *sock_out);
 int uz_client_join_once(bool fork_child);
 void uz_client_leave(bool daemon_alive);
 void uz_notice(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -166,6 +168,14 @@ bool uz_conn_wait_managed(void);
 
 /* agent.c */
 int uz_agent_start(bool fork_child);
+
+/* rescue.c: the fork child's main thread re-joins if the daemon dies before its agent runs. */
+void uz_rescue_arm(void);
+void uz_rescue_disarm(void);
+bool uz_rescue_armed(void);
+int uz_rescue_signal(void);
+/* The agent, before it first reads the socket: the handler's window is over. */
+void uz_rescue_close(void);
 
 /* failclosed.c */
 /*

@@ -577,6 +577,36 @@ static int snapshot_adopted_wait(int sock)
 	return r;
 }
 
+static uint64_t join_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/*
+ * Test only: with UZSWAP_TEST_FORK_CHILD_PAUSE_MS=N a fork child waits N ms
+ * once it has registered its holes, before its agent starts, then reads a
+ * byte at UZSWAP_TEST_FORK_CHILD_TOUCH (hex, set by the program before it
+ * forks): the moment a daemon killed then leaves the child waiting on a
+ * fault with no agent (tests/integration, fork-daemon-killed; rescue.c).
+ */
+static void fork_child_test_pause(void)
+{
+	const char *pause = getenv("UZSWAP_TEST_FORK_CHILD_PAUSE_MS");
+	const char *touch = getenv("UZSWAP_TEST_FORK_CHILD_TOUCH");
+	uint64_t until;
+
+	if (!pause || !*pause)
+		return;
+	until = join_now_ms() + strtoull(pause, NULL, 10);
+	while (join_now_ms() < until)
+		usleep(1000); /* the rescue timer's ticks end a sleep early */
+	if (touch && *touch)
+		(void)*(volatile const char *)(uintptr_t)strtoull(touch, NULL, 16);
+}
+
 /* The snapshot join's retries (uz_client_join_snapshot): one notice, not one per try. */
 static bool join_quiet;
 
@@ -686,10 +716,14 @@ static int client_join(uint32_t flags)
 			fds[1] = fds[2] = -1;
 			goto fail_unreachable;
 		}
+		/* Holes from here on, and no agent yet: rescue.c. */
+		uz_rescue_arm();
 		uz_ranges_register_inherited();
+		fork_child_test_pause();
 	}
 
 	r = uz_agent_start(flags & UZ_HELLO_SNAPSHOT);
+	uz_rescue_disarm();
 	if (r < 0) {
 		atomic_store(&uz_client.state, UZ_CLIENT_OFF);
 		uz_client.uffd = uz_client.sock = -1;
@@ -733,14 +767,6 @@ fail:
 int uz_client_join(bool fork_child)
 {
 	return client_join(fork_child ? UZ_HELLO_FORK_CHILD : 0);
-}
-
-static uint64_t join_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 /*
@@ -792,6 +818,20 @@ int uz_client_join_snapshot(int snapshot_fd)
  */
 int uz_client_rejoin(void)
 {
+	int sock, r = uz_client_rejoin_socket(&sock);
+
+	if (r == 0)
+		uz_conn_resume(sock);
+	return r;
+}
+
+/*
+ * The re-join itself: the new connection in *sock_out, nothing else of the
+ * connection's state touched (the fork child's rescue handler runs it,
+ * rescue.c: system calls only).
+ */
+int uz_client_rejoin_socket(int *sock_out)
+{
 	struct uz_msg_hello_reply reply = {0};
 	int sock = -1, pagemap, fds[3], r;
 
@@ -817,7 +857,7 @@ int uz_client_rejoin(void)
 		return r == -ECONNRESET || r == -EPIPE ? -ECONNREFUSED : r;
 	}
 	uz_client.client_id = reply.client_id;
-	uz_conn_resume(sock);
+	*sock_out = sock;
 	return 0;
 }
 

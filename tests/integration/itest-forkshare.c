@@ -33,6 +33,13 @@
  *            references die with no daemon to drop them; the parent prints
  *            "CHILD GONE", then reads, rewrites and reads every page (waiting
  *            for the next daemon)
+ *   agentless  the parent sets UZSWAP_TEST_FORK_CHILD_TOUCH to an evicted
+ *            page and forks; with UZSWAP_TEST_FORK_CHILD_PAUSE_MS set by the
+ *            harness the child's library pauses after registering its holes,
+ *            before its agent exists, then touches that page; the parent
+ *            prints "FORKED" and the harness kills uzswapd during the pause
+ *            and starts another: the child, waiting on a fault with no agent,
+ *            must re-join it (libclient/rescue.c), verify every page and exit
  *
  * Every page read is checked against its (page number, generation) pattern.
  * The harness checks the daemon's side: fork_snapshots and
@@ -491,13 +498,41 @@ static void scenario_orphan(const char *file)
 	both_sides(1, 2, "parent after the orphaned child");
 }
 
+/* --- agentless: the daemon dies before the child's agent runs ---------------- */
+
+static void scenario_agentless(void)
+{
+	char addr[32];
+	uint64_t victim = page_count;
+	pid_t pid;
+
+	fill_and_evict(1, page_count / 2);
+	for (uint64_t p = 0; p < page_count && victim == page_count; p++)
+		if (it_page_absent(PAGE(p)))
+			victim = p;
+	if (victim == page_count)
+		it_fail("no evicted page to touch");
+	snprintf(addr, sizeof(addr), "%" PRIxPTR, (uintptr_t)PAGE(victim));
+	setenv("UZSWAP_TEST_FORK_CHILD_TOUCH", addr, 1);
+	pid = fork_checked();
+	if (pid == 0) {
+		it_range_verify(region, 0, page_count, 1, "agentless child");
+		_exit(0);
+	}
+	printf("FORKED (child %d touches page %" PRIu64 ")\n", (int)pid, victim);
+	fflush(stdout);
+	wait_child(pid, "child whose daemon died before its agent ran");
+	unsetenv("UZSWAP_TEST_FORK_CHILD_TOUCH");
+	it_range_verify(region, 0, page_count, 1, "agentless parent");
+}
+
 int main(int argc, char **argv)
 {
 	const char *scenario;
 
 	it_init("itest-forkshare");
 	if (argc < 3)
-		it_fail("usage: itest-forkshare big|exec|exit|bomb|threads|nested|stacknext|orphan SIZE [BUDGET|FILE]");
+		it_fail("usage: itest-forkshare big|exec|exit|bomb|threads|nested|stacknext|orphan|agentless SIZE [BUDGET|FILE]");
 	scenario = argv[1];
 	size = it_parse_size(argv[2]);
 	page_count = size / it_page_size;
@@ -523,6 +558,8 @@ int main(int argc, char **argv)
 		scenario_nested();
 	} else if (!strcmp(scenario, "stacknext")) {
 		scenario_stacknext();
+	} else if (!strcmp(scenario, "agentless")) {
+		scenario_agentless();
 	} else if (!strcmp(scenario, "orphan")) {
 		if (argc != 4)
 			it_fail("orphan needs FILE");

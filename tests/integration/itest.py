@@ -629,6 +629,37 @@ def t_forkshare_orphan(h):
     h.stop_daemon()
 
 
+def t_forkshare_agentless(h):
+    """SIGKILL of uzswapd after it adopted a fork child and before the child's agent
+    thread runs (the child's library pauses there, UZSWAP_TEST_FORK_CHILD_PAUSE_MS,
+    then touches an evicted page): with no agent nobody would find the next daemon.
+    The child's main thread re-joins it itself (libclient/rescue.c); the child
+    verifies every page, the parent too, and nothing is lost."""
+    os.makedirs(os.path.join(h.tmp, "cgroup.d"), exist_ok=True)
+    extra = _restart_config(h, pool_max="16M", swap="256M")
+    h.start_daemon(budget="16M", extra=extra, name="uzswapd-1")
+    client = h.spawn("itest-forkshare", [h.bin("itest-forkshare"), "agentless", "64M"],
+                     extra_env={"UZSWAP_TEST_FORK_CHILD_PAUSE_MS": "1500"})
+    client.wait_for_output("FORKED", 90)
+    log("SIGKILL to uzswapd while the child pauses before its agent starts")
+    h.daemon.kill()
+    h.daemon.wait(10)
+    time.sleep(0.5)
+    h.start_daemon(budget="16M", extra=extra, name="uzswapd-2")
+    rc = client.wait(120)
+    client.report()
+    if rc != 0:
+        raise TestFailure(f"itest-forkshare exited with {rc}")
+    if "re-joining from the main thread" not in client.stderr():
+        raise TestFailure("the child never needed its rescue: the test proved nothing "
+                          "(did the daemon die after the child's agent ran?)")
+    stats, _ = _wait_family_gone(h)
+    if stats.get("recovered_clients", 0) < 2:
+        raise TestFailure(f"recovered_clients = {stats.get('recovered_clients', 0)}: the "
+                          "parent and the child should both have re-joined the second daemon")
+    h.stop_daemon()
+
+
 def _vmops(h, scenario):
     h.start_daemon(budget="8M")
     # A bound for a hung client, not a speed test: on a loaded 2-core machine
