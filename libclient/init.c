@@ -783,6 +783,18 @@ int uz_client_join_snapshot(int snapshot_fd)
 	int r;
 
 	uz_client.store_fd = snapshot_fd;
+	{
+		/*
+		 * Test only: UZSWAP_TEST_FORK_CHILD_HELLO_DELAY_MS=N, the child
+		 * joins N ms late, as a child slow to get a CPU would, while its
+		 * parent goes on (itest forkshare-dropafter).  Sleeping touches
+		 * none of the child's holes.
+		 */
+		const char *late = getenv("UZSWAP_TEST_FORK_CHILD_HELLO_DELAY_MS");
+
+		if (late && *late)
+			usleep((useconds_t)(strtoul(late, NULL, 10) % 10001UL * 1000));
+	}
 	for (;;) {
 		/* A try that failed after the reply left the store (the same memfd) in store_fd. */
 		r = client_join(UZ_HELLO_FORK_CHILD | UZ_HELLO_SNAPSHOT);

@@ -111,6 +111,7 @@ struct fault_thread {
 	unsigned nr_compressors;
 	uint64_t heartbeat; /* atomic: bumped once per loop iteration (watchdog) */
 	unsigned test_stall_ms; /* test only: UZSWAP_TEST_STALL_FAULT_THREAD (fault.c) */
+	unsigned test_fork_done_delay_ms; /* test only: UZSWAP_TEST_FORK_DONE_DELAY_MS (fault.c) */
 	uint8_t *page; /* page-aligned buffers, one page each */
 	uint8_t *zero_page;
 	uint8_t *compressed;  /* PE_UNIT_PAGES pages: a page's or a unit's compressed bytes */

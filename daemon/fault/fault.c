@@ -530,7 +530,11 @@ static void *fault_thread_main(void *arg)
 					fault_client_kill(t, c, false);
 				else
 					fault_client_handle_uffd(t, c);
+			} else if (uz_unlikely(c->test_socket_held_until) &&
+				   uz_now_usec() < c->test_socket_held_until) {
+				continue; /* test only: FORK_DONE read late (UZSWAP_TEST_FORK_DONE_DELAY_MS) */
 			} else {
+				c->test_socket_held_until = 0;
 				fault_client_handle_socket(t, c);
 			}
 			if (!c->dead)
@@ -612,8 +616,19 @@ int fault_thread_new(struct fault_thread **out, struct daemon *daemon, unsigned 
 	{
 		const char *stall = getenv("UZSWAP_TEST_STALL_FAULT_THREAD");
 
+		const char *late = getenv("UZSWAP_TEST_FORK_DONE_DELAY_MS");
+
 		if (stall)
 			t->test_stall_ms = (unsigned)strtoul(stall, NULL, 10) % 600001U;
+		/*
+		 * Test only (itest forkshare-dropafter): the loop leaves a
+		 * parent's socket unread for this long after its FORK_PREPARE
+		 * reply, as a thread slow to get to it would, so the events
+		 * its program makes right after fork() are read before its
+		 * FORK_DONE (vmevent.c).
+		 */
+		if (late)
+			t->test_fork_done_delay_ms = (unsigned)strtoul(late, NULL, 10) % 10001U;
 	}
 	t->event_fd = -1;
 	pthread_mutex_init(&t->lock, NULL);

@@ -26,7 +26,11 @@
  * madvise run under the arena locks their fork handlers take, so what the
  * daemon still reads from the parent's uffd until FORK_DONE (or until the
  * child claims the snapshot) happened before the fork, and is applied to
- * the snapshot as well.  A raw system call from another thread in that
+ * the snapshot as well.  The end of that window is FORK_DONE, which the
+ * parent sends before its fork() returns: before applying an event to the
+ * snapshot the fault thread reads the parent's socket, so an event the
+ * program made after fork() returned always finds FORK_DONE read first
+ * (vmevent.c; a drop right after fork() took the child's pages otherwise).  A raw system call from another thread in that
  * window is the one case left (docs/ARCHITECTURE.md, "Fork").
  *
  * Everything that names an object or slot is in memory that outlives the

@@ -209,6 +209,9 @@ static int client_fork_snapshot(struct client *c, uint32_t seq)
 	}
 	uz_msg_header_init(&reply.header, UZ_MSG_REPLY, sizeof(reply), seq);
 	reply.flags = UZ_REPLY_SNAPSHOT;
+	if (uz_unlikely(c->thread->test_fork_done_delay_ms))
+		c->test_socket_held_until =
+		    uz_now_usec() + c->thread->test_fork_done_delay_ms * 1000ULL;
 	r = client_send_fd(c, &reply, sizeof(reply), fd);
 	close(fd);
 	if (r < 0) {

@@ -8,9 +8,11 @@
  * the range (an in-flight slot is marked discarded); the graveyard's own
  * REMOVE is ignored.  REMAP moves the entries (and in-flight slots
  * follow).  Between FORK_PREPARE and FORK_DONE they apply to the fork
- * snapshot too (fork.c).
+ * snapshot too (fork.c), the socket read first so that an event from
+ * after the fork never does.
  */
 #include <errno.h>
+#include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
@@ -20,6 +22,7 @@
 #include "family/family.h"
 #include "fault/fault-internal.h"
 #include "fault/fork.h"
+#include "fault/request.h"
 #include "fault/serve.h"
 #include "fault/vmevent.h"
 #include "fault/writeback.h"
@@ -160,10 +163,37 @@ static void client_remap(struct client *c, uint64_t from, uint64_t to, uint64_t 
 	uffd_wake(c->uffd, from, len);
 }
 
+/*
+ * Before a REMOVE, UNMAP or REMAP of a parent whose fork snapshot is open:
+ * was the fork already done?  Only an event from before the fork belongs
+ * in the child's snapshot.  The parent sends FORK_DONE before its fork()
+ * returns, so for any event its program made after the fork, FORK_DONE is
+ * in the socket by the time the event is read.  The socket's messages go
+ * first (bounded: a client that keeps sending only delays its own event).
+ * Without this, a parent that dropped pages right after fork() while this
+ * thread was slow to read its socket took them from the child as well:
+ * the child's holes there read zeros.
+ */
+static bool fork_snapshot_still_open(struct fault_thread *t, struct client *c)
+{
+	for (int round = 0; round < 16; round++) {
+		struct pollfd pfd = {.fd = c->sock_fd, .events = POLLIN};
+
+		if (!c->fork_snapshot || !fork_snapshot_open(c->fork_snapshot) || c->dead)
+			return false;
+		if (c->resume || c->sock_fd < 0 || poll(&pfd, 1, 0) <= 0 || !(pfd.revents & POLLIN))
+			break;
+		fault_client_handle_socket(t, c);
+	}
+	return c->fork_snapshot && fork_snapshot_open(c->fork_snapshot) && !c->dead;
+}
+
 /* One message from a client's uffd (read now, or left in the journal by a killed daemon). */
 void fault_client_handle_uffd_msg(struct fault_thread *t, struct client *c,
 				  const struct uffd_msg *m)
 {
+	bool open;
+
 	switch (m->event) {
 	case UFFD_EVENT_PAGEFAULT: {
 		uint64_t addr = m->arg.pagefault.address & UZ_PAGE_MASK;
@@ -178,20 +208,29 @@ void fault_client_handle_uffd_msg(struct fault_thread *t, struct client *c,
 		if (m->arg.remove.start >= c->graveyard_start &&
 		    m->arg.remove.end <= c->graveyard_end)
 			break; /* the agent dropping its graveyard */
+		open = fork_snapshot_still_open(t, c);
+		if (c->dead)
+			break;
 		fault_client_forget_range(c, m->arg.remove.start, m->arg.remove.end);
-		if (c->fork_snapshot && fork_snapshot_open(c->fork_snapshot))
+		if (open)
 			fork_snapshot_forget(c->fork_snapshot, m->arg.remove.start, m->arg.remove.end);
 		break;
 	case UFFD_EVENT_UNMAP:
+		open = fork_snapshot_still_open(t, c);
+		if (c->dead)
+			break;
 		fault_client_forget_range(c, m->arg.remove.start, m->arg.remove.end);
 		client_region_remove(c, m->arg.remove.start & UZ_PAGE_MASK,
 				     (m->arg.remove.end + UZ_PAGE_SIZE - 1) & UZ_PAGE_MASK);
-		if (c->fork_snapshot && fork_snapshot_open(c->fork_snapshot))
+		if (open)
 			fork_snapshot_forget(c->fork_snapshot, m->arg.remove.start, m->arg.remove.end);
 		break;
 	case UFFD_EVENT_REMAP:
+		open = fork_snapshot_still_open(t, c);
+		if (c->dead)
+			break;
 		client_remap(c, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
-		if (c->fork_snapshot && fork_snapshot_open(c->fork_snapshot))
+		if (open)
 			fork_snapshot_remap(c->fork_snapshot, m->arg.remap.from, m->arg.remap.to,
 					    m->arg.remap.len);
 		break;

@@ -40,6 +40,13 @@
  *            prints "FORKED" and the harness kills uzswapd during the pause
  *            and starts another: the child, waiting on a fault with no agent,
  *            must re-join it (libclient/rescue.c), verify every page and exit
+ *   dropafter  right after fork() returns the parent drops all its pages
+ *            (MADV_DONTNEED: they read zeros in the parent from now on);
+ *            the child, forked before, must read the parent's data on every
+ *            page.  The harness sets UZSWAP_TEST_FORK_DONE_DELAY_MS on the
+ *            daemon so that the parent's REMOVE is read before its FORK_DONE,
+ *            and UZSWAP_TEST_FORK_CHILD_HELLO_DELAY_MS so that the child has
+ *            not claimed its snapshot yet
  *
  * Every page read is checked against its (page number, generation) pattern.
  * The harness checks the daemon's side: fork_snapshots and
@@ -498,6 +505,24 @@ static void scenario_orphan(const char *file)
 	both_sides(1, 2, "parent after the orphaned child");
 }
 
+/* --- dropafter: the parent drops its pages right after fork() -------------- */
+
+static void scenario_dropafter(void)
+{
+	pid_t pid;
+
+	fill_and_evict(1, page_count / 2);
+	pid = fork_checked();
+	if (pid == 0) {
+		it_range_verify(region, 0, page_count, 1, "child of a parent that dropped its pages");
+		_exit(0);
+	}
+	if (madvise(region, size, MADV_DONTNEED) < 0)
+		it_fail("madvise(MADV_DONTNEED): %m");
+	wait_child(pid, "child of a parent that dropped its pages after fork()");
+	it_range_verify(region, 0, page_count, 0, "parent after MADV_DONTNEED");
+}
+
 /* --- agentless: the daemon dies before the child's agent runs ---------------- */
 
 static void scenario_agentless(void)
@@ -532,7 +557,7 @@ int main(int argc, char **argv)
 
 	it_init("itest-forkshare");
 	if (argc < 3)
-		it_fail("usage: itest-forkshare big|exec|exit|bomb|threads|nested|stacknext|orphan|agentless SIZE [BUDGET|FILE]");
+		it_fail("usage: itest-forkshare big|exec|exit|bomb|threads|nested|stacknext|orphan|agentless|dropafter SIZE [BUDGET|FILE]");
 	scenario = argv[1];
 	size = it_parse_size(argv[2]);
 	page_count = size / it_page_size;
@@ -558,6 +583,8 @@ int main(int argc, char **argv)
 		scenario_nested();
 	} else if (!strcmp(scenario, "stacknext")) {
 		scenario_stacknext();
+	} else if (!strcmp(scenario, "dropafter")) {
+		scenario_dropafter();
 	} else if (!strcmp(scenario, "agentless")) {
 		scenario_agentless();
 	} else if (!strcmp(scenario, "orphan")) {

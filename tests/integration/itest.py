@@ -242,7 +242,8 @@ class Harness:
 
     # --- the daemon ---------------------------------------------------------
 
-    def start_daemon(self, budget="16M", low=None, threads=2, extra=(), name="uzswapd"):
+    def start_daemon(self, budget="16M", low=None, threads=2, extra=(), name="uzswapd",
+                     extra_env=None):
         if low is None:
             low = f"{max(1, int(budget[:-1]) * 3 // 4)}{budget[-1]}"
         argv = [self.uzswapd, "--socket", self.socket, "--control-socket", self.control,
@@ -253,7 +254,7 @@ class Harness:
             # A swap file of the test's own, removed with its temp dir, not
             # the host's default one (which another daemon may hold).
             argv += ["--swap-file", os.path.join(self.tmp, "swapfile"), "--swap-size", "64M"]
-        self.daemon = self.spawn(name, argv, preload=False)
+        self.daemon = self.spawn(name, argv, preload=False, extra_env=extra_env)
         self.wait_daemon_ready(self.daemon)
         return self.daemon
 
@@ -627,6 +628,19 @@ def t_forkshare_orphan(h):
     if stats.get("recovered_clients", 0) < 1:
         raise TestFailure("the parent did not re-join the second daemon")
     h.stop_daemon()
+
+
+def t_forkshare_dropafter(h):
+    """the parent drops every page (MADV_DONTNEED) right after fork() returns, while
+    the daemon is slow to read its socket (UZSWAP_TEST_FORK_DONE_DELAY_MS) and the
+    child slow to join (UZSWAP_TEST_FORK_CHILD_HELLO_DELAY_MS): that drop
+    came after the fork, so it must not reach the child's snapshot; the child reads
+    its parent's data on every page, the parent zeros."""
+    h.start_daemon(budget="16M", extra_env={"UZSWAP_TEST_FORK_DONE_DELAY_MS": "300"})
+    h.client("itest-forkshare", [h.bin("itest-forkshare"), "dropafter", "64M"], timeout=120,
+             extra_env={"UZSWAP_TEST_FORK_CHILD_HELLO_DELAY_MS": "200"})
+    _wait_family_gone(h)
+    h.stop_daemon(require_activity=True)
 
 
 def t_forkshare_agentless(h):
