@@ -170,6 +170,7 @@ static void snapshot_discard(struct fork_snapshot *snapshot)
 	if (snapshot->group)
 		group_unref(snapshot->group);
 	family_unref(snapshot->family, false);
+	pthread_mutex_destroy(&snapshot->events_lock);
 	free(snapshot);
 }
 
@@ -192,6 +193,7 @@ int fork_snapshot_take(struct client *parent, struct fork_snapshot **out)
 	if (!snapshot)
 		return -ENOMEM;
 	uz_list_init(&snapshot->link);
+	pthread_mutex_init(&snapshot->events_lock, NULL);
 	snapshot->child_pidfd = -1;
 	snapshot->parent_pid = parent->pid;
 	snapshot->family = family_ref(parent->family);
@@ -250,7 +252,10 @@ void fork_snapshot_forget(struct fork_snapshot *snapshot, uint64_t start, uint64
 	if (start >= end)
 		return;
 	last = ((end + UZ_PAGE_SIZE - 1) >> UZ_PAGE_SHIFT) - 1;
-	page_index_walk(snapshot->index, first, last, release_one, snapshot);
+	pthread_mutex_lock(&snapshot->events_lock);
+	if (fork_snapshot_open(snapshot) && snapshot->index)
+		page_index_walk(snapshot->index, first, last, release_one, snapshot);
+	pthread_mutex_unlock(&snapshot->events_lock);
 }
 
 struct remap_ctx {
@@ -279,8 +284,11 @@ void fork_snapshot_remap(struct fork_snapshot *snapshot, uint64_t from, uint64_t
 	len = (len + UZ_PAGE_SIZE - 1) & UZ_PAGE_MASK;
 	if (!len || (from < to + len && to < from + len))
 		return;
-	page_index_walk(snapshot->index, from >> UZ_PAGE_SHIFT, ((from + len) >> UZ_PAGE_SHIFT) - 1,
-			remap_one, &ctx);
+	pthread_mutex_lock(&snapshot->events_lock);
+	if (fork_snapshot_open(snapshot) && snapshot->index)
+		page_index_walk(snapshot->index, from >> UZ_PAGE_SHIFT,
+				((from + len) >> UZ_PAGE_SHIFT) - 1, remap_one, &ctx);
+	pthread_mutex_unlock(&snapshot->events_lock);
 }
 
 void fork_snapshot_done(struct fork_snapshot *snapshot, pid_t child_pid)
@@ -324,14 +332,24 @@ struct fork_snapshot *fork_snapshot_claim(struct family *family, dev_t dev, ino_
 	return found;
 }
 
+void fork_snapshot_take_over(struct fork_snapshot *snapshot, struct store **store,
+			     struct page_index **index)
+{
+	/* Claimed already: no walk starts after this one, if any, is over. */
+	pthread_mutex_lock(&snapshot->events_lock);
+	*store = snapshot->store;
+	*index = snapshot->index;
+	snapshot->store = NULL;
+	snapshot->index = NULL;
+	pthread_mutex_unlock(&snapshot->events_lock);
+}
+
 void fork_snapshot_adopted(struct fork_snapshot *snapshot)
 {
 	struct daemon *d = snapshot->family->daemon;
 	bool last;
 
-	/* The child's client has the store and the index now. */
-	snapshot->store = NULL;
-	snapshot->index = NULL;
+	/* The child's client has the store and the index now (fork_snapshot_take_over). */
 	pthread_mutex_lock(&d->clients_lock);
 	uz_list_del(&snapshot->link);
 	last = snapshot_put_locked(snapshot);

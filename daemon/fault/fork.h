@@ -11,6 +11,7 @@
  */
 #pragma once
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -37,6 +38,12 @@ struct fork_snapshot {
 	pid_t child_pid; /* from FORK_DONE; 0 while not known */
 	int child_pidfd; /* readable once the child has exited; -1 when none */
 	uint64_t entries;
+	/*
+	 * The parent's thread applying an event to the index (forget, remap)
+	 * against the child's thread taking store and index over: the child
+	 * may be adopted by the other fault thread while the parent's walks.
+	 */
+	pthread_mutex_t events_lock;
 	/* under clients_lock */
 	bool done;    /* FORK_DONE came: the parent's events no longer apply */
 	bool claimed; /* a child presented it */
@@ -75,6 +82,12 @@ void fork_snapshot_done(struct fork_snapshot *snapshot, pid_t child_pid);
  * (dev, ino), marked claimed, or NULL.  Main thread.
  */
 struct fork_snapshot *fork_snapshot_claim(struct family *family, dev_t dev, ino_t ino);
+/*
+ * The child's thread takes the claimed snapshot's store and index over,
+ * once no event of the parent is being applied to them (none is after).
+ */
+void fork_snapshot_take_over(struct fork_snapshot *snapshot, struct store **store,
+			     struct page_index **index);
 /* The child was adopted: its client took store and index over.  Drops the list's pointer. */
 void fork_snapshot_adopted(struct fork_snapshot *snapshot);
 

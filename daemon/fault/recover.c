@@ -285,8 +285,7 @@ void fault_client_adopt_snapshot(struct fault_thread *t, struct client *c)
 	bool counted = c->claimed != NULL;
 
 	if (c->claimed) {
-		c->store = c->claimed->store;
-		c->index = c->claimed->index;
+		fork_snapshot_take_over(c->claimed, &c->store, &c->index);
 		fork_snapshot_adopted(c->claimed);
 		c->claimed = NULL;
 	}
