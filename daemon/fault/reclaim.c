@@ -612,18 +612,84 @@ void fault_client_batch_install(struct fault_thread *t, struct client *c)
 	}
 }
 
+/*
+ * A victim whose entry a REMOVE or UNMAP freed, or a REMAP moved, leaves
+ * its sent address behind, and an mremap may have moved another page of
+ * the client there before the agent got to it (MREMAP_FIXED onto memory
+ * just unmapped: a program or an allocator reusing its address space).
+ * The agent then moved *that* page into the slot, and dropping the slot
+ * as the freed victim's, or storing it as the moved one's, loses it.  It
+ * is told by what the sent address holds now: a hole (the agent took
+ * what was there; faults at that address wait for this batch) whose entry
+ * is IN_FLIGHT in another slot the agent found nothing at (that victim's
+ * own sent address went with the mremap), or RESIDENT (a present page
+ * moved there).  The slot's bytes are that page's: they go to the other
+ * slot, or the slot becomes that page's.  A sent address that is mapped
+ * now still holds what came there: the agent moved the victim before.
+ */
+static void evict_done_reassign(struct client *c, int32_t *status, unsigned count)
+{
+	struct uz_ring_status *ring_status = client_ring_status(c);
+
+	for (unsigned i = 0; i < count; i++) {
+		struct evict_slot *s = &c->slots[i];
+		uint64_t at = s->sent_vpn;
+		page_entry_t e;
+
+		if (status[i] != 0 || (!s->discarded && s->vpn == at))
+			continue;
+		e = page_index_get(c->index, at);
+		if (pe_state(e) != PAGE_IN_FLIGHT && pe_state(e) != PAGE_RESIDENT)
+			continue;
+		if (client_page_mapped(c, at) != 0)
+			continue;
+		if (pe_state(e) == PAGE_IN_FLIGHT) {
+			unsigned j = (unsigned)(pe_payload(e) % UZ_EVICT_BATCH_MAX);
+			struct evict_slot *o = &c->slots[j];
+
+			if (j == i || j >= count || status[j] == 0 || o->discarded || o->vpn != at)
+				continue;
+			memcpy(c->ring + (size_t)j * UZ_PAGE_SIZE, c->ring + (size_t)i * UZ_PAGE_SIZE,
+			       UZ_PAGE_SIZE);
+			status[j] = 0;
+			ring_status->status[j] = 0;
+			/* Slot i's own victim, moved elsewhere by a REMAP, was not taken. */
+			if (!s->discarded) {
+				status[i] = -EAGAIN;
+				ring_status->status[i] = -EAGAIN;
+			}
+		} else if (s->discarded) {
+			page_index_set(c->index, at, pe_make(e, PAGE_IN_FLIGHT, false, 0, 0, i));
+			client_resident_add(c, -1);
+			c->in_flight++;
+			s->discarded = false;
+			s->vpn = at;
+		}
+		client_stat(c, UZ_STAT_evict_reassigned_pages, 1);
+	}
+}
+
 int fault_client_evict_done(struct fault_thread *t, struct client *c,
-			    const struct uz_msg_evict_done *m, size_t len)
+			    const struct uz_msg_evict_done *msg, size_t len)
 {
 	struct daemon *d = c->daemon;
+	struct {
+		struct uz_msg_evict_done done;
+		int32_t status[UZ_EVICT_BATCH_MAX];
+	} copy;
+	const struct uz_msg_evict_done *m = &copy.done;
 
 	if (len < offsetof(struct uz_msg_evict_done, status) || c->batch_state != BATCH_SENT ||
-	    m->batch != c->batch_id || m->count != c->batch_count ||
-	    len != offsetof(struct uz_msg_evict_done, status) + (size_t)m->count * sizeof(int32_t))
+	    msg->batch != c->batch_id || msg->count != c->batch_count ||
+	    msg->count > UZ_EVICT_BATCH_MAX ||
+	    len != offsetof(struct uz_msg_evict_done, status) + (size_t)msg->count * sizeof(int32_t))
 		return -EBADMSG;
-	for (unsigned i = 0; i < m->count; i++)
-		if (m->status[i] > 0 || m->status[i] < -4095)
+	for (unsigned i = 0; i < msg->count; i++)
+		if (msg->status[i] > 0 || msg->status[i] < -4095)
 			return -EBADMSG;
+	memcpy(&copy, msg, len);
+	if (c->batch_stale)
+		evict_done_reassign(c, copy.status, copy.done.count);
 
 	(void)d;
 
@@ -693,10 +759,14 @@ int fault_client_evict_done(struct fault_thread *t, struct client *c,
 		 * would later be served zeros.  Absent pages are left
 		 * untracked (NEVER): a concurrent munmap, mremap or DONTNEED
 		 * took them, and its event is on its way; anything else would
-		 * be a loss, counted apart.
+		 * be a loss, counted apart.  ENOENT from a victim whose entry a
+		 * REMAP moved (its sent address went with the mapping) says
+		 * nothing about where it is now: the page tables do.  A present
+		 * page left untracked would not be looked after when the agent
+		 * next moves it from an address it was sent for another page.
 		 */
 		mapped = client_page_mapped(c, s->vpn);
-		if (status == -ENOENT || mapped == 0) {
+		if (mapped == 0 || (status == -ENOENT && mapped < 0)) {
 			if (status != -ENOENT)
 				client_stat(c, UZ_STAT_evict_absent_pages, 1);
 			page_index_set(c->index, s->vpn, pe_make(e, PAGE_NEVER, false, 0, 0, 0));

@@ -38,6 +38,7 @@
 	X(evict_failed_pages, COUNTER, "victims the agent could not move (gone, shared)")          \
 	X(evict_shared_pages, COUNTER, "victims left resident: shared copy-on-write with a fork parent or child (never compressed twice)") \
 	X(evict_absent_pages, COUNTER, "victims reported not moved that were absent from the client: left untracked") \
+	X(evict_reassigned_pages, COUNTER, "victims whose sent address held another page of the client when the agent moved it (mremap onto it): stored as that page") \
 	X(resident_missing_faults, COUNTER, "faults on pages counted resident: served zeros; a lost page, never expected") \
 	X(second_chance_rotations, COUNTER, "shrinker found an entry referenced and rotated it")   \
 	X(writeback_batches, COUNTER, "writeback submissions to the swap file")                    \

@@ -23,6 +23,13 @@
  *                  are out: a page written after its drop must keep its
  *                  data even when it was a victim the agent had not moved
  *                  yet; every page verifies at the end.
+ *   mremap-race    (run with a slow agent, UZSWAP_TEST_AGENT_DELAY_US) two
+ *                  regions A and B, over and over: B unmapped, A moved onto
+ *                  B's old address (MREMAP_FIXED), a fresh B mapped and
+ *                  filled.  A batch out at that moment has victims of B at
+ *                  addresses that now hold A's pages: the agent moves A's
+ *                  pages from there, and they must not be dropped as B's;
+ *                  every page of A verifies all along and at the end.
  *   syscalls       write(2) to a file and to a pipe from evicted pages sends
  *                  their exact bytes; read(2) from a file and from a pipe
  *                  into evicted pages lands the file's bytes (kernel-mode
@@ -82,6 +89,12 @@ static void check_hole_fresh(void *addr, size_t len, const char *what)
 		it_fail("%s: kernel placed the mapping at %p, not %p", what, p, addr);
 	it_range_verify(p, 0, len / it_page_size, 0, what);
 	it_log("%s: fresh mapping of %zu pages reads as zeros", what, len / it_page_size);
+}
+
+static void it_range_verify_gens(const char *base, const uint32_t *gen, uint64_t n)
+{
+	for (uint64_t p = 0; p < n; p++)
+		it_page_verify(page_at((void *)base, p), p, gen[p], "A, every page");
 }
 
 static char *setup(void)
@@ -257,6 +270,51 @@ static void scenario_dontneed_race(void)
 	free(gen);
 }
 
+static void scenario_mremap_race(void)
+{
+	size_t half = size / 2;
+	uint64_t n = pages / 2, state = 7, rounds = 0, end = it_now_ns() + 8ULL * 1000000000ULL;
+	uint32_t *gen = calloc(n, sizeof(*gen));
+	char *a = it_map(half), *b = it_map(half);
+
+	if (!gen)
+		it_fail("out of memory");
+	for (uint64_t p = 0; p < n; p++)
+		gen[p] = 1;
+	it_range_fill(a, 0, n, 1);
+	it_range_fill(b, n, n, 1);
+	settle(a, half, "A after fill");
+	while (it_now_ns() < end || rounds < 200) {
+		void *moved;
+
+		for (int i = 0; i < 32; i++) {
+			uint64_t p = it_rand(&state) % n;
+
+			if (i & 1) {
+				gen[p]++;
+				it_page_fill(page_at(a, p), p, gen[p]);
+			} else {
+				it_page_verify(page_at(a, p), p, gen[p], "A, random page");
+			}
+		}
+		/* B goes, A takes its place, a fresh B is filled (its pages become victims). */
+		if (munmap(b, half))
+			it_fail("munmap B: %m");
+		moved = mremap(a, half, half, MREMAP_MAYMOVE | MREMAP_FIXED, b);
+		if (moved != b)
+			it_fail("mremap A onto B's address: %m");
+		b = it_map(half);
+		a = moved;
+		it_range_fill(b, n, n, 1);
+		if (++rounds % 50 == 0)
+			it_range_verify_gens(a, gen, n);
+	}
+	it_log("%" PRIu64 " rounds of munmap B, mremap A onto it, fill a new B", rounds);
+	it_range_verify_gens(a, gen, n);
+	it_range_verify(b, n, n, 1, "B at end");
+	free(gen);
+}
+
 static int temp_file(void)
 {
 	const char *dir = getenv("TMPDIR");
@@ -380,7 +438,7 @@ int main(int argc, char **argv)
 	    {"mremap-move", scenario_mremap_move},     {"mremap-grow", scenario_mremap_grow},
 	    {"mremap-shrink", scenario_mremap_shrink}, {"munmap", scenario_munmap},
 	    {"dontneed", scenario_dontneed},	       {"syscalls", scenario_syscalls},
-	    {"dontneed-race", scenario_dontneed_race},
+	    {"dontneed-race", scenario_dontneed_race}, {"mremap-race", scenario_mremap_race},
 	};
 
 	it_init("itest-vmops");

@@ -734,6 +734,26 @@ def t_dontneed_race(h):
     h.stop_daemon(require_activity=True)
 
 
+def t_mremap_race(h):
+    """A region moved (mremap MREMAP_FIXED) onto the address of one just unmapped,
+    over and over for 8 s, while a slow agent (UZSWAP_TEST_AGENT_DELAY_US) has
+    eviction batches out: victims of the unmapped region were sent at addresses
+    that now hold the moved region's pages, and the agent moves those.  They must
+    be stored as the moved region's, not dropped with the unmapped one's: every
+    page verifies, and the daemon counted no loss."""
+    inject = {"UZSWAP_TEST_AGENT_DELAY_US": "3000", "UZSWAP_MIN_REGION": "4M"}
+    h.start_daemon(budget="4M")
+    h.client("itest-vmops-mremap-race", [h.bin("itest-vmops"), "mremap-race", "16M", "yes"],
+             timeout=150, extra_env=inject)
+    stats, text = h.stats()
+    for key in ("resident_missing_faults", "lost_pages"):
+        if stats.get(key, 0):
+            print(text)
+            raise TestFailure(f"{key} = {stats[key]}")
+    h.wait_daemon_empty()
+    h.stop_daemon(require_activity=True)
+
+
 def t_evict_move_short(h):
     """UFFDIO_MOVE reporting one page fewer than it moved, with EAGAIN (seen
     on 6.18, docs/RELIABILITY.md), injected into every 3rd multi-page move
