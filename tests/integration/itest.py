@@ -595,6 +595,15 @@ def t_forkshare_stacknext(h):
     _forkshare(h, "stacknext", "32M", budget="8M")
 
 
+def _second_daemon_client_done(h, client, extra, timeout):
+    """Start the daemon that takes over (uzswapd-2) and wait for the client to pass."""
+    h.start_daemon(budget="16M", extra=extra, name="uzswapd-2")
+    rc = client.wait(timeout)
+    client.report()
+    if rc != 0:
+        raise TestFailure(f"itest-forkshare exited with {rc}")
+
+
 def t_forkshare_orphan(h):
     """SIGKILL of uzswapd while a fork child holds references to its parent's pages;
     the child exits while no daemon runs, so nobody can drop them.  The next daemon
@@ -619,11 +628,7 @@ def t_forkshare_orphan(h):
         pass
     client.wait_for_output("CHILD GONE", 30)
     time.sleep(0.5)
-    h.start_daemon(budget="16M", extra=extra, name="uzswapd-2")
-    rc = client.wait(150)
-    client.report()
-    if rc != 0:
-        raise TestFailure(f"itest-forkshare exited with {rc}")
+    _second_daemon_client_done(h, client, extra, 150)
     stats, _ = _wait_family_gone(h)
     if stats.get("recovered_clients", 0) < 1:
         raise TestFailure("the parent did not re-join the second daemon")
@@ -659,11 +664,7 @@ def t_forkshare_agentless(h):
     h.daemon.kill()
     h.daemon.wait(10)
     time.sleep(0.5)
-    h.start_daemon(budget="16M", extra=extra, name="uzswapd-2")
-    rc = client.wait(120)
-    client.report()
-    if rc != 0:
-        raise TestFailure(f"itest-forkshare exited with {rc}")
+    _second_daemon_client_done(h, client, extra, 120)
     if "re-joining from the main thread" not in client.stderr():
         raise TestFailure("the child never needed its rescue: the test proved nothing "
                           "(did the daemon die after the child's agent ran?)")
@@ -714,16 +715,12 @@ def t_syscalls_read_write(h):
     _vmops(h, "syscalls")
 
 
-def t_dontneed_race(h):
-    """Single pages dropped with MADV_DONTNEED and written again at once, for 8 s,
-    while a slow agent (UZSWAP_TEST_AGENT_DELAY_US, as a preempted one would be)
-    has eviction batches out.  A dropped victim's address must not be served
-    before the agent is done with it: the agent would then move the page just
-    written and it would read zeros.  Every page verifies; the daemon counted no
-    page it had as present faulting (resident_missing_faults)."""
+def _vmops_slow_agent(h, scenario):
+    """An itest-vmops scenario with the agent slowed (UZSWAP_TEST_AGENT_DELAY_US, as a
+    preempted one would be), then the daemon's side: nothing counted lost."""
     inject = {"UZSWAP_TEST_AGENT_DELAY_US": "3000", "UZSWAP_MIN_REGION": "4M"}
     h.start_daemon(budget="4M")
-    h.client("itest-vmops-dontneed-race", [h.bin("itest-vmops"), "dontneed-race", "16M", "yes"],
+    h.client(f"itest-vmops-{scenario}", [h.bin("itest-vmops"), scenario, "16M", "yes"],
              timeout=150, extra_env=inject)
     stats, text = h.stats()
     for key in ("resident_missing_faults", "lost_pages"):
@@ -732,6 +729,16 @@ def t_dontneed_race(h):
             raise TestFailure(f"{key} = {stats[key]}")
     h.wait_daemon_empty()
     h.stop_daemon(require_activity=True)
+
+
+def t_dontneed_race(h):
+    """Single pages dropped with MADV_DONTNEED and written again at once, for 8 s,
+    while a slow agent (UZSWAP_TEST_AGENT_DELAY_US, as a preempted one would be)
+    has eviction batches out.  A dropped victim's address must not be served
+    before the agent is done with it: the agent would then move the page just
+    written and it would read zeros.  Every page verifies; the daemon counted no
+    page it had as present faulting (resident_missing_faults)."""
+    _vmops_slow_agent(h, "dontneed-race")
 
 
 def t_mremap_race(h):
@@ -741,17 +748,7 @@ def t_mremap_race(h):
     that now hold the moved region's pages, and the agent moves those.  They must
     be stored as the moved region's, not dropped with the unmapped one's: every
     page verifies, and the daemon counted no loss."""
-    inject = {"UZSWAP_TEST_AGENT_DELAY_US": "3000", "UZSWAP_MIN_REGION": "4M"}
-    h.start_daemon(budget="4M")
-    h.client("itest-vmops-mremap-race", [h.bin("itest-vmops"), "mremap-race", "16M", "yes"],
-             timeout=150, extra_env=inject)
-    stats, text = h.stats()
-    for key in ("resident_missing_faults", "lost_pages"):
-        if stats.get(key, 0):
-            print(text)
-            raise TestFailure(f"{key} = {stats[key]}")
-    h.wait_daemon_empty()
-    h.stop_daemon(require_activity=True)
+    _vmops_slow_agent(h, "mremap-race")
 
 
 def t_evict_move_short(h):
