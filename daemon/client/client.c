@@ -901,6 +901,7 @@ struct client *client_free(struct client *client)
 	group_unref(client->assigned_group);
 	client_assign_free(__atomic_exchange_n(&client->assign, NULL, __ATOMIC_ACQ_REL));
 	free(client->regions);
+	free(client->backlog);
 	for (unsigned i = 0; client->requests && i < client->nr_requests; i++)
 		free(client->requests[(client->requests_head + i) % UZ_CLIENT_REQUESTS_MAX].ranges);
 	free(client->requests);

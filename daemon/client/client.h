@@ -185,6 +185,8 @@ struct client {
 	unsigned fork_pause;	       /* FORK_PREPAREs not yet matched by FORK_DONE */
 	struct fork_snapshot *fork_snapshot; /* taken at FORK_PREPARE, until FORK_DONE */
 	uint64_t test_socket_held_until; /* usec; test only: UZSWAP_TEST_FORK_DONE_DELAY_MS */
+	/* socket messages read ahead, not handled yet (fault/request.c); NULL until needed */
+	struct client_backlog *backlog;
 	bool scan_written_off;		     /* PAGEMAP_SCAN refused: the CLOCK sees faults only */
 	uint64_t grace_until; /* usec: a fork child is not reclaimed before (0: none) */
 

@@ -530,6 +530,9 @@ static void *fault_thread_main(void *arg)
 					fault_client_kill(t, c, false);
 				else
 					fault_client_handle_uffd(t, c);
+				/* Messages the journal's handling read ahead (request.c). */
+				if (!c->dead && fault_client_backlog_pending(c))
+					fault_client_handle_socket(t, c);
 			} else if (uz_unlikely(c->test_socket_held_until) &&
 				   uz_now_usec() < c->test_socket_held_until) {
 				continue; /* test only: FORK_DONE read late (UZSWAP_TEST_FORK_DONE_DELAY_MS) */

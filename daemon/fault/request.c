@@ -467,12 +467,89 @@ static int client_handle_message(struct fault_thread *t, struct client *c, const
 	}
 }
 
+#define CLIENT_BACKLOG_MAX 16
+
+struct client_backlog {
+	unsigned head, count;
+	bool bad; /* the message after the last one here was malformed (fds, an error) */
+	uint32_t len[CLIENT_BACKLOG_MAX];
+	union {
+		struct uz_msg_header header;
+		uint8_t raw[UZ_MSG_SIZE_MAX];
+	} msg[CLIENT_BACKLOG_MAX];
+};
+
+static bool backlog_fork_done(const struct client_backlog *b, unsigned slot)
+{
+	return b->len[slot] >= sizeof(struct uz_msg_header) &&
+	       b->msg[slot].header.type == UZ_MSG_FORK_DONE;
+}
+
+bool fault_client_fork_done_queued(struct client *c)
+{
+	struct client_backlog *b = c->backlog;
+
+	if (!b) {
+		b = c->backlog = calloc(1, sizeof(*b));
+		if (!b)
+			return false;
+	}
+	for (unsigned i = 0; i < b->count; i++)
+		if (backlog_fork_done(b, (b->head + i) % CLIENT_BACKLOG_MAX))
+			return true;
+	while (b->count < CLIENT_BACKLOG_MAX && !b->bad) {
+		unsigned slot = (b->head + b->count) % CLIENT_BACKLOG_MAX, nfds = 0;
+		int fds[4];
+		ssize_t len = client_recv(c->sock_fd, &b->msg[slot], sizeof(b->msg[slot]), fds, &nfds, 4);
+
+		if (len == -EAGAIN || len == -EINTR || len == 0)
+			break; /* nothing more, or EOF: the socket still says so to the loop */
+		if (len < 0 || nfds) {
+			for (unsigned i = 0; i < nfds; i++)
+				close(fds[i]);
+			b->bad = true;
+			break;
+		}
+		b->len[slot] = (uint32_t)len;
+		b->count++;
+		if (backlog_fork_done(b, slot))
+			return true;
+	}
+	return false;
+}
+
+bool fault_client_backlog_pending(const struct client *c)
+{
+	return c->backlog && (c->backlog->count || c->backlog->bad);
+}
+
 void fault_client_handle_socket(struct fault_thread *t, struct client *c)
 {
 	union {
 		struct uz_msg_header header;
 		uint8_t raw[UZ_MSG_SIZE_MAX];
 	} buf;
+
+	/* What the journal's handling read ahead comes first, in order. */
+	while (c->backlog && c->backlog->count && !c->dead) {
+		struct client_backlog *b = c->backlog;
+		unsigned slot = b->head;
+		size_t len = b->len[slot];
+
+		memcpy(&buf, &b->msg[slot], len);
+		b->head = (b->head + 1) % CLIENT_BACKLOG_MAX;
+		b->count--;
+		if (client_handle_message(t, c, &buf, len) < 0) {
+			if (!c->leave_reason)
+				c->leave_reason = "protocol error";
+			fault_client_kill(t, c, true);
+			return;
+		}
+	}
+	if (c->backlog && c->backlog->bad && !c->dead) {
+		fault_client_kill(t, c, true);
+		return;
+	}
 
 	for (int round = 0; round < FAULT_SOCKET_ROUNDS && !c->dead; round++) {
 		int fds[4];

@@ -12,7 +12,6 @@
  * after the fork never does.
  */
 #include <errno.h>
-#include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
@@ -168,24 +167,19 @@ static void client_remap(struct client *c, uint64_t from, uint64_t to, uint64_t 
  * was the fork already done?  Only an event from before the fork belongs
  * in the child's snapshot.  The parent sends FORK_DONE before its fork()
  * returns, so for any event its program made after the fork, FORK_DONE is
- * in the socket by the time the event is read.  The socket's messages go
- * first (bounded: a client that keeps sending only delays its own event).
+ * in the socket by the time the event is read.  The socket is read ahead
+ * for it (request.c), nothing handled: a message handled now (EVICT_DONE
+ * putting pages back, a request giving them back) would act on addresses
+ * that the rest of this batch of events, a REMAP, may have moved.
  * Without this, a parent that dropped pages right after fork() while this
  * thread was slow to read its socket took them from the child as well:
  * the child's holes there read zeros.
  */
-static bool fork_snapshot_still_open(struct fault_thread *t, struct client *c)
+static bool fork_snapshot_still_open(struct client *c)
 {
-	for (int round = 0; round < 16; round++) {
-		struct pollfd pfd = {.fd = c->sock_fd, .events = POLLIN};
-
-		if (!c->fork_snapshot || !fork_snapshot_open(c->fork_snapshot) || c->dead)
-			return false;
-		if (c->resume || c->sock_fd < 0 || poll(&pfd, 1, 0) <= 0 || !(pfd.revents & POLLIN))
-			break;
-		fault_client_handle_socket(t, c);
-	}
-	return c->fork_snapshot && fork_snapshot_open(c->fork_snapshot) && !c->dead;
+	if (!c->fork_snapshot || !fork_snapshot_open(c->fork_snapshot) || c->dead)
+		return false;
+	return c->resume || c->sock_fd < 0 || !fault_client_fork_done_queued(c);
 }
 
 /* One message from a client's uffd (read now, or left in the journal by a killed daemon). */
@@ -208,7 +202,7 @@ void fault_client_handle_uffd_msg(struct fault_thread *t, struct client *c,
 		if (m->arg.remove.start >= c->graveyard_start &&
 		    m->arg.remove.end <= c->graveyard_end)
 			break; /* the agent dropping its graveyard */
-		open = fork_snapshot_still_open(t, c);
+		open = fork_snapshot_still_open(c);
 		if (c->dead)
 			break;
 		fault_client_forget_range(c, m->arg.remove.start, m->arg.remove.end);
@@ -216,7 +210,7 @@ void fault_client_handle_uffd_msg(struct fault_thread *t, struct client *c,
 			fork_snapshot_forget(c->fork_snapshot, m->arg.remove.start, m->arg.remove.end);
 		break;
 	case UFFD_EVENT_UNMAP:
-		open = fork_snapshot_still_open(t, c);
+		open = fork_snapshot_still_open(c);
 		if (c->dead)
 			break;
 		fault_client_forget_range(c, m->arg.remove.start, m->arg.remove.end);
@@ -226,7 +220,7 @@ void fault_client_handle_uffd_msg(struct fault_thread *t, struct client *c,
 			fork_snapshot_forget(c->fork_snapshot, m->arg.remove.start, m->arg.remove.end);
 		break;
 	case UFFD_EVENT_REMAP:
-		open = fork_snapshot_still_open(t, c);
+		open = fork_snapshot_still_open(c);
 		if (c->dead)
 			break;
 		client_remap(c, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
