@@ -28,10 +28,12 @@
  * child claims the snapshot) happened before the fork, and is applied to
  * the snapshot as well.  The end of that window is FORK_DONE, which the
  * parent sends before its fork() returns: before applying an event to the
- * snapshot the fault thread reads the parent's socket, so an event the
- * program made after fork() returned always finds FORK_DONE read first
- * (vmevent.c; a drop right after fork() took the child's pages otherwise).  A raw system call from another thread in that
- * window is the one case left (docs/ARCHITECTURE.md, "Fork").
+ * snapshot the fault thread reads the parent's socket ahead (into a
+ * backlog, nothing handled: request.c), so an event the program made
+ * after fork() returned always finds FORK_DONE read first (vmevent.c; a
+ * drop right after fork() took the child's pages otherwise).  A raw
+ * system call from another thread in that window is the one case left
+ * (docs/ARCHITECTURE.md, "Fork").
  *
  * Everything that names an object or slot is in memory that outlives the
  * daemon: the references are counted in the arena and the swap file, the

@@ -8,7 +8,7 @@
  * the range (an in-flight slot is marked discarded); the graveyard's own
  * REMOVE is ignored.  REMAP moves the entries (and in-flight slots
  * follow).  Between FORK_PREPARE and FORK_DONE they apply to the fork
- * snapshot too (fork.c), the socket read first so that an event from
+ * snapshot too (fork.c), the socket read ahead first so that an event from
  * after the fork never does.
  */
 #include <errno.h>
