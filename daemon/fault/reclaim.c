@@ -664,6 +664,7 @@ static void evict_done_reassign(struct client *c, int32_t *status, unsigned coun
 			c->in_flight++;
 			s->discarded = false;
 			s->vpn = at;
+			store_batch(c->store)->vpn[i] = at; /* a successor settles it the same way */
 		}
 		client_stat(c, UZ_STAT_evict_reassigned_pages, 1);
 	}
