@@ -600,6 +600,7 @@ static void fork_child_test_pause(void)
 
 	if (!pause || !*pause)
 		return;
+	uz_notice("libuzswap: test: fork child paused before its agent starts");
 	until = join_now_ms() + strtoull(pause, NULL, 10);
 	while (join_now_ms() < until)
 		usleep(1000); /* the rescue timer's ticks end a sleep early */

@@ -36,8 +36,8 @@
  *   agentless  the parent sets UZSWAP_TEST_FORK_CHILD_TOUCH to an evicted
  *            page and forks; with UZSWAP_TEST_FORK_CHILD_PAUSE_MS set by the
  *            harness the child's library pauses after registering its holes,
- *            before its agent exists, then touches that page; the parent
- *            prints "FORKED" and the harness kills uzswapd during the pause
+ *            before its agent exists (saying so on stderr), then touches
+ *            that page; the harness kills uzswapd during the pause
  *            and starts another: the child, waiting on a fault with no agent,
  *            must re-join it (libclient/rescue.c), verify every page and exit
  *   dropafter  right after fork() returns the parent drops all its pages
