@@ -177,7 +177,7 @@ static void client_remap(struct client *c, uint64_t from, uint64_t to, uint64_t 
  */
 static bool fork_snapshot_still_open(struct client *c)
 {
-	if (!c->fork_snapshot || !fork_snapshot_open(c->fork_snapshot) || c->dead)
+	if (!c->fork_snapshot || !fork_snapshot_open(c->fork_snapshot))
 		return false;
 	return c->resume || c->sock_fd < 0 || !fault_client_fork_done_queued(c);
 }
@@ -203,16 +203,12 @@ void fault_client_handle_uffd_msg(struct fault_thread *t, struct client *c,
 		    m->arg.remove.end <= c->graveyard_end)
 			break; /* the agent dropping its graveyard */
 		open = fork_snapshot_still_open(c);
-		if (c->dead)
-			break;
 		fault_client_forget_range(c, m->arg.remove.start, m->arg.remove.end);
 		if (open)
 			fork_snapshot_forget(c->fork_snapshot, m->arg.remove.start, m->arg.remove.end);
 		break;
 	case UFFD_EVENT_UNMAP:
 		open = fork_snapshot_still_open(c);
-		if (c->dead)
-			break;
 		fault_client_forget_range(c, m->arg.remove.start, m->arg.remove.end);
 		client_region_remove(c, m->arg.remove.start & UZ_PAGE_MASK,
 				     (m->arg.remove.end + UZ_PAGE_SIZE - 1) & UZ_PAGE_MASK);
@@ -221,8 +217,6 @@ void fault_client_handle_uffd_msg(struct fault_thread *t, struct client *c,
 		break;
 	case UFFD_EVENT_REMAP:
 		open = fork_snapshot_still_open(c);
-		if (c->dead)
-			break;
 		client_remap(c, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
 		if (open)
 			fork_snapshot_remap(c->fork_snapshot, m->arg.remap.from, m->arg.remap.to,
